@@ -1,0 +1,364 @@
+"""NYSE trading sessions and the bar grids expected inside them (exchange_calendars XNYS).
+
+A *session* is one NYSE trading day, named by its date. Its regular hours run from the open (09:30
+America/New_York) to the close (16:00, or 13:00 on early closes); extended hours add the pre-market
+from 04:00 and the post-market for four hours after the close (to 20:00, or 17:00 after an early
+close).
+
+Bars are session-anchored, the convention chart users expect: each segment of a session (pre,
+regular, post) is cut into bars from its own start, and the last bar of a segment is clipped at the
+segment's end. For regular hours this is exactly exchange_calendars'
+``trading_index(..., period, force=True)``: h1 bars start 09:30, 10:30 ... 15:30 (the last one 30
+minutes), h4 bars are 09:30-13:30 and 13:30-16:00, and an early-close session has one 09:30-13:00 h4
+bar. Because every bucket is computed from the session's own open, DST changes cannot shift it.
+A d1 bar is labelled 00:00 America/New_York of its session, as Alpaca and Polygon label daily bars.
+
+Everything here is vectorised over many sessions; nothing imports Dagster or the store.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
+import exchange_calendars as xcals
+import numpy as np
+import pandas as pd
+
+from backfill_dagster.timeframes import Timeframe
+
+NEW_YORK = ZoneInfo("America/New_York")
+EXCHANGE = "XNYS"
+PRE_MARKET_OPEN = pd.Timedelta(hours=4)  # after local midnight
+POST_MARKET_LENGTH = pd.Timedelta(hours=4)  # after the close, early closes included
+CALENDAR_FIRST_DAY = date(2000, 1, 1)
+
+_NS = np.int64
+
+
+class NotASessionError(ValueError):
+    """A date that is not an NYSE trading session."""
+
+
+class SessionNotOpenError(ValueError):
+    """A session that has not opened yet: nothing can be fetched for it."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    name: str  # "pre", "regular" or "post"
+    start: pd.Timestamp
+    end: pd.Timestamp
+
+
+def as_date(value: date | datetime | str | pd.Timestamp) -> date:
+    """A plain date from a date, a 'YYYY-MM-DD' string or a timestamp (its New York date)."""
+    if isinstance(value, pd.Timestamp):
+        if value.tzinfo is not None:
+            value = value.tz_convert(NEW_YORK)
+        return value.date()
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(NEW_YORK)
+        return value.date()
+    if isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(str(value).strip())
+    except ValueError:
+        raise NotASessionError(f"{value!r} is not a date: use YYYY-MM-DD") from None
+
+
+class SessionCalendar:
+    """The XNYS sessions between two dates, with opens, closes and expected bar grids."""
+
+    def __init__(self, first: date, last: date):
+        self._xcal = xcals.get_calendar(EXCHANGE, start=first, end=last)
+        schedule = self._xcal.schedule
+        self.first_day = first
+        self.last_day = last
+        # Session labels as naive midnight timestamps, ascending, for vectorised lookups.
+        self._labels = pd.DatetimeIndex(schedule.index).as_unit("ns")
+        self._opens = pd.DatetimeIndex(schedule["open"]).as_unit("ns")
+        self._closes = pd.DatetimeIndex(schedule["close"]).as_unit("ns")
+        midnights = self._labels.tz_localize(NEW_YORK).tz_convert("UTC")
+        self._midnights = midnights.as_unit("ns")
+        self._midnights_ns = self._midnights.asi8
+        next_days = (self._labels + pd.Timedelta(days=1)).tz_localize(NEW_YORK).tz_convert("UTC")
+        self._next_midnights_ns = next_days.as_unit("ns").asi8
+        self._pre_starts = (midnights + PRE_MARKET_OPEN).as_unit("ns")
+        self._post_ends = self._closes + POST_MARKET_LENGTH
+        self._regular_close_length = (self._closes - self._opens).max()
+        self._label_dates = np.array([ts.date() for ts in self._labels], dtype=object)
+        self._index_of = {d: i for i, d in enumerate(self._label_dates)}
+
+    # ------------------------------------------------------------------ sessions
+    def is_session(self, day: date | str) -> bool:
+        return self._position(as_date(day)) >= 0
+
+    def sessions(self, start: date | str, end: date | str) -> list[date]:
+        """Sessions from start to end, both inclusive, ascending."""
+        lo = pd.Timestamp(as_date(start))
+        hi = pd.Timestamp(as_date(end))
+        mask = (self._labels >= lo) & (self._labels <= hi)
+        return [ts.date() for ts in self._labels[mask]]
+
+    def require_session(self, day: date | str) -> date:
+        """The date itself if it is a session; otherwise an error that says what the day is."""
+        d = as_date(day)
+        if self._position(d) < 0:
+            raise NotASessionError(
+                f"{d.isoformat()} is not an NYSE trading session ({self.describe_non_session(d)})"
+            )
+        return d
+
+    def describe_non_session(self, day: date) -> str:
+        if not (self.first_day <= day <= self.last_day):
+            return (
+                f"outside the calendar's range {self.first_day.isoformat()}"
+                f"..{self.last_day.isoformat()}"
+            )
+        if day.weekday() >= 5:
+            return f"a {day.strftime('%A')}"
+        names = self._xcal.regular_holidays.holidays(day, day, return_name=True)
+        if len(names):
+            return f"NYSE holiday: {names.iloc[0]}"
+        return "NYSE closed (ad-hoc closure)"
+
+    def holidays(self, start: date, end: date) -> list[date]:
+        """Weekdays between start and end (inclusive) that are not sessions."""
+        days = pd.bdate_range(start, end)
+        return [d.date() for d in days[~days.isin(self._labels)]]
+
+    def previous_session(self, day: date) -> date:
+        i = self._labels.searchsorted(pd.Timestamp(day), side="left") - 1
+        if i < 0:
+            raise NotASessionError(f"no session before {day} in the calendar")
+        return self._labels[i].date()
+
+    def next_session(self, day: date) -> date:
+        i = self._labels.searchsorted(pd.Timestamp(day), side="right")
+        if i >= len(self._labels):
+            raise NotASessionError(f"no session after {day} in the calendar")
+        return self._labels[i].date()
+
+    def session_index(self, day: date) -> int:
+        """Position of a session in the calendar: consecutive sessions differ by one."""
+        i = self._position(day)
+        if i < 0:
+            self.require_session(day)
+        return i
+
+    def recent_sessions(self, count: int, now: pd.Timestamp, *, closed_only: bool = True) -> list[date]:
+        """The last `count` sessions that have closed (or, if not closed_only, opened) by now."""
+        now = _utc(now)
+        edges = self._closes if closed_only else self._opens
+        n = int(edges.searchsorted(now, side="right"))
+        return [ts.date() for ts in self._labels[max(0, n - count) : n]]
+
+    # ------------------------------------------------------------------ hours
+    def open(self, day: date) -> pd.Timestamp:
+        return self._opens[self.session_index(as_date(day))]
+
+    def close(self, day: date) -> pd.Timestamp:
+        return self._closes[self.session_index(as_date(day))]
+
+    def is_early_close(self, day: date) -> bool:
+        i = self.session_index(as_date(day))
+        return bool(self._closes[i] - self._opens[i] < self._regular_close_length)
+
+    def window(self, day: date, extended: bool = False) -> tuple[pd.Timestamp, pd.Timestamp]:
+        """[start, end) of the hours bars may fall in: regular hours, or 04:00 to close + 4 h."""
+        i = self.session_index(as_date(day))
+        if extended:
+            return self._pre_starts[i], self._post_ends[i]
+        return self._opens[i], self._closes[i]
+
+    def segments(self, day: date, extended: bool = False) -> list[Segment]:
+        i = self.session_index(as_date(day))
+        regular = Segment("regular", self._opens[i], self._closes[i])
+        if not extended:
+            return [regular]
+        return [
+            Segment("pre", self._pre_starts[i], self._opens[i]),
+            regular,
+            Segment("post", self._closes[i], self._post_ends[i]),
+        ]
+
+    def has_opened(self, day: date, now: pd.Timestamp, extended: bool = False) -> bool:
+        return bool(_utc(now) >= self.window(day, extended)[0])
+
+    def has_closed(self, day: date, now: pd.Timestamp, extended: bool = False) -> bool:
+        """True once the last bar of the session (in the configured hours) has ended."""
+        return bool(_utc(now) >= self.window(day, extended)[1])
+
+    def require_opened(self, day: date, now: pd.Timestamp, extended: bool = False) -> date:
+        d = self.require_session(day)
+        if not self.has_opened(d, now, extended):
+            opens = self.window(d, extended)[0].tz_convert(NEW_YORK)
+            raise SessionNotOpenError(
+                f"session {d.isoformat()} has not opened yet (it opens {opens:%Y-%m-%d %H:%M} "
+                "America/New_York): there is nothing to fetch before then"
+            )
+        return d
+
+    def midnight(self, day: date) -> pd.Timestamp:
+        """00:00 America/New_York of a session, in UTC: the label of its d1 bar."""
+        return self._midnights[self.session_index(as_date(day))]
+
+    # ------------------------------------------------------------------ grids
+    def expected_bars(
+        self, sessions: Sequence[date], timeframe: Timeframe, extended: bool = False
+    ) -> pd.DataFrame:
+        """The bar starts every session should have: columns session (date) and ts (UTC)."""
+        pos = self._positions(sessions)
+        if timeframe is Timeframe.D1:
+            ts = self._midnights[pos]
+            return pd.DataFrame({"session": self._dates(pos), "ts": ts})
+        seg_start, seg_end, seg_pos = self._segment_arrays(pos, extended)
+        period = timeframe.period.value
+        counts = -((seg_start - seg_end) // period)  # ceil((end - start) / period)
+        total = int(counts.sum())
+        first = np.repeat(np.cumsum(counts) - counts, counts)
+        step = np.arange(total, dtype=_NS) - first
+        starts = np.repeat(seg_start, counts) + step * period
+        owner = np.repeat(seg_pos, counts)
+        return pd.DataFrame(
+            {
+                "session": self._dates(owner),
+                "ts": pd.DatetimeIndex(starts.astype("datetime64[ns]")).tz_localize("UTC"),
+            }
+        )
+
+    def expected_counts(
+        self, sessions: Sequence[date], timeframe: Timeframe, extended: bool = False
+    ) -> np.ndarray:
+        """How many bars of a timeframe each session should have, in the order given."""
+        pos = self._positions(sessions)
+        if timeframe is Timeframe.D1:
+            return np.ones(len(pos), dtype=np.int64)
+        seg_start, seg_end, seg_pos = self._segment_arrays(pos, extended)
+        counts = -((seg_start - seg_end) // timeframe.period.value)
+        order = np.repeat(np.arange(len(pos)), len(seg_start) // max(len(pos), 1))
+        return np.bincount(order, weights=counts, minlength=len(pos)).astype(np.int64)
+
+    def locate(
+        self, ts: pd.Series | pd.DatetimeIndex, timeframe: Timeframe, extended: bool = False
+    ) -> pd.DataFrame:
+        """For each timestamp: its session, whether it lies inside the session's hours, and the
+        start of the `timeframe` bucket that contains it.
+
+        Columns: session (date or None), inside (bool), bucket (UTC timestamp or NaT). A timestamp on
+        a non-session day, or outside the hours, has inside=False.
+        """
+        pos, inside, bucket = self.locate_ns(epoch_ns(ts), timeframe, extended)
+        known = pos >= 0
+        bucket_index = pd.DatetimeIndex(
+            np.where(inside, bucket, np.iinfo(_NS).min).astype("datetime64[ns]")
+        ).tz_localize("UTC")
+        return pd.DataFrame(
+            {
+                "session": np.where(known, self._label_dates[np.where(known, pos, 0)], None),
+                "inside": inside,
+                "bucket": bucket_index,
+            },
+            index=ts.index if isinstance(ts, pd.Series) else None,
+        )
+
+    def locate_ns(
+        self, t: np.ndarray, timeframe: Timeframe, extended: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`locate` on int64 UTC nanoseconds, numpy only: (session position or -1, inside,
+        bucket start in ns). A session owns its New York calendar day, so a binary search over
+        the sessions' midnights finds it without any timezone conversion."""
+        t = np.asarray(t, dtype=_NS)
+        pos = np.searchsorted(self._midnights_ns, t, side="right") - 1
+        safe = np.where(pos >= 0, pos, 0)
+        known = (pos >= 0) & (t < self._next_midnights_ns[safe]) & (t != np.iinfo(_NS).min)
+        pos = np.where(known, pos, -1)
+        if timeframe is Timeframe.D1:
+            # Any time on the session's New York date belongs to it; the bar's label is midnight.
+            return pos, known, self._midnights_ns[safe]
+        opens = self._opens.asi8[safe]
+        closes = self._closes.asi8[safe]
+        if extended:
+            lo, hi = self._pre_starts.asi8[safe], self._post_ends.asi8[safe]
+            seg_start = np.where(t < opens, lo, np.where(t < closes, opens, closes))
+        else:
+            lo, hi = opens, closes
+            seg_start = opens
+        inside = known & (t >= lo) & (t < hi)
+        period = timeframe.period.value
+        bucket = seg_start + ((t - seg_start) // period) * period
+        return pos, inside, bucket
+
+    def session_dates(self, positions: np.ndarray) -> np.ndarray:
+        """Session dates (object array) for positions from locate_ns; None where -1."""
+        return np.where(positions >= 0, self._label_dates[np.where(positions >= 0, positions, 0)], None)
+
+    # ------------------------------------------------------------------ internals
+    def _position(self, day: date) -> int:
+        return self._index_of.get(day, -1)
+
+    def _positions(self, sessions: Sequence[date]) -> np.ndarray:
+        labels = pd.DatetimeIndex([pd.Timestamp(as_date(s)) for s in sessions]).as_unit("ns")
+        pos = self._labels.get_indexer(labels)
+        if (pos < 0).any():
+            bad = as_date(labels[np.argmax(pos < 0)].date())
+            self.require_session(bad)
+        return pos
+
+    def _dates(self, pos: np.ndarray) -> np.ndarray:
+        return self._label_dates[pos]
+
+    def _segment_arrays(self, pos: np.ndarray, extended: bool):
+        opens, closes = self._opens.asi8[pos], self._closes.asi8[pos]
+        if not extended:
+            return opens, closes, pos
+        pre, post = self._pre_starts.asi8[pos], self._post_ends.asi8[pos]
+        # Interleave pre, regular, post per session so segments stay in time order.
+        start = np.stack([pre, opens, closes], axis=1).ravel()
+        end = np.stack([opens, closes, post], axis=1).ravel()
+        return start, end, np.repeat(pos, 3)
+
+
+def epoch_ns(values: pd.Series | pd.DatetimeIndex) -> np.ndarray:
+    """UTC nanoseconds since the epoch of tz-aware timestamps, as int64 (NaT: int64 min)."""
+    return pd.DatetimeIndex(values).tz_convert("UTC").as_unit("ns").asi8
+
+
+def _utc(now: pd.Timestamp | datetime) -> pd.Timestamp:
+    ts = pd.Timestamp(now)
+    if ts.tzinfo is None:
+        raise ValueError(f"naive timestamp {ts!s}: pass a timezone-aware time")
+    return ts.tz_convert("UTC")
+
+
+@functools.lru_cache(maxsize=8)
+def _calendar(first: date, last: date) -> SessionCalendar:
+    return SessionCalendar(first, last)
+
+
+def xnys(last_year: int | None = None) -> SessionCalendar:
+    """The shared XNYS calendar from 2000 to the end of next year (or of `last_year`)."""
+    if last_year is None:
+        last_year = date.today().year + 1
+    return _calendar(CALENDAR_FIRST_DAY, date(last_year, 12, 31))
+
+
+def contiguous_runs(sessions: Iterable[date], calendar: SessionCalendar) -> list[list[date]]:
+    """Split sessions into runs of consecutive sessions (no session of the calendar skipped)."""
+    ordered = sorted(set(sessions))
+    runs: list[list[date]] = []
+    last_index = None
+    for day in ordered:
+        i = calendar.session_index(day)
+        if last_index is not None and i == last_index + 1:
+            runs[-1].append(day)
+        else:
+            runs.append([day])
+        last_index = i
+    return runs

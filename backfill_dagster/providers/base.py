@@ -1,0 +1,132 @@
+"""What every market-data provider offers: its capabilities, the request it takes, its errors.
+
+A provider turns one `FetchRequest` (some symbols x a contiguous run of sessions, one timeframe)
+into a bar frame, paging through the API as often as it must and counting its calls. It never
+touches the store; validation happens after it, so a provider only has to parse faithfully.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from enum import StrEnum
+
+import pandas as pd
+
+from backfill_dagster.timeframes import Timeframe
+
+
+class Adjustment(StrEnum):
+    """How prices are adjusted for corporate actions; one mode for the whole store."""
+
+    SPLIT = "split"
+    RAW = "raw"
+
+    @classmethod
+    def parse(cls, value: str | Adjustment) -> Adjustment:
+        try:
+            return cls(str(value).strip().lower())
+        except ValueError:
+            raise ValueError(
+                f"unknown adjustment {value!r}: use 'split' (split-adjusted, the default) or 'raw'"
+            ) from None
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a provider can serve; the router and planner read nothing else about it."""
+
+    timeframes: frozenset[Timeframe]
+    adjustments: frozenset[Adjustment]
+    max_symbols_per_request: int = 1
+    # Longest run of sessions one request may span (None: any, the client pages through it).
+    max_sessions_per_request: int | None = None
+    # How many calendar days back each timeframe reaches (None or absent: full history).
+    history_days: Mapping[Timeframe, int | None] = field(default_factory=dict)
+    serves_open_session: bool = True  # today's bars while the session is still trading
+    serves_closed_sessions: bool = True
+    extended_hours: bool = True
+    synthetic: bool = False
+
+    def reaches(self, timeframe: Timeframe, session: date, today: date) -> bool:
+        days = self.history_days.get(timeframe)
+        return days is None or (today - session).days < days
+
+
+@dataclass(frozen=True)
+class FetchRequest:
+    """One logical request: symbols x a contiguous run of sessions, for one timeframe.
+
+    `start`/`end` bound the bars wanted, [start, end) in UTC: from the first session's window start
+    to the last session's window end (the configured hours; 00:00 New York for d1).
+    """
+
+    timeframe: Timeframe
+    symbols: tuple[str, ...]
+    sessions: tuple[date, ...]
+    start: pd.Timestamp
+    end: pd.Timestamp
+    extended: bool = False
+    adjustment: Adjustment = Adjustment.SPLIT
+
+    @property
+    def partitions(self) -> list[tuple[str, date]]:
+        return [(s, d) for s in self.symbols for d in self.sessions]
+
+    def describe(self) -> str:
+        first, last = self.sessions[0], self.sessions[-1]
+        span = first.isoformat() if first == last else f"{first.isoformat()}..{last.isoformat()}"
+        names = ",".join(self.symbols[:5]) + (f",+{len(self.symbols) - 5}" if len(self.symbols) > 5 else "")
+        return f"{self.timeframe.value} {names} {span}"
+
+
+@dataclass
+class FetchResult:
+    bars: pd.DataFrame  # a bar frame (backfill_dagster.bars)
+    api_calls: int
+
+
+class ProviderError(Exception):
+    """A request that failed after the client's retries. Never carries credentials."""
+
+    def __init__(
+        self,
+        provider: str,
+        message: str,
+        *,
+        status: int | None = None,
+        request: FetchRequest | None = None,
+        retryable: bool = False,
+    ):
+        self.provider = provider
+        self.status = status
+        self.request = request
+        self.retryable = retryable
+        where = f" for {request.describe()}" if request else ""
+        code = f" (last HTTP status {status})" if status is not None else ""
+        super().__init__(f"{provider}{where}: {message}{code}")
+
+
+class ProviderConfigError(ValueError):
+    """A provider that cannot be used as configured (unknown name, missing key, bad URL)."""
+
+
+class Provider(abc.ABC):
+    """A market-data source."""
+
+    name: str
+    capabilities: Capabilities
+
+    @property
+    def provenance(self) -> str:
+        """The label stored with every bar this provider served."""
+        return self.name
+
+    @abc.abstractmethod
+    def fetch(self, request: FetchRequest) -> FetchResult:
+        """All bars for the request (paging as needed), or ProviderError."""
+
+    def close(self) -> None:
+        """Release connections."""

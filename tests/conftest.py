@@ -1,0 +1,115 @@
+"""Shared fixtures: the calendar, stores on SQLite and on a real PostgreSQL, Dagster instances.
+
+PostgreSQL: BACKFILL_TEST_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres, trust
+auth). Each test gets its own database, cloned from a template that already holds the schema. If the
+server cannot be reached the PostgreSQL tests fail, unless BACKFILL_SKIP_POSTGRES=1 says to skip
+them on purpose (CI never sets it).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+import warnings
+from datetime import date
+
+import pandas as pd
+import psycopg
+import pytest
+
+from backfill_dagster.calendar import xnys
+from backfill_dagster.store import BarStore, create_engine, dispose_engine, shared_engine
+
+warnings.filterwarnings("ignore", message=".*is currently in beta.*")
+
+PG_ADMIN_URL = os.environ.get(
+    "BACKFILL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+TEMPLATE_DB = f"bfd_template_{os.getpid()}"
+
+
+def _pg_url(dbname: str) -> str:
+    base, _, _ = PG_ADMIN_URL.rpartition("/")
+    return f"{base}/{dbname}"
+
+
+def _admin():
+    return psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
+
+
+@pytest.fixture(scope="session")
+def calendar():
+    return xnys()
+
+
+@pytest.fixture(scope="session")
+def pg_template():
+    """A database holding the schema, to clone per test (CREATE DATABASE ... TEMPLATE)."""
+    if os.environ.get("BACKFILL_SKIP_POSTGRES") == "1":
+        pytest.skip("BACKFILL_SKIP_POSTGRES=1: PostgreSQL tests skipped on purpose")
+    try:
+        conn = _admin()
+    except psycopg.OperationalError as exc:
+        pytest.fail(
+            f"PostgreSQL is not reachable at {PG_ADMIN_URL} ({exc}). Start it, point "
+            "BACKFILL_TEST_POSTGRES_URL at one, or set BACKFILL_SKIP_POSTGRES=1 to skip those tests."
+        )
+    with conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}"')
+        conn.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
+    engine = create_engine(_pg_url(TEMPLATE_DB))
+    engine.dispose()
+    yield TEMPLATE_DB
+    with _admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url(pg_template):
+    name = f"bfd_test_{uuid.uuid4().hex[:12]}"
+    with _admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+    url = _pg_url(name)
+    yield url
+    dispose_engine(url)
+    with _admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    url = f"sqlite:///{tmp_path / 'bars.sqlite'}"
+    yield url
+    dispose_engine(url)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request):
+    """Every store test runs on both backends."""
+    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+
+
+@pytest.fixture
+def store(store_url, calendar) -> BarStore:
+    return BarStore(shared_engine(store_url), calendar)
+
+
+@pytest.fixture
+def instance():
+    import dagster as dg
+
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def utc(text: str) -> pd.Timestamp:
+    return pd.Timestamp(text).tz_convert("UTC") if "+" in text or text.endswith("Z") else pd.Timestamp(text, tz="UTC")
+
+
+def fixed_clock(text: str):
+    now = utc(text)
+    return lambda: now
+
+
+# A week of sessions with a holiday and an early close (Thanksgiving 2024).
+THANKSGIVING_WEEK = [date(2024, 11, 25), date(2024, 11, 26), date(2024, 11, 27), date(2024, 11, 29)]
