@@ -1,0 +1,73 @@
+"""Reading the coverage ledger: per symbol x timeframe summaries and per-session detail.
+
+These read the small ledger table, never the bars, so they stay fast at any history length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from backfill_dagster.store.schema import bar_coverage as cov
+
+
+def _count(status: str):
+    return sa.func.sum(sa.case((cov.c.status == status, 1), else_=0))
+
+
+def coverage_summary(
+    engine: Engine, *, symbols: Sequence[str] | None = None, timeframe: str | None = None
+) -> pd.DataFrame:
+    """One row per symbol x timeframe: complete/partial/failed sessions, bars vs expected, the
+    first and last session holding bars, and the last successful fetch."""
+    with_bars = sa.case((cov.c.bars > 0, cov.c.session), else_=None)
+    query = (
+        sa.select(
+            cov.c.symbol,
+            cov.c.timeframe,
+            _count("complete").label("complete"),
+            _count("partial").label("partial"),
+            _count("failed").label("failed"),
+            sa.func.sum(cov.c.bars).label("bars"),
+            sa.func.sum(cov.c.expected).label("expected"),
+            sa.func.min(with_bars).label("first_session"),
+            sa.func.max(with_bars).label("last_session"),
+            sa.func.max(cov.c.fetched_at).label("last_fetch"),
+        )
+        .group_by(cov.c.symbol, cov.c.timeframe)
+        .order_by(cov.c.symbol, cov.c.timeframe)
+    )
+    if symbols is not None:
+        query = query.where(cov.c.symbol.in_(list(symbols)))
+    if timeframe is not None:
+        query = query.where(cov.c.timeframe == timeframe)
+    with engine.connect() as conn:
+        result = conn.execute(query)
+        frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+    for column in ("complete", "partial", "failed", "bars", "expected"):
+        frame[column] = frame[column].fillna(0).astype(int)
+    frame["last_fetch"] = pd.to_datetime(frame["last_fetch"], utc=True)
+    # SQLite returns min/max of a date column as text; make both dialects agree.
+    for column in ("first_session", "last_session"):
+        frame[column] = [pd.Timestamp(v).date() if v is not None and not pd.isna(v) else None for v in frame[column]]
+    return frame
+
+
+def coverage_detail(engine: Engine, symbol: str, timeframe: str | None = None) -> pd.DataFrame:
+    """The ledger rows of one symbol, per session."""
+    query = (
+        sa.select(
+            cov.c.session, cov.c.timeframe, cov.c.status, cov.c.bars, cov.c.expected,
+            cov.c.provider, cov.c.fetched_at, cov.c.attempts, cov.c.error,
+        )
+        .where(cov.c.symbol == symbol)
+        .order_by(cov.c.timeframe, cov.c.session)
+    )
+    if timeframe is not None:
+        query = query.where(cov.c.timeframe == timeframe)
+    with engine.connect() as conn:
+        result = conn.execute(query)
+        return pd.DataFrame(result.fetchall(), columns=list(result.keys()))

@@ -1,0 +1,132 @@
+"""SQLAlchemy Core definitions of the tables in sql/schema.sql.
+
+sql/schema.sql is the source of truth on PostgreSQL; these definitions let Core build portable
+queries and create the same tables on SQLite. tests/store/test_schema.py reflects both and fails if
+they drift apart.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.types import TypeDecorator
+
+metadata = sa.MetaData()
+
+TIMEFRAMES_SQL = "timeframe IN ('m15', 'h1', 'h4', 'd1')"
+
+
+class UtcDateTime(TypeDecorator):
+    """timestamptz on PostgreSQL; on SQLite an ISO string in UTC. Always aware UTC in Python, and
+    naive datetimes are refused rather than guessed."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: timestamps must be timezone-aware")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def _positive(column: str) -> sa.CheckConstraint:
+    # x < 'Infinity' also refuses NaN on PostgreSQL; SQLite stores NaN as NULL, refused by NOT NULL.
+    return sa.CheckConstraint(f"{column} > 0 AND {column} < 'Infinity'")
+
+
+watchlist = sa.Table(
+    "watchlist",
+    metadata,
+    sa.Column("symbol", sa.Text, primary_key=True),
+    sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("added_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
+ohlc_bars = sa.Table(
+    "ohlc_bars",
+    metadata,
+    sa.Column("symbol", sa.Text, primary_key=True),
+    sa.Column("timeframe", sa.Text, sa.CheckConstraint(TIMEFRAMES_SQL), primary_key=True),
+    sa.Column("ts", UtcDateTime, primary_key=True),
+    sa.Column("open", sa.Float, _positive("open"), nullable=False),
+    sa.Column("high", sa.Float, _positive("high"), nullable=False),
+    sa.Column("low", sa.Float, _positive("low"), nullable=False),
+    sa.Column("close", sa.Float, _positive("close"), nullable=False),
+    sa.Column("volume", sa.Float, sa.CheckConstraint("volume >= 0"), nullable=False),
+    sa.Column("vwap", sa.Float, _positive("vwap")),
+    sa.Column("trade_count", sa.BigInteger, sa.CheckConstraint("trade_count >= 0")),
+    sa.Column("provider", sa.Text, nullable=False),
+    sa.Column("adjustment", sa.Text, sa.CheckConstraint("adjustment IN ('split', 'raw')"), nullable=False),
+    sa.CheckConstraint(
+        "high >= low AND high >= open AND high >= close AND low <= open AND low <= close",
+        name="ohlc_bars_high_low",
+    ),
+)
+
+bar_coverage = sa.Table(
+    "bar_coverage",
+    metadata,
+    sa.Column("symbol", sa.Text, primary_key=True),
+    sa.Column("timeframe", sa.Text, sa.CheckConstraint(TIMEFRAMES_SQL), primary_key=True),
+    sa.Column("session", sa.Date, primary_key=True),
+    sa.Column(
+        "status",
+        sa.Text,
+        sa.CheckConstraint("status IN ('complete', 'partial', 'failed')"),
+        nullable=False,
+    ),
+    sa.Column("bars", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("expected", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("provider", sa.Text),
+    sa.Column("fetched_at", UtcDateTime),
+    sa.Column("session_closed", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("error", sa.Text),
+    sa.Column("run_id", sa.Text),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Index(
+        "bar_coverage_open_idx",
+        "timeframe",
+        "session",
+        postgresql_where=sa.text("status <> 'complete'"),
+        sqlite_where=sa.text("status <> 'complete'"),
+    ),
+)
+
+rejected_bars = sa.Table(
+    "rejected_bars",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("symbol", sa.Text),
+    sa.Column("timeframe", sa.Text, nullable=False),
+    sa.Column("session", sa.Date),
+    sa.Column("ts", UtcDateTime),
+    sa.Column("open", sa.Float),
+    sa.Column("high", sa.Float),
+    sa.Column("low", sa.Float),
+    sa.Column("close", sa.Float),
+    sa.Column("volume", sa.Float),
+    sa.Column("vwap", sa.Float),
+    sa.Column("trade_count", sa.BigInteger),
+    sa.Column("provider", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("run_id", sa.Text),
+    sa.Column("rejected_at", UtcDateTime, nullable=False),
+    sa.Index("rejected_bars_symbol_idx", "symbol", "timeframe", "session"),
+)
+
+BAR_STORE_COLUMNS = [c.name for c in ohlc_bars.columns]

@@ -1,0 +1,84 @@
+-- backfill_dagster: the PostgreSQL schema (source of truth).
+--
+-- Applied idempotently by the project (backfill_dagster.store.database.apply_schema) under an
+-- advisory lock, so concurrent run workers starting at once do not race. Every statement here must
+-- stay re-runnable. SQLite (the embedded default) gets the same tables from the SQLAlchemy
+-- definitions in backfill_dagster/store/schema.py; a test compares the two.
+
+-- Symbols to keep covered. Inactive symbols keep their bars but get no new partitions.
+CREATE TABLE IF NOT EXISTS watchlist (
+    symbol      text        PRIMARY KEY CHECK (symbol ~ '^[A-Z0-9][A-Z0-9.-]{0,9}$'),
+    active      boolean     NOT NULL DEFAULT true,
+    added_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per bar. ts is the bar start in UTC; the bar covers [ts, ts + timeframe). A d1 bar is
+-- labelled 00:00 America/New_York of its session. Constraints repeat the validation rules so that
+-- not even a bug can store an invalid bar (x < 'Infinity' also refuses NaN, which PostgreSQL
+-- sorts above every number).
+CREATE TABLE IF NOT EXISTS ohlc_bars (
+    symbol       text             NOT NULL,
+    timeframe    text             NOT NULL CHECK (timeframe IN ('m15', 'h1', 'h4', 'd1')),
+    ts           timestamptz      NOT NULL,
+    open         double precision NOT NULL CHECK (open > 0 AND open < 'Infinity'),
+    high         double precision NOT NULL CHECK (high > 0 AND high < 'Infinity'),
+    low          double precision NOT NULL CHECK (low > 0 AND low < 'Infinity'),
+    close        double precision NOT NULL CHECK (close > 0 AND close < 'Infinity'),
+    volume       double precision NOT NULL CHECK (volume >= 0 AND volume < 'Infinity'),
+    vwap         double precision CHECK (vwap > 0 AND vwap < 'Infinity'),
+    trade_count  bigint           CHECK (trade_count >= 0),
+    provider     text             NOT NULL,
+    adjustment   text             NOT NULL CHECK (adjustment IN ('split', 'raw')),
+    PRIMARY KEY (symbol, timeframe, ts),
+    CONSTRAINT ohlc_bars_high_low CHECK (high >= low AND high >= open AND high >= close
+                                         AND low <= open AND low <= close)
+);
+
+-- The coverage ledger: one row per symbol x timeframe x session ever attempted, written in the same
+-- transaction as the bars. The gap sensor and the coverage report read this small table, never the
+-- bars. status: complete = fetched successfully after the session closed; partial = fetched while
+-- it was still trading; failed = the last attempt failed (the bars of an earlier success, if any,
+-- are kept and bars/expected describe them).
+CREATE TABLE IF NOT EXISTS bar_coverage (
+    symbol          text        NOT NULL,
+    timeframe       text        NOT NULL CHECK (timeframe IN ('m15', 'h1', 'h4', 'd1')),
+    session         date        NOT NULL,
+    status          text        NOT NULL CHECK (status IN ('complete', 'partial', 'failed')),
+    bars            integer     NOT NULL DEFAULT 0 CHECK (bars >= 0),
+    expected        integer     NOT NULL DEFAULT 0 CHECK (expected >= 0),
+    provider        text,
+    fetched_at      timestamptz,
+    session_closed  boolean     NOT NULL DEFAULT false,
+    attempts        integer     NOT NULL DEFAULT 1,
+    error           text,
+    run_id          text,
+    updated_at      timestamptz NOT NULL,
+    PRIMARY KEY (symbol, timeframe, session)
+);
+-- Only the rows the gap sensor chases (partial, failed): complete rows, the vast majority, cost
+-- this index nothing.
+CREATE INDEX IF NOT EXISTS bar_coverage_open_idx ON bar_coverage (timeframe, session)
+    WHERE status <> 'complete';
+
+-- Bars that failed validation, with every reason, so nothing a provider sent is lost and nothing
+-- invalid reaches ohlc_bars. Values are nullable because a NaN or a missing field is a reason.
+CREATE TABLE IF NOT EXISTS rejected_bars (
+    id           bigserial        PRIMARY KEY,
+    symbol       text,
+    timeframe    text             NOT NULL,
+    session      date,
+    ts           timestamptz,
+    open         double precision,
+    high         double precision,
+    low          double precision,
+    close        double precision,
+    volume       double precision,
+    vwap         double precision,
+    trade_count  bigint,
+    provider     text             NOT NULL,
+    reason       text             NOT NULL,
+    run_id       text,
+    rejected_at  timestamptz      NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rejected_bars_symbol_idx ON rejected_bars (symbol, timeframe, session);

@@ -1,0 +1,144 @@
+"""Partition replaces: atomic, idempotent, concurrent-safe; the ledger and quarantine beside them.
+Every test runs on SQLite and on PostgreSQL."""
+
+import threading
+from datetime import date
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from backfill_dagster.providers.demo import synthetic_session_m15
+from backfill_dagster.store import BarStore, CoverageEntry, shared_engine
+from backfill_dagster.store.schema import ohlc_bars
+from backfill_dagster.timeframes import Timeframe
+from tests.conftest import THANKSGIVING_WEEK, utc
+
+NOW = utc("2025-01-01 00:00")
+
+
+def m15(calendar, symbol, sessions):
+    frames = []
+    for d in sessions:
+        day = synthetic_session_m15(symbol, d, calendar)
+        lo, hi = calendar.window(d)
+        frames.append(day[(day.ts >= lo) & (day.ts < hi)])
+    return pd.concat(frames, ignore_index=True)
+
+
+def write(store, symbol, sessions, bars=None, provider="demo:synthetic"):
+    bars = m15(store.calendar, symbol, sessions) if bars is None else bars
+    counts = bars.groupby(bars.ts.dt.tz_convert("America/New_York").dt.date).size()
+    coverage = [CoverageEntry(symbol, d, int(counts.get(d, 0)), int(store.calendar.expected_counts([d], Timeframe.M15)[0]), True) for d in sessions]
+    return store.replace_partitions(Timeframe.M15, bars, coverage, provider=provider, adjustment="split", fetched_at=NOW, run_id="r1")
+
+
+def dump(store):
+    with store.engine.connect() as conn:
+        return conn.execute(sa.select(ohlc_bars).order_by(ohlc_bars.c.symbol, ohlc_bars.c.timeframe, ohlc_bars.c.ts)).all()
+
+
+def test_replace_is_idempotent_and_round_trips_exactly(store):
+    written = write(store, "AAPL", THANKSGIVING_WEEK)
+    assert written == 26 * 3 + 14
+    first = dump(store)
+    write(store, "AAPL", THANKSGIVING_WEEK)
+    assert dump(store) == first
+    back = store.read_bars(Timeframe.M15, [("AAPL", d) for d in THANKSGIVING_WEEK])
+    source = m15(store.calendar, "AAPL", THANKSGIVING_WEEK)
+    pd.testing.assert_frame_equal(back[list(source.columns)], source, check_exact=True)
+    assert set(back["session"]) == set(THANKSGIVING_WEEK)
+    assert (back["ts"].dt.tz is not None) and str(back["ts"].dt.tz) == "UTC"
+
+
+def test_replace_only_touches_its_partitions(store):
+    write(store, "AAPL", THANKSGIVING_WEEK)
+    write(store, "MSFT", THANKSGIVING_WEEK)
+    # Re-write one session of AAPL with fewer bars: only that partition changes.
+    fewer = m15(store.calendar, "AAPL", [date(2024, 11, 27)]).iloc[:5]
+    write(store, "AAPL", [date(2024, 11, 27)], bars=fewer)
+    rows = dump(store)
+    by = pd.DataFrame([r._mapping for r in rows]).assign(session=lambda f: f.ts.apply(lambda t: t.astimezone(pd.Timestamp(0, tz="America/New_York").tz).date()))
+    counts = by.groupby(["symbol", "session"]).size()
+    assert counts[("AAPL", date(2024, 11, 27))] == 5
+    assert counts[("AAPL", date(2024, 11, 26))] == 26 and counts[("AAPL", date(2024, 11, 29))] == 14
+    assert counts[("MSFT", date(2024, 11, 27))] == 26
+    ledger = store.coverage(Timeframe.M15, ["AAPL"]).set_index("session")
+    assert ledger.loc[date(2024, 11, 27), "bars"] == 5 and ledger.loc[date(2024, 11, 27), "attempts"] == 2
+
+
+def test_a_non_contiguous_write_leaves_the_sessions_between_alone(store):
+    write(store, "AAPL", THANKSGIVING_WEEK)
+    write(store, "AAPL", [date(2024, 11, 25), date(2024, 11, 29)], bars=m15(store.calendar, "AAPL", [date(2024, 11, 25)]).iloc[:1])
+    back = store.read_bars(Timeframe.M15, [("AAPL", d) for d in THANKSGIVING_WEEK])
+    assert back.groupby("session").size().to_dict() == {date(2024, 11, 25): 1, date(2024, 11, 26): 26, date(2024, 11, 27): 26}
+
+
+def test_a_failed_write_leaves_the_old_bars(store):
+    write(store, "AAPL", THANKSGIVING_WEEK)
+    before = dump(store)
+    bad = m15(store.calendar, "AAPL", THANKSGIVING_WEEK)
+    bad.loc[40, "high"] = bad.loc[40, "low"] - 1  # the database's own constraint refuses this
+    with pytest.raises(sa.exc.IntegrityError if not store.is_postgres else Exception):
+        write(store, "AAPL", THANKSGIVING_WEEK, bars=bad)
+    assert dump(store) == before
+
+
+@pytest.mark.parametrize(
+    "column, value",
+    [("open", -1.0), ("volume", -1.0), ("high", float("nan")), ("timeframe", "m5"), ("adjustment", "weird")],
+)
+def test_database_constraints_refuse_invalid_bars(store, column, value):
+    row = {"symbol": "AAPL", "timeframe": "m15", "ts": utc("2024-11-25 14:30").to_pydatetime(), "open": 10.0, "high": 11.0,
+           "low": 9.0, "close": 10.0, "volume": 1.0, "vwap": None, "trade_count": None, "provider": "x", "adjustment": "split"}
+    row[column] = value
+    with pytest.raises(sa.exc.IntegrityError):
+        with store.engine.begin() as conn:
+            conn.execute(ohlc_bars.insert(), [row])
+
+
+def test_failures_keep_earlier_bars_and_counts(store):
+    write(store, "AAPL", [date(2024, 11, 25)])
+    store.record_failures(Timeframe.M15, {("AAPL", date(2024, 11, 25)): "alpaca: 503", ("AAPL", date(2024, 11, 26)): "alpaca: 503"},
+                          expected={date(2024, 11, 25): 26, date(2024, 11, 26): 26}, at=NOW, run_id="r2")
+    ledger = store.coverage(Timeframe.M15, ["AAPL"]).set_index("session")
+    assert list(ledger["status"]) == ["failed", "failed"]
+    assert ledger.loc[date(2024, 11, 25), "bars"] == 26 and ledger.loc[date(2024, 11, 25), "provider"] == "demo:synthetic"
+    assert ledger.loc[date(2024, 11, 26), "bars"] == 0 and ledger.loc[date(2024, 11, 26), "error"] == "alpaca: 503"
+    assert len(store.read_bars(Timeframe.M15, [("AAPL", date(2024, 11, 25))])) == 26
+
+
+def test_quarantine_keeps_rejected_bars_with_reasons(store):
+    rejected = pd.DataFrame({"symbol": ["AAPL", None], "ts": [utc("2024-11-25 14:30"), pd.NaT], "open": [1.0, float("nan")],
+                             "high": [0.5, None], "low": [1.0, None], "close": [1.0, None], "volume": [1.0, None], "vwap": [None, None],
+                             "trade_count": pd.array([3, None], dtype="Int64"), "session": [date(2024, 11, 25), None],
+                             "reason": ["high is below low", "missing or unparseable timestamp"]})
+    assert store.quarantine(rejected, Timeframe.M15, provider="alpaca", at=NOW, run_id="r1") == 2
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT symbol, reason, open, trade_count FROM rejected_bars ORDER BY id")).all()
+    assert rows[0] == ("AAPL", "high is below low", 1.0, 3)
+    assert rows[1][0] is None and rows[1][2] is None
+
+
+def test_concurrent_overlapping_replaces_never_duplicate_or_lose(store_url, calendar):
+    stores = [BarStore(shared_engine(store_url), calendar) for _ in range(4)]
+    sessions = calendar.sessions("2024-10-01", "2024-11-29")
+    errors = []
+
+    def worker(i):
+        try:
+            for _ in range(3):
+                write(stores[i], "AAPL", sessions[i * 5 : i * 5 + 20])
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors
+    back = stores[0].read_bars(Timeframe.M15, [("AAPL", d) for d in sessions])
+    assert not back.duplicated(["symbol", "ts"]).any()
+    covered = sorted(set(back["session"]))
+    assert covered == sessions[: 3 * 5 + 20]
+    expected = m15(calendar, "AAPL", covered)
+    assert len(back) == len(expected)
