@@ -1,0 +1,249 @@
+"""`backfill-dagster`: operator commands.
+
+    backfill-dagster watchlist add|remove SYMBOL...   edit the watchlist and the symbol partitions
+    backfill-dagster watchlist list
+    backfill-dagster coverage [--symbol S] [--timeframe TF]
+    backfill-dagster demo [--symbols ...] [--sessions N]   a real Dagster run on the embedded default
+    backfill-dagster db-init                            apply the schema to BACKFILL_DATABASE_URL
+
+The Dagster instance is the one at DAGSTER_HOME; without it, <data dir>/dagster_home.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+
+import pandas as pd
+
+from backfill_dagster.calendar import NotASessionError, SessionNotOpenError, xnys
+from backfill_dagster.providers.base import ProviderConfigError
+from backfill_dagster.settings import Settings, SettingsError
+from backfill_dagster.store import (
+    StoreConfigError,
+    StoreUnavailableError,
+    Watchlist,
+    redact,
+    shared_engine,
+)
+from backfill_dagster.store.coverage import coverage_detail, coverage_summary
+from backfill_dagster.symbols import InvalidSymbolError, normalize_symbols
+from backfill_dagster.timeframes import Timeframe, UnknownTimeframeError
+
+DEMO_SYMBOLS = ("AAPL", "MSFT", "NVDA")
+DEMO_SESSIONS = 15
+
+USER_ERRORS = (
+    InvalidSymbolError,
+    NotASessionError,
+    SessionNotOpenError,
+    ProviderConfigError,
+    SettingsError,
+    StoreConfigError,
+    StoreUnavailableError,
+    UnknownTimeframeError,
+)
+
+
+class CommandError(RuntimeError):
+    """A command that could not do what was asked; the message says why."""
+
+
+def dagster_instance(settings: Settings):
+    """The instance at DAGSTER_HOME, or the embedded one under the data directory."""
+    from dagster import DagsterInstance
+
+    if not os.environ.get("DAGSTER_HOME"):
+        home = settings.dagster_home
+        home.mkdir(parents=True, exist_ok=True)
+        config = home / "dagster.yaml"
+        if not config.exists():
+            # The embedded default is offline: SQLite storage in this directory, no telemetry.
+            config.write_text("telemetry:\n  enabled: false\n")
+        os.environ["DAGSTER_HOME"] = str(home)
+        print(f"DAGSTER_HOME is not set: using the embedded instance at {home}", file=sys.stderr)
+    return DagsterInstance.get()
+
+
+def sync_symbol_partitions(instance, add: Sequence[str] = (), remove: Sequence[str] = ()) -> None:
+    from backfill_dagster.orchestration.partitions import SYMBOLS_PARTITIONS_NAME
+
+    existing = set(instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
+    new = [s for s in add if s not in existing]
+    if new:
+        instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, new)
+    for symbol in remove:
+        if symbol in existing:
+            instance.delete_dynamic_partition(SYMBOLS_PARTITIONS_NAME, symbol)
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_watchlist(args: argparse.Namespace, settings: Settings) -> int:
+    watchlist = Watchlist(shared_engine(settings.resolved_database_url))
+    if args.action == "list":
+        entries = watchlist.entries()
+        if not entries:
+            print("the watchlist is empty: backfill-dagster watchlist add AAPL MSFT")
+        for e in entries:
+            state = "active" if e["active"] else "inactive"
+            print(f"{e['symbol']:<10} {state:<8} added {e['added_at']:%Y-%m-%d %H:%M}Z")
+        return 0
+    symbols = normalize_symbols(args.symbols)  # refuse bad input before touching anything
+    instance = dagster_instance(settings)
+    if args.action == "add":
+        change = watchlist.add(symbols)
+        sync_symbol_partitions(instance, add=symbols)
+        print(f"added: {', '.join(change.changed) or 'none'}; already active: {', '.join(change.unchanged) or 'none'}")
+    else:
+        change = watchlist.remove(symbols)
+        sync_symbol_partitions(instance, remove=symbols)
+        print(f"removed: {', '.join(change.changed) or 'none'}; not active: {', '.join(change.unchanged) or 'none'}")
+    return 0
+
+
+def cmd_coverage(args: argparse.Namespace, settings: Settings) -> int:
+    engine = shared_engine(settings.resolved_database_url)
+    timeframe = Timeframe.parse(args.timeframe).value if args.timeframe else None
+    if args.symbol and args.detail:
+        symbol = normalize_symbols([args.symbol])[0]
+        print(format_detail(coverage_detail(engine, symbol, timeframe), symbol))
+        return 0
+    symbols = normalize_symbols([args.symbol]) if args.symbol else None
+    print(format_summary(coverage_summary(engine, symbols=symbols, timeframe=timeframe)))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """Backfill a few symbols over recent sessions in real Dagster runs, then show coverage."""
+    from dagster import DagsterRunStatus
+
+    from backfill_dagster.definitions import build_definitions
+    from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
+    from backfill_dagster.orchestration.partitions import (
+        SYMBOLS_PARTITIONS_NAME,
+        range_tags,
+        symbol_blocks,
+    )
+
+    symbols = normalize_symbols(args.symbols)
+    calendar = xnys()
+    sessions = [
+        s for s in calendar.recent_sessions(args.sessions, pd.Timestamp.now(tz="UTC"))
+        if s >= settings.history_start
+    ]
+    if not sessions:
+        raise CommandError(f"no closed session since BACKFILL_HISTORY_START={settings.history_start}")
+    instance = dagster_instance(settings)
+    Watchlist(shared_engine(settings.resolved_database_url)).add(symbols)
+    sync_symbol_partitions(instance, add=symbols)
+
+    defs = build_definitions(settings, env_has_database_url=bool(os.environ.get("BACKFILL_DATABASE_URL")))
+    job = defs.resolve_job_def(ALL_BARS_JOB)
+    order = instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME)
+    print(
+        f"backfilling {', '.join(symbols)} x {len(sessions)} sessions "
+        f"({sessions[0]} .. {sessions[-1]}), timeframes m15, h1, h4, d1, "
+        f"providers {', '.join(settings.providers)}, store {redact(settings.resolved_database_url)}"
+    )
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    failed = 0
+    for block in symbol_blocks(symbols, order):
+        result = job.execute_in_process(
+            instance=instance,
+            tags=range_tags((block[0], sessions[0]), (block[-1], sessions[-1])),
+            run_config=quiet,
+            raise_on_error=False,
+        )
+        status = instance.get_run_by_id(result.run_id).status
+        print(f"  run {result.run_id} ({', '.join(block)}): {status.value}")
+        failed += status != DagsterRunStatus.SUCCESS
+    print()
+    summary = coverage_summary(shared_engine(settings.resolved_database_url), symbols=symbols)
+    print(format_summary(summary))
+    print(f"\nDagster instance: {os.environ['DAGSTER_HOME']} (see it with: dagster dev)")
+    return 1 if failed else 0
+
+
+def cmd_db_init(_args: argparse.Namespace, settings: Settings) -> int:
+    shared_engine(settings.resolved_database_url)  # connects and applies the schema
+    print(f"schema applied to {redact(settings.resolved_database_url)}")
+    return 0
+
+
+# ---------------------------------------------------------------------- output
+def format_summary(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "no coverage recorded yet"
+    header = f"{'symbol':<8} {'tf':<4} {'complete':>8} {'partial':>7} {'failed':>6} {'bars':>9} {'expected':>9}  {'first':<10} {'last':<10} last fetch (UTC)"
+    lines = [header, "-" * len(header)]
+    for r in frame.itertuples(index=False):
+        fetched = "-" if pd.isna(r.last_fetch) else f"{r.last_fetch:%Y-%m-%d %H:%M}"
+        lines.append(
+            f"{r.symbol:<8} {r.timeframe:<4} {r.complete:>8} {r.partial:>7} {r.failed:>6} "
+            f"{r.bars:>9} {r.expected:>9}  {_d(r.first_session):<10} {_d(r.last_session):<10} {fetched}"
+        )
+    return "\n".join(lines)
+
+
+def format_detail(frame: pd.DataFrame, symbol: str) -> str:
+    if frame.empty:
+        return f"no coverage recorded for {symbol}"
+    lines = [f"{'session':<10} {'tf':<4} {'status':<8} {'bars':>5}/{'exp':<5} {'provider':<22} {'fetched (UTC)':<16} error"]
+    for r in frame.itertuples(index=False):
+        fetched = "-" if r.fetched_at is None or pd.isna(r.fetched_at) else f"{pd.Timestamp(r.fetched_at):%Y-%m-%d %H:%M}"
+        lines.append(
+            f"{_d(r.session):<10} {r.timeframe:<4} {r.status:<8} {r.bars:>5}/{r.expected:<5} "
+            f"{(r.provider or '-'):<22} {fetched:<16} {r.error or ''}"
+        )
+    return "\n".join(lines)
+
+
+def _d(value) -> str:
+    return "-" if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)[:10]
+
+
+# ---------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="backfill-dagster", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    wl = sub.add_parser("watchlist", help="edit or list the watchlist")
+    wl_sub = wl.add_subparsers(dest="action", required=True)
+    for action, text in (("add", "activate symbols"), ("remove", "deactivate symbols")):
+        p = wl_sub.add_parser(action, help=text)
+        p.add_argument("symbols", nargs="+", metavar="SYMBOL")
+    wl_sub.add_parser("list", help="list symbols")
+    wl.set_defaults(func=cmd_watchlist)
+
+    cov = sub.add_parser("coverage", help="show the coverage ledger")
+    cov.add_argument("--symbol", help="only this symbol")
+    cov.add_argument("--timeframe", help="only this timeframe (m15, h1, h4, d1)")
+    cov.add_argument("--detail", action="store_true", help="per-session rows (needs --symbol)")
+    cov.set_defaults(func=cmd_coverage)
+
+    demo = sub.add_parser("demo", help="backfill a few symbols on the embedded default and show coverage")
+    demo.add_argument("--symbols", nargs="+", default=list(DEMO_SYMBOLS), metavar="SYMBOL")
+    demo.add_argument("--sessions", type=int, default=DEMO_SESSIONS, help="recent closed sessions")
+    demo.set_defaults(func=cmd_demo)
+
+    init = sub.add_parser("db-init", help="apply the schema to the configured database")
+    init.set_defaults(func=cmd_db_init)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", message=".*is currently in beta.*")
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        return int(args.func(args, settings) or 0)
+    except USER_ERRORS + (CommandError,) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

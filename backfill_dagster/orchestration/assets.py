@@ -1,0 +1,145 @@
+"""The bar assets: one per timeframe, each partitioned by session x symbol.
+
+All four share one partitions definition and `BackfillPolicy.single_run()`, so a UI backfill of
+them shares its runs, and a run over a box of partitions makes few provider calls (the planner) and
+one atomic write per request. Per-partition accounting lives in the coverage ledger, not in Dagster
+metadata, whose per-partition calls cost O(n) each (DESIGN §4).
+"""
+
+
+from collections.abc import Iterator
+
+import dagster as dg
+
+from backfill_dagster.calendar import xnys
+from backfill_dagster.orchestration.partitions import multi_partition_key, parse_partition_keys
+from backfill_dagster.orchestration.resources import ProvidersResource, StoreResource
+from backfill_dagster.ingest import IngestReport, derive_partitions, fetch_partitions
+from backfill_dagster.timeframes import Timeframe
+
+GROUP = "bars"
+
+DESCRIPTIONS = {
+    Timeframe.M15: (
+        "15-minute OHLCV bars of each watchlist symbol and NYSE session, fetched from the configured "
+        "providers (session-anchored, bar start in UTC)."
+    ),
+    Timeframe.D1: (
+        "Daily OHLCV bars of each watchlist symbol and NYSE session, fetched from the configured "
+        "providers (labelled 00:00 America/New_York)."
+    ),
+    Timeframe.H1: (
+        "Hourly bars resampled from the session's m15 bars: 09:30, 10:30 ... 15:30 (the last one "
+        "30 minutes), early closes respected."
+    ),
+    Timeframe.H4: (
+        "Four-hour bars resampled from the session's m15 bars: 09:30-13:30 and 13:30-16:00, one "
+        "09:30-13:00 bar on early closes."
+    ),
+}
+
+
+def report_events(
+    context: dg.AssetExecutionContext, report: IngestReport
+) -> Iterator[dg.MaterializeResult | dg.AssetMaterialization]:
+    """Turn a step's report into Dagster events with a per-partition status that tells the truth.
+
+    Success: one MaterializeResult; Dagster records it for every partition of the run. Partial
+    failure: the partitions that were written get their own materialization, then the step fails
+    naming the others, so the UI shows exactly those as failed.
+    """
+    metadata = {
+        "partitions_in_run": report.partitions,
+        "bars_written": report.bars_written,
+        "bars_expected": report.bars_expected,
+        "completeness": round(report.bars_written / report.bars_expected, 4) if report.bars_expected else 1.0,
+        "served_by": dg.MetadataValue.json(dict(report.served_by)),
+        "api_calls": sum(report.api_calls.values()),
+        "api_calls_by_provider": dg.MetadataValue.json(dict(report.api_calls)),
+        "rejected_bars": report.rejected_bars,
+    }
+    if report.ok:
+        yield dg.MaterializeResult(metadata=metadata)
+        return
+    for symbol, session in report.written:
+        yield dg.AssetMaterialization(
+            asset_key=context.asset_key,
+            partition=multi_partition_key(symbol, session),
+            metadata={"written_by_failed_run": True},
+        )
+    raise dg.Failure(
+        description=(
+            f"{len(report.failures)} of {report.partitions} partition(s) of "
+            f"{report.timeframe.asset_name} failed ({len(report.written)} were written):\n"
+            f"{report.failure_summary()}"
+        ),
+        metadata={**metadata, "failed_partitions": dg.MetadataValue.json(
+            sorted(f"{d.isoformat()}|{s}" for s, d in report.failures)[:1000]
+        )},
+    )
+
+
+def fetched_bars_asset(timeframe: Timeframe, partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=timeframe.asset_name,
+        description=DESCRIPTIONS[timeframe],
+        partitions_def=partitions_def,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        group_name=GROUP,
+        kinds={"python", "sql"},
+        tags={"timeframe": timeframe.value},
+    )
+    def _fetched(
+        context: dg.AssetExecutionContext, store: StoreResource, providers: ProvidersResource
+    ) -> Iterator[dg.MaterializeResult | dg.AssetMaterialization]:
+        calendar = xnys()
+        partitions = parse_partition_keys(context.partition_keys, calendar)
+        router = providers.router(store, calendar)
+        try:
+            report = fetch_partitions(
+                partitions, timeframe, router, store.bar_store(calendar),
+                run_id=context.run.run_id, log=context.log.info,
+            )
+        finally:
+            router.close()
+        yield from report_events(context, report)
+
+    return _fetched
+
+
+def derived_bars_asset(
+    timeframe: Timeframe, source: dg.AssetsDefinition, partitions_def: dg.PartitionsDefinition
+) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=timeframe.asset_name,
+        description=DESCRIPTIONS[timeframe],
+        partitions_def=partitions_def,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        group_name=GROUP,
+        kinds={"python", "sql"},
+        tags={"timeframe": timeframe.value},
+        deps=[source],
+    )
+    def _derived(
+        context: dg.AssetExecutionContext, store: StoreResource
+    ) -> Iterator[dg.MaterializeResult | dg.AssetMaterialization]:
+        calendar = xnys()
+        partitions = parse_partition_keys(context.partition_keys, calendar)
+        report = derive_partitions(
+            partitions, timeframe, store.bar_store(calendar),
+            extended=store.extended_hours, run_id=context.run.run_id, log=context.log.info,
+        )
+        yield from report_events(context, report)
+
+    return _derived
+
+
+def bar_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+    m15 = fetched_bars_asset(Timeframe.M15, partitions_def)
+    return [
+        m15,
+        derived_bars_asset(Timeframe.H1, m15, partitions_def),
+        derived_bars_asset(Timeframe.H4, m15, partitions_def),
+        fetched_bars_asset(Timeframe.D1, partitions_def),
+    ]
+

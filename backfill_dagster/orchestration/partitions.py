@@ -1,0 +1,112 @@
+"""Partitions: trading session x symbol (DESIGN §3).
+
+- date: exactly the XNYS sessions from the history start, today included (`end_offset=1`).
+  Weekends and holidays are excluded by cron and by date, so they produce no partition. On a
+  non-session day Dagster's end_offset makes the *next* session the last key (Dagster issue
+  #33551); the assets refuse a session that has not opened, and sensors/schedules never ask for it.
+- symbol: dynamic, synced from the watchlist table. Keys keep insertion order, so a key range is
+  a box over that order.
+Keys look like ``2026-01-05|AAPL`` (dimensions sorted by name: date, then symbol).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime
+
+import dagster as dg
+
+from backfill_dagster.calendar import NEW_YORK, SessionCalendar, as_date
+from backfill_dagster.symbols import InvalidSymbolError, normalize_symbol
+
+SYMBOLS_PARTITIONS_NAME = "symbols"
+SYMBOL_PARTITIONS = dg.DynamicPartitionsDefinition(name=SYMBOLS_PARTITIONS_NAME)
+WEEKEND_EXCLUSIONS = ("0 0 * * 6", "0 0 * * 0")
+
+Partition = tuple[str, date]
+
+
+class PartitionKeyError(ValueError):
+    """A partition key that does not name a session and a symbol."""
+
+
+def session_partitions(history_start: date, calendar: SessionCalendar) -> dg.DailyPartitionsDefinition:
+    """One partition per XNYS session from history_start to today."""
+    holidays = calendar.holidays(history_start, calendar.last_day)
+    return dg.DailyPartitionsDefinition(
+        start_date=history_start.isoformat(),
+        timezone=str(NEW_YORK),
+        end_offset=1,
+        exclusions=[*WEEKEND_EXCLUSIONS, *(datetime(d.year, d.month, d.day) for d in holidays)],
+    )
+
+
+def bar_partitions(history_start: date, calendar: SessionCalendar) -> dg.MultiPartitionsDefinition:
+    return dg.MultiPartitionsDefinition(
+        {"date": session_partitions(history_start, calendar), "symbol": SYMBOL_PARTITIONS}
+    )
+
+
+def partition_key(symbol: str, session: date) -> str:
+    return f"{session.isoformat()}|{symbol}"
+
+
+def multi_partition_key(symbol: str, session: date) -> dg.MultiPartitionKey:
+    return dg.MultiPartitionKey({"date": session.isoformat(), "symbol": symbol})
+
+
+def parse_partition_key(key: str | dg.MultiPartitionKey, calendar: SessionCalendar) -> Partition:
+    """(symbol, session) from a key such as '2026-01-05|AAPL', checked against the calendar."""
+    if isinstance(key, dg.MultiPartitionKey):
+        raw_date, raw_symbol = key.keys_by_dimension["date"], key.keys_by_dimension["symbol"]
+    else:
+        parts = str(key).split("|")
+        if len(parts) != 2:
+            raise PartitionKeyError(
+                f"partition key {key!r} is not '<session date>|<SYMBOL>', e.g. '2026-01-05|AAPL'"
+            )
+        raw_date, raw_symbol = parts
+    try:
+        symbol = normalize_symbol(raw_symbol)
+    except InvalidSymbolError as exc:
+        raise PartitionKeyError(f"partition key {key!r}: {exc}") from None
+    if symbol != raw_symbol:
+        raise PartitionKeyError(f"partition key {key!r}: symbols are upper-case ({symbol})")
+    try:
+        session = calendar.require_session(as_date(raw_date))
+    except ValueError as exc:
+        raise PartitionKeyError(f"partition key {key!r}: {exc}") from None
+    return symbol, session
+
+
+def parse_partition_keys(keys: Iterable[str], calendar: SessionCalendar) -> list[Partition]:
+    return [parse_partition_key(k, calendar) for k in keys]
+
+
+def range_tags(first: Partition, last: Partition) -> dict[str, str]:
+    """Run tags for a box of partitions: sessions first..last x symbols first..last in the
+    dynamic partitions' insertion order (a 'reversed' symbol range selects nothing)."""
+    return {
+        "dagster/asset_partition_range_start": partition_key(*first),
+        "dagster/asset_partition_range_end": partition_key(*last),
+    }
+
+
+def symbol_blocks(symbols: Sequence[str], partition_order: Sequence[str]) -> list[list[str]]:
+    """Group symbols into blocks that are contiguous in the partition order, so each block is one
+    range run. Symbols missing from the partitions are an error (register them first)."""
+    position = {s: i for i, s in enumerate(partition_order)}
+    missing = [s for s in symbols if s not in position]
+    if missing:
+        raise PartitionKeyError(
+            f"symbol(s) {', '.join(missing)} are not symbol partitions yet: add them to the "
+            "watchlist (backfill-dagster watchlist add ...)"
+        )
+    ordered = sorted(set(symbols), key=position.__getitem__)
+    blocks: list[list[str]] = []
+    for symbol in ordered:
+        if blocks and position[symbol] == position[blocks[-1][-1]] + 1:
+            blocks[-1].append(symbol)
+        else:
+            blocks.append([symbol])
+    return blocks

@@ -1,0 +1,106 @@
+"""The assets in real Dagster runs (in-process), on both store backends."""
+
+from datetime import date
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
+from backfill_dagster.orchestration.partitions import range_tags
+from backfill_dagster.providers import registry
+from backfill_dagster.providers.base import FetchResult
+from backfill_dagster.providers.demo import DemoProvider
+from backfill_dagster.store import BarStore, shared_engine
+from backfill_dagster.timeframes import Timeframe
+from tests.orchestration.conftest import add_symbols
+
+ASSETS = ["bars_m15", "bars_h1", "bars_h4", "bars_d1"]
+
+
+def materialized(instance, asset):
+    return instance.get_materialized_partitions(dg.AssetKey(asset))
+
+
+def failed(instance, asset):
+    return set(
+        instance.event_log_storage.get_latest_asset_partition_materialization_attempts_without_materializations(
+            dg.AssetKey(asset)
+        )
+    )
+
+
+def test_single_partition_and_rerun_is_identical(defs, instance, store_url, calendar):
+    add_symbols(instance, store_url, ["AAPL", "MSFT"])
+    job = defs.resolve_implicit_global_asset_job_def()
+    result = job.get_subset(asset_selection={dg.AssetKey("bars_m15")}).execute_in_process(
+        instance=instance, partition_key="2024-11-29|AAPL"
+    )
+    assert result.success
+    store = BarStore(shared_engine(store_url), calendar)
+    first = store.read_bars(Timeframe.M15, [("AAPL", date(2024, 11, 29))])
+    assert len(first) == 14  # early close
+    job.get_subset(asset_selection={dg.AssetKey("bars_m15")}).execute_in_process(instance=instance, partition_key="2024-11-29|AAPL")
+    pd.testing.assert_frame_equal(store.read_bars(Timeframe.M15, [("AAPL", date(2024, 11, 29))]), first, check_exact=True)
+    assert materialized(instance, "bars_m15") == {"2024-11-29|AAPL"}
+
+
+def test_range_run_materializes_every_partition_of_all_four(defs, instance, store_url, calendar):
+    add_symbols(instance, store_url, ["AAPL", "MSFT"])
+    sessions = calendar.sessions("2024-10-29", "2024-11-25")
+    assert len(sessions) == 20
+    result = defs.resolve_job_def(ALL_BARS_JOB).execute_in_process(
+        instance=instance, tags=range_tags(("AAPL", sessions[0]), ("MSFT", sessions[-1]))
+    )
+    assert result.success
+    expected = {f"{d.isoformat()}|{s}" for s in ("AAPL", "MSFT") for d in sessions}
+    for asset in ASSETS:
+        assert materialized(instance, asset) == expected, asset
+    store = BarStore(shared_engine(store_url), calendar)
+    ledger = store.coverage()
+    assert ledger.groupby("timeframe").size().to_dict() == {"d1": 40, "h1": 40, "h4": 40, "m15": 40}
+    assert (ledger["bars"] == ledger["expected"]).all() and set(ledger["status"]) == {"complete"}
+    m15 = result.asset_materializations_for_node("bars_m15")
+    assert len(m15) == 40 and m15[0].metadata["bars_written"].value == 40 * 26
+
+
+def _flaky_factory(bad_session):
+    class Flaky(DemoProvider):
+        name = "flaky"
+
+        def fetch(self, request):
+            bars = super().fetch(request).bars
+            day = bars.ts.dt.tz_convert("America/New_York").dt.date == bad_session
+            bars.loc[bars.index[day & (bars.symbol == "MSFT")], "volume"] = -1.0
+            return FetchResult(bars=bars, api_calls=1)
+
+    return lambda _config, calendar, clock: Flaky(calendar, clock)
+
+
+def test_a_partly_failed_run_reports_true_per_partition_status(tmp_path, instance, store_url, calendar, monkeypatch):
+    from backfill_dagster.definitions import build_definitions
+    from backfill_dagster.settings import Settings
+
+    bad = date(2024, 11, 26)
+    monkeypatch.setitem(registry.FACTORIES, "flaky", _flaky_factory(bad))
+    defs = build_definitions(Settings(data_dir=tmp_path, database_url=store_url, providers=("flaky",)))
+    add_symbols(instance, store_url, ["AAPL", "MSFT"])
+    sessions = calendar.sessions("2024-11-22", "2024-11-27")
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey("bars_m15")})
+    result = job.execute_in_process(instance=instance, tags=range_tags(("AAPL", sessions[0]), ("MSFT", sessions[-1])), raise_on_error=False)
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data.error.message
+    assert "1 of 8 partition(s) of bars_m15 failed (7 were written)" in failure
+    assert "MSFT 2024-11-26 m15: provider returned 26 invalid bar(s)" in failure and "volume is negative" in failure
+    everything = {f"{d.isoformat()}|{s}" for s in ("AAPL", "MSFT") for d in sessions}
+    assert materialized(instance, "bars_m15") == everything - {"2024-11-26|MSFT"}
+    assert failed(instance, "bars_m15") == {"2024-11-26|MSFT"}
+    store = BarStore(shared_engine(store_url), calendar)
+    assert store.read_bars(Timeframe.M15, [("MSFT", bad)]).empty
+
+
+def test_a_non_session_partition_is_refused_by_dagster(defs, instance, store_url):
+    add_symbols(instance, store_url, ["AAPL"])
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey("bars_m15")})
+    with pytest.raises(dg.DagsterUnknownPartitionError, match="2024-11-28"):
+        job.execute_in_process(instance=instance, partition_key="2024-11-28|AAPL")

@@ -1,0 +1,74 @@
+"""A snapshot of the wiring: catches accidental changes to assets, partitions, jobs, sensors."""
+
+from datetime import date
+
+import dagster as dg
+import exchange_calendars as xcals
+import pytest
+
+from backfill_dagster.definitions import build_definitions
+from backfill_dagster.orchestration.partitions import (
+    PartitionKeyError,
+    bar_partitions,
+    parse_partition_key,
+    symbol_blocks,
+)
+from backfill_dagster.providers.base import ProviderConfigError
+from backfill_dagster.settings import Settings
+
+
+def test_definitions_snapshot(tmp_path):
+    defs = build_definitions(Settings(data_dir=tmp_path))
+    graph = defs.resolve_asset_graph()
+    keys = sorted(k.to_user_string() for k in graph.get_all_asset_keys())
+    assert keys == ["bars_d1", "bars_h1", "bars_h4", "bars_m15"]
+    for key in keys:
+        node = graph.get(dg.AssetKey(key))
+        assert isinstance(node.partitions_def, dg.MultiPartitionsDefinition)
+        assert [d.name for d in node.partitions_def.partitions_defs] == ["date", "symbol"]
+        assert node.backfill_policy == dg.BackfillPolicy.single_run()
+    assert graph.get(dg.AssetKey("bars_h1")).parent_keys == {dg.AssetKey("bars_m15")}
+    assert graph.get(dg.AssetKey("bars_h4")).parent_keys == {dg.AssetKey("bars_m15")}
+    assert not graph.get(dg.AssetKey("bars_d1")).parent_keys
+    assert [s.name for s in defs.sensors] == ["watchlist_sync"]
+    assert defs.resolve_sensor_def("watchlist_sync").default_status == dg.DefaultSensorStatus.RUNNING
+    assert defs.resolve_job_def("all_bars").executor_def.name == "in_process"
+    assert set(defs.resources) == {"store", "providers"}
+
+
+def test_date_partitions_are_exactly_the_xnys_sessions():
+    from backfill_dagster.calendar import xnys
+
+    partitions = bar_partitions(date(2024, 1, 1), xnys()).partitions_defs[0].partitions_def
+    keys = [k for k in partitions.get_partition_keys() if k <= "2026-12-31"]
+    reference = xcals.get_calendar("XNYS", start="2023-12-01", end="2026-12-31")
+    sessions = [d.date().isoformat() for d in reference.sessions_in_range("2024-01-01", keys[-1])]
+    assert keys == sessions
+    assert "2025-01-09" not in keys and "2024-11-28" not in keys and "2024-11-29" in keys
+
+
+@pytest.mark.parametrize(
+    "key, message",
+    [
+        ("2024-11-28|AAPL", "not an NYSE trading session (NYSE holiday: Thanksgiving)"),
+        ("2024-11-30|AAPL", "a Saturday"),
+        ("2024-11-29|aapl", "symbols are upper-case"),
+        ("2024-11-29|AA;PL", "not a valid ticker"),
+        ("AAPL|2024-11-29", "not a date"),
+        ("2024-11-29", "is not '<session date>|<SYMBOL>'"),
+    ],
+)
+def test_bad_partition_keys_are_refused(calendar, key, message):
+    with pytest.raises(PartitionKeyError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_partition_key(key, calendar)
+
+
+def test_symbol_blocks_follow_partition_order():
+    assert symbol_blocks(["C", "A", "B"], ["A", "B", "X", "C"]) == [["A", "B"], ["C"]]
+    with pytest.raises(PartitionKeyError, match="not symbol partitions yet"):
+        symbol_blocks(["ZZ"], ["A"])
+
+
+def test_unknown_provider_fails_at_load(tmp_path):
+    with pytest.raises(ProviderConfigError, match="unknown provider\\(s\\) 'nope'.*known providers are demo"):
+        build_definitions(Settings(data_dir=tmp_path, providers=("demo", "nope")))

@@ -1,0 +1,154 @@
+"""Filling partitions without Dagster: fetch with fallback, validation, atomic writes, derive."""
+
+from datetime import date
+
+import pandas as pd
+import pytest
+
+from backfill_dagster.calendar import SessionNotOpenError
+from backfill_dagster.ingest import derive_partitions, fetch_partitions
+from backfill_dagster.providers.base import FetchResult, ProviderError
+from backfill_dagster.providers.demo import DemoProvider
+from backfill_dagster.providers.router import Router
+from backfill_dagster.timeframes import Timeframe
+from tests.conftest import THANKSGIVING_WEEK, fixed_clock, utc
+
+LATER = fixed_clock("2025-01-02 00:00")
+
+
+class Scripted(DemoProvider):
+    """The demo provider with a twist applied to its output, counting calls."""
+
+    def __init__(self, calendar, name, twist=None, clock=LATER):
+        super().__init__(calendar, clock)
+        self.name = name
+        self.twist = twist
+        self.calls = 0
+
+    @property
+    def provenance(self):
+        return self.name
+
+    def fetch(self, request):
+        self.calls += 1
+        result = super().fetch(request)
+        bars = self.twist(result.bars.copy(), request) if self.twist else result.bars
+        return FetchResult(bars=bars, api_calls=1)
+
+
+def fail(_bars, request):
+    raise ProviderError("down", "HTTP 503 from the server", status=503, request=request)
+
+
+def corrupt_one(target_session):
+    def twist(bars, _request):
+        day = bars.ts.dt.tz_convert("America/New_York").dt.date == target_session
+        i = bars.index[day & (bars.symbol == "AAPL")][3]
+        bars.loc[i, "high"] = bars.loc[i, "low"] / 2
+        return bars
+    return twist
+
+
+def box(symbols, sessions):
+    return [(s, d) for s in symbols for d in sessions]
+
+
+def test_demo_fills_a_box_in_one_request(store, calendar):
+    provider = Scripted(calendar, "demo")
+    report = fetch_partitions(box(["AAPL", "MSFT"], THANKSGIVING_WEEK), Timeframe.M15, Router([provider], calendar), store, clock=LATER)
+    assert report.ok and provider.calls == 1
+    assert report.bars_written == report.bars_expected == 2 * (26 * 3 + 14)
+    ledger = store.coverage(Timeframe.M15)
+    assert set(ledger["status"]) == {"complete"} and len(ledger) == 8
+
+
+def test_a_failing_provider_falls_back_to_the_next(store, calendar):
+    down, backup = Scripted(calendar, "down", fail), Scripted(calendar, "backup")
+    report = fetch_partitions(box(["AAPL"], THANKSGIVING_WEEK), Timeframe.M15, Router([down, backup], calendar), store, clock=LATER)
+    assert report.ok and down.calls == 1 and backup.calls == 1
+    assert dict(report.served_by) == {"backup": 4}
+    assert set(store.coverage(Timeframe.M15)["provider"]) == {"backup"}
+
+
+def test_an_invalid_bar_fails_only_its_partition_and_is_quarantined(store, calendar):
+    bad_day = date(2024, 11, 26)
+    provider = Scripted(calendar, "flaky", corrupt_one(bad_day))
+    report = fetch_partitions(box(["AAPL", "MSFT"], THANKSGIVING_WEEK), Timeframe.M15, Router([provider], calendar), store, clock=LATER)
+    assert set(report.failures) == {("AAPL", bad_day)}
+    assert "provider returned 1 invalid bar(s)" in report.failures[("AAPL", bad_day)]
+    assert "high is below low" in report.failures[("AAPL", bad_day)]
+    assert report.rejected_bars == 1
+    assert store.read_bars(Timeframe.M15, [("AAPL", bad_day)]).empty  # nothing of it written
+    assert len(store.read_bars(Timeframe.M15, box(["MSFT"], THANKSGIVING_WEEK))) == 26 * 3 + 14
+    ledger = store.coverage(Timeframe.M15).set_index(["symbol", "session"])
+    assert ledger.loc[("AAPL", bad_day), "status"] == "failed"
+    assert "high is below low" in ledger.loc[("AAPL", bad_day), "error"]
+    with store.engine.connect() as conn:
+        reasons = [r[0] for r in conn.exec_driver_sql("SELECT reason FROM rejected_bars").all()]
+    assert len(reasons) == 1 and "high is below low" in reasons[0]
+
+
+def test_an_invalid_partition_is_retried_with_the_next_provider(store, calendar):
+    bad_day = date(2024, 11, 26)
+    flaky, backup = Scripted(calendar, "flaky", corrupt_one(bad_day)), Scripted(calendar, "backup")
+    report = fetch_partitions(box(["AAPL"], THANKSGIVING_WEEK), Timeframe.M15, Router([flaky, backup], calendar), store, clock=LATER)
+    assert report.ok
+    assert dict(report.served_by) == {"flaky": 3, "backup": 1}
+
+
+def test_a_foreign_symbol_taints_the_whole_request(store, calendar):
+    def foreign(bars, _r):
+        extra = bars.iloc[:1].copy()
+        extra["symbol"] = "EVIL"
+        return pd.concat([bars, extra], ignore_index=True)
+
+    report = fetch_partitions(box(["AAPL"], THANKSGIVING_WEEK[:2]), Timeframe.M15, Router([Scripted(calendar, "x", foreign)], calendar), store, clock=LATER)
+    assert len(report.failures) == 2 and not report.written
+    assert "symbol was not requested" in next(iter(report.failures.values()))
+
+
+def test_when_every_provider_fails_earlier_bars_stay(store, calendar):
+    fetch_partitions(box(["AAPL"], THANKSGIVING_WEEK), Timeframe.M15, Router([Scripted(calendar, "demo")], calendar), store, clock=LATER)
+    report = fetch_partitions(box(["AAPL"], THANKSGIVING_WEEK), Timeframe.M15, Router([Scripted(calendar, "down", fail)], calendar), store, clock=LATER)
+    assert len(report.failures) == 4
+    assert "down for m15 AAPL 2024-11-25..2024-11-29: HTTP 503 from the server (last HTTP status 503)" in report.failure_summary()
+    assert len(store.read_bars(Timeframe.M15, box(["AAPL"], THANKSGIVING_WEEK))) == 26 * 3 + 14
+    assert set(store.coverage(Timeframe.M15)["status"]) == {"failed"}
+
+
+def test_a_session_that_has_not_opened_is_refused_before_anything_happens(store, calendar):
+    provider = Scripted(calendar, "demo")
+    with pytest.raises(SessionNotOpenError, match="2024-11-29 has not opened yet"):
+        fetch_partitions(box(["AAPL"], THANKSGIVING_WEEK), Timeframe.M15, Router([provider], calendar), store, clock=fixed_clock("2024-11-29 12:00"))
+    assert provider.calls == 0 and store.coverage().empty
+
+
+def test_an_open_session_is_partial_then_complete(store, calendar):
+    day = [date(2024, 11, 29)]
+    during = fixed_clock("2024-11-29 16:00")
+    fetch_partitions(box(["AAPL"], day), Timeframe.M15, Router([Scripted(calendar, "demo", clock=during)], calendar), store, clock=during)
+    row = store.coverage(Timeframe.M15).iloc[0]
+    assert (row.status, row.bars, row.expected, bool(row.session_closed)) == ("partial", 6, 14, False)
+    fetch_partitions(box(["AAPL"], day), Timeframe.M15, Router([Scripted(calendar, "demo")], calendar), store, clock=LATER)
+    row = store.coverage(Timeframe.M15).iloc[0]
+    assert (row.status, row.bars, bool(row.session_closed)) == ("complete", 14, True)
+
+
+def test_derive_h1_h4_from_stored_m15(store, calendar):
+    parts = box(["AAPL"], THANKSGIVING_WEEK)
+    fetch_partitions(parts, Timeframe.M15, Router([Scripted(calendar, "demo")], calendar), store, clock=LATER)
+    h1 = derive_partitions(parts, Timeframe.H1, store, clock=LATER)
+    h4 = derive_partitions(parts, Timeframe.H4, store, clock=LATER)
+    assert h1.ok and h4.ok
+    assert h1.bars_written == 7 * 3 + 4 and h4.bars_written == 2 * 3 + 1
+    bars = store.read_bars(Timeframe.H4, parts)
+    assert list(bars[bars.session == date(2024, 11, 29)]["ts"]) == [utc("2024-11-29 14:30")]
+    assert set(bars["provider"]) == {"resample:demo"}
+
+
+def test_derive_refuses_partitions_whose_m15_is_missing(store, calendar):
+    parts = box(["AAPL"], THANKSGIVING_WEEK)
+    fetch_partitions(parts[:2], Timeframe.M15, Router([Scripted(calendar, "demo")], calendar), store, clock=LATER)
+    report = derive_partitions(parts, Timeframe.H1, store, clock=LATER)
+    assert sorted(report.written) == parts[:2]
+    assert "its m15 partition is never fetched; materialize bars_m15 for it first" in report.failures[parts[2]]
