@@ -8,10 +8,12 @@ import dagster as dg
 
 from backfill_dagster.calendar import xnys
 from backfill_dagster.orchestration.assets import bar_assets
+from backfill_dagster.orchestration.bookkeeping import batch_dagster_events
+from backfill_dagster.orchestration.checks import bar_checks
 from backfill_dagster.orchestration.jobs import all_bars_job
 from backfill_dagster.orchestration.partitions import bar_partitions
 from backfill_dagster.orchestration.resources import providers_resource, store_resource
-from backfill_dagster.orchestration.sensors import watchlist_sync
+from backfill_dagster.orchestration.sensors import bars_automation, watchlist_sync
 from backfill_dagster.providers.registry import check_provider_names
 from backfill_dagster.settings import Settings
 
@@ -19,10 +21,12 @@ from backfill_dagster.settings import Settings
 def build_definitions(settings: Settings, *, env_has_database_url: bool = False) -> dg.Definitions:
     check_provider_names(settings.providers)
     partitions_def = bar_partitions(settings.history_start, xnys())
+    assets = bar_assets(partitions_def)
     return dg.Definitions(
-        assets=bar_assets(partitions_def),
+        assets=list(assets.values()),
+        asset_checks=bar_checks(assets, partitions_def, settings.completeness_warn_below),
         jobs=[all_bars_job],
-        sensors=[watchlist_sync],
+        sensors=[watchlist_sync, bars_automation],
         resources={
             "store": store_resource(settings, env_has_database_url),
             "providers": providers_resource(settings),
@@ -34,6 +38,7 @@ def build_definitions(settings: Settings, *, env_has_database_url: bool = False)
 
 @dg.definitions
 def defs() -> dg.Definitions:
+    batch_dagster_events()  # this process's runs, when it is a run worker
     return build_definitions(
         Settings.from_env(), env_has_database_url=bool(os.environ.get("BACKFILL_DATABASE_URL"))
     )

@@ -8,6 +8,7 @@
 | BACKFILL_EXTENDED_HOURS   | false                                     | include 04:00-09:30 and post-close bars   |
 | BACKFILL_PROVIDERS        | demo                                      | providers in order of preference         |
 | BACKFILL_ADJUSTMENT       | split                                     | split-adjusted or raw prices, store-wide |
+| BACKFILL_COMPLETENESS_WARN_BELOW | 0.9                                | m15 completeness check warns below this  |
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Settings:
     extended_hours: bool = False
     providers: tuple[str, ...] = DEFAULT_PROVIDERS
     adjustment: Adjustment = Adjustment.SPLIT
+    completeness_warn_below: float = 0.9
 
     @property
     def resolved_database_url(self) -> str:
@@ -71,6 +73,7 @@ class Settings:
             extended_hours=_bool(env, "BACKFILL_EXTENDED_HOURS", False),
             providers=_names(env, "BACKFILL_PROVIDERS", DEFAULT_PROVIDERS),
             adjustment=_adjustment(env),
+            completeness_warn_below=_ratio(env, "BACKFILL_COMPLETENESS_WARN_BELOW", 0.9),
         )
 
 
@@ -117,3 +120,16 @@ def _adjustment(env: Mapping[str, str]) -> Adjustment:
         return Adjustment.parse(raw)
     except ValueError as exc:
         raise SettingsError(f"BACKFILL_ADJUSTMENT: {exc}") from None
+
+
+def _ratio(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number: use a ratio such as 0.9") from None
+    if not 0.0 <= value <= 1.0:
+        raise SettingsError(f"{name}={raw!r} must be between 0 and 1")
+    return value

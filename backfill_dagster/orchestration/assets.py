@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import dagster as dg
 
 from backfill_dagster.calendar import xnys
+from backfill_dagster.orchestration.bookkeeping import hold_event_log_connection
 from backfill_dagster.orchestration.partitions import multi_partition_key, parse_partition_keys
 from backfill_dagster.orchestration.resources import ProvidersResource, StoreResource
 from backfill_dagster.ingest import IngestReport, derive_partitions, fetch_partitions
@@ -37,6 +38,12 @@ DESCRIPTIONS = {
         "09:30-13:00 bar on early closes."
     ),
 }
+
+
+# h1/h4 follow every new m15 partition, not only today's: eager() alone would look at the latest
+# time window only, and a backfill of m15 history must be derived too. A run that materializes m15
+# and h1/h4 together counts as handled, so nothing is derived twice.
+FOLLOW_SOURCE = dg.AutomationCondition.eager().without(dg.AutomationCondition.in_latest_time_window())
 
 
 def report_events(
@@ -92,6 +99,7 @@ def fetched_bars_asset(timeframe: Timeframe, partitions_def: dg.PartitionsDefini
     def _fetched(
         context: dg.AssetExecutionContext, store: StoreResource, providers: ProvidersResource
     ) -> Iterator[dg.MaterializeResult | dg.AssetMaterialization]:
+        hold_event_log_connection(context.instance)
         calendar = xnys()
         partitions = parse_partition_keys(context.partition_keys, calendar)
         router = providers.router(store, calendar)
@@ -119,10 +127,12 @@ def derived_bars_asset(
         kinds={"python", "sql"},
         tags={"timeframe": timeframe.value},
         deps=[source],
+        automation_condition=FOLLOW_SOURCE,
     )
     def _derived(
         context: dg.AssetExecutionContext, store: StoreResource
     ) -> Iterator[dg.MaterializeResult | dg.AssetMaterialization]:
+        hold_event_log_connection(context.instance)
         calendar = xnys()
         partitions = parse_partition_keys(context.partition_keys, calendar)
         report = derive_partitions(
@@ -134,12 +144,12 @@ def derived_bars_asset(
     return _derived
 
 
-def bar_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+def bar_assets(partitions_def: dg.PartitionsDefinition) -> dict[Timeframe, dg.AssetsDefinition]:
     m15 = fetched_bars_asset(Timeframe.M15, partitions_def)
-    return [
-        m15,
-        derived_bars_asset(Timeframe.H1, m15, partitions_def),
-        derived_bars_asset(Timeframe.H4, m15, partitions_def),
-        fetched_bars_asset(Timeframe.D1, partitions_def),
-    ]
+    return {
+        Timeframe.M15: m15,
+        Timeframe.H1: derived_bars_asset(Timeframe.H1, m15, partitions_def),
+        Timeframe.H4: derived_bars_asset(Timeframe.H4, m15, partitions_def),
+        Timeframe.D1: fetched_bars_asset(Timeframe.D1, partitions_def),
+    }
 

@@ -30,7 +30,17 @@ def test_definitions_snapshot(tmp_path):
     assert graph.get(dg.AssetKey("bars_h1")).parent_keys == {dg.AssetKey("bars_m15")}
     assert graph.get(dg.AssetKey("bars_h4")).parent_keys == {dg.AssetKey("bars_m15")}
     assert not graph.get(dg.AssetKey("bars_d1")).parent_keys
-    assert [s.name for s in defs.sensors] == ["watchlist_sync"]
+    assert [s.name for s in defs.sensors] == ["watchlist_sync", "bars_automation"]
+    assert defs.resolve_sensor_def("bars_automation").default_status == dg.DefaultSensorStatus.RUNNING
+    for key in ("bars_h1", "bars_h4"):  # derived bars follow m15 on their own
+        assert graph.get(dg.AssetKey(key)).automation_condition is not None
+    for key in ("bars_m15", "bars_d1"):  # fetched bars are launched, never automatic
+        assert graph.get(dg.AssetKey(key)).automation_condition is None
+    checks = sorted(k.to_user_string() for k in graph.asset_check_keys)
+    assert checks == [
+        "bars_d1:bounds_m15", "bars_h1:matches_m15_resampled", "bars_h4:matches_m15_resampled",
+        "bars_m15:m15_completeness",
+    ]
     assert defs.resolve_sensor_def("watchlist_sync").default_status == dg.DefaultSensorStatus.RUNNING
     assert defs.resolve_job_def("all_bars").executor_def.name == "in_process"
     assert set(defs.resources) == {"store", "providers"}

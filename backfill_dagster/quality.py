@@ -1,0 +1,204 @@
+"""Data-quality rules behind the asset checks (pure: frames in, one verdict per partition out).
+
+Three rules, each judged per partition (symbol x session) so the UI can show each partition's
+status:
+
+- completeness: the m15 bars a closed, successfully fetched session holds against its bar grid.
+  Illiquid symbols have no-trade intervals, which are not holes, so a low ratio is a warning,
+  never an error.
+- derived consistency: stored h1/h4 bars equal the stored m15 bars resampled now. They can only
+  disagree if m15 was re-fetched without re-deriving, or someone edited the table: an error.
+- daily agreement: the d1 bar bounds the session's regular-hours m15 bars (high >= max,
+  low <= min, volume >= sum). Providers build daily bars from a consolidated tape that can differ
+  a little from their minute bars, so a disagreement is a warning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from enum import StrEnum
+
+import numpy as np
+import pandas as pd
+
+from backfill_dagster.calendar import SessionCalendar
+from backfill_dagster.resample import resample_bars
+from backfill_dagster.timeframes import Timeframe
+
+Partition = tuple[str, date]
+
+DEFAULT_COMPLETENESS_WARN_BELOW = 0.9
+# Prices are stored as float64 and resampling only picks values (max/min/first/last), so equality
+# is exact in practice; the tolerance only absorbs vwap's weighted mean and volume sums.
+_RTOL = 1e-9
+# d1 vs m15 compares figures from different feeds of one provider: allow for rounding of prices.
+_PRICE_ATOL = 1e-6
+
+
+class Severity(StrEnum):
+    WARN = "WARN"
+    ERROR = "ERROR"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One rule's judgement of one partition."""
+
+    partition: Partition
+    passed: bool
+    severity: Severity
+    description: str
+    metadata: Mapping[str, object] = field(default_factory=dict)
+
+
+def completeness(
+    ledger: pd.DataFrame, partitions: Iterable[Partition], *, warn_below: float = DEFAULT_COMPLETENESS_WARN_BELOW
+) -> list[Verdict]:
+    """m15 completeness of each partition from its coverage-ledger row (bars vs expected)."""
+    if not 0.0 <= warn_below <= 1.0:
+        raise ValueError(f"completeness threshold {warn_below!r} must be between 0 and 1")
+    rows = {(r.symbol, r.session): r for r in ledger.itertuples(index=False)}
+    out = []
+    for partition in sorted(set(partitions)):
+        row = rows.get(partition)
+        if row is None:
+            out.append(Verdict(partition, False, Severity.WARN, "never fetched: no coverage recorded"))
+            continue
+        meta = {"bars": int(row.bars), "expected": int(row.expected), "provider": row.provider or ""}
+        if row.status == "failed":
+            out.append(Verdict(partition, False, Severity.WARN, f"last fetch failed: {row.error}", meta))
+            continue
+        ratio = row.bars / row.expected if row.expected else 1.0
+        meta["completeness"] = round(float(ratio), 4)
+        if not row.session_closed:
+            out.append(Verdict(
+                partition, True, Severity.WARN,
+                f"session still open: {row.bars} bar(s) so far; judged once it has closed", meta,
+            ))
+        elif ratio < warn_below:
+            out.append(Verdict(
+                partition, False, Severity.WARN,
+                f"{row.bars} of {row.expected} bars ({ratio:.0%}, below {warn_below:.0%}); "
+                "no-trade intervals or a provider gap",
+                meta,
+            ))
+        else:
+            out.append(Verdict(partition, True, Severity.WARN, f"{row.bars} of {row.expected} bars ({ratio:.0%})", meta))
+    return out
+
+
+def derived_consistency(
+    m15: pd.DataFrame,
+    derived: pd.DataFrame,
+    timeframe: Timeframe,
+    partitions: Iterable[Partition],
+    calendar: SessionCalendar,
+    *,
+    extended: bool = False,
+) -> list[Verdict]:
+    """Whether each partition's stored h1/h4 bars equal its stored m15 bars resampled."""
+    timeframe = Timeframe.parse(timeframe)
+    wanted = sorted(set(partitions))
+    expected = resample_bars(m15, timeframe, calendar, extended=extended)
+    expected = _with_partition(expected, calendar, timeframe)
+    stored = _with_partition(derived, calendar, timeframe)
+
+    merged = expected.merge(stored, on=["symbol", "session", "ts"], how="outer", suffixes=("_m15", "_stored"),
+                            indicator=True)
+    bad = merged["_merge"] != "both"
+    both = ~bad
+    for column in ("open", "high", "low", "close", "volume"):
+        a, b = merged[f"{column}_m15"].to_numpy(float), merged[f"{column}_stored"].to_numpy(float)
+        bad |= both & ~np.isclose(a, b, rtol=_RTOL, atol=0.0)
+    a, b = merged["vwap_m15"].to_numpy(float), merged["vwap_stored"].to_numpy(float)
+    bad |= both & ~(np.isclose(a, b, rtol=_RTOL) | (np.isnan(a) & np.isnan(b)))
+    merged["bad"] = bad
+
+    problems: dict[Partition, str] = {}
+    counts: dict[Partition, tuple[int, int]] = {}
+    for (symbol, session), group in merged.groupby(["symbol", "session"], sort=False):
+        key = (symbol, session)
+        counts[key] = (int((group["_merge"] != "right_only").sum()), int((group["_merge"] != "left_only").sum()))
+        wrong = group[group["bad"]]
+        if len(wrong):
+            first = wrong.iloc[0]
+            kind = {"left_only": "missing from the store", "right_only": "not in the resampled m15"}.get(
+                str(first["_merge"]), "differs from the resampled m15"
+            )
+            problems[key] = (
+                f"{len(wrong)} {timeframe.value} bar(s) disagree with m15; first at "
+                f"{first['ts'].isoformat()}: {kind}"
+            )
+    out = []
+    for partition in wanted:
+        resampled, held = counts.get(partition, (0, 0))
+        meta = {"resampled_bars": resampled, "stored_bars": held}
+        if partition in problems:
+            out.append(Verdict(partition, False, Severity.ERROR, problems[partition], meta))
+        else:
+            out.append(Verdict(partition, True, Severity.ERROR, f"{held} bar(s) equal m15 resampled", meta))
+    return out
+
+
+def daily_agreement(
+    m15: pd.DataFrame, d1: pd.DataFrame, partitions: Iterable[Partition], calendar: SessionCalendar
+) -> list[Verdict]:
+    """Whether each session's d1 bar bounds its regular-hours m15 bars."""
+    wanted = sorted(set(partitions))
+    regular = _with_partition(m15, calendar, Timeframe.M15)
+    if len(regular):
+        inside = calendar.locate(regular["ts"], Timeframe.M15, extended=False)["inside"].to_numpy(bool)
+        regular = regular[inside]
+    intraday = regular.groupby(["symbol", "session"]).agg(
+        m15_high=("high", "max"), m15_low=("low", "min"), m15_volume=("volume", "sum"), m15_bars=("ts", "size")
+    )
+    daily = _with_partition(d1, calendar, Timeframe.D1).set_index(["symbol", "session"])[["high", "low", "volume"]]
+
+    out = []
+    for partition in wanted:
+        has_m15 = partition in intraday.index
+        has_d1 = partition in daily.index
+        if not has_m15 and not has_d1:
+            out.append(Verdict(partition, True, Severity.WARN, "no trades in either timeframe"))
+            continue
+        if not has_m15:
+            out.append(Verdict(partition, True, Severity.WARN, "no regular-hours m15 bars stored to compare with"))
+            continue
+        m = intraday.loc[partition]
+        meta = {"m15_bars": int(m["m15_bars"]), "m15_high": float(m["m15_high"]), "m15_low": float(m["m15_low"]),
+                "m15_volume": float(m["m15_volume"])}
+        if not has_d1:
+            out.append(Verdict(partition, False, Severity.WARN, "m15 bars exist but no d1 bar is stored", meta))
+            continue
+        d = daily.loc[partition]
+        meta |= {"d1_high": float(d["high"]), "d1_low": float(d["low"]), "d1_volume": float(d["volume"])}
+        broken = []
+        if d["high"] + _PRICE_ATOL < m["m15_high"]:
+            broken.append(f"d1 high {d['high']} < m15 max {m['m15_high']}")
+        if d["low"] - _PRICE_ATOL > m["m15_low"]:
+            broken.append(f"d1 low {d['low']} > m15 min {m['m15_low']}")
+        if d["volume"] * (1 + _RTOL) < m["m15_volume"]:
+            broken.append(f"d1 volume {d['volume']:.0f} < m15 sum {m['m15_volume']:.0f}")
+        if broken:
+            out.append(Verdict(partition, False, Severity.WARN, "; ".join(broken), meta))
+        else:
+            out.append(Verdict(partition, True, Severity.WARN, "d1 bounds the regular-hours m15 bars", meta))
+    return out
+
+
+def _with_partition(frame: pd.DataFrame, calendar: SessionCalendar, timeframe: Timeframe) -> pd.DataFrame:
+    """The frame with a `session` column (kept if the store already added it)."""
+    if "session" in frame.columns:
+        return frame
+    out = frame.copy()
+    if len(out) == 0:
+        out["session"] = pd.Series([], dtype=object)
+        return out
+    out["session"] = calendar.locate(out["ts"], timeframe, extended=True)["session"].to_numpy()
+    return out
+
+
+def failed(verdicts: Sequence[Verdict]) -> list[Verdict]:
+    return [v for v in verdicts if not v.passed]

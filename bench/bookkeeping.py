@@ -1,0 +1,137 @@
+"""Dagster's own cost in a large range run: the run's wall time vs the same work done directly.
+
+    python bench/bookkeeping.py [--symbols 10] [--sessions 500] [--instance sqlite|postgres]
+                                [--event-batch-size 0] [--no-checks] [--unpooled] [--subset-planned]
+
+A range run of symbols x sessions partitions (default 5,000) of bars_m15, with its completeness
+check (one result per partition), is timed end to end in a real Dagster run (in-process executor,
+a persistent instance on SQLite or PostgreSQL). The same fetch + write + check is then done by
+calling the project's functions directly, with no Dagster, in the same process. The difference is
+what Dagster's bookkeeping costs: per partition, a planned event, a materialization event and a
+check evaluation, each written to the instance's event log. Prints both times, the overhead per
+partition and its share of the run (target: well under half).
+DAGSTER_EVENT_BATCH_SIZE (--event-batch-size) lets Dagster write planned and materialization
+events in batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+
+from backfill_dagster import quality
+from backfill_dagster.calendar import xnys
+from backfill_dagster.definitions import build_definitions
+from backfill_dagster.ingest import fetch_partitions
+from backfill_dagster.orchestration import assets, checks
+from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
+from backfill_dagster.orchestration.partitions import SYMBOLS_PARTITIONS_NAME, range_tags
+from backfill_dagster.orchestration.resources import ProvidersResource, StoreResource
+from backfill_dagster.settings import Settings
+from backfill_dagster.store import BarStore, Watchlist, shared_engine
+from backfill_dagster.timeframes import Timeframe
+
+PG = "postgresql://postgres@127.0.0.1:5432"
+
+
+def fresh_pg_database(prefix: str) -> str:
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name
+
+
+def instance_for(kind: str, home: Path) -> dg.DagsterInstance:
+    home.mkdir(parents=True, exist_ok=True)
+    if kind == "sqlite":
+        return dg.DagsterInstance.local_temp(str(home))
+    db = fresh_pg_database("bench_dagster")
+    (home / "dagster.yaml").write_text(
+        "storage:\n  postgres:\n    postgres_url: postgresql+psycopg2://postgres@127.0.0.1:5432/" + db + "\n"
+        "telemetry:\n  enabled: false\n"
+    )
+    return dg.DagsterInstance.from_config(str(home))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--symbols", type=int, default=10)
+    parser.add_argument("--sessions", type=int, default=500)
+    parser.add_argument("--instance", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--event-batch-size", type=int, default=0)
+    parser.add_argument("--no-checks", action="store_true")
+    parser.add_argument("--unpooled", action="store_true",
+                        help="skip hold_event_log_connection: a new PostgreSQL connection per event")
+    parser.add_argument("--subset-planned", action="store_true",
+                        help="DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS=true: one planned event per run")
+    args = parser.parse_args()
+    os.environ["DAGSTER_EVENT_BATCH_SIZE"] = str(args.event_batch_size)
+    if args.subset_planned:
+        os.environ["DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"] = "true"
+
+    calendar = xnys()
+    sessions = calendar.sessions("2024-01-01", "2026-11-20")[: args.sessions]
+    symbols = [f"S{i:03d}" for i in range(args.symbols)]
+    partitions = [(s, d) for s in symbols for d in sessions]
+    n = len(partitions)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        store_url = f"{PG}/{fresh_pg_database('bench_store')}" if args.instance == "postgres" else (
+            f"sqlite:///{home / 'store.sqlite'}"
+        )
+        engine = shared_engine(store_url)  # creates the schema
+        Watchlist(engine).add(symbols)
+        settings = Settings(data_dir=home, database_url=store_url, history_start=sessions[0])
+        defs = build_definitions(settings)
+        selection = {dg.AssetKey("bars_m15")}
+        check = dg.AssetCheckKey(dg.AssetKey("bars_m15"), "m15_completeness")
+        job = defs.resolve_job_def(ALL_BARS_JOB).get_subset(
+            asset_selection=selection, asset_check_selection=set() if args.no_checks else {check}
+        )
+
+        # Direct: the same fetch, write and check, no Dagster.
+        store_resource = StoreResource(database_url=store_url)
+        bars = BarStore(engine, calendar)
+        start = time.perf_counter()
+        router = ProvidersResource(names=["demo"]).router(store_resource, calendar)
+        report = fetch_partitions(partitions, Timeframe.M15, router, bars, run_id="direct")
+        if not args.no_checks:
+            quality.completeness(bars.coverage(Timeframe.M15, symbols), partitions)
+        direct_s = time.perf_counter() - start
+        assert report.ok and len(report.written) == n
+
+        with instance_for(args.instance, home / "dagster") as instance:
+            instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, symbols)
+            if args.unpooled:  # the steps would pool it: make that a no-op
+                assets.hold_event_log_connection = checks.hold_event_log_connection = lambda _instance: None
+            start = time.perf_counter()
+            result = job.execute_in_process(
+                instance=instance, tags=range_tags((symbols[0], sessions[0]), (symbols[-1], sessions[-1]))
+            )
+            run_s = time.perf_counter() - start
+            assert result.success
+            assert len(instance.get_materialized_partitions(dg.AssetKey("bars_m15"))) == n
+            if not args.no_checks:
+                infos = instance.event_log_storage.get_asset_check_partition_info([check])
+                assert len(infos) == n, len(infos)
+
+    overhead = run_s - direct_s
+    print(f"range run of {n:,} bars_m15 partitions ({args.symbols} symbols x {len(sessions)} sessions), "
+          f"instance {args.instance}, checks {'off' if args.no_checks else 'on'}, "
+          f"DAGSTER_EVENT_BATCH_SIZE={args.event_batch_size}")
+    print(f"  direct (no Dagster)     {direct_s:8.2f} s")
+    print(f"  Dagster run             {run_s:8.2f} s")
+    print(f"  bookkeeping             {overhead:8.2f} s = {overhead / n * 1000:.2f} ms per partition, "
+          f"{overhead / run_s:.0%} of the run")
+
+
+if __name__ == "__main__":
+    main()
