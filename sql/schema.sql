@@ -82,3 +82,17 @@ CREATE TABLE IF NOT EXISTS rejected_bars (
     rejected_at  timestamptz      NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rejected_bars_symbol_idx ON rejected_bars (symbol, timeframe, session);
+
+-- Providers' shared request budgets (backfill_dagster/providers/ratelimit.py): every process books
+-- a request here before sending it, so all runs together stay under a provider's rate limit. The
+-- budget row is locked while booking; a 429 sets paused_until for everyone. Times are this
+-- server's clock in epoch seconds (one clock for every machine).
+CREATE TABLE IF NOT EXISTS provider_budget (
+    provider      text              PRIMARY KEY,
+    paused_until  double precision
+);
+CREATE TABLE IF NOT EXISTS provider_requests (
+    provider  text              NOT NULL,
+    sent_at   double precision  NOT NULL
+);
+CREATE INDEX IF NOT EXISTS provider_requests_idx ON provider_requests (provider, sent_at);

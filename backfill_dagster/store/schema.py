@@ -129,4 +129,22 @@ rejected_bars = sa.Table(
     sa.Index("rejected_bars_symbol_idx", "symbol", "timeframe", "session"),
 )
 
+# Providers' shared request budgets (backfill_dagster.providers.ratelimit): one row per provider,
+# locked while a request is booked, and the booked requests of the current window. Times are the
+# database clock in epoch seconds, so every process on every machine uses the same clock.
+provider_budget = sa.Table(
+    "provider_budget",
+    metadata,
+    sa.Column("provider", sa.Text, primary_key=True),
+    sa.Column("paused_until", sa.Float),
+)
+
+provider_requests = sa.Table(
+    "provider_requests",
+    metadata,
+    sa.Column("provider", sa.Text, nullable=False),
+    sa.Column("sent_at", sa.Float, nullable=False),
+    sa.Index("provider_requests_idx", "provider", "sent_at"),
+)
+
 BAR_STORE_COLUMNS = [c.name for c in ohlc_bars.columns]

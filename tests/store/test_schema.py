@@ -26,7 +26,9 @@ def _shape(engine):
 @pytest.mark.postgres
 def test_postgres_schema_file_matches_sqlalchemy_tables(pg_url, sqlite_url):
     pg, lite = _shape(shared_engine(pg_url)), _shape(shared_engine(sqlite_url))
-    assert set(pg) == set(lite) == {"watchlist", "ohlc_bars", "bar_coverage", "rejected_bars"}
+    assert set(pg) == set(lite) == {
+        "watchlist", "ohlc_bars", "bar_coverage", "rejected_bars", "provider_budget", "provider_requests"
+    }
     for table in pg:
         pg_cols, pg_pk, pg_idx = pg[table]
         lite_cols, lite_pk, lite_idx = lite[table]
