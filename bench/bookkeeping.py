@@ -1,7 +1,8 @@
 """Dagster's own cost in a large range run: the run's wall time vs the same work done directly.
 
     python bench/bookkeeping.py [--symbols 10] [--sessions 500] [--instance sqlite|postgres]
-                                [--event-batch-size 0] [--no-checks] [--unpooled] [--subset-planned]
+                                [--event-batch-size 0] [--no-checks] [--unpooled] [--pool-at-launch]
+                                [--subset-planned]
 
 A range run of symbols x sessions partitions (default 5,000) of bars_m15, with its completeness
 check (one result per partition), is timed end to end in a real Dagster run (in-process executor,
@@ -31,6 +32,7 @@ from backfill_dagster.calendar import xnys
 from backfill_dagster.definitions import build_definitions
 from backfill_dagster.ingest import fetch_partitions
 from backfill_dagster.orchestration import assets, checks
+from backfill_dagster.orchestration.bookkeeping import hold_event_log_connection
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
 from backfill_dagster.orchestration.partitions import SYMBOLS_PARTITIONS_NAME, range_tags
 from backfill_dagster.orchestration.resources import ProvidersResource, StoreResource
@@ -69,6 +71,8 @@ def main() -> None:
     parser.add_argument("--no-checks", action="store_true")
     parser.add_argument("--unpooled", action="store_true",
                         help="skip hold_event_log_connection: a new PostgreSQL connection per event")
+    parser.add_argument("--pool-at-launch", action="store_true",
+                        help="pool the event-log connection before the run is created, as the webserver does")
     parser.add_argument("--subset-planned", action="store_true",
                         help="DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS=true: one planned event per run")
     args = parser.parse_args()
@@ -110,6 +114,8 @@ def main() -> None:
 
         with instance_for(args.instance, home / "dagster") as instance:
             instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, symbols)
+            if args.pool_at_launch:
+                hold_event_log_connection(instance)
             if args.unpooled:  # the steps would pool it: make that a no-op
                 assets.hold_event_log_connection = checks.hold_event_log_connection = lambda _instance: None
             start = time.perf_counter()
