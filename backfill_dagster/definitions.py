@@ -21,7 +21,7 @@ from backfill_dagster.settings import Settings
 def build_definitions(settings: Settings, *, env_has_database_url: bool = False) -> dg.Definitions:
     check_provider_names(settings.providers)
     partitions_def = bar_partitions(settings.history_start, xnys())
-    assets = bar_assets(partitions_def)
+    assets = bar_assets(partitions_def, settings.providers)
     return dg.Definitions(
         assets=list(assets.values()),
         asset_checks=bar_checks(assets, partitions_def, settings.completeness_warn_below),

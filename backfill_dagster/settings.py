@@ -9,6 +9,8 @@
 | BACKFILL_PROVIDERS        | demo                                      | providers in order of preference         |
 | BACKFILL_ADJUSTMENT       | split                                     | split-adjusted or raw prices, store-wide |
 | BACKFILL_COMPLETENESS_WARN_BELOW | 0.9                                | m15 completeness check warns below this  |
+| <PROVIDER>_RATE_LIMIT     | alpaca 200, polygon 5, tradier 120, yahoo 60 | requests per window, shared (0: none) |
+| BACKFILL_RATE_WINDOW_SECONDS | 60                                     | the rate limits' window                  |
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from backfill_dagster.calendar import CALENDAR_FIRST_DAY
 from backfill_dagster.providers.base import Adjustment
+from backfill_dagster.providers.ratelimit import DEFAULT_RATE_LIMITS, DEFAULT_WINDOW_S
 
 DEFAULT_HISTORY_START = date(2024, 1, 1)
 DEFAULT_PROVIDERS = ("demo",)
@@ -52,6 +55,8 @@ class Settings:
     providers: tuple[str, ...] = DEFAULT_PROVIDERS
     adjustment: Adjustment = Adjustment.SPLIT
     completeness_warn_below: float = 0.9
+    rate_limits: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
+    rate_window_s: float = DEFAULT_WINDOW_S
 
     @property
     def resolved_database_url(self) -> str:
@@ -74,6 +79,11 @@ class Settings:
             providers=_names(env, "BACKFILL_PROVIDERS", DEFAULT_PROVIDERS),
             adjustment=_adjustment(env),
             completeness_warn_below=_ratio(env, "BACKFILL_COMPLETENESS_WARN_BELOW", 0.9),
+            rate_limits={
+                name: _count(env, f"{name.upper()}_RATE_LIMIT", default)
+                for name, default in DEFAULT_RATE_LIMITS.items()
+            },
+            rate_window_s=_seconds(env, "BACKFILL_RATE_WINDOW_SECONDS", DEFAULT_WINDOW_S),
         )
 
 
@@ -132,4 +142,30 @@ def _ratio(env: Mapping[str, str], name: str, default: float) -> float:
         raise SettingsError(f"{name}={raw!r} is not a number: use a ratio such as 0.9") from None
     if not 0.0 <= value <= 1.0:
         raise SettingsError(f"{name}={raw!r} must be between 0 and 1")
+    return value
+
+
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a whole number of requests (0 = unlimited)") from None
+    if value < 0:
+        raise SettingsError(f"{name}={raw!r} cannot be negative (0 = unlimited)")
+    return value
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number of seconds") from None
+    if not value > 0:
+        raise SettingsError(f"{name}={raw!r} must be more than 0 seconds")
     return value

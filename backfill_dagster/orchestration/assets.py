@@ -7,7 +7,7 @@ metadata, whose per-partition calls cost O(n) each (DESIGN §4).
 """
 
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import dagster as dg
 
@@ -86,8 +86,11 @@ def report_events(
     )
 
 
-def fetched_bars_asset(timeframe: Timeframe, partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+def fetched_bars_asset(
+    timeframe: Timeframe, partitions_def: dg.PartitionsDefinition, pool: str | None = None
+) -> dg.AssetsDefinition:
     @dg.asset(
+        pool=pool,
         name=timeframe.asset_name,
         description=DESCRIPTIONS[timeframe],
         partitions_def=partitions_def,
@@ -144,12 +147,22 @@ def derived_bars_asset(
     return _derived
 
 
-def bar_assets(partitions_def: dg.PartitionsDefinition) -> dict[Timeframe, dg.AssetsDefinition]:
-    m15 = fetched_bars_asset(Timeframe.M15, partitions_def)
+def provider_pool(providers: Sequence[str]) -> str | None:
+    """The Dagster pool of steps that call providers: named after the preferred provider, whose
+    rate limit the steps mostly spend (limits per pool in dagster.yaml). None for the demo."""
+    primary = providers[0] if providers else "demo"
+    return None if primary == "demo" else f"provider_{primary}"
+
+
+def bar_assets(
+    partitions_def: dg.PartitionsDefinition, providers: Sequence[str] = ("demo",)
+) -> dict[Timeframe, dg.AssetsDefinition]:
+    pool = provider_pool(providers)
+    m15 = fetched_bars_asset(Timeframe.M15, partitions_def, pool)
     return {
         Timeframe.M15: m15,
         Timeframe.H1: derived_bars_asset(Timeframe.H1, m15, partitions_def),
         Timeframe.H4: derived_bars_asset(Timeframe.H4, m15, partitions_def),
-        Timeframe.D1: fetched_bars_asset(Timeframe.D1, partitions_def),
+        Timeframe.D1: fetched_bars_asset(Timeframe.D1, partitions_def, pool),
     }
 

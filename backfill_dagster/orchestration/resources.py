@@ -6,11 +6,15 @@ name, never its value.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+
 import dagster as dg
 
 from backfill_dagster.calendar import SessionCalendar, xnys
 from backfill_dagster.ingest import utcnow
 from backfill_dagster.providers.base import Adjustment
+from backfill_dagster.providers.ratelimit import DEFAULT_WINDOW_S, RateLimit, SharedBudget
 from backfill_dagster.providers.registry import build_providers
 from backfill_dagster.providers.router import Router
 from backfill_dagster.settings import Settings
@@ -31,14 +35,37 @@ class StoreResource(dg.ConfigurableResource):
         return Watchlist(self.bar_store().engine)
 
 
+# The providers' environment variables (README, "Providers"). Each one that is set reaches the
+# resource as an EnvVar: the UI and the run config show its name, never its value.
+PROVIDER_ENV_VARS = (
+    "ALPACA_API_KEY", "ALPACA_API_SECRET", "ALPACA_DATA_URL", "ALPACA_FEED",
+    "POLYGON_API_KEY", "POLYGON_API_URL",
+    "TRADIER_API_TOKEN", "TRADIER_API_URL",
+    "YAHOO_CHART_URL",
+)
+
+
 class ProvidersResource(dg.ConfigurableResource):
-    """Market-data providers in order of preference (BACKFILL_PROVIDERS)."""
+    """Market-data providers in order of preference (BACKFILL_PROVIDERS), their keys and endpoints
+    (from the environment), and the request budget each one shares across all runs."""
 
     names: list[str] = ["demo"]
+    alpaca_api_key: str | None = None
+    alpaca_api_secret: str | None = None
+    alpaca_data_url: str | None = None
+    alpaca_feed: str | None = None
+    polygon_api_key: str | None = None
+    polygon_api_url: str | None = None
+    tradier_api_token: str | None = None
+    tradier_api_url: str | None = None
+    yahoo_chart_url: str | None = None
+    rate_limits: dict[str, int] = {}
+    rate_window_s: float = DEFAULT_WINDOW_S
 
     def router(self, store: StoreResource, calendar: SessionCalendar | None = None) -> Router:
         calendar = calendar or xnys()
-        providers = build_providers(self.names, self._config(), calendar, utcnow)
+        budgets = self.budgets(store)
+        providers = build_providers(self.names, self.config(), calendar, utcnow, budgets=budgets)
         return Router(
             providers,
             calendar,
@@ -46,8 +73,17 @@ class ProvidersResource(dg.ConfigurableResource):
             adjustment=Adjustment.parse(store.adjustment),
         )
 
-    def _config(self) -> dict[str, str | None]:
-        return {}
+    def budgets(self, store: StoreResource) -> dict[str, SharedBudget]:
+        """One shared budget per provider, kept in the store's database."""
+        engine = store.bar_store().engine
+        return {
+            name: SharedBudget(engine, name, RateLimit(self.rate_limits.get(name, 0), self.rate_window_s))
+            for name in self.names
+        }
+
+    def config(self) -> dict[str, str | None]:
+        """The provider settings by their environment variable names, as the factories read them."""
+        return {name: getattr(self, name.lower()) for name in PROVIDER_ENV_VARS}
 
 
 def store_resource(settings: Settings, env_has_database_url: bool) -> StoreResource:
@@ -60,5 +96,11 @@ def store_resource(settings: Settings, env_has_database_url: bool) -> StoreResou
     )
 
 
-def providers_resource(settings: Settings) -> ProvidersResource:
-    return ProvidersResource(names=list(settings.providers))
+def providers_resource(settings: Settings, env: Mapping[str, str] | None = None) -> ProvidersResource:
+    env = os.environ if env is None else env
+    return ProvidersResource(
+        names=list(settings.providers),
+        rate_limits=dict(settings.rate_limits),
+        rate_window_s=settings.rate_window_s,
+        **{name.lower(): dg.EnvVar(name) for name in PROVIDER_ENV_VARS if env.get(name)},
+    )

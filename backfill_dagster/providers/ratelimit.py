@@ -17,17 +17,32 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from backfill_dagster.store.schema import provider_budget, provider_requests
 
+# Requests per window each provider allows by default: Alpaca's Basic plan (200/min), Polygon's
+# free tier (5/min), Tradier's market-data limit (120/min); Yahoo publishes none, so stay polite.
+# Override with <PROVIDER>_RATE_LIMIT (0 = unlimited, e.g. a paid Polygon plan).
+DEFAULT_RATE_LIMITS = {"alpaca": 200, "polygon": 5, "tradier": 120, "yahoo": 60}
+DEFAULT_WINDOW_S = 60.0
+
 # Seconds of a window kept free: requests are booked a moment before they leave, and arrive at
 # the provider with varying delay, so two bookings exactly one window apart could land inside one.
 MAX_MARGIN_S = 0.5
 # Longest single sleep while waiting, so a freed slot or a lifted pause is noticed promptly.
 MAX_SLEEP_S = 2.0
+
+
+class Budget(Protocol):
+    """What a provider client asks before every request, and tells after a 429."""
+
+    def acquire(self) -> None: ...  # block until one more request may be sent
+
+    def pause_until(self, epoch_s: float) -> None: ...  # nobody sends before then
 
 
 @dataclass(frozen=True)

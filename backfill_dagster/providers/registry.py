@@ -7,19 +7,31 @@ from collections.abc import Callable, Mapping, Sequence
 import pandas as pd
 
 from backfill_dagster.calendar import SessionCalendar
+from backfill_dagster.providers.alpaca import AlpacaProvider
 from backfill_dagster.providers.base import Provider, ProviderConfigError
 from backfill_dagster.providers.demo import DemoProvider
+from backfill_dagster.providers.polygon import PolygonProvider
+from backfill_dagster.providers.ratelimit import Budget
+from backfill_dagster.providers.tradier import TradierProvider
+from backfill_dagster.providers.yahoo import YahooProvider
 
 Clock = Callable[[], pd.Timestamp]
-Factory = Callable[[Mapping[str, str | None], SessionCalendar, Clock], Provider]
+# (config by environment variable name, calendar, clock, the provider's shared request budget)
+Factory = Callable[[Mapping[str, str | None], SessionCalendar, Clock, Budget | None], Provider]
 
 
-def _demo(_config: Mapping[str, str | None], calendar: SessionCalendar, clock: Clock) -> Provider:
-    return DemoProvider(calendar, clock)
+def _demo(
+    _config: Mapping[str, str | None], calendar: SessionCalendar, clock: Clock, _budget: Budget | None = None
+) -> Provider:
+    return DemoProvider(calendar, clock)  # local and free: no budget to spend
 
 
 FACTORIES: dict[str, Factory] = {
     "demo": _demo,
+    "alpaca": AlpacaProvider.from_config,
+    "polygon": PolygonProvider.from_config,
+    "tradier": TradierProvider.from_config,
+    "yahoo": YahooProvider.from_config,
 }
 
 
@@ -39,7 +51,9 @@ def build_providers(
     config: Mapping[str, str | None],
     calendar: SessionCalendar,
     clock: Clock,
+    budgets: Mapping[str, Budget] | None = None,
 ) -> list[Provider]:
     """Providers in order of preference; a missing key or bad URL fails here, at run start."""
     check_provider_names(names)
-    return [FACTORIES[name](config, calendar, clock) for name in names]
+    budgets = budgets or {}
+    return [FACTORIES[name](config, calendar, clock, budgets.get(name)) for name in names]
