@@ -1,0 +1,144 @@
+"""The UI's way in, with real processes: a backfill launched over HTTP exactly as the UI launches
+it (GraphQL `launchPartitionBackfill`), run by dagster-daemon, bars landing in PostgreSQL; the
+asset page in a real headless Chromium; and `dagster asset materialize` against the same instance."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from backfill_dagster.calendar import xnys
+from backfill_dagster.store import shared_engine
+from tests.e2e.conftest import ROOT, BIN
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+ASSETS = ["bars_m15", "bars_h1", "bars_h4", "bars_d1"]
+SYMBOLS = ["AAPL", "MSFT"]
+ARTIFACTS = Path(os.environ.get("BACKFILL_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+LAUNCH = """
+mutation Launch($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on UnauthorizedError { message }
+    ... on PartitionSetNotFoundError { message }
+  }
+}
+"""
+STATUS = """
+query Status($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill {
+      status
+      numPartitions
+      assetBackfillData {
+        assetBackfillStatuses {
+          ... on AssetPartitionsStatusCounts {
+            assetKey { path } numPartitionsTargeted numPartitionsMaterialized numPartitionsFailed
+          }
+        }
+      }
+    }
+  }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def running(deployment):
+    out = deployment.run(BIN / "backfill-dagster", "watchlist", "add", *SYMBOLS)
+    assert out.returncode == 0, out.stderr
+    deployment.start_webserver()
+    deployment.start_daemon()
+    return deployment
+
+
+def instance_of(deployment) -> dg.DagsterInstance:
+    os.environ.update({k: v for k, v in deployment.env.items() if k.startswith("DAGSTER_PG_")})
+    return dg.DagsterInstance.from_config(str(deployment.home))
+
+
+def test_a_ui_backfill_of_all_four_assets_fills_the_box(running):
+    sessions = xnys().sessions("2024-11-18", "2024-11-22")
+    keys = [f"{d.isoformat()}|{s}" for s in SYMBOLS for d in sessions]
+    data = running.graphql(LAUNCH, {"params": {
+        "assetSelection": [{"path": [a]} for a in ASSETS],
+        "partitionNames": keys,
+        "fromFailure": False,
+        "tags": [],
+        "title": "e2e box",
+    }})
+    launched = data["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    backfill_id = launched["backfillId"]
+
+    def finished():
+        status = running.graphql(STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+        return status if status["status"] in ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED") else None
+
+    status = running.wait_for(finished, timeout=420, what=f"backfill {backfill_id}", interval=3)
+    assert status["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), status
+    counts = {tuple(s["assetKey"]["path"]): s for s in status["assetBackfillData"]["assetBackfillStatuses"]}
+    for asset in ASSETS:
+        assert counts[(asset,)]["numPartitionsMaterialized"] == len(keys), counts[(asset,)]
+        assert counts[(asset,)]["numPartitionsFailed"] == 0
+
+    with instance_of(running) as instance:
+        for asset in ASSETS:
+            assert set(keys) <= instance.get_materialized_partitions(dg.AssetKey(asset)), asset
+        runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
+        assert 1 <= len(runs) <= len(SYMBOLS)  # single_run(): one run per symbol, four assets in each
+    with shared_engine(running.store_url).connect() as conn:
+        rows = dict(conn.execute(sa.text(
+            "SELECT timeframe, count(*) FROM ohlc_bars WHERE symbol IN ('AAPL', 'MSFT') "
+            "AND ts >= '2024-11-18' AND ts < '2024-11-23' GROUP BY timeframe"
+        )).all())
+    assert rows == {"m15": 2 * 5 * 26, "h1": 2 * 5 * 7, "h4": 2 * 5 * 2, "d1": 2 * 5}
+
+
+def test_cli_materialize_one_partition_and_a_range_on_postgres(running):
+    one = running.run(BIN / "dagster", "asset", "materialize", "-m", "backfill_dagster", "--select", "bars_m15",
+                      "--partition", "2024-12-02|AAPL")
+    assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
+    box = running.run(BIN / "dagster", "asset", "materialize", "-m", "backfill_dagster",
+                      "--select", ",".join(ASSETS), "--partition-range", "2024-12-03|AAPL...2024-12-05|MSFT")
+    assert box.returncode == 0, box.stdout[-3000:] + box.stderr[-3000:]
+    with instance_of(running) as instance:
+        assert "2024-12-02|AAPL" in instance.get_materialized_partitions(dg.AssetKey("bars_m15"))
+        wanted = {f"2024-12-0{d}|{s}" for d in (3, 4, 5) for s in SYMBOLS}
+        for asset in ASSETS:
+            assert wanted <= instance.get_materialized_partitions(dg.AssetKey(asset))
+    with shared_engine(running.store_url).connect() as conn:
+        count = conn.execute(sa.text(
+            "SELECT count(*) FROM ohlc_bars WHERE timeframe = 'm15' AND ts >= '2024-12-03' AND ts < '2024-12-06'"
+        )).scalar_one()
+    assert count == 3 * 2 * 26
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_the_asset_page_in_a_real_browser(running):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "bars_m15_asset_page.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"{running.webserver_url}/assets/bars_m15?view=partitions", timeout=60_000)
+            page.get_by_text("bars_m15").first.wait_for(timeout=60_000)
+            page.get_by_text("Materialized", exact=False).first.wait_for(timeout=60_000)
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert shot.stat().st_size > 10_000
