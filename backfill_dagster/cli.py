@@ -4,6 +4,8 @@
     backfill-dagster watchlist list
     backfill-dagster coverage [--symbol S] [--timeframe TF]
     backfill-dagster demo [--symbols ...] [--sessions N]   a real Dagster run on the embedded default
+    backfill-dagster ensure-coverage SYMBOL... [--timeframe m15] [--sessions 30] [--wait]
+                                                        backfill what is missing, as a Dagster backfill
     backfill-dagster db-init                            apply the schema to BACKFILL_DATABASE_URL
 
 The Dagster instance is the one at DAGSTER_HOME; without it, <data dir>/dagster_home.
@@ -167,6 +169,101 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failed else 0
 
 
+def cmd_ensure_coverage(args: argparse.Namespace, settings: Settings) -> int:
+    """Make sure symbols have `--sessions` recent sessions of a timeframe: launch a Dagster backfill
+    of exactly the missing partitions (the UI shows it), and with --wait follow it to the end."""
+    import dagster as dg
+
+    from backfill_dagster.definitions import build_definitions
+    from backfill_dagster.orchestration.backfills import launch_backfill, wait_for_backfill
+    from backfill_dagster.orchestration.partitions import partition_key
+    from backfill_dagster.store.coverage import missing_partitions
+
+    symbols = normalize_symbols(args.symbols)
+    timeframe = Timeframe.parse(args.timeframe)
+    if args.sessions < 1:
+        raise CommandError(f"--sessions {args.sessions}: ask for at least one session")
+    calendar = xnys()
+    now = pd.Timestamp.now(tz="UTC")
+    sessions = [s for s in calendar.recent_sessions(args.sessions, now, closed_only=False) if s >= settings.history_start]
+    if not sessions:
+        raise CommandError(f"no session has opened since BACKFILL_HISTORY_START={settings.history_start}")
+    engine = shared_engine(settings.resolved_database_url)
+    instance = dagster_instance(settings)
+    added = Watchlist(engine).add(symbols).changed
+    sync_symbol_partitions(instance, add=symbols)
+    if added:
+        print(f"added to the watchlist: {', '.join(added)}")
+
+    closes = {s: calendar.close(s) for s in sessions}
+    missing = missing_partitions(engine, timeframe.value, symbols, sessions, now, closes)
+    if not missing:
+        print(f"nothing to do: {', '.join(symbols)} have all {len(sessions)} {timeframe.value} sessions "
+              f"({sessions[0]} .. {sessions[-1]})")
+        return 0
+    assets = [timeframe]
+    if timeframe.source is not None:  # derived: fetch its source where that is missing too
+        source_missing = missing_partitions(engine, timeframe.source.value, symbols, sessions, now, closes)
+        if set(source_missing) & set(missing):
+            assets = [timeframe.source, timeframe]
+    defs = build_definitions(settings, env_has_database_url=bool(os.environ.get("BACKFILL_DATABASE_URL")))
+    keys = [partition_key(s, d) for s, d in missing]
+    backfill_id = launch_backfill(
+        instance, defs.resolve_asset_graph(), keys, [dg.AssetKey(t.asset_name) for t in assets],
+        title=f"ensure-coverage {' '.join(symbols)} {timeframe.value} x {len(sessions)} sessions",
+        description=f"{len(missing)} missing partition(s), launched by backfill-dagster ensure-coverage",
+        tags={"backfill_dagster/launched_by": "ensure-coverage"},
+    )
+    print(f"launched backfill {backfill_id}: {len(missing)} partition(s) of "
+          f"{', '.join(t.asset_name for t in assets)} (see it in the UI under Runs > Backfills)")
+    if not args.wait:
+        return 0
+
+    bar = ProgressBar(sys.stdout)
+    wanted = set(missing)
+
+    def show(progress):
+        frame = coverage_summary(engine, symbols=symbols, timeframe=timeframe.value)
+        bars = int(frame["bars"].sum()) if len(frame) else 0
+        bar.show(progress, bars)
+
+    progress = wait_for_backfill(instance, backfill_id, on_progress=show, timeout_s=args.timeout)
+    bar.close()
+    if not progress.finished:
+        print(f"backfill {backfill_id} still {progress.status.value} after {args.timeout}s; it goes on in the daemon")
+        return 1
+    if progress.succeeded:
+        still = set(missing_partitions(engine, timeframe.value, symbols, sessions, pd.Timestamp.now(tz="UTC"), closes))
+        print(f"backfill {backfill_id} {progress.status.value}: {len(wanted - still)} of {len(wanted)} partition(s) covered")
+        return 0 if not (still & wanted) else 1
+    print(f"backfill {backfill_id} {progress.status.value}: {progress.failed} asset partition(s) failed; "
+          f"see backfill-dagster coverage --symbol {symbols[0]} --detail", file=sys.stderr)
+    return 1
+
+
+class ProgressBar:
+    """`[#####.....] 12/60 partitions, 3,120 bars, REQUESTED`: redrawn in place on a terminal,
+    one line per change otherwise (logs, CI)."""
+
+    WIDTH = 30
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.tty = stream.isatty()
+
+    def show(self, progress, bars: int) -> None:
+        total = max(progress.total, 1)
+        filled = int(self.WIDTH * (progress.done + progress.failed) / total)
+        text = (f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {progress.done}/{progress.total} partitions"
+                f"{f', {progress.failed} failed' if progress.failed else ''}, {bars:,} bars, {progress.status.value}")
+        self.stream.write(("\r" + text) if self.tty else text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+
+
 def cmd_db_init(_args: argparse.Namespace, settings: Settings) -> int:
     shared_engine(settings.resolved_database_url)  # connects and applies the schema
     print(f"schema applied to {redact(settings.resolved_database_url)}")
@@ -228,6 +325,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--symbols", nargs="+", default=list(DEMO_SYMBOLS), metavar="SYMBOL")
     demo.add_argument("--sessions", type=int, default=DEMO_SESSIONS, help="recent closed sessions")
     demo.set_defaults(func=cmd_demo)
+
+    ens = sub.add_parser(
+        "ensure-coverage", help="backfill the missing recent sessions of symbols (adds unknown symbols)"
+    )
+    ens.add_argument("symbols", nargs="+", metavar="SYMBOL")
+    ens.add_argument("--timeframe", default="m15", help="m15, h1, h4 or d1 (default m15)")
+    ens.add_argument("--sessions", type=int, default=30, help="recent sessions to cover (default 30)")
+    ens.add_argument("--wait", action="store_true", help="follow the backfill with a progress bar until it ends")
+    ens.add_argument("--timeout", type=float, default=None, help="with --wait: give up waiting after this many seconds")
+    ens.set_defaults(func=cmd_ensure_coverage)
 
     init = sub.add_parser("db-init", help="apply the schema to the configured database")
     init.set_defaults(func=cmd_db_init)

@@ -142,3 +142,20 @@ def test_the_asset_page_in_a_real_browser(running):
         finally:
             browser.close()
     assert shot.stat().st_size > 10_000
+
+
+def test_ensure_coverage_waits_for_its_backfill_with_a_progress_bar(running):
+    out = running.run(BIN / "backfill-dagster", "ensure-coverage", "NVDA", "--timeframe", "h1", "--sessions", "5",
+                      "--wait", "--timeout", "400", timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "added to the watchlist: NVDA" in out.stdout
+    assert "launched backfill" in out.stdout and "bars_m15, bars_h1" in out.stdout  # h1 needs its m15 first
+    assert "/10 partitions" in out.stdout  # 5 partitions x 2 assets, shown as it goes
+    assert "5 of 5 partition(s) covered" in out.stdout
+    with instance_of(running) as instance:
+        backfills = [b for b in instance.get_backfills() if b.tags.get("backfill_dagster/launched_by") == "ensure-coverage"]
+        assert len(backfills) == 1  # it is on the UI's backfills page
+
+    again = running.run(BIN / "backfill-dagster", "ensure-coverage", "NVDA", "--timeframe", "h1", "--sessions", "5",
+                        "--wait")
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout + again.stderr

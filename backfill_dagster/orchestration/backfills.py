@@ -1,0 +1,111 @@
+"""Launching and following Dagster asset backfills from code, exactly as the UI launches them.
+
+`backfill-dagster ensure-coverage` uses this: the backfill goes into the instance, shows on the
+UI's backfills page, and the daemon runs it (one run per symbol or per session, DESIGN §4).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import dagster as dg
+from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+from dagster._core.utils import make_new_backfill_id
+
+FINISHED = {
+    BulkActionStatus.COMPLETED,
+    BulkActionStatus.COMPLETED_SUCCESS,
+    BulkActionStatus.COMPLETED_FAILED,
+    BulkActionStatus.FAILED,
+    BulkActionStatus.CANCELED,
+}
+SUCCEEDED = {BulkActionStatus.COMPLETED, BulkActionStatus.COMPLETED_SUCCESS}
+
+
+class BackfillNotFoundError(LookupError):
+    pass
+
+
+def launch_backfill(
+    instance: dg.DagsterInstance,
+    asset_graph,
+    partition_keys: Sequence[str],
+    assets: Sequence[dg.AssetKey],
+    *,
+    title: str,
+    description: str = "",
+    tags: Mapping[str, str] | None = None,
+) -> str:
+    """Add an asset backfill of these partitions of these assets; the daemon runs it."""
+    backfill = PartitionBackfill.from_asset_partitions(
+        backfill_id=make_new_backfill_id(),
+        asset_graph=asset_graph,
+        partition_names=list(partition_keys),
+        asset_selection=list(assets),
+        backfill_timestamp=time.time(),
+        tags=dict(tags or {}),
+        dynamic_partitions_store=instance,
+        all_partitions=False,
+        title=title,
+        description=description,
+        run_config=None,
+    )
+    instance.add_backfill(backfill)
+    return backfill.backfill_id
+
+
+@dataclass(frozen=True)
+class Progress:
+    status: BulkActionStatus
+    done: int  # asset partitions materialized
+    failed: int  # asset partitions failed (or downstream of a failure)
+    total: int  # asset partitions targeted
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status in SUCCEEDED and self.failed == 0
+
+
+def backfill_progress(instance: dg.DagsterInstance, backfill_id: str) -> Progress:
+    backfill = instance.get_backfill(backfill_id)
+    if backfill is None:
+        raise BackfillNotFoundError(f"no backfill {backfill_id!r} in this Dagster instance")
+    data = backfill.asset_backfill_data
+    if data is None:
+        return Progress(backfill.status, 0, 0, 0)
+    return Progress(
+        status=backfill.status,
+        done=data.materialized_subset.num_partitions_and_non_partitioned_assets,
+        failed=data.failed_and_downstream_subset.num_partitions_and_non_partitioned_assets,
+        total=data.target_subset.num_partitions_and_non_partitioned_assets,
+    )
+
+
+def wait_for_backfill(
+    instance: dg.DagsterInstance,
+    backfill_id: str,
+    *,
+    on_progress: Callable[[Progress], None] = lambda _p: None,
+    timeout_s: float | None = None,
+    interval_s: float = 1.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Progress:
+    """Poll until the backfill finishes (or the timeout passes), reporting each change."""
+    started = time.monotonic()
+    last = None
+    while True:
+        progress = backfill_progress(instance, backfill_id)
+        if progress != last:
+            on_progress(progress)
+            last = progress
+        if progress.finished:
+            return progress
+        if timeout_s is not None and time.monotonic() - started > timeout_s:
+            return progress
+        sleep(interval_s)
