@@ -125,6 +125,18 @@ def test_cli_materialize_one_partition_and_a_range_on_postgres(running):
     assert count == 3 * 2 * 26
 
 
+def dismiss_newsletter_prompt(page) -> None:
+    """Dagster's UI shows a one-time 'Join the Dagster community' prompt over everything."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    skip = page.get_by_role("button", name="Skip")
+    try:
+        skip.wait_for(state="visible", timeout=5_000)
+    except PlaywrightTimeout:
+        return
+    skip.click()
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_the_asset_page_in_a_real_browser(running):
     from playwright.sync_api import sync_playwright
@@ -139,9 +151,36 @@ def test_the_asset_page_in_a_real_browser(running):
             page.get_by_text("bars_m15").first.wait_for(timeout=60_000)
             page.get_by_text("Materialized", exact=False).first.wait_for(timeout=60_000)
             page.screenshot(path=str(shot), full_page=True)
+
+            # Launch a backfill by clicking, as a user does: Materialize… -> dates -> all symbols.
+            with instance_of(running) as instance:
+                before = {b.backfill_id for b in instance.get_backfills()}
+            dismiss_newsletter_prompt(page)
+            page.get_by_role("button", name="Materialize…").first.click()
+            dismiss_newsletter_prompt(page)
+            dialog = page.get_by_role("dialog")
+            dates = dialog.get_by_placeholder("ex: 2024-01-02", exact=False)
+            dates.fill("[2024-12-09...2024-12-13]")
+            dates.press("Enter")
+            dialog.get_by_role("button", name="All").nth(1).click()  # every symbol
+            dialog.get_by_text("10 partitions").wait_for(timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "launch_backfill_dialog.png"))
+            dialog.get_by_role("button", name="Launch backfill").click()
+            dialog.wait_for(state="detached", timeout=30_000)
         finally:
             browser.close()
     assert shot.stat().st_size > 10_000
+
+    def launched():
+        with instance_of(running) as instance:
+            new = [b for b in instance.get_backfills() if b.backfill_id not in before]
+            return new[0] if new and new[0].status.value in ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED") else None
+
+    backfill = running.wait_for(launched, timeout=300, what="the backfill launched by clicking", interval=2)
+    assert backfill.status.value in ("COMPLETED", "COMPLETED_SUCCESS")
+    with instance_of(running) as instance:
+        done = instance.get_materialized_partitions(dg.AssetKey("bars_m15"))
+    assert {f"2024-12-{d:02d}|{s}" for d in range(9, 14) for s in SYMBOLS} <= done
 
 
 def test_ensure_coverage_waits_for_its_backfill_with_a_progress_bar(running):
