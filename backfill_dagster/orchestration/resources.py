@@ -39,7 +39,7 @@ class StoreResource(dg.ConfigurableResource):
 # resource as an EnvVar: the UI and the run config show its name, never its value.
 PROVIDER_ENV_VARS = (
     "ALPACA_API_KEY", "ALPACA_API_SECRET", "ALPACA_DATA_URL", "ALPACA_FEED",
-    "POLYGON_API_KEY", "POLYGON_API_URL",
+    "POLYGON_API_KEY", "POLYGON_API_URL", "POLYGON_HISTORY_DAYS",
     "TRADIER_API_TOKEN", "TRADIER_API_URL",
     "YAHOO_CHART_URL",
 )
@@ -56,6 +56,7 @@ class ProvidersResource(dg.ConfigurableResource):
     alpaca_feed: str | None = None
     polygon_api_key: str | None = None
     polygon_api_url: str | None = None
+    polygon_history_days: str | None = None
     tradier_api_token: str | None = None
     tradier_api_url: str | None = None
     yahoo_chart_url: str | None = None

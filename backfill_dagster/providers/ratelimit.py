@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -37,14 +36,6 @@ MAX_MARGIN_S = 0.5
 MAX_SLEEP_S = 2.0
 
 
-class Budget(Protocol):
-    """What a provider client asks before every request, and tells after a 429."""
-
-    def acquire(self) -> None: ...  # block until one more request may be sent
-
-    def pause_until(self, epoch_s: float) -> None: ...  # nobody sends before then
-
-
 @dataclass(frozen=True)
 class RateLimit:
     """At most `limit` requests in any `window_s` seconds (limit 0: unlimited)."""
@@ -62,7 +53,7 @@ class RateLimit:
 
 
 class SharedBudget:
-    """The `Budget` of providers.http, kept in the store's database."""
+    """The `Budget` (providers.http) of one provider, kept in the store's database."""
 
     def __init__(
         self,

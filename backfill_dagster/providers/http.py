@@ -1,0 +1,421 @@
+"""The HTTP client every provider shares: one connection pool, timeouts, retries, the request budget.
+
+It only moves bytes: it sends a GET, retries what a retry can fix, and hands back decoded JSON.
+Pagination and parsing stay with each provider.
+
+The retry policy, in one place:
+- retried: HTTP 429, 408, every 5xx, timeouts and transport errors (refused or reset connections, a
+  body cut short), and a 2xx whose JSON body does not decode because it was cut off;
+- never retried: any other 4xx (a retry cannot fix a bad parameter or a bad key; 401/403 say to
+  check the key and the plan's entitlement), and a 2xx that is not JSON at all;
+- the wait: exponential back-off with jitter (tenacity), unless the server said when to come back
+  (`Retry-After` on 429/503, `X-RateLimit-Reset` for Alpaca, `X-Ratelimit-Expiry` for Tradier on
+  429): then until that moment, capped, plus a little jitter so waiting clients do not return at once;
+- the budget: `budget.acquire()` before every attempt, retries included; a 429 calls
+  `budget.pause_until(...)` so every process sharing the budget holds off, not only this one.
+
+Secrets never leave: credentials travel in headers passed per request (`Credentials`), never in a
+URL, and every message built here is passed through `redact`, which blanks the credential values
+and any `apiKey=`/`token=`-like query parameter.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httpx
+import tenacity
+
+from backfill_dagster.providers.base import FetchRequest, ProviderError
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "backfill-dagster/0.1 (python-httpx)"
+DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+
+# A 4xx that a retry can fix: 408 Request Timeout and 429 Too Many Requests.
+_RETRYABLE_4XX = frozenset({408, 429})
+# Query parameters whose values are secrets wherever they appear (Polygon's apiKey, OAuth tokens...).
+_SECRET_PARAM = re.compile(
+    r"(?i)\b(api[_-]?key|apikey|access[_-]?token|token|secret|key|password|signature)=([^&\s\"'#]+)"
+)
+# Authorization-like header values written out in text.
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
+REDACTED = "***"
+
+
+class Budget(Protocol):
+    """The provider's shared request budget (the real one lives in the store's database)."""
+
+    def acquire(self) -> None: ...  # block until one more request may be sent
+
+    def pause_until(self, epoch_s: float) -> None: ...  # a 429 said nobody sends before then
+
+
+class Unlimited:
+    """No budget: every request may go at once (local fakes, tests, unmetered providers)."""
+
+    def acquire(self) -> None:
+        return None
+
+    def pause_until(self, epoch_s: float) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry; tests use tiny waits."""
+
+    attempts: int = 6  # total tries per request, the first included
+    backoff_s: float = 1.0  # first back-off; doubles each retry (plus up to this much jitter)
+    max_backoff_s: float = 30.0
+    # Longest wait a server may impose with Retry-After / X-RateLimit-Reset; longer ones are cut to
+    # this (a provider window is a minute; an hour-long Retry-After should fail, not hang a run).
+    max_server_wait_s: float = 90.0
+
+    def __post_init__(self):
+        if self.attempts < 1 or self.backoff_s < 0 or self.max_backoff_s < 0 or self.max_server_wait_s < 0:
+            raise ValueError(f"invalid retry policy {self}")
+
+
+@dataclass(frozen=True, repr=False)
+class Credentials:
+    """Auth headers for one provider, and the names of the settings that hold them (for messages)."""
+
+    headers: Mapping[str, str]
+    hint: str  # e.g. "ALPACA_API_KEY / ALPACA_API_SECRET": names, never values
+
+    def __repr__(self) -> str:
+        return f"Credentials({self.hint}: {REDACTED})"
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        values = []
+        for value in self.headers.values():
+            values.append(value)
+            # "Bearer abc": the token alone may be echoed back too
+            scheme, _, token = value.partition(" ")
+            if token and scheme.lower() in ("bearer", "basic", "token"):
+                values.append(token)
+        return tuple(v for v in values if v)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A decoded JSON response and what it cost."""
+
+    payload: Any
+    status: int
+    attempts: int  # requests sent for it, retries included: each one spends the rate budget
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """The text with every secret value and secret-looking query parameter blanked."""
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    text = _SECRET_PARAM.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
+    return _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+
+
+def server_retry_at(headers: Mapping[str, str], status: int, now: float) -> float | None:
+    """When the server said to come back (epoch seconds), or None if it did not say.
+
+    `Retry-After` (seconds or an HTTP date) counts on 429 and 503. The rate-limit reset headers are
+    sent with every response but only mean "wait" on a 429: `X-RateLimit-Reset` (Alpaca, epoch
+    seconds) and `X-Ratelimit-Expiry` (Tradier, epoch milliseconds — some clients read seconds, so
+    the unit is decided by magnitude). A moment already past (clock skew) counts as not said.
+    """
+    at = None
+    retry_after = headers.get("retry-after") if status in (429, 503) else None
+    if retry_after:
+        at = _parse_retry_after(retry_after.strip(), now)
+    if at is None and status == 429:
+        for name in ("x-ratelimit-reset", "x-ratelimit-expiry"):
+            value = headers.get(name)
+            if value:
+                at = _parse_epoch(value.strip(), now)
+                if at is not None:
+                    break
+    return at if at is not None and at > now else None
+
+
+def _parse_retry_after(value: str, now: float) -> float | None:
+    try:
+        return now + max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return when.timestamp() if when.tzinfo is not None else None
+
+
+def _parse_epoch(value: str, now: float) -> float | None:
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    if number > 1e11:  # epoch milliseconds (seconds will not reach 1e11 until the year 5138)
+        return number / 1000.0
+    if number < 1e8:  # too small for an epoch: a number of seconds from now
+        return now + number
+    return number
+
+
+class _RedactingFilter(logging.Filter):
+    """Blanks secret-looking query parameters in httpx's own "HTTP Request: GET <url>" lines.
+
+    Our clients never put a key in a URL; this guards the day someone configures one that does.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, ()
+        return True
+
+
+_FILTER = _RedactingFilter()
+
+
+def _redact_library_logs() -> None:
+    for name in ("httpx", "httpcore"):
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+
+
+class _Transient(Exception):
+    """An attempt that failed in a way a retry may fix."""
+
+    def __init__(self, reason: str, status: int | None = None, retry_at: float | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.retry_at = retry_at
+
+
+class HttpClient:
+    """GET JSON from a provider with connection reuse, timeouts, retries and the shared budget."""
+
+    def __init__(
+        self,
+        provider: str,
+        *,
+        budget: Budget | None = None,
+        policy: RetryPolicy | None = None,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        user_agent: str = USER_AGENT,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        self.provider = provider
+        self.budget: Budget = budget or Unlimited()
+        self.policy = policy or RetryPolicy()
+        self._sleep = sleep
+        self._clock = clock
+        self._backoff = tenacity.wait_exponential_jitter(
+            multiplier=self.policy.backoff_s, max=self.policy.max_backoff_s, jitter=self.policy.backoff_s
+        )
+        _redact_library_logs()
+        self._client = httpx.Client(
+            timeout=timeout,
+            headers={"User-Agent": user_agent, "Accept": "application/json"},
+            transport=transport,
+            follow_redirects=False,  # a redirect could carry auth headers to another host
+        )
+
+    def __repr__(self) -> str:
+        return f"HttpClient({self.provider!r}, attempts={self.policy.attempts})"
+
+    def __enter__(self) -> HttpClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._client.close()
+
+    # ------------------------------------------------------------------ the one public call
+    def get_json(
+        self,
+        url: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        credentials: Credentials | None = None,
+        request: FetchRequest | None = None,
+    ) -> Reply:
+        """GET `url` and decode its JSON body, retrying per the policy; ProviderError otherwise."""
+        secrets = credentials.secrets if credentials else ()
+        where = _describe(url, secrets)
+        attempts = 0
+
+        def attempt() -> tuple[Any, int]:
+            nonlocal attempts
+            attempts += 1
+            self.budget.acquire()
+            return self._attempt(url, params, credentials, request, where, secrets)
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception()
+            log.warning(
+                "%s %s: %s; retry %d of %d in %.1f s",
+                self.provider, where, exc, state.attempt_number, self.policy.attempts - 1,
+                state.upcoming_sleep,
+            )
+
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.policy.attempts),
+            wait=self._wait,
+            retry=tenacity.retry_if_exception_type(_Transient),
+            sleep=self._sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            payload, status = retrying(attempt)
+        except _Transient as exc:
+            raise ProviderError(
+                self.provider,
+                f"GET {where} failed after {attempts} attempt(s): {exc.reason}",
+                status=exc.status,
+                request=request,
+                retryable=True,
+            ) from None
+        return Reply(payload=payload, status=status, attempts=attempts)
+
+    # ------------------------------------------------------------------ internals
+    def _attempt(self, url, params, credentials, request, where, secrets) -> tuple[Any, int]:
+        try:
+            response = self._client.get(
+                url, params=params, headers=dict(credentials.headers) if credentials else None
+            )
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            # a configuration problem: no retry will fix it
+            raise ProviderError(
+                self.provider, f"GET {where}: {redact(str(exc), secrets)}", request=request
+            ) from None
+        except (httpx.TransportError, httpx.DecodingError) as exc:  # timeouts, refused/reset, cut bodies
+            raise _Transient(f"{type(exc).__name__}: {redact(str(exc), secrets) or 'no detail'}") from None
+
+        status = response.status_code
+        if status == 429:
+            retry_at = server_retry_at(response.headers, status, self._clock())
+            if retry_at is not None:
+                retry_at = min(retry_at, self._clock() + self.policy.max_server_wait_s)
+                self.budget.pause_until(retry_at)  # everyone sharing the budget holds off
+            raise _Transient(_status_text(response, secrets), status, retry_at)
+        if status >= 500 or status in _RETRYABLE_4XX:
+            retry_at = server_retry_at(response.headers, status, self._clock())
+            raise _Transient(_status_text(response, secrets), status, retry_at)
+        if status >= 400:
+            message = _status_text(response, secrets)
+            if status in (401, 403):
+                hint = f" ({credentials.hint})" if credentials else ""
+                message += f": check the API key{hint} and that the plan is entitled to this data"
+            raise ProviderError(self.provider, f"GET {where}: {message}", status=status, request=request)
+        if status >= 300:
+            raise ProviderError(
+                self.provider,
+                f"GET {where}: unexpected redirect (HTTP {status}); check the provider's base URL",
+                status=status,
+                request=request,
+            )
+        body = response.content
+        try:
+            return json.loads(body), status
+        except ValueError:
+            head = body.lstrip()[:1]
+            if not head or head in (b"{", b"["):
+                # an empty or cut-off JSON body: the connection dropped mid-transfer
+                raise _Transient(f"truncated JSON body ({len(body)} bytes)", status) from None
+            kind = response.headers.get("content-type", "unknown content type")
+            raise ProviderError(
+                self.provider,
+                f"GET {where}: expected JSON, got {kind}: {_excerpt(body, secrets)}",
+                status=status,
+                request=request,
+            ) from None
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception()
+        if isinstance(exc, _Transient) and exc.retry_at is not None:
+            until = exc.retry_at - self._clock()
+            jitter = random.uniform(0, self.policy.backoff_s)
+            return max(0.0, min(until, self.policy.max_server_wait_s)) + jitter
+        wait = self._backoff(state)
+        if isinstance(exc, _Transient) and exc.status == 429:
+            # The server did not say when; the back-off is our best guess, for everyone.
+            self.budget.pause_until(self._clock() + wait)
+        return wait
+
+
+def _describe(url: str, secrets: Iterable[str]) -> str:
+    """The URL's path for messages: no host noise, no query string (it may hold a secret)."""
+    try:
+        path = httpx.URL(url).path
+    except httpx.InvalidURL:
+        path = url.split("?", 1)[0]
+    return redact(path, secrets)
+
+
+def _status_text(response: httpx.Response, secrets: Iterable[str]) -> str:
+    phrase = response.reason_phrase or ""
+    detail = _error_detail(response)
+    text = f"HTTP {response.status_code} {phrase}".rstrip()
+    if not detail or detail.strip(" .").lower() == phrase.lower():
+        return text
+    return f"{text}: {redact(detail, secrets)}"
+
+
+def _error_detail(response: httpx.Response) -> str:
+    """The provider's own words from an error body (each API nests them differently)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return _excerpt(response.content, ())
+    if isinstance(body, dict):
+        chart = body.get("chart")
+        if isinstance(chart, dict) and isinstance(chart.get("error"), dict):  # Yahoo
+            error = chart["error"]
+            return _shorten(f"{error.get('code', '')}: {error.get('description', '')}".strip(": "))
+        fault = body.get("fault")
+        if isinstance(fault, dict) and fault.get("faultstring"):  # Tradier (Apigee)
+            return _shorten(str(fault["faultstring"]))
+        for key in ("message", "error", "errors", "detail"):  # Alpaca, Polygon
+            if body.get(key):
+                return _shorten(str(body[key]))
+    return _shorten(json.dumps(body))
+
+
+def _excerpt(body: bytes, secrets: Iterable[str]) -> str:
+    return redact(_shorten(body.decode("utf-8", "replace").strip()), secrets)
+
+
+def _shorten(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+__all__ = [
+    "Budget",
+    "Credentials",
+    "HttpClient",
+    "Reply",
+    "RetryPolicy",
+    "Unlimited",
+    "redact",
+    "server_retry_at",
+]
