@@ -1,0 +1,98 @@
+"""`python -m backfill_dagster.fakes`: serve the provider fakes until SIGINT/SIGTERM.
+
+Prints the base URL on one line (flushed) once the server listens, so a parent process can read it:
+
+    python -m backfill_dagster.fakes --host 127.0.0.1 --port 0 --rate-limit alpaca=200 --fault-rate 0.05
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+import pandas as pd
+
+from backfill_dagster.fakes.config import FAULT_KINDS, PROVIDERS, FakeConfig
+from backfill_dagster.fakes.server import FakeProviders
+
+
+def _rate_limit(text: str) -> tuple[str, int]:
+    provider, sep, count = text.partition("=")
+    provider = provider.strip().lower()
+    if not sep or provider not in PROVIDERS:
+        raise argparse.ArgumentTypeError(f"{text!r}: use PROVIDER=N with PROVIDER one of {', '.join(PROVIDERS)}")
+    try:
+        value = int(count)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: N must be a whole number of requests") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: N must be at least 1")
+    return provider, value
+
+
+def _faults(text: str) -> tuple[str, ...]:
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in FAULT_KINDS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown fault kind(s) {unknown}: use {', '.join(FAULT_KINDS)}")
+    return kinds
+
+
+def _fixed_now(text: str):
+    try:
+        now = pd.Timestamp(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a timestamp: use e.g. 2024-06-03T15:00:00Z") from None
+    if now.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no UTC offset: add Z or +HH:MM")
+    return lambda: now
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m backfill_dagster.fakes", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed)")
+    parser.add_argument("--fault-rate", type=float, default=0.0, help="probability a request gets a fault")
+    parser.add_argument("--faults", type=_faults, default=FAULT_KINDS, help="comma list of fault kinds to draw")
+    parser.add_argument("--timeout-sleep", type=float, default=5.0, help="seconds a 'timeout' fault stalls")
+    parser.add_argument(
+        "--rate-limit", type=_rate_limit, action="append", default=[], metavar="PROVIDER=N",
+        help="most requests per rate window for a provider (repeatable); absent = unlimited",
+    )
+    parser.add_argument("--rate-window", type=float, default=60.0, help="rate window in seconds")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fault draws")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
+    parser.add_argument("--now", type=_fixed_now, default=None, help="a fixed 'now' (tz-aware); default the clock")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = FakeConfig(
+            rate_limits=dict(args.rate_limit),
+            rate_window_s=args.rate_window,
+            fault_rate=args.fault_rate,
+            faults=args.faults,
+            timeout_sleep_s=args.timeout_sleep,
+            seed=args.seed,
+            now=args.now,
+            latency_s=args.latency,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    done = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: done.set())
+    with FakeProviders(config, host=args.host, port=args.port) as fakes:
+        print(fakes.url, flush=True)
+        while not done.wait(0.5):
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

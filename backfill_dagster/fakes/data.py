@@ -1,0 +1,284 @@
+"""The bars the fake providers serve: the demo provider's synthetic bars, cached as numpy arrays.
+
+Every provider fake answers from the same data, so a bar fetched from Alpaca equals the one
+fetched from Polygon, Tradier or Yahoo (each in its own wire format):
+
+- m15: exactly `demo.synthetic_session_m15(symbol, session, xnys())`, the whole extended day
+  (04:00 to close + 4 h). `_generate` is a pandas-free copy of that model, because the pandas
+  version costs ~5 ms a session and a benchmark asks for 20 symbols x 504 sessions; a test checks
+  that both agree bar for bar.
+- d1: `demo.aggregate_day` of the session's *regular-hours* m15 bars (same formula, in numpy).
+- Only bars that started before "now" exist: an open session is served up to the bar in progress.
+- Optionally a deterministic share of extended-hours slots has no trades (`no_trade_rate`): no bar
+  at Alpaca/Polygon/Tradier, a row of nulls at Yahoo.
+"""
+
+from __future__ import annotations
+
+import functools
+import zlib
+from dataclasses import dataclass
+from datetime import date
+
+import numpy as np
+import pandas as pd
+
+from backfill_dagster.bars import bars_frame, empty_bars
+from backfill_dagster.calendar import NEW_YORK, SessionCalendar, xnys
+from backfill_dagster.timeframes import Timeframe
+
+M15_NS = 15 * 60 * 1_000_000_000
+# Column order of the value arrays.
+OPEN, HIGH, LOW, CLOSE, VOLUME, VWAP, TRADES = range(7)
+COLUMNS = ("open", "high", "low", "close", "volume", "vwap", "trade_count")
+# 20 symbols x 504 sessions fit with room to spare (~5 KB a session).
+_CACHE_SESSIONS = 32_768
+
+
+@dataclass(frozen=True)
+class Slots:
+    """m15 bar slots of one symbol, ascending: start (UTC ns), values (n x 7) and whether traded."""
+
+    ts: np.ndarray
+    values: np.ndarray
+    traded: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def take(self, mask_or_index) -> Slots:
+        return Slots(self.ts[mask_or_index], self.values[mask_or_index], self.traded[mask_or_index])
+
+    def traded_only(self) -> Slots:
+        return self if self.traded.all() else self.take(self.traded)
+
+
+@dataclass(frozen=True)
+class Days:
+    """d1 bars of one symbol, ascending: their sessions, midnight labels (UTC ns), opens (UTC ns)
+    and values (n x 7)."""
+
+    sessions: list[date]
+    midnight: np.ndarray
+    open_ns: np.ndarray
+    values: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+
+def _seed(*parts: object) -> int:
+    # The demo provider's seed: crc32 of the parts joined by '|'.
+    return zlib.crc32("|".join(str(p) for p in parts).encode())
+
+
+class BarData:
+    """Deterministic bars for any symbol and session of the XNYS calendar, cached."""
+
+    def __init__(self, calendar: SessionCalendar | None = None):
+        self.calendar = calendar or xnys()
+        # Per-instance caches (a calendar is not hashable into a module-level lru_cache key).
+        self._grid = functools.lru_cache(maxsize=_CACHE_SESSIONS)(self._grid_uncached)
+        self._session = functools.lru_cache(maxsize=_CACHE_SESSIONS)(self._generate)
+        self._day = functools.lru_cache(maxsize=_CACHE_SESSIONS)(self._day_uncached)
+        self._no_trade_draws = functools.lru_cache(maxsize=_CACHE_SESSIONS)(self._draws_uncached)
+
+    # ------------------------------------------------------------------ sessions
+    def sessions_between(self, start_ns: int, end_ns: int) -> list[date]:
+        """Sessions whose New York date overlaps [start_ns, end_ns)."""
+        if end_ns <= start_ns:
+            return []
+        first = ny_date(start_ns)
+        last = ny_date(end_ns - 1)
+        first = max(first, self.calendar.first_day)
+        last = min(last, self.calendar.last_day)
+        if last < first:
+            return []
+        return self.calendar.sessions(first, last)
+
+    def sessions(self, first: date, last: date) -> list[date]:
+        first, last = max(first, self.calendar.first_day), min(last, self.calendar.last_day)
+        return self.calendar.sessions(first, last) if first <= last else []
+
+    # ------------------------------------------------------------------ m15
+    def m15(
+        self,
+        symbol: str,
+        start_ns: int,
+        end_ns: int,
+        now_ns: int,
+        *,
+        regular_only: bool = False,
+        no_trade_rate: float = 0.0,
+    ) -> Slots:
+        """All m15 slots with start_ns <= start < end_ns that started before now."""
+        end_ns = min(end_ns, now_ns)
+        parts = []
+        for session in self.sessions_between(start_ns, end_ns):
+            ts, values, regular = self._session(symbol, session)
+            if regular_only:
+                ts, values = ts[regular], values[regular]
+            traded = np.ones(len(ts), dtype=bool)
+            if no_trade_rate > 0:
+                draws = self._no_trade_draws(symbol, session)
+                quiet = ~regular & (draws < no_trade_rate)  # thin trading only outside regular hours
+                traded = ~(quiet[regular] if regular_only else quiet)
+            parts.append((ts, values, traded))
+        if not parts:
+            return Slots(np.empty(0, np.int64), np.empty((0, 7)), np.empty(0, bool))
+        ts = np.concatenate([p[0] for p in parts])
+        keep = (ts >= start_ns) & (ts < end_ns)
+        return Slots(ts[keep], np.concatenate([p[1] for p in parts])[keep], np.concatenate([p[2] for p in parts])[keep])
+
+    # ------------------------------------------------------------------ d1
+    def daily(self, symbol: str, first: date, last: date, now_ns: int) -> Days:
+        """d1 bars of the sessions first..last (inclusive) that have a regular bar by now."""
+        sessions, midnights, opens, rows = [], [], [], []
+        for session in self.sessions(first, last):
+            open_ns = self.calendar.open(session).value
+            if open_ns >= now_ns:
+                break  # this session and every later one has not opened
+            close_ns = self.calendar.close(session).value
+            row = self._day(symbol, session) if close_ns <= now_ns else self._partial_day(symbol, session, now_ns)
+            if row is None:
+                continue
+            sessions.append(session)
+            midnights.append(self.calendar.midnight(session).value)
+            opens.append(open_ns)
+            rows.append(row)
+        return Days(
+            sessions,
+            np.array(midnights, dtype=np.int64),
+            np.array(opens, dtype=np.int64),
+            np.array(rows, dtype=np.float64).reshape(-1, 7),
+        )
+
+    # ------------------------------------------------------------------ frames (for assertions)
+    def frame(
+        self,
+        timeframe: Timeframe | str,
+        symbol: str,
+        session: date,
+        now_ns: int,
+        *,
+        extended: bool = True,
+        no_trade_rate: float = 0.0,
+    ) -> pd.DataFrame:
+        """The bar frame served for one (symbol, session) partition."""
+        timeframe = Timeframe.parse(timeframe)
+        if not self.calendar.is_session(session):
+            return empty_bars()
+        if timeframe is Timeframe.D1:
+            days = self.daily(symbol, session, session, now_ns)
+            return to_frame(symbol, days.midnight, days.values)
+        if timeframe is not Timeframe.M15:
+            raise ValueError(f"the fakes serve m15 and d1 bars, not {timeframe.value}")
+        lo, hi = self.calendar.window(session, extended=True)
+        slots = self.m15(symbol, lo.value, hi.value, now_ns, regular_only=not extended, no_trade_rate=no_trade_rate)
+        slots = slots.traded_only()
+        return to_frame(symbol, slots.ts, slots.values)
+
+    # ------------------------------------------------------------------ generation (cached)
+    def _grid_uncached(self, session: date) -> tuple[np.ndarray, np.ndarray]:
+        """Bar starts of the session's extended day (UTC ns) and which are in regular hours."""
+        segments = self.calendar.segments(session, extended=True)
+        grid = np.concatenate([np.arange(s.start.value, s.end.value, M15_NS, dtype=np.int64) for s in segments])
+        open_, close = segments[1].start.value, segments[1].end.value
+        regular = (grid >= open_) & (grid < close)
+        grid.flags.writeable = False
+        regular.flags.writeable = False
+        return grid, regular
+
+    def _generate(self, symbol: str, session: date) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`demo.synthetic_session_m15` without pandas: (ts ns, values n x 7, regular mask)."""
+        t, regular = self._grid(session)
+        n = len(t)
+        rng = np.random.default_rng(_seed(symbol, session.isoformat()))
+        sym = _seed(symbol)
+        phase1, phase2 = (sym % 360) / 57.3, (sym // 360 % 360) / 57.3
+        base = 20.0 + sym % 480
+        day = session.toordinal()
+        level = base * np.exp(0.25 * np.sin(day / 41.4 + phase1) + 0.08 * np.sin(day / 5.9 + phase2))
+
+        open_, close = self.calendar.open(session).value, self.calendar.close(session).value
+        x = np.where(regular, (t - open_) / max(close - open_, 1), 0.5)
+        activity = np.where(regular, 0.6 + 2.4 * (x - 0.5) ** 2 * 4, 0.15)
+
+        first_open = level * (1 + 0.004 * rng.standard_normal())
+        returns = rng.standard_normal(n) * 0.0022 * np.sqrt(activity)
+        closes = first_open * np.exp(np.cumsum(returns))
+        opens = np.concatenate([[first_open], closes[:-1]])
+        wick = np.abs(rng.standard_normal((2, n))) * 0.0012 * np.sqrt(activity)
+        opens, closes = np.round(opens, 2), np.round(closes, 2)
+        highs = np.maximum(np.round(np.maximum(opens, closes) * (1 + wick[0]), 2), np.maximum(opens, closes))
+        lows = np.minimum(np.round(np.minimum(opens, closes) * (1 - wick[1]), 2), np.minimum(opens, closes))
+        lows = np.maximum(lows, 0.01)
+        base_volume = 20_000 + (sym % 97) * 3_000
+        volume = np.round(base_volume * activity * rng.lognormal(0.0, 0.35, n))
+        vwap = np.round((highs + lows + closes) / 3, 4)
+        trades = np.round(np.maximum(1, volume // 85))
+        values = np.column_stack([opens, highs, lows, closes, volume, vwap, trades]).astype(np.float64)
+        values.flags.writeable = False
+        return t, values, regular
+
+    def _draws_uncached(self, symbol: str, session: date) -> np.ndarray:
+        # A separate stream, so switching no-trade slots on never changes the bars themselves.
+        n = len(self._grid(session)[0])
+        return np.random.default_rng(_seed(symbol, session.isoformat(), "no-trade")).random(n)
+
+    def _day_uncached(self, symbol: str, session: date) -> tuple[float, ...] | None:
+        _, values, regular = self._session(symbol, session)
+        return aggregate(values[regular])
+
+    def _partial_day(self, symbol: str, session: date, now_ns: int) -> tuple[float, ...] | None:
+        ts, values, regular = self._session(symbol, session)
+        return aggregate(values[regular & (ts < now_ns)])
+
+
+def aggregate(values: np.ndarray) -> tuple[float, ...] | None:
+    """One d1 row from m15 rows, as `demo.aggregate_day` builds it; None without rows."""
+    if len(values) == 0:
+        return None
+    volume = values[:, VOLUME].sum()
+    vwap = round(float((values[:, VWAP] * values[:, VOLUME]).sum() / volume), 4) if volume else np.nan
+    return (
+        float(values[0, OPEN]),
+        float(values[:, HIGH].max()),
+        float(values[:, LOW].min()),
+        float(values[-1, CLOSE]),
+        float(volume),
+        vwap,
+        float(values[:, TRADES].sum()),
+    )
+
+
+def aggregate_runs(keys: np.ndarray, values: np.ndarray, *, descending: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Consecutive rows with the same bucket key into one row each (keys sorted either way)."""
+    if len(keys) == 0 or (len(keys) == 1 or (keys[1:] != keys[:-1]).all()):
+        return keys, values
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    ends = np.r_[starts[1:], len(keys)]
+    out = np.empty((len(starts), 7))
+    for i, (a, b) in enumerate(zip(starts, ends)):
+        chunk = values[b - 1 : a - 1 if a else None : -1] if descending else values[a:b]  # time order
+        out[i] = aggregate(chunk)
+    return keys[starts], out
+
+
+def to_frame(symbol: str, ts_ns: np.ndarray, values: np.ndarray) -> pd.DataFrame:
+    """A bar frame (backfill_dagster.bars) from bar starts and value rows."""
+    if len(ts_ns) == 0:
+        return empty_bars()
+    data = {"symbol": symbol, "ts": pd.to_datetime(np.asarray(ts_ns, dtype=np.int64), unit="ns", utc=True)}
+    data.update({name: values[:, i] for i, name in enumerate(COLUMNS)})
+    return bars_frame(data)
+
+
+def ny_date(epoch_ns: int) -> date:
+    """The New York calendar date of a UTC instant."""
+    return pd.Timestamp(int(epoch_ns), tz="UTC").tz_convert(NEW_YORK).date()
+
+
+def ny_midnight_ns(day: date) -> int:
+    """00:00 New York of a date, as UTC ns."""
+    return pd.Timestamp(day).tz_localize(NEW_YORK).value

@@ -1,0 +1,152 @@
+"""The shared server: rate windows and their 429s, fault injection (reproducible by seed), truncated
+bodies, stalls, the request log, env(), runtime config changes, stop()."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from backfill_dagster.fakes import FakeConfig, FakeProviders
+
+from .conftest import BROWSER, NOW, alpaca_headers, tradier_headers
+
+DAILY = {"symbols": "AAPL", "timeframe": "1Day", "feed": "iex"}
+
+
+def _alpaca(http, config, day: int = 2, **extra):
+    params = {**DAILY, "start": f"2024-01-{day:02d}", "end": f"2024-01-{day:02d}", **extra}
+    return http.get("/v2/stocks/bars", params=params, headers=alpaca_headers(config))
+
+
+def test_rate_limit_429_with_alpaca_headers_then_the_window_resets(fakes, http, config):
+    config.rate_limits = {"alpaca": 5}
+    config.rate_window_s = 0.5
+    replies = [_alpaca(http, config) for _ in range(8)]
+    assert [r.status_code for r in replies] == [200] * 5 + [429] * 3
+    assert [int(r.headers["X-RateLimit-Remaining"]) for r in replies[:5]] == [4, 3, 2, 1, 0]
+    limited = replies[-1]
+    assert limited.json() == {"code": 42910000, "message": "too many requests"}
+    assert limited.headers["X-RateLimit-Limit"] == "5" and limited.headers["X-RateLimit-Remaining"] == "0"
+    assert time.time() <= int(limited.headers["X-RateLimit-Reset"]) <= time.time() + 2
+    assert "Retry-After" not in limited.headers
+    assert fakes.calls("alpaca") == 8 and fakes.max_in_window("alpaca", 0.5) == 8
+    time.sleep(0.55)
+    assert _alpaca(http, config).status_code == 200
+
+
+def test_rate_limit_answers_of_the_other_providers(fakes, http, config):
+    config.rate_limits = {"tradier": 1, "polygon": 1, "yahoo": 1}
+    for _ in range(2):
+        tradier = http.get("/v1/markets/history", params={"symbol": "AAPL"}, headers=tradier_headers(config))
+        polygon = http.get("/v2/aggs/ticker/AAPL/range/1/day/2024-01-02/2024-01-05", params={"apiKey": config.polygon_key})
+        yahoo = http.get("/v8/finance/chart/AAPL", params={"interval": "1d"})
+    assert tradier.status_code == polygon.status_code == yahoo.status_code == 429
+    assert tradier.text.startswith("Quota Violation") and tradier.text.endswith(tradier.headers["X-Ratelimit-Expiry"])
+    assert tradier.headers["X-Ratelimit-Available"] == "0"
+    assert polygon.json()["status"] == "ERROR" and "maximum requests per minute" in polygon.json()["error"]
+    assert "Too Many Requests" in yahoo.text
+    assert not any(h.lower().startswith("x-ratelimit") for h in (*polygon.headers, *yahoo.headers))
+
+
+def test_max_in_window_counts_the_busiest_sliding_window(fakes, http, config):
+    for _ in range(3):
+        _alpaca(http, config)
+    time.sleep(0.3)
+    for _ in range(2):
+        _alpaca(http, config)
+    assert fakes.max_in_window("alpaca", 0.2) == 3
+    assert fakes.max_in_window("alpaca", 10) == 5
+    assert fakes.max_in_window("polygon", 10) == 0
+    fakes.reset()
+    assert fakes.calls("alpaca") == 0 and fakes.log == []
+
+
+def _statuses(http, config, n=30):
+    return [_alpaca(http, config, day=1 + i % 28, limit=str(100 + i)).status_code for i in range(n)]
+
+
+def test_faults_are_reproducible_by_seed(fakes, http, config):
+    config.fault_rate = 0.5
+    config.faults = ("429", "500", "503")
+    first = _statuses(http, config)
+    assert set(first) == {200, 429, 500, 503}
+    fakes.reset()
+    assert _statuses(http, config) == first
+    assert [e.status for e in fakes.log] == first  # the log records what was sent
+    fakes.reset()
+    config.seed = 1
+    assert _statuses(http, config) != first
+
+
+def test_injected_429_says_the_wait_is_short_and_401_is_never_faulted(http, config):
+    config.fault_rate = 1.0
+    config.faults = ("429",)
+    reply = _alpaca(http, config)
+    assert reply.status_code == 429 and reply.headers["X-RateLimit-Remaining"] == "0"
+    assert 0 < int(reply.headers["X-RateLimit-Reset"]) - time.time() <= 1.0
+    tradier = http.get("/v1/markets/history", params={"symbol": "AAPL"}, headers=tradier_headers(config))
+    assert tradier.status_code == 429 and 0 < int(tradier.headers["X-Ratelimit-Expiry"]) / 1000 - time.time() <= 1.0
+    wrong = http.get("/v2/stocks/bars", params=DAILY, headers={"APCA-API-KEY-ID": "x", "APCA-API-SECRET-KEY": "y"})
+    assert wrong.status_code == 403
+    assert http.get("/v2/stocks/bars", params=DAILY).status_code == 401
+
+
+def test_truncated_body_breaks_the_client_read(fakes, http, config):
+    config.fault_rate = 1.0
+    config.faults = ("truncated",)
+    with pytest.raises(httpx.RemoteProtocolError):
+        _alpaca(http, config)
+    assert fakes.log[-1].status == 200
+    config.fault_rate = 0.0
+    assert _alpaca(http, config).status_code == 200  # a new connection serves normally
+
+
+def test_timeout_fault_stalls_then_answers(fakes, config):
+    config.fault_rate = 1.0
+    config.faults = ("timeout",)
+    config.timeout_sleep_s = 0.3
+    with httpx.Client(base_url=fakes.url, timeout=0.1) as impatient:
+        with pytest.raises(httpx.ReadTimeout):
+            impatient.get("/v8/finance/chart/AAPL", params={"interval": "1d"}, headers={"User-Agent": BROWSER})
+    with httpx.Client(base_url=fakes.url, timeout=5) as patient:
+        started = time.monotonic()
+        reply = patient.get("/v8/finance/chart/AAPL", params={"interval": "1d"}, headers={"User-Agent": BROWSER})
+        assert reply.status_code == 200 and time.monotonic() - started >= 0.3
+
+
+def test_unknown_paths_are_404_and_logged(fakes, http):
+    reply = http.get("/v3/reference/tickers", params={"a": "1"})
+    assert reply.status_code == 404
+    assert (fakes.log[-1].provider, fakes.log[-1].path, fakes.log[-1].query) == ("unknown", "/v3/reference/tickers", {"a": "1"})
+
+
+def test_env_points_every_client_at_the_fakes(fakes, config):
+    env = fakes.env()
+    assert fakes.url.startswith("http://127.0.0.1:")
+    assert {env[k] for k in ("ALPACA_DATA_URL", "POLYGON_API_URL", "TRADIER_API_URL", "YAHOO_CHART_URL")} == {fakes.url}
+    assert env["ALPACA_API_KEY"] == config.alpaca_key and env["ALPACA_API_SECRET"] == config.alpaca_secret
+    assert env["POLYGON_API_KEY"] == config.polygon_key and env["TRADIER_API_TOKEN"] == config.tradier_token
+
+
+def test_bars_follow_the_clock_for_the_open_session(fakes):
+    today = fakes.bars("m15", "AAPL", NOW.date())
+    assert today["ts"].max() == NOW - __import__("pandas").Timedelta(minutes=15)
+    assert fakes.bars("m15", "ZZZQ", NOW.date()).empty
+
+
+def test_invalid_config_is_refused_with_the_fix():
+    with pytest.raises(ValueError, match="unknown provider"):
+        FakeConfig(rate_limits={"iex": 5})
+    with pytest.raises(ValueError, match="fault kind"):
+        FakeConfig(faults=("oops",))
+
+
+def test_stop_closes_keep_alive_connections():
+    fakes = FakeProviders(FakeConfig(now=lambda: NOW)).start()
+    with httpx.Client(base_url=fakes.url, timeout=2, headers={"User-Agent": BROWSER}) as client:
+        assert client.get("/v8/finance/chart/AAPL", params={"interval": "1d"}).status_code == 200
+        fakes.stop()
+        with pytest.raises(httpx.TransportError):
+            client.get("/v8/finance/chart/AAPL", params={"interval": "1d"})
