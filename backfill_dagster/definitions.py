@@ -3,22 +3,32 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import dagster as dg
 
 from backfill_dagster.calendar import xnys
+from backfill_dagster.gaps import GapPolicy
 from backfill_dagster.orchestration.assets import bar_assets
 from backfill_dagster.orchestration.bookkeeping import batch_dagster_events
 from backfill_dagster.orchestration.checks import bar_checks
+from backfill_dagster.orchestration.gap_sensor import build_gap_sensor
 from backfill_dagster.orchestration.jobs import all_bars_job
 from backfill_dagster.orchestration.partitions import bar_partitions
 from backfill_dagster.orchestration.resources import providers_resource, store_resource
+from backfill_dagster.orchestration.schedules import DEFAULT_EOD_DELAY, build_schedules, end_of_day_delay_from_env
 from backfill_dagster.orchestration.sensors import bars_automation, watchlist_sync
 from backfill_dagster.providers.registry import check_provider_names
 from backfill_dagster.settings import Settings
 
 
-def build_definitions(settings: Settings, *, env_has_database_url: bool = False) -> dg.Definitions:
+def build_definitions(
+    settings: Settings,
+    *,
+    env_has_database_url: bool = False,
+    gap_policy: GapPolicy | None = None,
+    end_of_day_delay: timedelta = DEFAULT_EOD_DELAY,
+) -> dg.Definitions:
     check_provider_names(settings.providers)
     partitions_def = bar_partitions(settings.history_start, xnys())
     assets = bar_assets(partitions_def, settings.providers)
@@ -26,7 +36,8 @@ def build_definitions(settings: Settings, *, env_has_database_url: bool = False)
         assets=list(assets.values()),
         asset_checks=bar_checks(assets, partitions_def, settings.completeness_warn_below),
         jobs=[all_bars_job],
-        sensors=[watchlist_sync, bars_automation],
+        sensors=[watchlist_sync, bars_automation, build_gap_sensor(settings.history_start, gap_policy)],
+        schedules=build_schedules(end_of_day_delay),
         resources={
             "store": store_resource(settings, env_has_database_url),
             "providers": providers_resource(settings),
@@ -40,5 +51,8 @@ def build_definitions(settings: Settings, *, env_has_database_url: bool = False)
 def defs() -> dg.Definitions:
     batch_dagster_events()  # this process's runs, when it is a run worker
     return build_definitions(
-        Settings.from_env(), env_has_database_url=bool(os.environ.get("BACKFILL_DATABASE_URL"))
+        Settings.from_env(),
+        env_has_database_url=bool(os.environ.get("BACKFILL_DATABASE_URL")),
+        gap_policy=GapPolicy.from_env(),
+        end_of_day_delay=end_of_day_delay_from_env(),
     )

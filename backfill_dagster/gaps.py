@@ -1,0 +1,467 @@
+"""Coverage gaps: which partitions still need a run, and the fewest range runs that fill them.
+
+Pure planning over plain values (the calendar, ledger facts, the symbol partitions' order); the
+ledger queries live in store/gaps.py and the Dagster sensor in orchestration/gap_sensor.py.
+
+A partition (symbol x session x timeframe) inside its timeframe's history horizon is a *gap* when:
+- it was never covered (no ledger row);
+- it was fetched while its session was still open, and the session has since closed (partial);
+- its last fetch failed.
+A session fetched successfully after its close is covered, however few bars it holds: providers
+omit intervals without trades, and chasing them would fetch the same bars forever (DESIGN §2).
+Today's session belongs to the schedules until it has closed and settled (`GapPolicy.settle`).
+
+Gaps become *boxes*: one contiguous range of sessions x symbols contiguous in the symbol
+partitions' order, each one range run (DESIGN §4). h1/h4 are derived from m15, so their gaps ride
+in an m15 run (or, when m15 is already covered, a derive-only run that calls no provider).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from enum import StrEnum
+
+import pandas as pd
+
+from backfill_dagster.calendar import NEW_YORK, SessionCalendar
+from backfill_dagster.timeframes import Timeframe
+
+Partition = tuple[str, date]  # (symbol, session)
+
+# The old system's windows (seeds: 30 days for 15m, 90 for 1h/4h) and a year of daily bars.
+DEFAULT_HISTORY_DAYS: Mapping[Timeframe, int] = {
+    Timeframe.M15: 30,
+    Timeframe.H1: 90,
+    Timeframe.H4: 90,
+    Timeframe.D1: 365,
+}
+
+
+class GapPolicyError(ValueError):
+    """A gap-sensor setting that cannot be used."""
+
+
+@dataclass(frozen=True)
+class GapPolicy:
+    """How far back the gap sensor keeps each timeframe covered, and how much it asks for at once.
+
+    | variable                                | default            | meaning                        |
+    |-----------------------------------------|--------------------|--------------------------------|
+    | BACKFILL_GAP_DAYS_M15 / _H1 / _H4 / _D1 | 30 / 90 / 90 / 365 | calendar days back from today  |
+    | BACKFILL_GAP_MAX_SESSIONS_PER_RUN       | 64                 | sessions in one run's box      |
+    | BACKFILL_GAP_MAX_PARTITIONS_PER_RUN     | 2000               | symbols x sessions in one box  |
+    | BACKFILL_GAP_MAX_RUNS_PER_TICK          | 10                 | runs one evaluation requests   |
+    | BACKFILL_GAP_MAX_RUNS_IN_FLIGHT         | 20                 | the sensor's unfinished runs   |
+    | BACKFILL_GAP_SETTLE_MINUTES             | EOD delay + 30     | a closed session is left to    |
+    |                                         |                    | end_of_day this long           |
+    | BACKFILL_GAP_RETRY_FAILED_MINUTES       | 15                 | a failure waits this long      |
+    """
+
+    history_days: Mapping[Timeframe, int] = field(default_factory=lambda: dict(DEFAULT_HISTORY_DAYS))
+    max_sessions_per_run: int = 64
+    # Dagster writes events per partition of a run (DESIGN §4): a few thousand keeps a run minutes.
+    max_partitions_per_run: int = 2000
+    max_runs_per_tick: int = 10
+    max_runs_in_flight: int = 20
+    # Longer than the end_of_day schedule's delay (BACKFILL_EOD_DELAY_MINUTES, 30 min by default),
+    # so the sensor never fetches a session the schedule is about to finalize.
+    settle: timedelta = timedelta(minutes=60)
+    retry_failed_after: timedelta = timedelta(minutes=15)
+
+    def __post_init__(self) -> None:
+        missing = [t.value for t in Timeframe if t not in self.history_days]
+        if missing:
+            raise GapPolicyError(f"history_days has no value for {', '.join(missing)}")
+        for timeframe, days in self.history_days.items():
+            if int(days) < 1:
+                raise GapPolicyError(f"history days for {Timeframe.parse(timeframe).value} must be at least 1, not {days}")
+        for name in ("max_sessions_per_run", "max_partitions_per_run", "max_runs_per_tick", "max_runs_in_flight"):
+            if getattr(self, name) < 1:
+                raise GapPolicyError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.settle < timedelta(0) or self.retry_failed_after < timedelta(0):
+            raise GapPolicyError("settle and retry_failed_after cannot be negative")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> GapPolicy:
+        env = os.environ if env is None else env
+        # The sensor leaves a closed session to the end_of_day schedule (orchestration/schedules.py,
+        # same variable) for its delay and half an hour more, so the two never fetch it both.
+        eod_delay = _whole(env, "BACKFILL_EOD_DELAY_MINUTES", 30, minimum=0)
+        return cls(
+            history_days={
+                t: _whole(env, f"BACKFILL_GAP_DAYS_{t.value.upper()}", DEFAULT_HISTORY_DAYS[t], minimum=1)
+                for t in Timeframe
+            },
+            max_sessions_per_run=_whole(env, "BACKFILL_GAP_MAX_SESSIONS_PER_RUN", 64, minimum=1),
+            max_partitions_per_run=_whole(env, "BACKFILL_GAP_MAX_PARTITIONS_PER_RUN", 2000, minimum=1),
+            max_runs_per_tick=_whole(env, "BACKFILL_GAP_MAX_RUNS_PER_TICK", 10, minimum=1),
+            max_runs_in_flight=_whole(env, "BACKFILL_GAP_MAX_RUNS_IN_FLIGHT", 20, minimum=1),
+            settle=timedelta(minutes=_whole(env, "BACKFILL_GAP_SETTLE_MINUTES", eod_delay + 30, minimum=0)),
+            retry_failed_after=timedelta(minutes=_whole(env, "BACKFILL_GAP_RETRY_FAILED_MINUTES", 15, minimum=0)),
+        )
+
+
+def _whole(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise GapPolicyError(f"{name}={raw!r} is not a whole number (default {default})") from None
+    if value < minimum:
+        raise GapPolicyError(f"{name}={raw!r} must be at least {minimum} (default {default})")
+    return value
+
+
+# ---------------------------------------------------------------------------------- horizons
+def settled_sessions(
+    calendar: SessionCalendar,
+    first: date,
+    now: pd.Timestamp,
+    *,
+    settle: timedelta = timedelta(0),
+    extended: bool = False,
+) -> list[date]:
+    """Sessions from `first` whose hours ended at least `settle` before now, ascending."""
+    now = _aware(now)
+    today = now.tz_convert(NEW_YORK).date()
+    days = calendar.sessions(first, today) if first <= today else []
+    while days and calendar.window(days[-1], extended)[1] + settle > now:
+        days.pop()
+    return days
+
+
+def horizons(
+    policy: GapPolicy,
+    calendar: SessionCalendar,
+    now: pd.Timestamp,
+    history_start: date,
+    *,
+    extended: bool = False,
+) -> dict[Timeframe, list[date]]:
+    """Per timeframe, the settled sessions the sensor keeps covered: from `history_days` calendar
+    days before today (never before the partitions' history start) to the last settled session."""
+    today = _aware(now).tz_convert(NEW_YORK).date()
+    settled = settled_sessions(
+        calendar, min(history_start, today), now, settle=policy.settle, extended=extended
+    )
+    out = {}
+    for timeframe in Timeframe:
+        first = max(history_start, today - timedelta(days=int(policy.history_days[timeframe])))
+        out[timeframe] = [d for d in settled if d >= first]
+    return out
+
+
+def ledger_horizons(wanted: Mapping[Timeframe, Sequence[date]]) -> dict[Timeframe, list[date]]:
+    """The sessions to read from the ledger per timeframe: m15 over every intraday horizon, because
+    an h1/h4 gap needs m15 for its session (stored or fetched in the same run)."""
+    out = {t: list(days) for t, days in wanted.items()}
+    intraday = sorted({d for t in (Timeframe.M15, Timeframe.H1, Timeframe.H4) for d in wanted.get(t, ())})
+    out[Timeframe.M15] = intraday
+    return out
+
+
+# ---------------------------------------------------------------------------------- gaps
+class GapReason(StrEnum):
+    MISSING = "missing"  # never covered
+    PARTIAL = "partial"  # fetched while the session was open; it has closed since
+    FAILED = "failed"  # the last fetch failed
+
+
+@dataclass(frozen=True)
+class Gap:
+    reason: GapReason
+    stamp: datetime | None = None  # when its ledger row was last written; None when there is none
+
+
+_FAILED = GapReason.FAILED  # a module constant: attribute lookups on enums are slow in hot loops
+NEVER_COVERED = Gap(GapReason.MISSING)  # shared: most gaps of a new symbol are this one value
+
+LedgerGaps = Mapping[Timeframe, Mapping[Partition, Gap]]
+
+
+class RunKind(StrEnum):
+    """What a gap run materializes."""
+
+    INTRADAY = "intraday"  # fetch m15 and derive h1/h4 from it, in one run
+    DERIVED = "derived"  # m15 is covered: derive h1/h4 only, no provider call
+    DAILY = "daily"  # fetch d1
+
+    @property
+    def timeframes(self) -> tuple[Timeframe, ...]:
+        return _KIND_TIMEFRAMES[self]
+
+
+_KIND_TIMEFRAMES = {
+    RunKind.INTRADAY: (Timeframe.M15, Timeframe.H1, Timeframe.H4),
+    RunKind.DERIVED: (Timeframe.H1, Timeframe.H4),
+    RunKind.DAILY: (Timeframe.D1,),
+}
+_KIND_ORDER = {kind: i for i, kind in enumerate(RunKind)}
+
+
+class InFlight:
+    """Partitions that unfinished work will write, per timeframe: a run's box is kept as session
+    intervals per symbol, so a run over thousands of partitions costs a few entries; a timeframe
+    can also be held whole (a backfill whose runs are not all launched yet)."""
+
+    def __init__(self) -> None:
+        self._boxes: dict[Timeframe, dict[str, list[tuple[date, date]]]] = defaultdict(lambda: defaultdict(list))
+        self._whole: set[Timeframe] = set()
+
+    def hold(self, timeframes: Iterable[Timeframe]) -> None:
+        """Treat every partition of these timeframes as in flight."""
+        self._whole.update(timeframes)
+
+    def holds(self, timeframe: Timeframe) -> bool:
+        return timeframe in self._whole
+
+    def add(self, timeframes: Iterable[Timeframe], symbols: Iterable[str], first: date, last: date) -> None:
+        symbols = list(symbols)
+        for timeframe in timeframes:
+            for symbol in symbols:
+                self._boxes[timeframe][symbol].append((first, last))
+
+    def covers(self, timeframe: Timeframe, partition: Partition) -> bool:
+        if timeframe in self._whole:
+            return True
+        symbol, session = partition
+        return any(lo <= session <= hi for lo, hi in self._boxes.get(timeframe, {}).get(symbol, ()))
+
+    def symbols(self, timeframe: Timeframe) -> set[str]:
+        """Symbols with any partition of this timeframe in flight."""
+        return set(self._boxes.get(timeframe, {}))
+
+
+@dataclass(frozen=True)
+class GapBox:
+    """One range run: sessions x symbols (contiguous in the partitions' order) of one kind."""
+
+    kind: RunKind
+    symbols: tuple[str, ...]
+    sessions: tuple[date, ...]
+    digest: str  # the ledger state that made these partitions gaps
+    age: int  # sessions between this box's newest session and the newest settled one
+    reasons: Mapping[str, int]  # "m15 missing" -> partitions
+
+    @property
+    def first(self) -> Partition:
+        return self.symbols[0], self.sessions[0]
+
+    @property
+    def last(self) -> Partition:
+        return self.symbols[-1], self.sessions[-1]
+
+    @property
+    def size(self) -> int:
+        return len(self.symbols) * len(self.sessions)
+
+    @property
+    def run_key(self) -> str:
+        """Deterministic: the same box with the same ledger state always gets the same key."""
+        return (
+            f"gaps:{self.kind.value}:{self.sessions[0].isoformat()}..{self.sessions[-1].isoformat()}:"
+            f"{self.symbols[0]}..{self.symbols[-1]}:{self.digest}"
+        )
+
+    def describe(self) -> str:
+        what = ", ".join(f"{n} {r}" for r, n in sorted(self.reasons.items()))
+        return (
+            f"{self.kind.value} {self.symbols[0]}..{self.symbols[-1]} ({len(self.symbols)}) x "
+            f"{self.sessions[0].isoformat()}..{self.sessions[-1].isoformat()} ({len(self.sessions)}): {what}"
+        )
+
+
+@dataclass(frozen=True)
+class GapPlan:
+    boxes: list[GapBox]  # to request now, newest sessions first
+    later: int  # boxes left for later evaluations (the per-tick and in-flight caps)
+    gaps: Mapping[Timeframe, Mapping[GapReason, int]]  # every gap found, per timeframe and reason
+    in_flight: int  # gaps an unfinished run is already filling
+    held: int  # failed partitions waiting for their retry delay
+    waiting_for_m15: int  # h1/h4 gaps whose m15 is in flight or held
+
+    @property
+    def total_gaps(self) -> int:
+        return sum(sum(r.values()) for r in self.gaps.values())
+
+    def summary(self) -> str:
+        if not self.total_gaps:
+            return "no gaps: every partition in the horizon is covered"
+        found = "; ".join(
+            f"{t.value} " + ", ".join(f"{n} {r.value}" for r, n in sorted(reasons.items()))
+            for t, reasons in self.gaps.items()
+            if reasons
+        )
+        parts = [f"{self.total_gaps} gap(s) ({found})"]
+        if self.boxes:
+            parts.append(f"requesting {len(self.boxes)} run(s)")
+        if self.later:
+            parts.append(f"{self.later} more run(s) left for later ticks")
+        if self.in_flight:
+            parts.append(f"{self.in_flight} already being filled by unfinished runs or backfills")
+        if self.held:
+            parts.append(f"{self.held} failed partition(s) waiting for their retry delay")
+        if self.waiting_for_m15:
+            parts.append(f"{self.waiting_for_m15} h1/h4 gap(s) waiting for their m15")
+        return "; ".join(parts)
+
+
+def plan_gap_runs(
+    gaps: LedgerGaps,
+    wanted: Mapping[Timeframe, Sequence[date]],
+    partition_order: Sequence[str],
+    *,
+    policy: GapPolicy,
+    now: pd.Timestamp,
+    in_flight: InFlight | None = None,
+    own_runs_in_flight: int = 0,
+) -> GapPlan:
+    """Turn ledger gaps into the range runs to request now, newest sessions first.
+
+    `gaps` must hold the ledger's gaps over `ledger_horizons(wanted)`: m15 is read over the h1/h4
+    horizons too, because an h1/h4 gap whose m15 is missing needs m15 fetched in the same run (m15
+    gaps beyond m15's own horizon are fetched only for that). Gaps that unfinished work covers are
+    left alone, and so are failed partitions until `policy.retry_failed_after` has passed.
+    """
+    now = _aware(now)
+    in_flight = in_flight or InFlight()
+    horizon = {t: set(wanted.get(t, ())) for t in Timeframe}
+    counts: dict[Timeframe, dict[GapReason, int]] = {t: defaultdict(int) for t in Timeframe}
+    busy = held = 0
+
+    retry_before = (now - pd.Timedelta(policy.retry_failed_after)).to_pydatetime()
+
+    def chasable(timeframe: Timeframe) -> dict[Partition, Gap]:
+        # Called on every gap of the horizon (a million for 500 new symbols): keep it lean.
+        nonlocal busy, held
+        out = {}
+        days = horizon[timeframe]
+        held_whole = in_flight.holds(timeframe)
+        busy_symbols = in_flight.symbols(timeframe)
+        tally = counts[timeframe]
+        for partition, gap in gaps.get(timeframe, {}).items():
+            if partition[1] not in days:
+                continue
+            tally[gap.reason] += 1
+            if held_whole or (partition[0] in busy_symbols and in_flight.covers(timeframe, partition)):
+                busy += 1
+            elif gap.stamp is not None and gap.reason is _FAILED and gap.stamp > retry_before:
+                held += 1
+            else:
+                out[partition] = gap
+        return out
+
+    m15 = chasable(Timeframe.M15)
+    derived_needs = set(chasable(Timeframe.H1)) | set(chasable(Timeframe.H4))
+    m15_gaps = gaps.get(Timeframe.M15, {})
+    intraday = set(m15)
+    derived: set[Partition] = set()
+    waiting = 0
+    for partition in derived_needs:
+        gap = m15_gaps.get(partition)
+        if gap is None:
+            derived.add(partition)  # m15 is covered: derive only
+        elif _m15_ready(partition, gap, in_flight, policy, now):
+            intraday.add(partition)  # m15 must be fetched first, in the same run
+        else:
+            waiting += 1
+    daily = set(chasable(Timeframe.D1))
+
+    sessions = sorted(set().union(*horizon.values()))
+    index = {d: i for i, d in enumerate(sessions)}
+    position = {s: i for i, s in enumerate(partition_order)}
+    newest = len(sessions) - 1
+    planned = [
+        (newest - hi, _KIND_ORDER[kind], position[symbols[0]], kind, symbols, lo, hi)
+        for kind, parts in ((RunKind.INTRADAY, intraday), (RunKind.DERIVED, derived), (RunKind.DAILY, daily))
+        for symbols, lo, hi in _boxes(parts, index, position, policy)
+    ]
+    planned.sort(key=lambda p: p[:3])
+    slots = max(0, min(policy.max_runs_per_tick, policy.max_runs_in_flight - own_runs_in_flight))
+    return GapPlan(
+        # Only the boxes requested now get their key computed: it reads every partition's state.
+        boxes=[_box(kind, symbols, tuple(sessions[lo : hi + 1]), age, gaps, now)
+               for age, _, _, kind, symbols, lo, hi in planned[:slots]],
+        later=max(0, len(planned) - slots),
+        gaps={t: dict(c) for t, c in counts.items()},
+        in_flight=busy,
+        held=held,
+        waiting_for_m15=waiting,
+    )
+
+
+def _m15_ready(partition: Partition, gap: Gap, in_flight: InFlight, policy: GapPolicy, now) -> bool:
+    if in_flight.covers(Timeframe.M15, partition):
+        return False
+    return not (gap.reason is GapReason.FAILED and gap.stamp and now - _aware(gap.stamp) < policy.retry_failed_after)
+
+
+def _boxes(
+    parts: Iterable[Partition], index: Mapping[date, int], position: Mapping[str, int], policy: GapPolicy
+) -> list[tuple[list[str], int, int]]:
+    """Cover partitions exactly with boxes: each symbol's sessions become contiguous runs (cut into
+    chunks of at most max_sessions_per_run, aligned on the newest session so that symbols with the
+    same gaps get the same chunks); symbols adjacent in the partitions' order with the same chunk
+    share a box, up to max_partitions_per_run partitions."""
+    by_symbol: dict[str, list[int]] = defaultdict(list)
+    for symbol, session in parts:
+        by_symbol[symbol].append(index[session])
+    by_range: dict[tuple[int, int], list[int]] = defaultdict(list)
+    step = policy.max_sessions_per_run
+    for symbol, days in by_symbol.items():
+        for lo, hi in _runs(sorted(days)):
+            top = hi
+            while top >= lo:
+                by_range[(max(lo, top - step + 1), top)].append(position[symbol])
+                top -= step
+    order = sorted(position, key=position.__getitem__)
+    out = []
+    for (lo, hi), positions in by_range.items():
+        width = max(1, policy.max_partitions_per_run // (hi - lo + 1))
+        for block in _runs(sorted(positions)):
+            for start in range(block[0], block[1] + 1, width):
+                out.append((order[start : min(start + width, block[1] + 1)], lo, hi))
+    return out
+
+
+def _runs(values: Sequence[int]) -> list[tuple[int, int]]:
+    """Contiguous runs of sorted integers as (first, last) pairs."""
+    runs: list[tuple[int, int]] = []
+    for v in values:
+        if runs and v == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], v)
+        else:
+            runs.append((v, v))
+    return runs
+
+
+def _box(kind: RunKind, symbols: list[str], days: tuple[date, ...], age: int, gaps: LedgerGaps, now) -> GapBox:
+    # The key hashes the gaps' state, and the day: a box whose run died without writing anything
+    # keeps its state, and Dagster refuses a run key it has seen, so such a box is retried once a
+    # day at most (instance run_retries handle crashed runs sooner).
+    state = [_aware(now).tz_convert(NEW_YORK).date().isoformat()]
+    reasons: dict[str, int] = defaultdict(int)
+    for timeframe in kind.timeframes:
+        table = gaps.get(timeframe, {})
+        for symbol in symbols:
+            for day in days:
+                gap = table.get((symbol, day))
+                if gap is not None:
+                    reasons[f"{timeframe} {gap.reason}"] += 1
+                    state.append(f"{timeframe}|{symbol}|{day}|{gap.reason}|{gap.stamp}")
+    digest = hashlib.sha1(";".join(state).encode()).hexdigest()[:16]
+    return GapBox(kind, tuple(symbols), days, digest, age, dict(reasons))
+
+
+def _aware(value) -> pd.Timestamp:
+    ts = pd.Timestamp(value)
+    if ts.tzinfo is None:
+        raise ValueError(f"naive timestamp {ts!s}: pass a timezone-aware time")
+    return ts.tz_convert("UTC")

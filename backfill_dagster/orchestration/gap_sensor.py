@@ -1,0 +1,188 @@
+"""The gap sensor: request range runs for every partition the coverage ledger says is missing,
+partial-and-now-closed or failed, inside each timeframe's history horizon (backfill_dagster.gaps).
+
+Nobody has to launch anything: a symbol added to the watchlist becomes a partition (watchlist_sync)
+and then a gap here, filled newest sessions first, a few runs per tick. Work is never requested
+twice: partitions that any unfinished run will write are skipped, and each run's key is derived
+from its box and the ledger state that made it a gap, so Dagster refuses a repeated request.
+"""
+
+from collections.abc import Callable
+from datetime import date
+
+import dagster as dg
+import pandas as pd
+
+# Not exported by dagster: the statuses and filter of backfills (UI "Materialize partitions").
+from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
+
+from backfill_dagster.calendar import SessionCalendar, xnys
+from backfill_dagster.gaps import GapBox, GapPolicy, InFlight, horizons, ledger_horizons, plan_gap_runs
+from backfill_dagster.ingest import utcnow
+from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
+from backfill_dagster.orchestration.partitions import (
+    SYMBOLS_PARTITIONS_NAME,
+    PartitionKeyError,
+    parse_partition_key,
+    range_tags,
+)
+from backfill_dagster.orchestration.resources import StoreResource
+from backfill_dagster.store.gaps import find_gaps
+from backfill_dagster.timeframes import Timeframe
+
+GAP_SENSOR_NAME = "coverage_gaps"
+REQUESTED_BY_TAG = "backfill/requested_by"
+GAP_KIND_TAG = "backfill/gap_kind"
+GAPS_TAG = "backfill/gaps"
+PRIORITY_TAG = "dagster/priority"
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+PARTITION_TAG = "dagster/partition"
+
+# CANCELING too: a run being cancelled may still be writing its partitions.
+IN_FLIGHT_STATUSES = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+IN_FLIGHT_LIMIT = 1000  # unfinished runs read per evaluation
+UNFINISHED_BACKFILLS = [BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING, BulkActionStatus.FAILING]
+
+_TIMEFRAME_OF_ASSET = {dg.AssetKey(t.asset_name): t for t in Timeframe}
+
+Clock = Callable[[], pd.Timestamp]
+
+
+def in_flight_partitions(
+    instance: dg.DagsterInstance, partition_order: list[str], calendar: SessionCalendar
+) -> tuple[InFlight, int, list[str]]:
+    """What unfinished work will write: the boxes of unfinished runs (of any job, sensor, schedule
+    or backfill; a run without an asset selection counts for every timeframe), and the whole of
+    each timeframe an unfinished backfill covers, since its later runs do not exist yet. Also how
+    many of the runs this sensor requested, and the unfinished backfills' ids."""
+    position = {s: i for i, s in enumerate(partition_order)}
+    busy = InFlight()
+    backfills = []
+    for backfill in instance.get_backfills(filters=BulkActionsFilter(statuses=UNFINISHED_BACKFILLS), limit=100):
+        if backfill.is_asset_backfill:
+            timeframes = [_TIMEFRAME_OF_ASSET[k] for k in backfill.asset_selection or () if k in _TIMEFRAME_OF_ASSET]
+        else:
+            timeframes = list(Timeframe)  # a job backfill: perhaps of all_bars
+        if timeframes:
+            busy.hold(timeframes)
+            backfills.append(backfill.backfill_id)
+    own = 0
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=IN_FLIGHT_STATUSES), limit=IN_FLIGHT_LIMIT):
+        tags = run.tags
+        if tags.get(REQUESTED_BY_TAG) == GAP_SENSOR_NAME:
+            own += 1
+        box = _run_box(tags, position, partition_order, calendar)
+        if box is None:
+            continue
+        if run.asset_selection:
+            timeframes = [_TIMEFRAME_OF_ASSET[k] for k in run.asset_selection if k in _TIMEFRAME_OF_ASSET]
+        else:
+            timeframes = list(Timeframe)
+        busy.add(timeframes, *box)
+    return busy, own, backfills
+
+
+def _run_box(tags, position, order, calendar):
+    """(symbols, first session, last session) of a run's partition tags, or None."""
+    try:
+        if RANGE_START_TAG in tags and RANGE_END_TAG in tags:
+            first = parse_partition_key(tags[RANGE_START_TAG], calendar)
+            last = parse_partition_key(tags[RANGE_END_TAG], calendar)
+        elif PARTITION_TAG in tags:
+            first = last = parse_partition_key(tags[PARTITION_TAG], calendar)
+        else:
+            return None
+    except PartitionKeyError:
+        return None  # some other partitioning: not ours
+    lo, hi = position.get(first[0]), position.get(last[0])
+    if lo is None or hi is None or hi < lo or last[1] < first[1]:
+        return None  # a reversed or stale range selects nothing
+    return order[lo : hi + 1], first[1], last[1]
+
+
+def gap_run_request(box: GapBox) -> dg.RunRequest:
+    described = box.describe()
+    return dg.RunRequest(
+        run_key=box.run_key,
+        job_name=ALL_BARS_JOB,
+        asset_selection=[dg.AssetKey(t.asset_name) for t in box.kind.timeframes],
+        tags={
+            **range_tags(box.first, box.last),
+            REQUESTED_BY_TAG: GAP_SENSOR_NAME,
+            GAP_KIND_TAG: box.kind.value,
+            GAPS_TAG: described[:250],
+            # Recent sessions first in the run queue, after the schedules' runs (priority > 0).
+            PRIORITY_TAG: str(-min(box.age, 1000)),
+        },
+    )
+
+
+def build_gap_sensor(
+    history_start: date,
+    policy: GapPolicy | None = None,
+    *,
+    clock: Clock = utcnow,
+    calendar: SessionCalendar | None = None,
+    minimum_interval_seconds: int = 60,
+) -> dg.SensorDefinition:
+    """The `coverage_gaps` sensor over sessions from `history_start` (the partitions' start)."""
+    policy = policy or GapPolicy()
+
+    @dg.sensor(
+        name=GAP_SENSOR_NAME,
+        job_name=ALL_BARS_JOB,
+        description=(
+            "Finds partitions the coverage ledger says are missing, fetched before their session "
+            "closed, or failed, within each timeframe's history horizon (m15 "
+            f"{policy.history_days[Timeframe.M15]} days, h1/h4 {policy.history_days[Timeframe.H1]}/"
+            f"{policy.history_days[Timeframe.H4]}, d1 {policy.history_days[Timeframe.D1]}), and "
+            "requests range runs for them, newest sessions first, never for partitions an "
+            "unfinished run is filling."
+        ),
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+    )
+    def coverage_gaps(context: dg.SensorEvaluationContext, store: StoreResource):
+        cal = calendar or xnys()
+        now = clock()
+        active = store.watchlist().active()
+        if not active:
+            return dg.SkipReason("the watchlist has no active symbols: nothing to cover")
+        order = list(context.instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
+        registered = set(order)
+        symbols = [s for s in active if s in registered]
+        pending = len(active) - len(symbols)
+        if not symbols:
+            return dg.SkipReason(
+                f"none of the {len(active)} active symbol(s) is a symbol partition yet: "
+                "the watchlist_sync sensor adds them"
+            )
+        wanted = horizons(policy, cal, now, history_start, extended=store.extended_hours)
+        if not any(wanted.values()):
+            return dg.SkipReason(f"no session has settled since the history start {history_start.isoformat()}")
+        gaps = find_gaps(store.bar_store(cal).engine, symbols, ledger_horizons(wanted))
+        busy, own, backfills = in_flight_partitions(context.instance, order, cal)
+        plan = plan_gap_runs(gaps, wanted, order, policy=policy, now=now, in_flight=busy, own_runs_in_flight=own)
+        note = f"; {pending} active symbol(s) wait for their partition" if pending else ""
+        if backfills:
+            note += f"; backfill(s) {', '.join(backfills)} in progress: their timeframes wait for them"
+        if not plan.boxes:
+            if plan.later:
+                return dg.SkipReason(
+                    f"{plan.summary()}; {own} run(s) of this sensor unfinished, the limit is "
+                    f"{policy.max_runs_in_flight}{note}"
+                )
+            return dg.SkipReason(f"{len(symbols)} symbol(s): {plan.summary()}{note}")
+        context.log.info(f"{len(symbols)} symbol(s): {plan.summary()}{note}")
+        for box in plan.boxes:
+            context.log.info(f"requesting {box.describe()}")
+        return [gap_run_request(box) for box in plan.boxes]
+
+    return coverage_gaps

@@ -1,0 +1,86 @@
+"""The gap sensor's ledger queries, on SQLite and PostgreSQL, against ledgers written by the store."""
+
+from datetime import date
+
+import sqlalchemy as sa
+
+from backfill_dagster.gaps import Gap, GapReason
+from backfill_dagster.store import CoverageEntry
+from backfill_dagster.store.gaps import find_gaps, open_gaps, row_counts, uncovered_sessions
+from backfill_dagster.timeframes import Timeframe
+from tests.conftest import utc
+
+M15, D1 = Timeframe.M15, Timeframe.D1
+AT = utc("2024-12-09 12:00")
+
+
+def covered(store, timeframe, symbol, sessions, *, bars=26, closed=True, at=AT):
+    entries = [CoverageEntry(symbol, d, bars, 26, closed) for d in sessions]
+    store.replace_partitions(timeframe, store.read_bars(timeframe, []), entries, provider="demo",
+                             adjustment="split", fetched_at=at)
+
+
+def test_find_gaps_reports_missing_partial_and_failed_only(store, calendar):
+    days = calendar.sessions("2024-11-25", "2024-12-06")  # 9 sessions, Thanksgiving skipped
+    covered(store, M15, "AAPL", days)
+    covered(store, M15, "AAPL", [days[1]], bars=9)  # closed with fewer bars: covered, not a gap
+    covered(store, M15, "MSFT", days[:-2])
+    covered(store, M15, "MSFT", [days[-2]], closed=False, at=utc("2024-12-05 18:00"))  # partial
+    store.record_failures(M15, {("AAPL", days[3]): "HTTP 500"}, expected={days[3]: 26}, at=AT)
+    covered(store, M15, "GONE", days[:2])  # no longer on the watchlist: ignored
+    covered(store, D1, "AAPL", days)  # another timeframe: not asked for
+
+    gaps = find_gaps(store.engine, ["AAPL", "MSFT", "NEW"], {M15: days})
+    assert set(gaps) == {M15}
+    found = {p: g.reason for p, g in gaps[M15].items()}
+    assert found == {
+        ("AAPL", days[3]): GapReason.FAILED,
+        ("MSFT", days[-2]): GapReason.PARTIAL,
+        ("MSFT", days[-1]): GapReason.MISSING,
+        **{("NEW", d): GapReason.MISSING for d in days},
+    }
+    assert gaps[M15][("AAPL", days[3])].stamp == AT.to_pydatetime()
+    assert gaps[M15][("MSFT", days[-2])].stamp == utc("2024-12-05 18:00").to_pydatetime()
+    assert gaps[M15][("NEW", days[0])] == Gap(GapReason.MISSING)
+
+
+def test_horizon_bounds_every_query(store, calendar):
+    days = calendar.sessions("2024-11-25", "2024-12-06")
+    covered(store, M15, "AAPL", days[2:])
+    store.record_failures(M15, {("AAPL", days[0]): "old failure"}, expected={days[0]: 26}, at=AT)
+    horizon = days[4:]
+    assert row_counts(store.engine, {M15: (horizon[0], horizon[-1])}) == {M15: {"AAPL": len(horizon)}}
+    assert open_gaps(store.engine, {M15: (horizon[0], horizon[-1])}) == {M15: {}}
+    assert find_gaps(store.engine, ["AAPL"], {M15: horizon}) == {M15: {}}
+    assert find_gaps(store.engine, ["AAPL"], {M15: days})[M15].keys() == {("AAPL", days[0]), ("AAPL", days[1])}
+
+
+def test_uncovered_sessions_after_rows_deleted_behind_the_systems_back(store, calendar):
+    days = calendar.sessions("2024-11-25", "2024-12-06")
+    for symbol in ("AAPL", "MSFT"):
+        covered(store, D1, symbol, days)
+    assert uncovered_sessions(store.engine, D1, ["AAPL", "MSFT"], days) == {}
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM bar_coverage WHERE symbol = 'MSFT' AND session IN (:a, :b)"),
+                     {"a": days[2], "b": days[5]})
+    assert uncovered_sessions(store.engine, D1, ["AAPL", "MSFT"], days) == {"MSFT": [days[2], days[5]]}
+    assert uncovered_sessions(store.engine, D1, [], days) == {}
+    # A symbol with no row at all: every session.
+    assert uncovered_sessions(store.engine, D1, ["NVDA"], days[:3]) == {"NVDA": days[:3]}
+
+
+def test_find_gaps_on_an_empty_ledger_and_empty_horizon(store, calendar):
+    days = calendar.sessions("2024-12-02", "2024-12-03")
+    assert find_gaps(store.engine, ["AAPL"], {D1: days, M15: []}) == {
+        D1: {("AAPL", d): Gap(GapReason.MISSING) for d in days},
+        M15: {},
+    }
+    assert find_gaps(store.engine, [], {D1: days}) == {D1: {}}
+
+
+def test_a_failure_after_a_success_is_still_a_gap(store, calendar):
+    day = date(2024, 12, 2)
+    covered(store, D1, "AAPL", [day])
+    store.record_failures(D1, {("AAPL", day): "timeout"}, expected={day: 1}, at=utc("2024-12-09 13:00"))
+    (gap,) = find_gaps(store.engine, ["AAPL"], {D1: [day]})[D1].values()
+    assert gap.reason is GapReason.FAILED
