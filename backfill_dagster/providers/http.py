@@ -24,6 +24,7 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import os
 import random
 import re
 import time
@@ -59,6 +60,8 @@ class Budget(Protocol):
 
     def pause_until(self, epoch_s: float) -> None: ...  # a 429 said nobody sends before then
 
+    def sent(self) -> None: ...  # the request booked last by this thread has been answered
+
 
 class Unlimited:
     """No budget: every request may go at once (local fakes, tests, unmetered providers)."""
@@ -67,6 +70,9 @@ class Unlimited:
         return None
 
     def pause_until(self, epoch_s: float) -> None:
+        return None
+
+    def sent(self) -> None:
         return None
 
 
@@ -84,6 +90,21 @@ class RetryPolicy:
     def __post_init__(self):
         if self.attempts < 1 or self.backoff_s < 0 or self.max_backoff_s < 0 or self.max_server_wait_s < 0:
             raise ValueError(f"invalid retry policy {self}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RetryPolicy:
+        """BACKFILL_HTTP_ATTEMPTS and BACKFILL_HTTP_BACKOFF_SECONDS override the defaults."""
+        env = os.environ if env is None else env
+        try:
+            return cls(
+                attempts=int(env.get("BACKFILL_HTTP_ATTEMPTS") or cls.attempts),
+                backoff_s=float(env.get("BACKFILL_HTTP_BACKOFF_SECONDS") or cls.backoff_s),
+            )
+        except ValueError:
+            raise ValueError(
+                "BACKFILL_HTTP_ATTEMPTS must be a whole number >= 1 and BACKFILL_HTTP_BACKOFF_SECONDS a "
+                "number of seconds >= 0"
+            ) from None
 
 
 @dataclass(frozen=True, repr=False)
@@ -222,7 +243,7 @@ class HttpClient:
     ):
         self.provider = provider
         self.budget: Budget = budget or Unlimited()
-        self.policy = policy or RetryPolicy()
+        self.policy = policy or RetryPolicy.from_env()
         self._sleep = sleep
         self._clock = clock
         self._backoff = tenacity.wait_exponential_jitter(
@@ -266,7 +287,10 @@ class HttpClient:
             nonlocal attempts
             attempts += 1
             self.budget.acquire()
-            return self._attempt(url, params, credentials, request, where, secrets)
+            try:
+                return self._attempt(url, params, credentials, request, where, secrets)
+            finally:
+                self.budget.sent()
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception()

@@ -14,6 +14,7 @@ so two processes can both take the last slot.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,9 +30,9 @@ from backfill_dagster.store.schema import provider_budget, provider_requests
 DEFAULT_RATE_LIMITS = {"alpaca": 200, "polygon": 5, "tradier": 120, "yahoo": 60}
 DEFAULT_WINDOW_S = 60.0
 
-# Seconds of a window kept free: requests are booked a moment before they leave, and arrive at
-# the provider with varying delay, so two bookings exactly one window apart could land inside one.
-MAX_MARGIN_S = 0.5
+# Seconds of a window kept free on top: a slot counts from its request's answer (`sent`), which
+# already orders arrivals a full window apart; the margin only absorbs clock reading jitter.
+MAX_MARGIN_S = 0.25
 # Longest single sleep while waiting, so a freed slot or a lifted pause is noticed promptly.
 MAX_SLEEP_S = 2.0
 
@@ -49,7 +50,7 @@ class RateLimit:
 
     @property
     def margin_s(self) -> float:
-        return min(MAX_MARGIN_S, 0.05 * self.window_s)
+        return min(MAX_MARGIN_S, 0.01 * self.window_s)
 
 
 class SharedBudget:
@@ -68,6 +69,7 @@ class SharedBudget:
         self.rate = rate
         self.sleep = sleep
         self.waited_s = 0.0  # total time this process spent waiting for a slot (reported)
+        self._last = threading.local()  # this thread's last booking, moved to its answer time
 
     def acquire(self) -> None:
         """Block until a request may be sent, and book it."""
@@ -80,6 +82,25 @@ class SharedBudget:
             step = min(wait, MAX_SLEEP_S)
             self.waited_s += step
             self.sleep(step)
+
+    def sent(self) -> None:
+        """Move this thread's last booking to now, when its answer has arrived.
+
+        A booking is made a moment before the request leaves, and the request may reach the
+        provider late (a slow connection, a busy machine). Counting the slot from the answer makes
+        the next request to take it arrive a full window after this one, however late it was."""
+        booked = getattr(self._last, "at", None)
+        if booked is None:
+            return
+        self._last.at = None
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(provider_requests)
+                .where(provider_requests.c.provider == self.provider, provider_requests.c.sent_at == booked)
+                .values(sent_at=sa.func.greatest(booked, _db_now(self.engine))
+                        if self.engine.dialect.name == "postgresql"
+                        else sa.func.max(booked, _db_now(self.engine)))
+            )
 
     def pause_until(self, epoch_s: float) -> None:
         """Nobody sends to this provider before `epoch_s` (a 429 said so)."""
@@ -121,6 +142,7 @@ class SharedBudget:
             ).one()
             if count < rate.limit:
                 conn.execute(sa.insert(provider_requests).values(provider=self.provider, sent_at=now))
+                self._last.at = now
                 return 0.0
             # The oldest booking leaves the window (plus margin) at oldest + window + margin.
             return max(oldest + rate.window_s + rate.margin_s - now, 0.001)

@@ -111,6 +111,7 @@ class ScriptedServer:
 class RecordingBudget:
     def __init__(self):
         self.acquired = 0
+        self.answered = 0
         self.pauses: list[float] = []
 
     def acquire(self) -> None:
@@ -118,6 +119,9 @@ class RecordingBudget:
 
     def pause_until(self, epoch_s: float) -> None:
         self.pauses.append(epoch_s)
+
+    def sent(self) -> None:
+        self.answered += 1
 
 
 @pytest.fixture
@@ -167,6 +171,7 @@ def test_retries_5xx_and_429_with_growing_backoff_then_succeeds(client, server, 
     reply = get(client, server)
     assert reply.payload == {"ok": 1} and reply.attempts == 4
     assert budget.acquired == 4  # the budget is asked before every attempt, retries included
+    assert budget.answered == 4  # and told when each one was answered, failed ones too
     assert len(sleeps) == 3
     # exponential with jitter: 0.01, 0.02, 0.04 (+ up to 0.01 jitter each)
     for wait, base in zip(sleeps, (0.01, 0.02, 0.04)):

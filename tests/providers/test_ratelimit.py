@@ -103,3 +103,16 @@ def test_a_full_window_waits_in_short_steps(store_url):
 def test_bad_rate_limits_are_refused(limit, window):
     with pytest.raises(ValueError, match="rate limit"):
         RateLimit(limit, window)
+
+
+def test_a_slot_counts_from_the_answer_not_the_booking(store_url):
+    engine = shared_engine(store_url)
+    budget = SharedBudget(engine, "alpaca", RateLimit(limit=5, window_s=30))
+    budget.acquire()
+    booked = budget.booked()
+    time.sleep(0.2)  # the request is slow to be answered
+    budget.sent()
+    moved = budget.booked()
+    assert len(booked) == len(moved) == 1 and moved[0] >= booked[0] + 0.15
+    budget.sent()  # nothing booked since: a no-op
+    assert budget.booked() == moved

@@ -1,0 +1,176 @@
+"""Real provider clients inside Dagster runs, against the fake servers on loopback: a backfill under
+injected faults completes with exactly the provider's bars, the shared budget holds the provider's
+rate limit across concurrent clients (measured at the fake), a provider that keeps failing fails
+its partitions with a message naming it, and keys never reach Dagster's event log."""
+
+import threading
+import time
+from datetime import date
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from backfill_dagster.calendar import xnys
+from backfill_dagster.definitions import build_definitions
+from backfill_dagster.fakes import FakeConfig, FakeProviders
+from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
+from backfill_dagster.orchestration.partitions import range_tags
+from backfill_dagster.providers.alpaca import AlpacaProvider
+from backfill_dagster.providers.base import FetchRequest
+from backfill_dagster.providers.ratelimit import RateLimit, SharedBudget
+from backfill_dagster.settings import Settings
+from backfill_dagster.store import BarStore, create_engine, shared_engine
+from backfill_dagster.timeframes import Timeframe
+from tests.orchestration.conftest import add_symbols
+
+NOW = pd.Timestamp("2025-03-03 15:00", tz="UTC")
+SESSIONS = xnys().sessions("2025-02-03", "2025-02-14")
+SYMBOLS = ["AAPL", "MSFT", "NVDA"]
+
+
+@pytest.fixture
+def fakes(monkeypatch):
+    # Short back-offs: the retry logic is the same, the test does not wait seconds per fault.
+    monkeypatch.setenv("BACKFILL_HTTP_BACKOFF_SECONDS", "0.02")
+    monkeypatch.setenv("BACKFILL_HTTP_ATTEMPTS", "6")
+    with FakeProviders(FakeConfig(now=lambda: NOW, timeout_sleep_s=0.2, seed=3)) as fakes:
+        for name, value in fakes.env().items():
+            monkeypatch.setenv(name, value)
+        yield fakes
+
+
+def provider_defs(tmp_path, store_url, providers, **settings):
+    return build_definitions(
+        Settings(data_dir=tmp_path, database_url=store_url, history_start=date(2024, 1, 1),
+                 providers=tuple(providers), rate_limits={}, **settings)  # the fakes are unmetered
+    )
+
+
+def run_box(defs, instance, selection=None):
+    job = defs.resolve_job_def(ALL_BARS_JOB)
+    if selection:
+        job = job.get_subset(asset_selection={dg.AssetKey(a) for a in selection})
+    return job.execute_in_process(
+        instance=instance, tags=range_tags((SYMBOLS[0], SESSIONS[0]), (SYMBOLS[-1], SESSIONS[-1])),
+        raise_on_error=False,
+    )
+
+
+def regular(bars: pd.DataFrame, day) -> pd.DataFrame:
+    lo, hi = xnys().window(day)
+    return bars[(bars.ts >= lo) & (bars.ts < hi)]
+
+
+@pytest.mark.parametrize("provider", ["alpaca", "polygon"])
+def test_a_backfill_under_20_percent_faults_completes_with_the_providers_bars(
+    provider, fakes, tmp_path, store_url, instance
+):
+    fakes.config.fault_rate = 0.2
+    defs = provider_defs(tmp_path, store_url, [provider])
+    add_symbols(instance, store_url, SYMBOLS)
+    result = run_box(defs, instance)
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    statuses = [entry.status for entry in fakes.log if entry.provider == provider]
+    assert any(s != 200 for s in statuses), "no fault was injected: the test proves nothing"
+
+    store = BarStore(shared_engine(store_url), xnys())
+    for symbol in SYMBOLS:
+        for day in SESSIONS:
+            stored = store.read_bars(Timeframe.M15, [(symbol, day)])
+            served = regular(fakes.bars("m15", symbol, day), day)
+            assert list(stored.ts) == list(served.ts), (symbol, day)
+            assert np.allclose(stored.close, served.close) and np.allclose(stored.volume, served.volume)
+    ledger = store.coverage()
+    assert set(ledger.status) == {"complete"} and len(ledger) == 4 * len(SYMBOLS) * len(SESSIONS)
+    fetched = ledger[ledger.timeframe.isin(["m15", "d1"])]
+    assert all(p.startswith(provider) for p in fetched.provider)  # who served each partition
+    for check in result.get_asset_check_evaluations():
+        assert check.passed, check.description
+
+
+def test_a_provider_that_keeps_failing_fails_its_partitions_and_names_itself(fakes, tmp_path, store_url, instance):
+    fakes.config.fault_rate = 1.0
+    fakes.config.faults = ("503",)
+    defs = provider_defs(tmp_path, store_url, ["polygon"])
+    add_symbols(instance, store_url, SYMBOLS[:1])
+    job = defs.resolve_job_def(ALL_BARS_JOB).get_subset(asset_selection={dg.AssetKey("bars_m15")})
+    result = job.execute_in_process(
+        instance=instance, tags=range_tags((SYMBOLS[0], SESSIONS[0]), (SYMBOLS[0], SESSIONS[1])), raise_on_error=False
+    )
+    assert not result.success
+    message = result.get_step_failure_events()[0].step_failure_data.error.message
+    assert "polygon" in message and "AAPL" in message and "2025-02-03" in message and "503" in message
+    assert BarStore(shared_engine(store_url), xnys()).read_bars(Timeframe.M15, [("AAPL", SESSIONS[0])]).empty
+
+
+def test_the_router_falls_back_to_the_next_provider_and_records_who_served(fakes, tmp_path, store_url, instance):
+    fakes.config.fault_rate = 1.0  # every provider request fails...
+    fakes.config.faults = ("500",)
+    defs = provider_defs(tmp_path, store_url, ["alpaca", "demo"])  # ...so the demo provider serves
+    add_symbols(instance, store_url, SYMBOLS[:1])
+    job = defs.resolve_job_def(ALL_BARS_JOB).get_subset(asset_selection={dg.AssetKey("bars_m15")})
+    result = job.execute_in_process(
+        instance=instance, tags=range_tags((SYMBOLS[0], SESSIONS[0]), (SYMBOLS[0], SESSIONS[1])), raise_on_error=False
+    )
+    assert result.success
+    ledger = BarStore(shared_engine(store_url), xnys()).coverage(Timeframe.M15)
+    assert set(ledger.provider) == {"demo:synthetic"}
+    assert fakes.calls("alpaca") >= 1
+
+
+def test_keys_never_reach_dagsters_event_log(fakes, tmp_path, store_url, instance):
+    fakes.config.fault_rate = 1.0
+    fakes.config.faults = ("500",)
+    defs = provider_defs(tmp_path, store_url, ["alpaca", "polygon", "tradier"])
+    add_symbols(instance, store_url, SYMBOLS[:1])
+    job = defs.resolve_job_def(ALL_BARS_JOB).get_subset(asset_selection={dg.AssetKey("bars_m15")})
+    job.execute_in_process(
+        instance=instance, tags=range_tags((SYMBOLS[0], SESSIONS[0]), (SYMBOLS[0], SESSIONS[0])), raise_on_error=False
+    )
+    secrets = [fakes.config.alpaca_key, fakes.config.alpaca_secret, fakes.config.polygon_key, fakes.config.tradier_token]
+    run_ids = [r.run_id for r in instance.get_runs()]
+    text = "".join(str(e) for run_id in run_ids for e in instance.all_logs(run_id))
+    text += "".join(str(r.run_config) + str(r.tags) for r in instance.get_runs())
+    for secret in secrets:
+        assert secret not in text
+
+
+def test_the_shared_budget_uses_the_rate_limit_and_never_exceeds_it_at_the_server(fakes, store_url):
+    limit, window = 8, 2.0
+    fakes.config.rate_limits = {"alpaca": limit}
+    fakes.config.rate_window_s = window
+    shared_engine(store_url)  # schema
+    engines = [create_engine(store_url) for _ in range(4)]  # four "processes"
+    day = SESSIONS[0]
+    lo, hi = xnys().window(day)
+    request = FetchRequest(Timeframe.M15, ("AAPL",), (day,), lo, hi)
+    env = fakes.env()
+
+    def worker(engine):
+        budget = SharedBudget(engine, "alpaca", RateLimit(limit, window))
+        provider = AlpacaProvider.from_config(env, xnys(), lambda: NOW, budget=budget)
+        for _ in range(limit):
+            provider.fetch(request)
+
+    start = time.monotonic()
+    threads = [threading.Thread(target=worker, args=(e,)) for e in engines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    elapsed = time.monotonic() - start
+    arrivals = sorted(e.at for e in fakes.log if e.provider == "alpaca")
+    assert len(arrivals) == 4 * limit
+    assert all(e.status == 200 for e in fakes.log if e.provider == "alpaca")  # no 429: never over
+    assert fakes.max_in_window("alpaca", window) <= limit
+    # used: 32 requests at 8 per 2 s need 3 more windows after the first 8; at >= 90% of the
+    # budget the first and the last arrival are at most 3 windows / 0.9 apart
+    span = arrivals[-1] - arrivals[0]
+    utilisation = (len(arrivals) - limit) / limit * window / span
+    assert utilisation >= 0.9, (span, utilisation)
+    print(f"\nbudget {limit}/{window:.0f}s, 4 clients, {len(arrivals)} requests: max {fakes.max_in_window('alpaca', window)} "
+          f"in any {window:.0f}s at the server, {utilisation:.0%} of the budget used, {elapsed:.1f}s")
+    for e in engines:
+        e.dispose()
