@@ -132,40 +132,30 @@ def _adjustment(env: Mapping[str, str]) -> Adjustment:
         raise SettingsError(f"BACKFILL_ADJUSTMENT: {exc}") from None
 
 
-def _ratio(env: Mapping[str, str], name: str, default: float) -> float:
+def _number(env: Mapping[str, str], name: str, default, convert, is_valid, what: str, rule: str):
+    """A numeric setting: `default` when unset, else `convert(raw)` if it parses and `is_valid`."""
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
     try:
-        value = float(raw)
+        value = convert(raw)
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number: use a ratio such as 0.9") from None
-    if not 0.0 <= value <= 1.0:
-        raise SettingsError(f"{name}={raw!r} must be between 0 and 1")
+        raise SettingsError(f"{name}={raw!r} is not {what}") from None
+    if not is_valid(value):
+        raise SettingsError(f"{name}={raw!r} {rule}")
     return value
+
+
+def _ratio(env: Mapping[str, str], name: str, default: float) -> float:
+    return _number(env, name, default, float, lambda v: 0.0 <= v <= 1.0,
+                   "a number: use a ratio such as 0.9", "must be between 0 and 1")
 
 
 def _count(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a whole number of requests (0 = unlimited)") from None
-    if value < 0:
-        raise SettingsError(f"{name}={raw!r} cannot be negative (0 = unlimited)")
-    return value
+    return _number(env, name, default, int, lambda v: v >= 0,
+                   "a whole number of requests (0 = unlimited)", "cannot be negative (0 = unlimited)")
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number of seconds") from None
-    if not value > 0:
-        raise SettingsError(f"{name}={raw!r} must be more than 0 seconds")
-    return value
+    return _number(env, name, default, float, lambda v: v > 0,
+                   "a number of seconds", "must be more than 0 seconds")

@@ -4,9 +4,9 @@ Every provider fake answers from the same data, so a bar fetched from Alpaca equ
 fetched from Polygon, Tradier or Yahoo (each in its own wire format):
 
 - m15: exactly `demo.synthetic_session_m15(symbol, session, xnys())`, the whole extended day
-  (04:00 to close + 4 h). `_generate` is a pandas-free copy of that model, because the pandas
-  version costs ~5 ms a session and a benchmark asks for 20 symbols x 504 sessions; a test checks
-  that both agree bar for bar.
+  (04:00 to close + 4 h), from the same numpy model (`demo.synthetic_values`) without building a
+  DataFrame per session, which costs ~5 ms a session when a benchmark asks for 20 symbols x 504
+  sessions; a test checks that both agree bar for bar.
 - d1: `demo.aggregate_day` of the session's *regular-hours* m15 bars (same formula, in numpy).
 - Only bars that started before "now" exist: an open session is served up to the bar in progress.
 - Optionally a deterministic share of extended-hours slots has no trades (`no_trade_rate`): no bar
@@ -16,7 +16,6 @@ fetched from Polygon, Tradier or Yahoo (each in its own wire format):
 from __future__ import annotations
 
 import functools
-import zlib
 from dataclasses import dataclass
 from datetime import date
 
@@ -25,6 +24,7 @@ import pandas as pd
 
 from backfill_dagster.bars import bars_frame, empty_bars
 from backfill_dagster.calendar import NEW_YORK, SessionCalendar, xnys
+from backfill_dagster.providers.demo import _seed, synthetic_values
 from backfill_dagster.timeframes import Timeframe
 
 M15_NS = 15 * 60 * 1_000_000_000
@@ -65,11 +65,6 @@ class Days:
 
     def __len__(self) -> int:
         return len(self.sessions)
-
-
-def _seed(*parts: object) -> int:
-    # The demo provider's seed: crc32 of the parts joined by '|'.
-    return zlib.crc32("|".join(str(p) for p in parts).encode())
 
 
 class BarData:
@@ -190,34 +185,9 @@ class BarData:
         return grid, regular
 
     def _generate(self, symbol: str, session: date) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """`demo.synthetic_session_m15` without pandas: (ts ns, values n x 7, regular mask)."""
+        """The demo model's bars without pandas: (ts ns, values n x 7, regular mask)."""
         t, regular = self._grid(session)
-        n = len(t)
-        rng = np.random.default_rng(_seed(symbol, session.isoformat()))
-        sym = _seed(symbol)
-        phase1, phase2 = (sym % 360) / 57.3, (sym // 360 % 360) / 57.3
-        base = 20.0 + sym % 480
-        day = session.toordinal()
-        level = base * np.exp(0.25 * np.sin(day / 41.4 + phase1) + 0.08 * np.sin(day / 5.9 + phase2))
-
-        open_, close = self.calendar.open(session).value, self.calendar.close(session).value
-        x = np.where(regular, (t - open_) / max(close - open_, 1), 0.5)
-        activity = np.where(regular, 0.6 + 2.4 * (x - 0.5) ** 2 * 4, 0.15)
-
-        first_open = level * (1 + 0.004 * rng.standard_normal())
-        returns = rng.standard_normal(n) * 0.0022 * np.sqrt(activity)
-        closes = first_open * np.exp(np.cumsum(returns))
-        opens = np.concatenate([[first_open], closes[:-1]])
-        wick = np.abs(rng.standard_normal((2, n))) * 0.0012 * np.sqrt(activity)
-        opens, closes = np.round(opens, 2), np.round(closes, 2)
-        highs = np.maximum(np.round(np.maximum(opens, closes) * (1 + wick[0]), 2), np.maximum(opens, closes))
-        lows = np.minimum(np.round(np.minimum(opens, closes) * (1 - wick[1]), 2), np.minimum(opens, closes))
-        lows = np.maximum(lows, 0.01)
-        base_volume = 20_000 + (sym % 97) * 3_000
-        volume = np.round(base_volume * activity * rng.lognormal(0.0, 0.35, n))
-        vwap = np.round((highs + lows + closes) / 3, 4)
-        trades = np.round(np.maximum(1, volume // 85))
-        values = np.column_stack([opens, highs, lows, closes, volume, vwap, trades]).astype(np.float64)
+        values = synthetic_values(symbol, session, t, self.calendar.open(session).value, self.calendar.close(session).value)
         values.flags.writeable = False
         return t, values, regular
 

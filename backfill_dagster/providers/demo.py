@@ -38,10 +38,11 @@ def _utcnow() -> pd.Timestamp:
     return pd.Timestamp.now(tz="UTC")
 
 
-def synthetic_session_m15(symbol: str, session: date, calendar: SessionCalendar) -> pd.DataFrame:
-    """All m15 bars of one session's extended day (04:00 to close + 4 h) for one symbol."""
-    grid = calendar.expected_bars([session], Timeframe.M15, extended=True)["ts"]
-    n = len(grid)
+def synthetic_values(symbol: str, session: date, t: np.ndarray, open_ns: int, close_ns: int) -> np.ndarray:
+    """The synthetic m15 values (columns open, high, low, close, volume, vwap, trade_count) of one
+    symbol and session at bar starts `t` (UTC ns), numpy only: the demo provider and the fake
+    provider servers both serve these numbers."""
+    n = len(t)
     rng = np.random.default_rng(_seed(symbol, session.isoformat()))
     sym = _seed(symbol)
     phase1, phase2 = (sym % 360) / 57.3, (sym // 360 % 360) / 57.3
@@ -49,11 +50,9 @@ def synthetic_session_m15(symbol: str, session: date, calendar: SessionCalendar)
     day = session.toordinal()
     level = base * np.exp(0.25 * np.sin(day / 41.4 + phase1) + 0.08 * np.sin(day / 5.9 + phase2))
 
-    open_, close = calendar.open(session).value, calendar.close(session).value
-    t = epoch_ns(grid)
-    regular = (t >= open_) & (t < close)
+    regular = (t >= open_ns) & (t < close_ns)
     # U-shaped activity inside regular hours, quiet outside.
-    x = np.where(regular, (t - open_) / max(close - open_, 1), 0.5)
+    x = np.where(regular, (t - open_ns) / max(close_ns - open_ns, 1), 0.5)
     activity = np.where(regular, 0.6 + 2.4 * (x - 0.5) ** 2 * 4, 0.15)
 
     first_open = level * (1 + 0.004 * rng.standard_normal())
@@ -69,19 +68,15 @@ def synthetic_session_m15(symbol: str, session: date, calendar: SessionCalendar)
     volume = np.round(base_volume * activity * rng.lognormal(0.0, 0.35, n))
     vwap = np.round((highs + lows + closes) / 3, 4)
     trades = np.maximum(1, volume // 85)
-    return bars_frame(
-        {
-            "symbol": symbol,
-            "ts": grid,
-            "open": opens,
-            "high": highs,
-            "low": lows,
-            "close": closes,
-            "volume": volume,
-            "vwap": vwap,
-            "trade_count": trades,
-        }
-    )
+    return np.column_stack([opens, highs, lows, closes, volume, vwap, trades]).astype(np.float64)
+
+
+def synthetic_session_m15(symbol: str, session: date, calendar: SessionCalendar) -> pd.DataFrame:
+    """All m15 bars of one session's extended day (04:00 to close + 4 h) for one symbol."""
+    grid = calendar.expected_bars([session], Timeframe.M15, extended=True)["ts"]
+    values = synthetic_values(symbol, session, epoch_ns(grid), calendar.open(session).value, calendar.close(session).value)
+    columns = ("open", "high", "low", "close", "volume", "vwap", "trade_count")
+    return bars_frame({"symbol": symbol, "ts": grid, **{c: values[:, i] for i, c in enumerate(columns)}})
 
 
 def aggregate_day(m15: pd.DataFrame, symbol: str, label: pd.Timestamp) -> pd.DataFrame:

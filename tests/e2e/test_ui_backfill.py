@@ -198,3 +198,25 @@ def test_ensure_coverage_waits_for_its_backfill_with_a_progress_bar(running):
     again = running.run(BIN / "backfill-dagster", "ensure-coverage", "NVDA", "--timeframe", "h1", "--sessions", "5",
                         "--wait")
     assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout + again.stderr
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses of the sockets listening on `port` (from /proc/net/tcp and tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, _remote, state = line.split()[1:4]
+            address, hex_port = local.split(":")
+            if int(hex_port, 16) == port and state == "0A":  # 0A = LISTEN
+                found.add(address)
+    return found
+
+
+def test_the_webserver_listens_on_loopback_only(running):
+    port = int(running.webserver_url.rsplit(":", 1)[1])
+    addresses = listening_addresses(port)
+    assert addresses == {"0100007F"}, addresses  # 127.0.0.1, nothing on 0.0.0.0 or ::
