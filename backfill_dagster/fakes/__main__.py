@@ -14,7 +14,7 @@ import threading
 
 import pandas as pd
 
-from backfill_dagster.fakes.config import FAULT_KINDS, PROVIDERS, FakeConfig
+from backfill_dagster.fakes.config import ALL_FAULT_KINDS, FAULT_KINDS, PROVIDERS, FakeConfig
 from backfill_dagster.fakes.server import FakeProviders
 
 
@@ -34,9 +34,9 @@ def _rate_limit(text: str) -> tuple[str, int]:
 
 def _faults(text: str) -> tuple[str, ...]:
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
-    unknown = [k for k in kinds if k not in FAULT_KINDS]
+    unknown = [k for k in kinds if k not in ALL_FAULT_KINDS]
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown fault kind(s) {unknown}: use {', '.join(FAULT_KINDS)}")
+        raise argparse.ArgumentTypeError(f"unknown fault kind(s) {unknown}: use {', '.join(ALL_FAULT_KINDS)}")
     return kinds
 
 

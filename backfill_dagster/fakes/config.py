@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 PROVIDERS = ("alpaca", "polygon", "tradier", "yahoo")
+# Transport faults a client must ride out (the default draw), and "invalid": a well-formed answer
+# carrying one impossible bar (high below low), which validation must reject with its reason.
 FAULT_KINDS = ("429", "500", "503", "timeout", "truncated")
+ALL_FAULT_KINDS = (*FAULT_KINDS, "invalid")
 # Symbols starting with this are unknown to every provider (handy in tests).
 UNKNOWN_PREFIX = "ZZZ"
 
@@ -62,9 +65,9 @@ class FakeConfig:
             raise ValueError("rate_window_s must be positive")
         if not 0.0 <= self.fault_rate <= 1.0:
             raise ValueError(f"fault_rate {self.fault_rate} must be between 0 and 1")
-        kinds = sorted(set(self.faults) - set(FAULT_KINDS))
+        kinds = sorted(set(self.faults) - set(ALL_FAULT_KINDS))
         if kinds:
-            raise ValueError(f"unknown fault kind(s) {kinds}: use {', '.join(FAULT_KINDS)}")
+            raise ValueError(f"unknown fault kind(s) {kinds}: use {', '.join(ALL_FAULT_KINDS)}")
         if self.fault_rate > 0 and not self.faults:
             raise ValueError("fault_rate > 0 needs at least one fault kind in faults")
 

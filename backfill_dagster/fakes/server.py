@@ -12,6 +12,8 @@ daemon thread.
 
 from __future__ import annotations
 
+import gzip
+import json
 import logging
 import socket
 import threading
@@ -227,9 +229,12 @@ class FakeProviders:
         if fault == "timeout":
             self._stopping.wait(config.timeout_sleep_s)
         try:
-            return serve(request), window
+            response = serve(request)
         except BadRequest as exc:
             return exc.response, window
+        if fault == "invalid" and response.status == 200:
+            response = with_one_invalid_bar(response)
+        return response, window
 
     def _base_url(self, handler: _Handler) -> str:
         host = handler.headers.get("Host")
@@ -286,3 +291,37 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002
         log.debug("%s %s", self.address_string(), format % args)
+
+
+def with_one_invalid_bar(response: Response) -> Response:
+    """The same answer with its first bar's high set below its low, in any provider's shape:
+    bar objects with h/l (Alpaca, Polygon) or high/low (Tradier), or Yahoo's parallel lists."""
+    zipped = response.headers.get("Content-Encoding") == "gzip"
+    try:
+        payload = json.loads(gzip.decompress(response.body) if zipped else response.body)
+    except ValueError:
+        return response  # not JSON (Tradier XML): nothing to corrupt
+
+    def rebuilt() -> Response:
+        body = json.dumps(payload).encode()
+        return Response(response.status, gzip.compress(body) if zipped else body, response.content_type,
+                        dict(response.headers))
+
+    stack = [payload]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for high, low in (("h", "l"), ("high", "low")):
+                h, lo = node.get(high), node.get(low)
+                if isinstance(h, (int, float)) and isinstance(lo, (int, float)):
+                    node[high] = round(lo - 1.0, 2)
+                    return rebuilt()
+                if isinstance(h, list) and isinstance(lo, list):
+                    for i, (a, b) in enumerate(zip(h, lo)):
+                        if a is not None and b is not None:
+                            h[i] = round(b - 1.0, 2)
+                            return rebuilt()
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return response

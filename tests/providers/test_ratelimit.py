@@ -99,6 +99,27 @@ def test_a_full_window_waits_in_short_steps(store_url):
     assert len(budget.booked()) == 2  # nothing booked while waiting
 
 
+def test_a_full_window_waits_only_until_its_oldest_slot_leaves(store_url):
+    engine = shared_engine(store_url)
+    slept = []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        time.sleep(seconds)
+
+    rate = RateLimit(limit=2, window_s=1.0)
+    budget = SharedBudget(engine, "alpaca", rate, sleep=sleep)
+    budget.acquire()
+    budget.acquire()
+    first = budget.booked()[0]
+    budget.acquire()  # waits for the first slot to leave the window (which then drops it)
+    third = budget.booked()[-1]
+    assert third >= first + rate.window_s  # never early
+    # Each wait is asked from the database's clock afresh, and real sleeps never end early, so the
+    # waits asked for add up to at most what the oldest slot had left: never a second window.
+    assert slept and sum(slept) <= rate.window_s + rate.margin_s + 0.001 * len(slept)
+
+
 @pytest.mark.parametrize("limit, window", [(-1, 60), (10, 0)])
 def test_bad_rate_limits_are_refused(limit, window):
     with pytest.raises(ValueError, match="rate limit"):
