@@ -25,6 +25,7 @@ import pandas as pd
 from backfill_dagster.bars import bars_frame, empty_bars
 from backfill_dagster.calendar import NEW_YORK, SessionCalendar, xnys
 from backfill_dagster.providers.demo import _seed, synthetic_values
+from backfill_dagster.providers.demo import day_values as aggregate
 from backfill_dagster.timeframes import Timeframe
 
 M15_NS = 15 * 60 * 1_000_000_000
@@ -203,23 +204,6 @@ class BarData:
     def _partial_day(self, symbol: str, session: date, now_ns: int) -> tuple[float, ...] | None:
         ts, values, regular = self._session(symbol, session)
         return aggregate(values[regular & (ts < now_ns)])
-
-
-def aggregate(values: np.ndarray) -> tuple[float, ...] | None:
-    """One d1 row from m15 rows, as `demo.aggregate_day` builds it; None without rows."""
-    if len(values) == 0:
-        return None
-    volume = values[:, VOLUME].sum()
-    vwap = round(float((values[:, VWAP] * values[:, VOLUME]).sum() / volume), 4) if volume else np.nan
-    return (
-        float(values[0, OPEN]),
-        float(values[:, HIGH].max()),
-        float(values[:, LOW].min()),
-        float(values[-1, CLOSE]),
-        float(volume),
-        vwap,
-        float(values[:, TRADES].sum()),
-    )
 
 
 def aggregate_runs(keys: np.ndarray, values: np.ndarray, *, descending: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -119,17 +119,54 @@ class DemoProvider(Provider):
         return "demo:synthetic"
 
     def fetch(self, request: FetchRequest) -> FetchResult:
-        now = self._clock()
-        frames = []
+        # numpy per session and one frame per request: a range run asks for thousands of sessions.
+        now_ns = self._clock().value
+        sessions = list(request.sessions)
+        if not sessions or not request.symbols:
+            return FetchResult(bars=empty_bars(), api_calls=0)
+        cal = self._calendar
+        starts = epoch_ns(cal.expected_bars(sessions, Timeframe.M15, extended=True)["ts"])
+        bounds = np.concatenate([[0], np.cumsum(cal.expected_counts(sessions, Timeframe.M15, extended=True))])
+        period = Timeframe.M15.period.value
+        windows = [tuple(t.value for t in cal.window(d, request.extended)) for d in sessions]
+        hours = [(cal.open(d).value, cal.close(d).value) for d in sessions]
+        symbols, times, rows = [], [], []
         for symbol in request.symbols:
-            for session in request.sessions:
-                m15 = synthetic_session_m15(symbol, session, self._calendar)
-                # Only bars that have finished by now exist yet (a session in progress).
-                m15 = m15[m15["ts"] + Timeframe.M15.period <= now]
+            for i, session in enumerate(sessions):
+                t = starts[bounds[i]:bounds[i + 1]]
+                values = synthetic_values(symbol, session, t, *hours[i])
+                done = t + period <= now_ns  # only bars that have finished by now exist yet
                 if request.timeframe is Timeframe.D1:
-                    frames.append(aggregate_day(m15, symbol, self._calendar.midnight(session)))
-                else:
-                    lo, hi = self._calendar.window(session, request.extended)
-                    frames.append(m15[(m15["ts"] >= lo) & (m15["ts"] < hi)])
-        bars = pd.concat(frames, ignore_index=True) if frames else empty_bars()
+                    day = day_values(values[done])
+                    if day is not None:
+                        times.append(cal.midnight(session).value)
+                        rows.append(day)
+                        symbols.append(symbol)
+                    continue
+                keep = done & (t >= windows[i][0]) & (t < windows[i][1])
+                times.extend(t[keep])
+                rows.extend(values[keep])
+                symbols.extend([symbol] * int(keep.sum()))
+        if not rows:
+            return FetchResult(bars=empty_bars(), api_calls=0)
+        values = np.asarray(rows)
+        columns = ("open", "high", "low", "close", "volume", "vwap", "trade_count")
+        bars = bars_frame(
+            {
+                "symbol": symbols,
+                "ts": pd.DatetimeIndex(np.asarray(times, dtype="datetime64[ns]")).tz_localize("UTC"),
+                **{c: values[:, k] for k, c in enumerate(columns)},
+            }
+        )
         return FetchResult(bars=bars, api_calls=0)
+
+
+def day_values(values: np.ndarray) -> tuple[float, ...] | None:
+    """One d1 row from m15 value rows (columns as `synthetic_values`), as `aggregate_day` builds it
+    from a frame; None without rows. The demo provider and the fake servers both use it."""
+    if len(values) == 0:
+        return None
+    volume = values[:, 4].sum()
+    vwap = round(float((values[:, 5] * values[:, 4]).sum() / volume), 4) if volume else np.nan
+    return (float(values[0, 0]), float(values[:, 1].max()), float(values[:, 2].min()), float(values[-1, 3]),
+            float(volume), vwap, float(values[:, 6].sum()))
