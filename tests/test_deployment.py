@@ -40,12 +40,16 @@ def test_production_dagster_yaml_loads_on_postgres(tmp_path, pg_template):
         }
         code = (
             "import dagster as dg; i = dg.DagsterInstance.get(); "
-            "print(type(i.run_storage).__name__, type(i.run_coordinator).__name__, "
+            "print(type(i.run_storage).__name__, type(i.event_log_storage).__name__, "
+            "type(i.schedule_storage).__name__, type(i.run_coordinator).__name__, "
             "i.run_monitoring_enabled, i.run_retries_enabled, i.get_concurrency_config().run_queue_config.max_concurrent_runs)"
         )
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
-        assert out.stdout.split() == ["PostgresRunStorage", "QueuedRunCoordinator", "True", "True", "8"]
+        assert out.stdout.split() == [
+            "PostgresRunStorage", "BulkPostgresEventLogStorage", "PostgresScheduleStorage", "QueuedRunCoordinator",
+            "True", "True", "8",
+        ]
     finally:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,0 +1,201 @@
+"""The bulk PostgreSQL event log (orchestration/event_log.py): what Dagster reads back from it is
+what it reads back from its stock storage, and its pooled connections are safe across a fork."""
+
+from __future__ import annotations
+
+import multiprocessing
+import uuid
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+from dagster._core.events import DagsterEventType
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+from backfill_dagster.definitions import build_definitions
+from backfill_dagster.orchestration.event_log import POOL_SIZE, BulkPostgresEventLogStorage
+from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
+from backfill_dagster.orchestration.partitions import range_tags
+from backfill_dagster.providers import registry
+from backfill_dagster.settings import Settings
+from tests.conftest import _admin, _pg_url
+from tests.orchestration.conftest import add_symbols
+from tests.orchestration.test_assets import _flaky_factory, failed, materialized
+from tests.orchestration.test_checks import CHECKS
+
+pytestmark = pytest.mark.postgres
+
+STOCK = "storage:\n  postgres:\n    postgres_url: {url}\n"
+BULK = "".join(
+    f"{kind}:\n  module: {module}\n  class: {cls}\n  config:\n    postgres_url: {{url}}\n"
+    for kind, module, cls in [
+        ("run_storage", "dagster_postgres.run_storage", "PostgresRunStorage"),
+        ("event_log_storage", "backfill_dagster.orchestration.event_log", "BulkPostgresEventLogStorage"),
+        ("schedule_storage", "dagster_postgres.schedule_storage", "PostgresScheduleStorage"),
+    ]
+)
+
+
+@pytest.fixture
+def dagster_pg(tmp_path, pg_template):
+    """Makes Dagster instances on fresh PostgreSQL databases, with the stock or the bulk event log."""
+    made: list[tuple[dg.DagsterInstance, str]] = []
+
+    def make(kind: str) -> dg.DagsterInstance:
+        name = f"bfd_dagster_{uuid.uuid4().hex[:10]}"
+        with _admin() as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        home = tmp_path / f"home_{kind}_{len(made)}"
+        home.mkdir()
+        url = _pg_url(name).replace("postgresql://", "postgresql+psycopg2://")
+        template = STOCK if kind == "stock" else BULK
+        (home / "dagster.yaml").write_text(template.format(url=url) + "telemetry:\n  enabled: false\n")
+        instance = dg.DagsterInstance.from_config(str(home))
+        made.append((instance, name))
+        return instance
+
+    yield make
+    for instance, name in made:
+        instance.dispose()
+        with _admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _two_range_runs(instance, tmp_path: Path, store_url: str, monkeypatch):
+    """All four assets and their checks over 2 symbols x 4 sessions, where MSFT on 11-26 fails to
+    fetch (so the steps after m15 never run); then AAPL alone again, which succeeds."""
+    monkeypatch.setitem(registry.FACTORIES, "flaky", _flaky_factory(date(2024, 11, 26)))
+    defs = build_definitions(Settings(data_dir=tmp_path, database_url=store_url, providers=("flaky",)))
+    add_symbols(instance, store_url, ["AAPL", "MSFT"])
+    job = defs.resolve_job_def(ALL_BARS_JOB)
+    first = job.execute_in_process(
+        instance=instance, tags=range_tags(("AAPL", date(2024, 11, 22)), ("MSFT", date(2024, 11, 27))),
+        raise_on_error=False,
+    )
+    second = job.execute_in_process(
+        instance=instance, tags=range_tags(("AAPL", date(2024, 11, 22)), ("AAPL", date(2024, 11, 27)))
+    )
+    return defs, first, second
+
+
+def _what_dagster_reads_back(instance, defs, first_run, last_run):
+    """What the UI and the sensors read about the runs, with the runs' own ids taken out."""
+    seen = {}
+    for asset in ("bars_m15", "bars_h1", "bars_h4", "bars_d1"):
+        key = dg.AssetKey(asset)
+        seen[asset, "materialized"] = materialized(instance, asset)
+        seen[asset, "failed"] = failed(instance, asset, defs.resolve_assets_def(asset).partitions_def)
+        planned = instance.get_records_for_run(first_run, of_type=DagsterEventType.ASSET_MATERIALIZATION_PLANNED).records
+        seen[asset, "planned"] = sorted(
+            r.partition_key for r in planned if r.event_log_entry.dagster_event.asset_key == key
+        )
+        record = instance.get_asset_records([key])[0].asset_entry
+        seen[asset, "last run"] = record.last_run_id == last_run
+        latest = instance.get_latest_planned_materialization_info(key)
+        seen[asset, "latest planned"] = latest is not None and latest.run_id == last_run
+    for check in CHECKS:
+        infos = instance.event_log_storage.get_asset_check_partition_info([check])
+        seen[check, "status"] = {i.partition_key: i.latest_execution_status for i in infos}
+        seen[check, "current"] = {i.partition_key: i.is_current for i in infos}
+        history = instance.event_log_storage.get_asset_check_execution_history(check, limit=100)
+        seen[check, "executions"] = sorted((r.partition, r.status.value, r.event.dagster_event_type.value) for r in history)
+    return seen
+
+
+def _largest_planned_row(instance) -> int:
+    """Bytes of the largest stored copy of a check-planned event (one row per planned partition)."""
+    with instance.event_log_storage._engine.connect() as conn:
+        return conn.execute(sa.text(
+            "SELECT max(length(evaluation_event)) FROM asset_check_executions WHERE execution_status = 'PLANNED'"
+        )).scalar_one()
+
+
+def test_the_bulk_event_log_reads_back_exactly_what_the_stock_one_does(dagster_pg, tmp_path, sqlite_url, monkeypatch):
+    readings, planned_bytes = {}, {}
+    for kind in ("stock", "bulk"):
+        instance = dagster_pg(kind)
+        assert isinstance(instance.event_log_storage, BulkPostgresEventLogStorage) == (kind == "bulk")
+        store_url = f"sqlite:///{tmp_path / f'{kind}.sqlite'}"
+        defs, first, second = _two_range_runs(instance, tmp_path / kind, store_url, monkeypatch)
+        assert not first.success and second.success
+        readings[kind] = _what_dagster_reads_back(instance, defs, first.run_id, second.run_id)
+        planned_bytes[kind] = _largest_planned_row(instance)
+
+    assert readings["bulk"] == readings["stock"]
+    # A planned row no longer carries the list of all 8 partitions the run planned.
+    assert planned_bytes["bulk"] < planned_bytes["stock"]
+    # and what both read is the truth about the run, not two empty answers
+    seen = readings["bulk"]
+    everything = {f"{d}|{s}" for s in ("AAPL", "MSFT") for d in ("2024-11-22", "2024-11-25", "2024-11-26", "2024-11-27")}
+    assert seen["bars_m15", "materialized"] == everything - {"2024-11-26|MSFT"}
+    assert seen["bars_m15", "failed"] == {"2024-11-26|MSFT"}
+    assert all(seen[a, "planned"] == sorted(everything) for a in ("bars_m15", "bars_h1", "bars_h4", "bars_d1"))
+    assert all(seen[a, "last run"] and seen[a, "latest planned"] for a in ("bars_m15", "bars_h1", "bars_d1"))
+    Status = AssetCheckExecutionRecordStatus
+    for check in CHECKS:  # AAPL's checks ran in the second run; MSFT's are still the first's plan
+        status = seen[check, "status"]
+        assert set(status) == everything, check
+        assert {status[k] for k in everything if k.endswith("AAPL")} == {Status.SUCCEEDED}, check
+        assert {status[k] for k in everything if k.endswith("MSFT")} == {Status.PLANNED}, check
+        assert all(seen[check, "current"][k] for k in everything if k.endswith("AAPL")), check
+
+
+def test_pooled_connections_serve_a_run_and_is_released_on_dispose(dagster_pg, tmp_path, sqlite_url):
+    instance = dagster_pg("bulk")
+    storage = instance.event_log_storage
+    connects = []
+    sa.event.listen(storage._engine, "connect", lambda *_: connects.append(1))
+    defs = build_definitions(Settings(data_dir=tmp_path, database_url=sqlite_url))
+    add_symbols(instance, sqlite_url, ["AAPL"])
+    result = defs.resolve_job_def(ALL_BARS_JOB).execute_in_process(
+        instance=instance, tags=range_tags(("AAPL", date(2024, 11, 18)), ("AAPL", date(2024, 11, 22)))
+    )
+    assert result.success
+    # dozens of events, one thread: the connections Dagster nests at most, kept for the whole run
+    # (the stock storage opens one per statement)
+    assert len(instance.all_logs(result.run_id)) > 50
+    assert 1 <= len(connects) <= POOL_SIZE and storage._engine.pool.checkedin() == len(connects)
+    storage.dispose()
+    assert storage._engine.pool.checkedin() == 0 and storage._engine.pool.checkedout() == 0
+
+
+def _child_reads(storage: BulkPostgresEventLogStorage, run_id: str, queue) -> None:
+    events = len(storage.get_logs_for_run(run_id))
+    with storage._engine.connect() as conn:
+        queue.put((events, conn.execute(sa.text("select pg_backend_pid()")).scalar_one()))
+
+
+def test_a_forked_child_never_uses_the_parents_connection(dagster_pg, tmp_path, sqlite_url):
+    instance = dagster_pg("bulk")
+    storage = instance.event_log_storage
+    defs = build_definitions(Settings(data_dir=tmp_path, database_url=sqlite_url))
+    add_symbols(instance, sqlite_url, ["AAPL"])
+    run_id = defs.resolve_job_def(ALL_BARS_JOB).execute_in_process(
+        instance=instance, partition_key="2024-11-18|AAPL"
+    ).run_id
+    parent_backends = _pooled_backends(storage._engine)
+    expected = len(storage.get_logs_for_run(run_id))
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_child_reads, args=(storage, run_id, queue))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    events, child_backend = queue.get(timeout=5)
+    assert events == expected and child_backend not in parent_backends  # the child opened its own
+    # Had the child used (and on exit closed) an inherited socket, that session would be gone.
+    assert _pooled_backends(storage._engine) == parent_backends
+    assert len(storage.get_logs_for_run(run_id)) == expected
+
+
+def _pooled_backends(engine: sa.engine.Engine) -> set[int]:
+    """The server processes behind every connection in the pool, all checked out at once."""
+    held = [engine.connect() for _ in range(engine.pool.checkedin())]
+    try:
+        return {conn.execute(sa.text("select pg_backend_pid()")).scalar_one() for conn in held}
+    finally:
+        for conn in held:
+            conn.close()
