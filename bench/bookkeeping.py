@@ -1,8 +1,8 @@
 """Dagster's own cost in a large range run: the run's wall time vs the same work done directly.
 
     python bench/bookkeeping.py [--symbols 10] [--sessions 500] [--instance sqlite|postgres]
-                                [--event-batch-size 0] [--no-checks] [--unpooled] [--pool-at-launch]
-                                [--subset-planned]
+                                [--event-log bulk|stock] [--event-batch-size 100] [--no-checks]
+                                [--unpooled] [--pool-at-launch] [--subset-planned]
 
 A range run of symbols x sessions partitions (default 5,000) of bars_m15, with its completeness
 check (one result per partition), is timed end to end in a real Dagster run (in-process executor,
@@ -12,7 +12,9 @@ what Dagster's bookkeeping costs: per partition, a planned event, a materializat
 check evaluation, each written to the instance's event log. Prints both times, the overhead per
 partition and its share of the run (target: well under half).
 DAGSTER_EVENT_BATCH_SIZE (--event-batch-size) lets Dagster write planned and materialization
-events in batches.
+events in batches. On PostgreSQL the instance uses the deployed event log (dagster.yaml:
+BulkPostgresEventLogStorage) or, with --event-log stock, dagster-postgres's own; --unpooled and
+--pool-at-launch only change the stock one (the bulk one always pools).
 """
 
 from __future__ import annotations
@@ -21,11 +23,9 @@ import argparse
 import os
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import dagster as dg
-import psycopg
 
 from backfill_dagster import quality
 from backfill_dagster.calendar import xnys
@@ -39,27 +39,13 @@ from backfill_dagster.orchestration.resources import ProvidersResource, StoreRes
 from backfill_dagster.settings import Settings
 from backfill_dagster.store import BarStore, Watchlist, shared_engine
 from backfill_dagster.timeframes import Timeframe
+from pg_instance import EVENT_LOGS, PG, QUIET, fresh_pg_database, pg_instance
 
-PG = "postgresql://postgres@127.0.0.1:5432"
-
-
-def fresh_pg_database(prefix: str) -> str:
-    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return name
-
-
-def instance_for(kind: str, home: Path) -> dg.DagsterInstance:
-    home.mkdir(parents=True, exist_ok=True)
+def instance_for(kind: str, home: Path, event_log: str) -> dg.DagsterInstance:
     if kind == "sqlite":
+        home.mkdir(parents=True, exist_ok=True)
         return dg.DagsterInstance.local_temp(str(home))
-    db = fresh_pg_database("bench_dagster")
-    (home / "dagster.yaml").write_text(
-        "storage:\n  postgres:\n    postgres_url: postgresql+psycopg2://postgres@127.0.0.1:5432/" + db + "\n"
-        "telemetry:\n  enabled: false\n"
-    )
-    return dg.DagsterInstance.from_config(str(home))
+    return pg_instance(home, event_log)
 
 
 def main() -> None:
@@ -67,7 +53,10 @@ def main() -> None:
     parser.add_argument("--symbols", type=int, default=10)
     parser.add_argument("--sessions", type=int, default=500)
     parser.add_argument("--instance", choices=["sqlite", "postgres"], default="sqlite")
-    parser.add_argument("--event-batch-size", type=int, default=0)
+    parser.add_argument("--event-batch-size", type=int, default=100,
+                        help="DAGSTER_EVENT_BATCH_SIZE; 100 is what definitions.py sets, 0 is Dagster's default")
+    parser.add_argument("--event-log", choices=EVENT_LOGS, default="bulk",
+                        help="PostgreSQL: the deployed bulk event log (default) or dagster-postgres's stock one")
     parser.add_argument("--no-checks", action="store_true")
     parser.add_argument("--unpooled", action="store_true",
                         help="skip hold_event_log_connection: a new PostgreSQL connection per event")
@@ -112,7 +101,7 @@ def main() -> None:
         direct_s = time.perf_counter() - start
         assert report.ok and len(report.written) == n
 
-        with instance_for(args.instance, home / "dagster") as instance:
+        with instance_for(args.instance, home / "dagster", args.event_log) as instance:
             instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, symbols)
             if args.pool_at_launch:
                 hold_event_log_connection(instance)
@@ -120,7 +109,8 @@ def main() -> None:
                 assets.hold_event_log_connection = checks.hold_event_log_connection = lambda _instance: None
             start = time.perf_counter()
             result = job.execute_in_process(
-                instance=instance, tags=range_tags((symbols[0], sessions[0]), (symbols[-1], sessions[-1]))
+                instance=instance, tags=range_tags((symbols[0], sessions[0]), (symbols[-1], sessions[-1])),
+                run_config=QUIET,
             )
             run_s = time.perf_counter() - start
             assert result.success
@@ -131,7 +121,8 @@ def main() -> None:
 
     overhead = run_s - direct_s
     print(f"range run of {n:,} bars_m15 partitions ({args.symbols} symbols x {len(sessions)} sessions), "
-          f"instance {args.instance}, checks {'off' if args.no_checks else 'on'}, "
+          f"instance {args.instance}{f' ({args.event_log} event log)' if args.instance == 'postgres' else ''}, "
+          f"checks {'off' if args.no_checks else 'on'}, "
           f"DAGSTER_EVENT_BATCH_SIZE={args.event_batch_size}")
     print(f"  direct (no Dagster)     {direct_s:8.2f} s")
     print(f"  Dagster run             {run_s:8.2f} s")

@@ -1,0 +1,51 @@
+"""Persistent Dagster instances on fresh PostgreSQL databases, for the benchmarks.
+
+`event_log="bulk"` is what the project's dagster.yaml deploys (BulkPostgresEventLogStorage);
+`"stock"` is dagster-postgres's own storage, the baseline the bulk one is measured against.
+"""
+
+from __future__ import annotations
+
+import uuid
+import warnings
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+
+# The project's definitions use beta parameters (backfill_policy); that warning is not a figure.
+warnings.filterwarnings("ignore", message=".*is currently in beta.*")
+
+PG = "postgresql://postgres@127.0.0.1:5432"
+EVENT_LOGS = ("bulk", "stock")
+
+
+def fresh_pg_database(prefix: str) -> str:
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name
+
+
+def pg_instance(home: Path, event_log: str = "bulk") -> dg.DagsterInstance:
+    """A Dagster instance at `home` whose storages live in a new database."""
+    assert event_log in EVENT_LOGS, event_log
+    home.mkdir(parents=True, exist_ok=True)
+    url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{fresh_pg_database('bench_dagster')}"
+    if event_log == "stock":
+        storage = f"storage:\n  postgres:\n    postgres_url: {url}\n"
+    else:
+        storage = "".join(
+            f"{kind}:\n  module: {module}\n  class: {cls}\n  config:\n    postgres_url: {url}\n"
+            for kind, module, cls in [
+                ("run_storage", "dagster_postgres.run_storage", "PostgresRunStorage"),
+                ("event_log_storage", "backfill_dagster.orchestration.event_log", "BulkPostgresEventLogStorage"),
+                ("schedule_storage", "dagster_postgres.schedule_storage", "PostgresScheduleStorage"),
+            ]
+        )
+    (home / "dagster.yaml").write_text(storage + "telemetry:\n  enabled: false\n")
+    return dg.DagsterInstance.from_config(str(home))
+
+
+# Runs executed in-process log every event to the console at DEBUG; a benchmark prints its figures.
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
