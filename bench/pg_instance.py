@@ -13,6 +13,8 @@ from pathlib import Path
 import dagster as dg
 import psycopg
 
+from backfill_dagster.orchestration.event_log import storage_yaml
+
 # The project's definitions use beta parameters (backfill_policy); that warning is not a figure.
 warnings.filterwarnings("ignore", message=".*is currently in beta.*")
 
@@ -32,18 +34,7 @@ def pg_instance(home: Path, event_log: str = "bulk") -> dg.DagsterInstance:
     assert event_log in EVENT_LOGS, event_log
     home.mkdir(parents=True, exist_ok=True)
     url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{fresh_pg_database('bench_dagster')}"
-    if event_log == "stock":
-        storage = f"storage:\n  postgres:\n    postgres_url: {url}\n"
-    else:
-        storage = "".join(
-            f"{kind}:\n  module: {module}\n  class: {cls}\n  config:\n    postgres_url: {url}\n"
-            for kind, module, cls in [
-                ("run_storage", "dagster_postgres.run_storage", "PostgresRunStorage"),
-                ("event_log_storage", "backfill_dagster.orchestration.event_log", "BulkPostgresEventLogStorage"),
-                ("schedule_storage", "dagster_postgres.schedule_storage", "PostgresScheduleStorage"),
-            ]
-        )
-    (home / "dagster.yaml").write_text(storage + "telemetry:\n  enabled: false\n")
+    (home / "dagster.yaml").write_text(storage_yaml(url, event_log) + "telemetry:\n  enabled: false\n")
     return dg.DagsterInstance.from_config(str(home))
 
 

@@ -221,3 +221,21 @@ def pooled_engine(postgres_url: str, token_provider, stock_url: sa.engine.URL) -
             raise sa.exc.DisconnectionError("connection opened by another process")
 
     return engine
+
+
+def storage_yaml(postgres_url: str, event_log: str = "bulk") -> str:
+    """The storage sections of a `dagster.yaml` keeping everything in one PostgreSQL database, with
+    this event log (`bulk`, as the project's dagster.yaml) or dagster-postgres's own (`stock`).
+    For instances made on the fly: tests and benchmarks."""
+    if event_log == "stock":
+        return f"storage:\n  postgres:\n    postgres_url: {postgres_url}\n"
+    if event_log != "bulk":
+        raise ValueError(f"event_log is 'bulk' or 'stock', not {event_log!r}")
+    return "".join(
+        f"{kind}:\n  module: {module}\n  class: {cls}\n  config:\n    postgres_url: {postgres_url}\n"
+        for kind, module, cls in [
+            ("run_storage", "dagster_postgres.run_storage", "PostgresRunStorage"),
+            ("event_log_storage", __name__, BulkPostgresEventLogStorage.__name__),
+            ("schedule_storage", "dagster_postgres.schedule_storage", "PostgresScheduleStorage"),
+        ]
+    )

@@ -15,7 +15,7 @@ from dagster._core.events import DagsterEventType
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from backfill_dagster.definitions import build_definitions
-from backfill_dagster.orchestration.event_log import POOL_SIZE, BulkPostgresEventLogStorage
+from backfill_dagster.orchestration.event_log import POOL_SIZE, BulkPostgresEventLogStorage, storage_yaml
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
 from backfill_dagster.orchestration.partitions import range_tags
 from backfill_dagster.providers import registry
@@ -26,17 +26,6 @@ from tests.orchestration.test_assets import _flaky_factory, failed, materialized
 from tests.orchestration.test_checks import CHECKS
 
 pytestmark = pytest.mark.postgres
-
-STOCK = "storage:\n  postgres:\n    postgres_url: {url}\n"
-BULK = "".join(
-    f"{kind}:\n  module: {module}\n  class: {cls}\n  config:\n    postgres_url: {{url}}\n"
-    for kind, module, cls in [
-        ("run_storage", "dagster_postgres.run_storage", "PostgresRunStorage"),
-        ("event_log_storage", "backfill_dagster.orchestration.event_log", "BulkPostgresEventLogStorage"),
-        ("schedule_storage", "dagster_postgres.schedule_storage", "PostgresScheduleStorage"),
-    ]
-)
-
 
 @pytest.fixture
 def dagster_pg(tmp_path, pg_template):
@@ -50,8 +39,7 @@ def dagster_pg(tmp_path, pg_template):
         home = tmp_path / f"home_{kind}_{len(made)}"
         home.mkdir()
         url = _pg_url(name).replace("postgresql://", "postgresql+psycopg2://")
-        template = STOCK if kind == "stock" else BULK
-        (home / "dagster.yaml").write_text(template.format(url=url) + "telemetry:\n  enabled: false\n")
+        (home / "dagster.yaml").write_text(storage_yaml(url, kind) + "telemetry:\n  enabled: false\n")
         instance = dg.DagsterInstance.from_config(str(home))
         made.append((instance, name))
         return instance
@@ -199,3 +187,10 @@ def _pooled_backends(engine: sa.engine.Engine) -> set[int]:
     finally:
         for conn in held:
             conn.close()
+
+
+def test_storage_yaml_names_the_event_log_or_refuses():
+    assert "BulkPostgresEventLogStorage" in storage_yaml("postgresql+psycopg2://h/db")
+    assert "storage:\n  postgres:" in storage_yaml("postgresql+psycopg2://h/db", "stock")
+    with pytest.raises(ValueError, match="'bulk' or 'stock'"):
+        storage_yaml("postgresql+psycopg2://h/db", "fast")
