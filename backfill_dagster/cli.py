@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from backfill_dagster.calendar import NotASessionError, SessionNotOpenError, xnys
+from backfill_dagster.gaps import GapPolicy, GapPolicyError, sessions_expected
 from backfill_dagster.providers.base import ProviderConfigError
 from backfill_dagster.settings import Settings, SettingsError
 from backfill_dagster.store import (
@@ -39,6 +40,7 @@ DEMO_SYMBOLS = ("AAPL", "MSFT", "NVDA")
 DEMO_SESSIONS = 15
 
 USER_ERRORS = (
+    GapPolicyError,
     InvalidSymbolError,
     NotASessionError,
     SessionNotOpenError,
@@ -114,7 +116,7 @@ def cmd_coverage(args: argparse.Namespace, settings: Settings) -> int:
         print(format_detail(coverage_detail(engine, symbol, timeframe), symbol))
         return 0
     symbols = normalize_symbols([args.symbol]) if args.symbol else None
-    print(format_summary(coverage_summary(engine, symbols=symbols, timeframe=timeframe)))
+    print(summary_with_sessions(coverage_summary(engine, symbols=symbols, timeframe=timeframe), settings))
     return 0
 
 
@@ -164,7 +166,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         failed += status != DagsterRunStatus.SUCCESS
     print()
     summary = coverage_summary(shared_engine(settings.resolved_database_url), symbols=symbols)
-    print(format_summary(summary))
+    print(summary_with_sessions(summary, settings))
     print(f"\nDagster instance: {os.environ['DAGSTER_HOME']} (see it with: dagster dev)")
     return 1 if failed else 0
 
@@ -271,18 +273,30 @@ def cmd_db_init(_args: argparse.Namespace, settings: Settings) -> int:
 
 
 # ---------------------------------------------------------------------- output
-def format_summary(frame: pd.DataFrame) -> str:
+def format_summary(frame: pd.DataFrame, due: Sequence[int] | None = None) -> str:
+    """The ledger per symbol x timeframe; with `due` (closed sessions each row should hold), complete
+    sessions out of them."""
     if frame.empty:
         return "no coverage recorded yet"
-    header = f"{'symbol':<8} {'tf':<4} {'complete':>8} {'partial':>7} {'failed':>6} {'bars':>9} {'expected':>9}  {'first':<10} {'last':<10} last fetch (UTC)"
+    expected = list(due) if due is not None else [None] * len(frame)
+    header = (f"{'symbol':<8} {'tf':<4} {'sessions':>11} {'complete':>8} {'partial':>7} {'failed':>6} "
+              f"{'bars':>9} {'expected':>9}  {'first':<10} {'last':<10} last fetch (UTC)")
     lines = [header, "-" * len(header)]
-    for r in frame.itertuples(index=False):
+    for r, due in zip(frame.itertuples(index=False), expected, strict=True):
         fetched = "-" if pd.isna(r.last_fetch) else f"{r.last_fetch:%Y-%m-%d %H:%M}"
+        sessions = "-" if due is None else f"{r.complete}/{due}"
         lines.append(
-            f"{r.symbol:<8} {r.timeframe:<4} {r.complete:>8} {r.partial:>7} {r.failed:>6} "
+            f"{r.symbol:<8} {r.timeframe:<4} {sessions:>11} {r.complete:>8} {r.partial:>7} {r.failed:>6} "
             f"{r.bars:>9} {r.expected:>9}  {_d(r.first_session):<10} {_d(r.last_session):<10} {fetched}"
         )
     return "\n".join(lines)
+
+
+def summary_with_sessions(frame: pd.DataFrame, settings: Settings) -> str:
+    """`format_summary` with the closed sessions each row should hold by now (gaps.sessions_expected,
+    the gap sensor's horizons from BACKFILL_GAP_DAYS_*)."""
+    due = sessions_expected(frame, GapPolicy.from_env(), xnys(), pd.Timestamp.now(tz="UTC"), settings.history_start)
+    return format_summary(frame, due)
 
 
 def format_detail(frame: pd.DataFrame, symbol: str) -> str:

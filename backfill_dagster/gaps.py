@@ -158,6 +158,29 @@ def horizons(
     return out
 
 
+def sessions_expected(
+    coverage: pd.DataFrame,
+    policy: GapPolicy,
+    calendar: SessionCalendar,
+    now: pd.Timestamp,
+    history_start: date,
+) -> list[int]:
+    """Per row of a coverage summary (columns timeframe, since): how many closed sessions that
+    symbol x timeframe should hold by now. They run from the earlier of its first ledger session
+    (`since`; a backfill may reach further back than the sensor) and its timeframe's horizon start
+    (`history_days` back, never before `history_start`) to the last closed session."""
+    if coverage.empty:
+        return []
+    today = _aware(now).tz_convert(NEW_YORK).date()
+    starts = {
+        t.value: max(history_start, today - timedelta(days=int(policy.history_days[t]))) for t in Timeframe
+    }
+    firsts = [min(starts[tf], since) if since is not None else starts[tf]
+              for tf, since in zip(coverage["timeframe"], coverage["since"], strict=True)]
+    closed = pd.Index(settled_sessions(calendar, min(firsts), now))
+    return [int(len(closed) - closed.searchsorted(first)) for first in firsts]
+
+
 def ledger_horizons(wanted: Mapping[Timeframe, Sequence[date]]) -> dict[Timeframe, list[date]]:
     """The sessions to read from the ledger per timeframe: m15 over every intraday horizon, because
     an h1/h4 gap needs m15 for its session (stored or fetched in the same run)."""

@@ -3,12 +3,15 @@
 import os
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from backfill_dagster.calendar import xnys
 from backfill_dagster.cli import main
 from backfill_dagster.store import shared_engine
 
@@ -76,7 +79,7 @@ def test_dagster_asset_materialize_one_partition_then_again_is_identical(env, st
     assert rows(store_url) == first
 
 
-def test_dagster_asset_materialize_a_range(env, store_url):
+def test_dagster_asset_materialize_a_range(env, store_url, capsys):
     assert main(["watchlist", "add", "AAPL", "MSFT"]) == 0
     run([BIN / "dagster", "asset", "materialize", "-m", "backfill_dagster", "--select", "bars_m15,bars_h1,bars_h4,bars_d1",
          "--partition-range", "2024-11-25|AAPL...2024-11-29|MSFT"], env)
@@ -85,6 +88,16 @@ def test_dagster_asset_materialize_a_range(env, store_url):
     assert counts == {"m15": 8, "h1": 8, "h4": 8, "d1": 8}
     instance = dg.DagsterInstance.get()
     assert len(instance.get_materialized_partitions(dg.AssetKey("bars_h4"))) == 8
+    # coverage: sessions complete out of the closed sessions due since the first one in the ledger
+    capsys.readouterr()
+    assert main(["coverage", "--timeframe", "m15"]) == 0
+    out = capsys.readouterr().out
+    now = pd.Timestamp.now(tz="UTC")
+    cal = xnys()
+    due = sum(cal.close(d) <= now for d in cal.sessions(date(2024, 11, 25), now.tz_convert("America/New_York").date()))
+    for symbol in ("AAPL", "MSFT"):
+        line = next(x for x in out.splitlines() if x.startswith(symbol))
+        assert line.split()[:4] == [symbol, "m15", f"4/{due}", "4"], line
 
 
 def test_dagster_asset_materialize_refuses_a_holiday(env, store_url):

@@ -16,6 +16,7 @@ from backfill_dagster.gaps import (
     horizons,
     ledger_horizons,
     plan_gap_runs,
+    sessions_expected,
     settled_sessions,
 )
 from backfill_dagster.timeframes import Timeframe
@@ -211,3 +212,18 @@ def test_run_keys_are_deterministic_and_follow_the_ledger_state():
 def test_no_gaps_summary():
     result, _ = plan({})
     assert result.boxes == [] and result.summary() == "no gaps: every partition in the horizon is covered"
+
+
+def test_sessions_expected_run_from_the_horizon_or_an_earlier_backfill_to_the_last_close(calendar):
+    coverage = pd.DataFrame({
+        "timeframe": ["m15", "d1", "h1"],
+        "since": [date(2024, 12, 3), date(2024, 11, 1), None],  # d1 backfilled beyond its 14 days
+    })
+    # m15, 7 days back from Fri 12-06: 11-29 (early close) and 12-02..06. d1 from 11-01: 20 November
+    # sessions (Thanksgiving out) + 5. h1, 10 days back: 11-26, 27, 29 and 12-02..06.
+    assert sessions_expected(coverage, policy(), calendar, NOW, HISTORY_START) == [6, 25, 8]
+    # While the 6th is open it is not due yet; nor are sessions before the partitions' start.
+    assert sessions_expected(coverage, policy(), calendar, ny("2024-12-06 12:00"), HISTORY_START) == [5, 24, 7]
+    # m15 then from its first ledger session (12-03), h1 from the start (12-04).
+    assert sessions_expected(coverage, policy(), calendar, NOW, date(2024, 12, 4)) == [4, 25, 3]
+    assert sessions_expected(coverage.iloc[:0], policy(), calendar, NOW, HISTORY_START) == []

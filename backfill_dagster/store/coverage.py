@@ -22,7 +22,8 @@ def coverage_summary(
     engine: Engine, *, symbols: Sequence[str] | None = None, timeframe: str | None = None
 ) -> pd.DataFrame:
     """One row per symbol x timeframe: complete/partial/failed sessions, bars vs expected, the
-    first and last session holding bars, and the last successful fetch."""
+    first session in the ledger (`since`), the first and last session holding bars, and the last
+    successful fetch."""
     with_bars = sa.case((cov.c.bars > 0, cov.c.session), else_=None)
     query = (
         sa.select(
@@ -33,6 +34,7 @@ def coverage_summary(
             _count("failed").label("failed"),
             sa.func.sum(cov.c.bars).label("bars"),
             sa.func.sum(cov.c.expected).label("expected"),
+            sa.func.min(cov.c.session).label("since"),
             sa.func.min(with_bars).label("first_session"),
             sa.func.max(with_bars).label("last_session"),
             sa.func.max(cov.c.fetched_at).label("last_fetch"),
@@ -51,7 +53,7 @@ def coverage_summary(
         frame[column] = frame[column].fillna(0).astype(int)
     frame["last_fetch"] = pd.to_datetime(frame["last_fetch"], utc=True)
     # SQLite returns min/max of a date column as text; make both dialects agree.
-    for column in ("first_session", "last_session"):
+    for column in ("since", "first_session", "last_session"):
         frame[column] = [pd.Timestamp(v).date() if v is not None and not pd.isna(v) else None for v in frame[column]]
     return frame
 
