@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import atexit
 import uuid
 import warnings
 from pathlib import Path
@@ -23,10 +24,17 @@ EVENT_LOGS = ("bulk", "stock")
 
 
 def fresh_pg_database(prefix: str) -> str:
+    """A new, empty database, dropped when the benchmark's process exits."""
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
+    atexit.register(_drop, name)
     return name
+
+
+def _drop(name: str) -> None:
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def pg_instance(home: Path, event_log: str = "bulk") -> dg.DagsterInstance:
