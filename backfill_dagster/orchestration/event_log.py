@@ -143,9 +143,10 @@ class BulkPostgresEventLogStorage(PostgresEventLogStorage):
         without the list of every partition the run plans (the event log keeps that, once).
 
         Dagster copies the whole planned event, subset and all, into each of the N rows: N² bytes
-        (5,000 partitions: a 106 MB table instead of 8.7 MB, read back by status queries). The row's own
-        partition is in its `partition` column; nothing reads the subset back from a row (only
-        this method reads it, from the incoming event; the UI reads a planned row's step and time).
+        (5,000 partitions: a 106 MB table instead of 8.7 MB, read back by status queries). The
+        row's own partition is in its `partition` column; nothing reads the subset back from a
+        row (only this method reads it, from the incoming event; the UI reads a planned row's
+        step and time).
         """
         planned = event.get_dagster_event().event_specific_data
         keys = planned.partitions_subset.get_partition_keys() if planned.partitions_subset else [None]
@@ -198,8 +199,9 @@ class BulkPostgresEventLogStorage(PostgresEventLogStorage):
 
 
 def pooled_engine(postgres_url: str, token_provider, stock_url: sa.engine.URL) -> sa.engine.Engine:
-    """Autocommit engine keeping `POOL_SIZE` connections, as Dagster's webserver does for itself, made safe
-    for processes that fork: a connection is only ever used by the process that opened it."""
+    """Autocommit engine keeping `POOL_SIZE` connections, as Dagster's webserver does for itself,
+    made safe for processes that fork: a connection is only ever used by the process that opened
+    it."""
     kwargs: dict[str, Any] = dict(
         isolation_level="AUTOCOMMIT", pool_size=POOL_SIZE, max_overflow=-1,
         pool_recycle=POOL_RECYCLE_S, pool_pre_ping=True,
