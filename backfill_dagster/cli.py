@@ -282,9 +282,9 @@ def format_summary(frame: pd.DataFrame, due: Sequence[int] | None = None) -> str
     header = (f"{'symbol':<8} {'tf':<4} {'sessions':>11} {'complete':>8} {'partial':>7} {'failed':>6} "
               f"{'bars':>9} {'expected':>9}  {'first':<10} {'last':<10} last fetch (UTC)")
     lines = [header, "-" * len(header)]
-    for r, due in zip(frame.itertuples(index=False), expected, strict=True):
+    for r, row_due in zip(frame.itertuples(index=False), expected, strict=True):
         fetched = "-" if pd.isna(r.last_fetch) else f"{r.last_fetch:%Y-%m-%d %H:%M}"
-        sessions = "-" if due is None else f"{r.complete}/{due}"
+        sessions = "-" if row_due is None else f"{r.complete}/{row_due}"
         lines.append(
             f"{r.symbol:<8} {r.timeframe:<4} {sessions:>11} {r.complete:>8} {r.partial:>7} {r.failed:>6} "
             f"{r.bars:>9} {r.expected:>9}  {_d(r.first_session):<10} {_d(r.last_session):<10} {fetched}"

@@ -113,3 +113,26 @@ def fixed_clock(text: str):
 
 # A week of sessions with a holiday and an early close (Thanksgiving 2024).
 THANKSGIVING_WEEK = [date(2024, 11, 25), date(2024, 11, 26), date(2024, 11, 27), date(2024, 11, 29)]
+
+
+def aggregate_day(m15: pd.DataFrame, symbol: str, label: pd.Timestamp) -> pd.DataFrame:
+    """The d1 bar of a session's m15 bars, written the plain pandas way: the tests' reference for
+    the numpy d1 rows the demo provider and the fake servers build (`demo.day_values`)."""
+    from backfill_dagster.bars import bars_frame, empty_bars
+
+    if m15.empty:
+        return empty_bars()
+    volume = m15["volume"].sum()
+    return bars_frame(
+        {
+            "symbol": [symbol],
+            "ts": [label],
+            "open": [m15["open"].iloc[0]],
+            "high": [m15["high"].max()],
+            "low": [m15["low"].min()],
+            "close": [m15["close"].iloc[-1]],
+            "volume": [volume],
+            "vwap": [round(float((m15["vwap"] * m15["volume"]).sum() / volume), 4) if volume else float("nan")],
+            "trade_count": [int(m15["trade_count"].sum())],
+        }
+    )

@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 
 from backfill_dagster import quality
-from backfill_dagster.providers.demo import aggregate_day, synthetic_session_m15
+from backfill_dagster.providers.demo import synthetic_session_m15
 from backfill_dagster.resample import resample_bars
 from backfill_dagster.timeframes import Timeframe
+from tests.conftest import aggregate_day
 
 DAY = date(2024, 11, 21)
 P = ("MSFT", DAY)

@@ -7,7 +7,7 @@ fetched from Polygon, Tradier or Yahoo (each in its own wire format):
   (04:00 to close + 4 h), from the same numpy model (`demo.synthetic_values`) without building a
   DataFrame per session, which costs ~5 ms a session when a benchmark asks for 20 symbols x 504
   sessions; a test checks that both agree bar for bar.
-- d1: `demo.aggregate_day` of the session's *regular-hours* m15 bars (same formula, in numpy).
+- d1: `demo.day_values` (the demo provider's d1 formula) of the session's *regular-hours* m15 bars.
 - Only bars that started before "now" exist: an open session is served up to the bar in progress.
 - Optionally a deterministic share of extended-hours slots has no trades (`no_trade_rate`): no bar
   at Alpaca/Polygon/Tradier, a row of nulls at Yahoo.
@@ -24,14 +24,22 @@ import pandas as pd
 
 from backfill_dagster.bars import bars_frame, empty_bars
 from backfill_dagster.calendar import NEW_YORK, SessionCalendar, xnys
-from backfill_dagster.providers.demo import _seed, synthetic_values
+from backfill_dagster.providers.demo import (
+    CLOSE,
+    HIGH,
+    LOW,
+    OPEN,
+    TRADES,
+    VALUE_COLUMNS,
+    VOLUME,
+    VWAP,
+    _seed,
+    synthetic_values,
+)
 from backfill_dagster.providers.demo import day_values as aggregate
 from backfill_dagster.timeframes import Timeframe
 
 M15_NS = 15 * 60 * 1_000_000_000
-# Column order of the value arrays.
-OPEN, HIGH, LOW, CLOSE, VOLUME, VWAP, TRADES = range(7)
-COLUMNS = ("open", "high", "low", "close", "volume", "vwap", "trade_count")
 # 20 symbols x 504 sessions fit with room to spare (~5 KB a session).
 _CACHE_SESSIONS = 32_768
 
@@ -224,7 +232,7 @@ def to_frame(symbol: str, ts_ns: np.ndarray, values: np.ndarray) -> pd.DataFrame
     if len(ts_ns) == 0:
         return empty_bars()
     data = {"symbol": symbol, "ts": pd.to_datetime(np.asarray(ts_ns, dtype=np.int64), unit="ns", utc=True)}
-    data.update({name: values[:, i] for i, name in enumerate(COLUMNS)})
+    data.update({name: values[:, i] for i, name in enumerate(VALUE_COLUMNS)})
     return bars_frame(data)
 
 

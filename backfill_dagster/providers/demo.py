@@ -38,8 +38,13 @@ def _utcnow() -> pd.Timestamp:
     return pd.Timestamp.now(tz="UTC")
 
 
+# Columns of the value arrays `synthetic_values` returns, in order (shared with the fake servers).
+VALUE_COLUMNS = ("open", "high", "low", "close", "volume", "vwap", "trade_count")
+OPEN, HIGH, LOW, CLOSE, VOLUME, VWAP, TRADES = range(len(VALUE_COLUMNS))
+
+
 def synthetic_values(symbol: str, session: date, t: np.ndarray, open_ns: int, close_ns: int) -> np.ndarray:
-    """The synthetic m15 values (columns open, high, low, close, volume, vwap, trade_count) of one
+    """The synthetic m15 values (columns `VALUE_COLUMNS`) of one
     symbol and session at bar starts `t` (UTC ns), numpy only: the demo provider and the fake
     provider servers both serve these numbers."""
     n = len(t)
@@ -75,28 +80,7 @@ def synthetic_session_m15(symbol: str, session: date, calendar: SessionCalendar)
     """All m15 bars of one session's extended day (04:00 to close + 4 h) for one symbol."""
     grid = calendar.expected_bars([session], Timeframe.M15, extended=True)["ts"]
     values = synthetic_values(symbol, session, epoch_ns(grid), calendar.open(session).value, calendar.close(session).value)
-    columns = ("open", "high", "low", "close", "volume", "vwap", "trade_count")
-    return bars_frame({"symbol": symbol, "ts": grid, **{c: values[:, i] for i, c in enumerate(columns)}})
-
-
-def aggregate_day(m15: pd.DataFrame, symbol: str, label: pd.Timestamp) -> pd.DataFrame:
-    """One d1 bar from a session's m15 bars."""
-    if m15.empty:
-        return empty_bars()
-    volume = m15["volume"].sum()
-    return bars_frame(
-        {
-            "symbol": [symbol],
-            "ts": [label],
-            "open": [m15["open"].iloc[0]],
-            "high": [m15["high"].max()],
-            "low": [m15["low"].min()],
-            "close": [m15["close"].iloc[-1]],
-            "volume": [volume],
-            "vwap": [round(float((m15["vwap"] * m15["volume"]).sum() / volume), 4) if volume else np.nan],
-            "trade_count": [int(m15["trade_count"].sum())],
-        }
-    )
+    return bars_frame({"symbol": symbol, "ts": grid, **{c: values[:, i] for i, c in enumerate(VALUE_COLUMNS)}})
 
 
 class DemoProvider(Provider):
@@ -150,23 +134,29 @@ class DemoProvider(Provider):
         if not rows:
             return FetchResult(bars=empty_bars(), api_calls=0)
         values = np.asarray(rows)
-        columns = ("open", "high", "low", "close", "volume", "vwap", "trade_count")
         bars = bars_frame(
             {
                 "symbol": symbols,
                 "ts": pd.DatetimeIndex(np.asarray(times, dtype="datetime64[ns]")).tz_localize("UTC"),
-                **{c: values[:, k] for k, c in enumerate(columns)},
+                **{c: values[:, k] for k, c in enumerate(VALUE_COLUMNS)},
             }
         )
         return FetchResult(bars=bars, api_calls=0)
 
 
 def day_values(values: np.ndarray) -> tuple[float, ...] | None:
-    """One d1 row from m15 value rows (columns as `synthetic_values`), as `aggregate_day` builds it
-    from a frame; None without rows. The demo provider and the fake servers both use it."""
+    """One d1 row from a session's m15 value rows (columns `VALUE_COLUMNS`); None without rows.
+    The demo provider and the fake servers both build their d1 bars with it."""
     if len(values) == 0:
         return None
-    volume = values[:, 4].sum()
-    vwap = round(float((values[:, 5] * values[:, 4]).sum() / volume), 4) if volume else np.nan
-    return (float(values[0, 0]), float(values[:, 1].max()), float(values[:, 2].min()), float(values[-1, 3]),
-            float(volume), vwap, float(values[:, 6].sum()))
+    volume = values[:, VOLUME].sum()
+    vwap = round(float((values[:, VWAP] * values[:, VOLUME]).sum() / volume), 4) if volume else np.nan
+    return (
+        float(values[0, OPEN]),
+        float(values[:, HIGH].max()),
+        float(values[:, LOW].min()),
+        float(values[-1, CLOSE]),
+        float(volume),
+        vwap,
+        float(values[:, TRADES].sum()),
+    )

@@ -9,7 +9,8 @@ import pytest
 
 from backfill_dagster.calendar import xnys
 from backfill_dagster.fakes.data import BarData
-from backfill_dagster.providers.demo import aggregate_day, synthetic_session_m15
+from backfill_dagster.providers.demo import synthetic_session_m15
+from tests.conftest import aggregate_day
 
 LATER = pd.Timestamp("2030-01-01", tz="UTC").value
 SESSIONS = [

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from backfill_dagster.calendar import xnys
-from backfill_dagster.providers.demo import aggregate_day
+from tests.conftest import aggregate_day
 
 SESSIONS = xnys().sessions(date(2024, 1, 2), date(2024, 1, 8))  # 5 sessions
 
