@@ -86,6 +86,12 @@ class FetchRequest:
 class FetchResult:
     bars: pd.DataFrame  # a bar frame (backfill_dagster.bars)
     api_calls: int
+    # The instant the answer is final up to: it holds every bar that had ended by then, and no bar
+    # ending later. A provider reads its clock once, before the request, and cuts unfinished bars
+    # with that reading (less its own data delay, e.g. Alpaca's free SIP: 15 minutes); the caller
+    # decides from the same instant whether a session had closed. None: the caller's own reading
+    # taken before the request.
+    complete_through: pd.Timestamp | None = None
 
 
 class ProviderError(Exception):
