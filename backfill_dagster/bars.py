@@ -154,7 +154,10 @@ def validate_bars(
         flag(col["vwap"] <= 0, "vwap is not positive")
         flag(trades < 0, "trade_count is negative")
 
-    pos, inside_widest, bucket = calendar.locate_ns(t, timeframe, extended=True)
+    # The widest hours a bar may have are those providers serve, 04:00-20:00 on every session (a
+    # half day's post-market too); bars inside them but outside the kept hours are dropped and
+    # counted, never errors: a multi-day request returns them for every session it spans.
+    pos, inside_widest, bucket = calendar.locate_ns(t, timeframe, served=True)
     known = pos >= 0
     flag(~missing_ts & ~known, "not on an NYSE session day")
     flag(known & ~inside_widest, "outside the session's trading hours")
@@ -173,10 +176,7 @@ def validate_bars(
     bad = mask != 0
     rejected = bars.loc[bad].copy()
     rejected["reason"] = [_reasons(m, timeframe) for m in mask[bad]]
-    if extended:
-        in_hours = inside_widest
-    else:
-        in_hours = calendar.locate_ns(t, timeframe, extended=False)[1]
+    in_hours = calendar.locate_ns(t, timeframe, extended=extended)[1]
     keep = ~bad & in_hours
     return Validation(
         valid=bars.loc[keep].reset_index(drop=True),

@@ -3,7 +3,8 @@
 A *session* is one NYSE trading day, named by its date. Its regular hours run from the open (09:30
 America/New_York) to the close (16:00, or 13:00 on early closes); extended hours add the pre-market
 from 04:00 and the post-market for four hours after the close (to 20:00, or 17:00 after an early
-close).
+close). Providers serve bars from 04:00 to 20:00 on every session, early closes included: those
+*served* hours are the widest a bar may have; the store keeps the configured hours of them.
 
 Bars are session-anchored, the convention chart users expect: each segment of a session (pre,
 regular, post) is cut into bars from its own start, and the last bar of a segment is clipped at the
@@ -34,6 +35,9 @@ NEW_YORK = ZoneInfo("America/New_York")
 EXCHANGE = "XNYS"
 PRE_MARKET_OPEN = pd.Timedelta(hours=4)  # after local midnight
 POST_MARKET_LENGTH = pd.Timedelta(hours=4)  # after the close, early closes included
+# Providers serve extended-hours bars from 04:00 to 20:00 on every session, early closes included
+# (after a 13:00 close too): the widest hours a bar may legitimately carry.
+SERVED_DAY_END = pd.Timedelta(hours=20)  # after local midnight
 CALENDAR_FIRST_DAY = date(2000, 1, 1)
 
 _NS = np.int64
@@ -91,6 +95,7 @@ class SessionCalendar:
         self._next_midnights_ns = next_days.as_unit("ns").asi8
         self._pre_starts = (midnights + PRE_MARKET_OPEN).as_unit("ns")
         self._post_ends = self._closes + POST_MARKET_LENGTH
+        self._served_ends = (midnights + SERVED_DAY_END).as_unit("ns")
         self._regular_close_length = (self._closes - self._opens).max()
         self._label_dates = np.array([ts.date() for ts in self._labels], dtype=object)
         self._index_of = {d: i for i, d in enumerate(self._label_dates)}
@@ -177,15 +182,23 @@ class SessionCalendar:
             return self._pre_starts[i], self._post_ends[i]
         return self._opens[i], self._closes[i]
 
-    def segments(self, day: date, extended: bool = False) -> list[Segment]:
+    def served_window(self, day: date) -> tuple[pd.Timestamp, pd.Timestamp]:
+        """[04:00, 20:00) New York: the hours providers serve bars for, early closes included."""
+        i = self.session_index(as_date(day))
+        return self._pre_starts[i], self._served_ends[i]
+
+    def segments(self, day: date, extended: bool = False, *, served: bool = False) -> list[Segment]:
+        """The session's pre, regular and post segments (regular only unless extended or served);
+        `served` runs the post-market to 20:00 whatever the close."""
         i = self.session_index(as_date(day))
         regular = Segment("regular", self._opens[i], self._closes[i])
-        if not extended:
+        if not (extended or served):
             return [regular]
+        post_end = self._served_ends[i] if served else self._post_ends[i]
         return [
             Segment("pre", self._pre_starts[i], self._opens[i]),
             regular,
-            Segment("post", self._closes[i], self._post_ends[i]),
+            Segment("post", self._closes[i], post_end),
         ]
 
     def has_opened(self, day: date, now: pd.Timestamp, extended: bool = False) -> bool:
@@ -211,14 +224,15 @@ class SessionCalendar:
 
     # ------------------------------------------------------------------ grids
     def expected_bars(
-        self, sessions: Sequence[date], timeframe: Timeframe, extended: bool = False
+        self, sessions: Sequence[date], timeframe: Timeframe, extended: bool = False, *, served: bool = False
     ) -> pd.DataFrame:
-        """The bar starts every session should have: columns session (date) and ts (UTC)."""
+        """The bar starts every session should have: columns session (date) and ts (UTC). With
+        `served`, the grid of the hours providers serve (04:00-20:00)."""
         pos = self._positions(sessions)
         if timeframe is Timeframe.D1:
             ts = self._midnights[pos]
             return pd.DataFrame({"session": self._dates(pos), "ts": ts})
-        seg_start, seg_end, seg_pos = self._segment_arrays(pos, extended)
+        seg_start, seg_end, seg_pos = self._segment_arrays(pos, extended, served)
         period = timeframe.period.value
         counts = -((seg_start - seg_end) // period)  # ceil((end - start) / period)
         total = int(counts.sum())
@@ -234,13 +248,13 @@ class SessionCalendar:
         )
 
     def expected_counts(
-        self, sessions: Sequence[date], timeframe: Timeframe, extended: bool = False
+        self, sessions: Sequence[date], timeframe: Timeframe, extended: bool = False, *, served: bool = False
     ) -> np.ndarray:
         """How many bars of a timeframe each session should have, in the order given."""
         pos = self._positions(sessions)
         if timeframe is Timeframe.D1:
             return np.ones(len(pos), dtype=np.int64)
-        seg_start, seg_end, seg_pos = self._segment_arrays(pos, extended)
+        seg_start, seg_end, seg_pos = self._segment_arrays(pos, extended, served)
         counts = -((seg_start - seg_end) // timeframe.period.value)
         order = np.repeat(np.arange(len(pos)), len(seg_start) // max(len(pos), 1))
         return np.bincount(order, weights=counts, minlength=len(pos)).astype(np.int64)
@@ -269,11 +283,12 @@ class SessionCalendar:
         )
 
     def locate_ns(
-        self, t: np.ndarray, timeframe: Timeframe, extended: bool = False
+        self, t: np.ndarray, timeframe: Timeframe, extended: bool = False, *, served: bool = False
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`locate` on int64 UTC nanoseconds, numpy only: (session position or -1, inside,
         bucket start in ns). A session owns its New York calendar day, so a binary search over
-        the sessions' midnights finds it without any timezone conversion."""
+        the sessions' midnights finds it without any timezone conversion. `served`: inside the
+        hours providers serve (04:00-20:00), the widest a bar may have."""
         t = np.asarray(t, dtype=_NS)
         pos = np.searchsorted(self._midnights_ns, t, side="right") - 1
         safe = np.where(pos >= 0, pos, 0)
@@ -284,8 +299,9 @@ class SessionCalendar:
             return pos, known, self._midnights_ns[safe]
         opens = self._opens.asi8[safe]
         closes = self._closes.asi8[safe]
-        if extended:
-            lo, hi = self._pre_starts.asi8[safe], self._post_ends.asi8[safe]
+        if extended or served:
+            lo = self._pre_starts.asi8[safe]
+            hi = (self._served_ends if served else self._post_ends).asi8[safe]
             seg_start = np.where(t < opens, lo, np.where(t < closes, opens, closes))
         else:
             lo, hi = opens, closes
@@ -314,11 +330,12 @@ class SessionCalendar:
     def _dates(self, pos: np.ndarray) -> np.ndarray:
         return self._label_dates[pos]
 
-    def _segment_arrays(self, pos: np.ndarray, extended: bool):
+    def _segment_arrays(self, pos: np.ndarray, extended: bool, served: bool = False):
         opens, closes = self._opens.asi8[pos], self._closes.asi8[pos]
-        if not extended:
+        if not (extended or served):
             return opens, closes, pos
-        pre, post = self._pre_starts.asi8[pos], self._post_ends.asi8[pos]
+        pre = self._pre_starts.asi8[pos]
+        post = (self._served_ends if served else self._post_ends).asi8[pos]
         # Interleave pre, regular, post per session so segments stay in time order.
         start = np.stack([pre, opens, closes], axis=1).ravel()
         end = np.stack([opens, closes, post], axis=1).ravel()

@@ -103,3 +103,20 @@ def test_validation_is_vectorised_over_many_bars(calendar):
     frame = pd.DataFrame({"symbol": "AAPL", "ts": grid["ts"], "open": 10.0, "high": 11.0, "low": 9.0, "close": 10.0, "volume": np.arange(n, dtype=float)})
     result = validate_bars(frame, Timeframe.M15, calendar)
     assert len(result.valid) == n and result.rejected.empty
+
+
+# 2024-11-29 closed at 13:00; providers still serve its post-market to 20:00 (a multi-day request
+# returns 04:00-20:00 for every session it spans). 17:30 New York = 22:30Z.
+HALF_DAY_POST = "2024-11-29 22:30Z"
+
+
+@pytest.mark.parametrize("extended", [False, True])
+def test_a_half_day_post_market_bar_is_dropped_and_counted_not_rejected(extended):
+    result = check([bar("2024-11-29 14:30Z"), bar(HALF_DAY_POST)], symbols=["AAPL"], extended=extended)
+    assert result.rejected.empty
+    assert len(result.valid) == 1 and result.outside_hours == 1
+
+
+def test_bars_after_20_00_are_rejected_on_half_days_too():
+    result = check([bar("2024-11-30 01:15Z")], symbols=["AAPL"])  # 20:15 New York on 2024-11-29
+    assert "outside the session's trading hours" in result.rejected["reason"].iloc[0]

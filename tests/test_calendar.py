@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from backfill_dagster.calendar import (
+    NEW_YORK,
     NotASessionError,
     SessionNotOpenError,
     contiguous_runs,
@@ -137,3 +138,14 @@ def test_contiguous_runs_skip_only_non_sessions(calendar):
 def test_naive_now_is_refused(calendar):
     with pytest.raises(ValueError, match="timezone-aware"):
         calendar.has_opened(date(2024, 11, 29), pd.Timestamp("2024-11-29 15:00"))
+
+
+def test_served_hours_run_to_20_00_on_half_days(calendar):
+    half = date(2024, 11, 29)
+    lo, hi = calendar.served_window(half)
+    assert (lo.tz_convert(NEW_YORK).hour, hi.tz_convert(NEW_YORK).hour) == (4, 20)
+    assert calendar.window(half, extended=True)[1].tz_convert(NEW_YORK).hour == 17
+    assert [s.name for s in calendar.segments(half, served=True)] == ["pre", "regular", "post"]
+    # 04:00-09:30 (22 bars), 09:30-13:00 (14), 13:00-20:00 (28)
+    assert calendar.expected_counts([half], Timeframe.M15, served=True).tolist() == [64]
+    assert calendar.expected_counts([half], Timeframe.M15, extended=True).tolist() == [52]
