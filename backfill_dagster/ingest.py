@@ -3,9 +3,12 @@
 This is the work a Dagster asset step does, as plain functions over the router and the store, so it
 is testable without Dagster. A run's partitions become the fewest provider requests (planner); each
 response is validated; every partition is then written atomically with its coverage row, or — when
-any of its bars is invalid or its request failed — offered to the next eligible provider, and at
-last recorded as failed with the reason. Finished partitions are committed as they go, so a long
-run's work survives a later failure.
+any of its bars is invalid, its request failed, or the answer is worse than what is stored (no bars
+for a closed session, fewer than final stored bars: `backfill_dagster.ledger`) — offered to the
+next eligible provider, and at last recorded as failed or empty with the reason. One instant per
+request, read before it is sent (or the provider's own data cut-off, if earlier), decides both which
+bars are finished and whether the session had closed. Finished partitions are committed as they go,
+so a long run's work survives a later failure.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ import pandas as pd
 
 from backfill_dagster.bars import Validation, validate_bars
 from backfill_dagster.calendar import SessionCalendar
+from backfill_dagster.ledger import LedgerStatus, refusal_note
 from backfill_dagster.providers.base import FetchRequest, Provider, ProviderError
 from backfill_dagster.providers.planner import plan_requests
 from backfill_dagster.providers.router import Router
 from backfill_dagster.resample import resample_bars
-from backfill_dagster.store.bars import BarStore, CoverageEntry
+from backfill_dagster.store.bars import BarStore, CoverageEntry, Derivation
 from backfill_dagster.timeframes import Timeframe
 
 Partition = tuple[str, date]
@@ -44,6 +48,8 @@ class IngestReport:
     timeframe: Timeframe
     partitions: int = 0
     written: list[Partition] = field(default_factory=list)
+    # Answered no better than what is stored (a provisional answer over final bars): nothing to do.
+    kept: list[Partition] = field(default_factory=list)
     bars_written: int = 0
     bars_expected: int = 0
     api_calls: Counter = field(default_factory=Counter)  # provider name -> calls
@@ -51,6 +57,7 @@ class IngestReport:
     rejected_bars: int = 0
     outside_hours: int = 0
     failures: dict[Partition, str] = field(default_factory=dict)
+    empty: set[Partition] = field(default_factory=set)  # of the failures: recorded empty (or kept final)
 
     @property
     def ok(self) -> bool:
@@ -63,7 +70,7 @@ class IngestReport:
         ]
         more = len(self.failures) - limit
         if more > 0:
-            lines.append(f"... and {more} more (see the bar_coverage table, status 'failed')")
+            lines.append(f"... and {more} more (see the bar_coverage table, status 'failed' or 'empty')")
         return "\n".join(lines)
 
 
@@ -85,8 +92,10 @@ def fetch_partitions(
     clock: Clock = utcnow,
     run_id: str | None = None,
     log: Log = lambda _msg: None,
+    allow_fewer: bool = False,
 ) -> IngestReport:
-    """Fetch, validate and store the bars of the given partitions of a fetched timeframe."""
+    """Fetch, validate and store the bars of the given partitions of a fetched timeframe.
+    `allow_fewer`: a final answer with fewer bars may replace final stored ones (never none)."""
     if not timeframe.is_fetched:
         raise ValueError(f"{timeframe.value} is derived from {timeframe.source.value}, not fetched")
     calendar = router.calendar
@@ -97,6 +106,7 @@ def fetch_partitions(
 
     candidates = router.assign(wanted, timeframe, clock())
     errors: dict[Partition, list[str]] = defaultdict(list)
+    refused: set[Partition] = set()  # answered, but not written: no bars, or fewer than stored
     for partition, providers in candidates.items():
         if not providers:
             errors[partition].append(
@@ -116,24 +126,34 @@ def fetch_partitions(
             )
             log(f"{provider.name}: {len(assigned)} partition(s) of {timeframe.value} in {len(requests)} request(s)")
             for request in requests:
-                failed = _serve(request, provider, router, store, report, clock, run_id, log)
-                for partition, error in failed.items():
+                outcome = _fetch_and_store(request, provider, router, store, report, clock, run_id, log, allow_fewer)
+                refused.update(outcome.refused)
+                for partition, error in outcome.failed.items():
                     errors[partition].append(error)
                     candidates[partition].pop(0)
                     if candidates[partition]:
                         pending.append(partition)
 
-    written = set(report.written)
-    report.failures = {p: " | then ".join(errors[p]) for p in wanted if p not in written}
-    if report.failures:
-        store.record_failures(
-            timeframe, report.failures, expected=_expected_by_session(report.failures, timeframe, calendar, router.extended),
-            at=clock(), run_id=run_id,
-        )
+    done = set(report.written) | set(report.kept)
+    report.failures = {p: " | then ".join(errors[p]) for p in wanted if p not in done}
+    notes = {p: e for p, e in report.failures.items() if p in refused}
+    failed = {p: e for p, e in report.failures.items() if p not in refused}
+    report.empty = set(notes)
+    expected = _expected_by_session(report.failures, timeframe, calendar, router.extended)
+    if notes:
+        store.record_refusals(timeframe, notes, expected=expected, at=clock(), run_id=run_id)
+    if failed:
+        store.record_failures(timeframe, failed, expected=expected, at=clock(), run_id=run_id)
     return report
 
 
-def _serve(
+@dataclass
+class _Outcome:
+    failed: dict[Partition, str] = field(default_factory=dict)  # partition -> why, for the next provider
+    refused: set[Partition] = field(default_factory=set)  # of those: an answer that was not written
+
+
+def _fetch_and_store(
     request: FetchRequest,
     provider: Provider,
     router: Router,
@@ -142,24 +162,26 @@ def _serve(
     clock: Clock,
     run_id: str | None,
     log: Log,
-) -> dict[Partition, str]:
-    """Fetch one request and store its good partitions; return the failed ones with reasons."""
+    allow_fewer: bool,
+) -> _Outcome:
+    """Fetch one request, validate its bars and write the partitions they may replace."""
     calendar, timeframe = router.calendar, request.timeframe
+    requested_at = clock()
     try:
         result = provider.fetch(request)
     except ProviderError as exc:
         log(f"request failed: {exc}")
-        return {p: str(exc) for p in request.partitions}
+        return _Outcome(failed={p: str(exc) for p in request.partitions})
     report.api_calls[provider.name] += result.api_calls
-    now = clock()
+    as_of = requested_at if result.complete_through is None else min(requested_at, result.complete_through)
     checked = validate_bars(
-        result.bars, timeframe, calendar, symbols=request.symbols, extended=router.extended, now=now
+        result.bars, timeframe, calendar, symbols=request.symbols, extended=router.extended, now=as_of
     )
     report.outside_hours += checked.outside_hours
     bad = _tainted(checked, request)
     if bad:
         report.rejected_bars += store.quarantine(
-            checked.rejected, timeframe, provider=provider.provenance, at=now, run_id=run_id
+            checked.rejected, timeframe, provider=provider.provenance, at=requested_at, run_id=run_id
         )
     good = [p for p in request.partitions if p not in bad]
     valid = checked.valid
@@ -173,17 +195,29 @@ def _serve(
             session=d,
             bars=counts.get((s, d), 0),
             expected=expected[d],
-            session_closed=calendar.has_closed(d, now, router.extended),
+            session_closed=calendar.has_closed(d, as_of, router.extended),
         )
         for s, d in good
     ]
-    report.bars_written += store.replace_partitions(
+    written = store.replace_partitions(
         timeframe, valid, coverage, provider=provider.provenance,
-        adjustment=router.adjustment.value, fetched_at=now, run_id=run_id,
+        adjustment=router.adjustment.value, fetched_at=requested_at, run_id=run_id, allow_fewer=allow_fewer,
     )
-    report.written.extend(good)
-    report.served_by[provider.provenance] += len(good)
-    return {p: reason for p, reason in bad.items()}
+    report.bars_written += written.bars
+    report.written.extend(written.written)
+    report.kept.extend(written.kept())
+    if written.written:
+        report.served_by[provider.provenance] += len(written.written)
+    outcome = _Outcome(failed=dict(bad))
+    for partition, decision in written.refused().items():
+        outcome.failed[partition] = refusal_note(
+            decision, provider.provenance, counts.get(partition, 0), written.stored.get(partition)
+        )
+        outcome.refused.add(partition)
+    if outcome.refused:
+        log(f"{provider.name}: {len(outcome.refused)} partition(s) answered worse than stored (kept): "
+            f"{next(iter(outcome.failed[p] for p in outcome.refused))}")
+    return outcome
 
 
 def _tainted(checked: Validation, request: FetchRequest) -> dict[Partition, str]:
@@ -259,25 +293,39 @@ def _derive_chunk(
     run_id: str | None,
     report: IngestReport,
 ) -> None:
-    calendar, source = store.calendar, timeframe.source
-    ledger = store.coverage(source, sorted({s for s, _ in chunk}))
-    status = {
-        (r.symbol, r.session): r for r in ledger.itertuples(index=False)
-    }
-    ready = []
-    for partition in chunk:
-        row = status.get(partition)
-        if row is None or row.status == "failed":
-            state = "never fetched" if row is None else f"failed: {row.error}"
-            report.failures[partition] = (
-                f"cannot derive {timeframe.value}: its {source.value} partition is {state}; "
-                f"materialize {source.asset_name} for it first"
-            )
-        else:
-            ready.append(partition)
-    if not ready:
-        return
-    m15 = store.read_bars(source, ready)
+    """Derive one chunk of symbols in one transaction that holds m15 still (BarStore.derivation):
+    the h1/h4 written are the resample of exactly the m15 stored, and record which m15 fetch."""
+    source = timeframe.source
+    symbols = sorted({s for s, _ in chunk})
+    with store.derivation(source, timeframe, symbols) as tx:
+        status = {(r.symbol, r.session): r for r in tx.source_ledger(symbols).itertuples(index=False)}
+        ready = []
+        for partition in chunk:
+            row = status.get(partition)
+            if row is None or row.status == LedgerStatus.FAILED:
+                state = "never fetched" if row is None else f"failed: {row.error}"
+                report.failures[partition] = (
+                    f"cannot derive {timeframe.value}: its {source.value} partition is {state}; "
+                    f"materialize {source.asset_name} for it first"
+                )
+            else:
+                ready.append(partition)
+        if ready:
+            _derive_ready(tx, ready, status, timeframe, store.calendar, extended, clock, run_id, report)
+
+
+def _derive_ready(
+    tx: Derivation,
+    ready: Sequence[Partition],
+    status: dict,
+    timeframe: Timeframe,
+    calendar: SessionCalendar,
+    extended: bool,
+    clock: Clock,
+    run_id: str | None,
+    report: IngestReport,
+) -> None:
+    m15 = tx.read_source(ready)
     derived = resample_bars(m15, timeframe, calendar, extended=extended)
     now = clock()
     checked = validate_bars(derived, timeframe, calendar, extended=extended, now=now)
@@ -293,7 +341,8 @@ def _derive_chunk(
         if partition in bad:
             continue
         symbol, session = partition
-        label = f"resample:{source_provider.get(partition) or status[partition].provider or 'none'}"
+        row = status[partition]
+        label = f"resample:{source_provider.get(partition) or row.provider or 'none'}"
         groups[label].append(
             CoverageEntry(
                 symbol=symbol,
@@ -301,19 +350,19 @@ def _derive_chunk(
                 bars=counts.get(partition, 0),
                 expected=expected[session],
                 # Derived bars are exactly as final as the m15 bars they come from.
-                session_closed=bool(status[partition].session_closed),
+                session_closed=bool(row.session_closed),
+                source_fetched_at=None if pd.isna(row.fetched_at) else pd.Timestamp(row.fetched_at).to_pydatetime(),
             )
         )
     adjustment = m15["adjustment"].iloc[0] if len(m15) else "split"
     keys = pd.MultiIndex.from_arrays([valid["symbol"], valid["session"]])
     for label, entries in groups.items():
         members = [(e.symbol, e.session) for e in entries]
-        rows = valid[keys.isin(members)]
-        report.bars_written += store.replace_partitions(
-            timeframe, rows, entries, provider=label, adjustment=adjustment, fetched_at=now, run_id=run_id
-        )
-        report.written.extend(members)
-        report.served_by[label] += len(members)
+        result = tx.replace(valid[keys.isin(members)], entries, provider=label, adjustment=adjustment,
+                            fetched_at=now, run_id=run_id)
+        report.bars_written += result.bars
+        report.written.extend(result.written)
+        report.served_by[label] += len(result.written)
 
 
 def _expected_by_session(

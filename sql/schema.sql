@@ -37,14 +37,19 @@ CREATE TABLE IF NOT EXISTS ohlc_bars (
 
 -- The coverage ledger: one row per symbol x timeframe x session ever attempted, written in the same
 -- transaction as the bars. The gap sensor and the coverage report read this small table, never the
--- bars. status: complete = fetched successfully after the session closed; partial = fetched while
--- it was still trading; failed = the last attempt failed (the bars of an earlier success, if any,
--- are kept and bars/expected describe them).
+-- bars. status (backfill_dagster/ledger.py): complete = fetched after the session closed (as of the
+-- provider's data cut-off), with bars; partial = fetched while it was still trading; empty = every
+-- provider answered without bars for the closed session; failed = the last attempt failed. A worse
+-- answer never replaces stored bars, so bars/expected always describe the bars stored.
+-- attempts counts consecutive attempts that ended in this status. source_fetched_at (h1/h4): the
+-- fetched_at of the m15 row they were derived from; m15 fetched later makes them stale.
 CREATE TABLE IF NOT EXISTS bar_coverage (
     symbol          text        NOT NULL,
     timeframe       text        NOT NULL CHECK (timeframe IN ('m15', 'h1', 'h4', 'd1')),
     session         date        NOT NULL,
-    status          text        NOT NULL CHECK (status IN ('complete', 'partial', 'failed')),
+    status          text        NOT NULL
+                                CONSTRAINT bar_coverage_status_check
+                                CHECK (status IN ('complete', 'partial', 'empty', 'failed')),
     bars            integer     NOT NULL DEFAULT 0 CHECK (bars >= 0),
     expected        integer     NOT NULL DEFAULT 0 CHECK (expected >= 0),
     provider        text,
@@ -54,9 +59,22 @@ CREATE TABLE IF NOT EXISTS bar_coverage (
     error           text,
     run_id          text,
     updated_at      timestamptz NOT NULL,
+    source_fetched_at timestamptz,
     PRIMARY KEY (symbol, timeframe, session)
 );
--- Only the rows the gap sensor chases (partial, failed): complete rows, the vast majority, cost
+-- Databases made before the 'empty' status and source_fetched_at existed.
+ALTER TABLE bar_coverage ADD COLUMN IF NOT EXISTS source_fetched_at timestamptz;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'bar_coverage_status_check'
+                   AND conrelid = 'bar_coverage'::regclass
+                   AND strpos(pg_get_constraintdef(oid), 'empty') > 0) THEN
+        ALTER TABLE bar_coverage DROP CONSTRAINT IF EXISTS bar_coverage_status_check;
+        ALTER TABLE bar_coverage ADD CONSTRAINT bar_coverage_status_check
+            CHECK (status IN ('complete', 'partial', 'empty', 'failed'));
+    END IF;
+END $$;
+-- Only the rows the gap sensor chases (partial, empty, failed): complete rows, the vast majority, cost
 -- this index nothing.
 CREATE INDEX IF NOT EXISTS bar_coverage_open_idx ON bar_coverage (timeframe, session)
     WHERE status <> 'complete';

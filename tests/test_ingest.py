@@ -105,6 +105,9 @@ def test_a_foreign_symbol_taints_the_whole_request(store, calendar):
     report = fetch_partitions(box(["AAPL"], THANKSGIVING_WEEK[:2]), Timeframe.M15, Router([Scripted(calendar, "x", foreign)], calendar), store, clock=LATER)
     assert len(report.failures) == 2 and not report.written
     assert "symbol was not requested" in next(iter(report.failures.values()))
+    with store.engine.connect() as conn:
+        kept = conn.exec_driver_sql("SELECT symbol, reason FROM rejected_bars").all()
+    assert kept == [("EVIL", "symbol was not requested")]
 
 
 def test_when_every_provider_fails_earlier_bars_stay(store, calendar):
@@ -152,3 +155,109 @@ def test_derive_refuses_partitions_whose_m15_is_missing(store, calendar):
     report = derive_partitions(parts, Timeframe.H1, store, clock=LATER)
     assert sorted(report.written) == parts[:2]
     assert "its m15 partition is never fetched; materialize bars_m15 for it first" in report.failures[parts[2]]
+
+
+# ---------------------------------------------------------------- coverage you can trust (issue 11)
+class Clock:
+    """A shared virtual clock: the provider reads it before it answers, and the answer takes time."""
+
+    def __init__(self, text, latency_s=0.0):
+        self.now = utc(text)
+        self.latency = pd.Timedelta(seconds=latency_s)
+
+    def __call__(self):
+        return self.now
+
+
+class Slow(Scripted):
+    """The demo provider cutting unfinished bars at the moment the request left, answering later."""
+
+    def __init__(self, calendar, name, clock, twist=None, delay=None):
+        super().__init__(calendar, name, twist, clock=clock)
+        self.delay = delay  # the provider's own data delay (Alpaca's free SIP: 15 minutes)
+
+    def fetch(self, request):
+        sent = self._clock()
+        result = super().fetch(request)
+        self._clock.now = sent + self._clock.latency
+        cut = sent - self.delay if self.delay is not None else sent
+        if self.delay is not None:
+            result.bars = result.bars[result.bars.ts + pd.Timedelta(minutes=15) <= cut].reset_index(drop=True)
+        result.complete_through = cut
+        return result
+
+
+# The demo provider serves the day's bar so far while the session trades (a provisional d1 bar).
+@pytest.mark.parametrize("timeframe, bars", [(Timeframe.M15, 25), (Timeframe.D1, 1)])
+def test_a_fetch_straddling_the_close_is_partial_not_complete(store, calendar, timeframe, bars):
+    # Sent at 15:59:58 New York, answered at 16:00:03: the 15:45 bar (and the d1 bar) were not final.
+    clock = Clock("2024-11-26 20:59:58", latency_s=5)
+    provider = Slow(calendar, "demo", clock)
+    fetch_partitions([("AAPL", date(2024, 11, 26))], timeframe, Router([provider], calendar), store, clock=clock)
+    row = store.coverage(timeframe).iloc[0]
+    assert (row.status, row.bars, bool(row.session_closed)) == ("partial", bars, False)
+
+
+def test_a_provider_data_delay_keeps_a_closed_session_partial(store, calendar):
+    # 16:05 New York, but the provider serves data up to 15 minutes old: its last bars are not final.
+    clock = Clock("2024-11-26 21:05")
+    provider = Slow(calendar, "alpaca", clock, delay=pd.Timedelta(minutes=15))
+    fetch_partitions([("AAPL", date(2024, 11, 26))], Timeframe.M15, Router([provider], calendar), store, clock=clock)
+    row = store.coverage(Timeframe.M15).iloc[0]
+    assert (row.status, row.bars) == ("partial", 25)
+
+
+def no_bars(bars, _request):
+    return bars.iloc[:0]
+
+
+def test_an_empty_answer_never_deletes_stored_bars_nor_says_complete(store, calendar):
+    parts = box(["AAPL"], THANKSGIVING_WEEK[:2])
+    fetch_partitions(parts, Timeframe.M15, Router([Scripted(calendar, "demo")], calendar), store, clock=LATER)
+    report = fetch_partitions(parts, Timeframe.M15, Router([Scripted(calendar, "hollow", no_bars)], calendar), store, clock=LATER)
+    assert set(report.failures) == set(parts)
+    assert "AAPL 2024-11-25 m15: hollow answered no bars for this closed session; kept the 26 stored bar(s)" in report.failure_summary()
+    assert len(store.read_bars(Timeframe.M15, parts)) == 52
+    ledger = store.coverage(Timeframe.M15)
+    assert set(ledger["status"]) == {"complete"} and set(ledger["bars"]) == {26}
+
+
+def test_an_empty_answer_is_its_own_status_after_every_provider_tried(store, calendar):
+    first, second = Scripted(calendar, "hollow", no_bars), Scripted(calendar, "void", no_bars)
+    report = fetch_partitions([("AAPL", date(2024, 11, 26))], Timeframe.M15, Router([first, second], calendar), store, clock=LATER)
+    assert first.calls == second.calls == 1
+    assert report.failures[("AAPL", date(2024, 11, 26))] == (
+        "hollow answered no bars for this closed session | then void answered no bars for this closed session"
+    )
+    row = store.coverage(Timeframe.M15).iloc[0]
+    assert (row.status, row.bars, row.provider) == ("empty", 0, None)
+
+
+def test_an_empty_answer_is_tried_on_the_next_provider(store, calendar):
+    hollow, backup = Scripted(calendar, "hollow", no_bars), Scripted(calendar, "backup")
+    report = fetch_partitions(box(["AAPL"], THANKSGIVING_WEEK), Timeframe.M15, Router([hollow, backup], calendar), store, clock=LATER)
+    assert report.ok and dict(report.served_by) == {"backup": 4}
+
+
+def fewer(bars, _request):
+    return bars.iloc[:-3]
+
+
+def test_fewer_bars_never_replace_final_ones_unless_allowed(store, calendar):
+    parts = [("AAPL", date(2024, 11, 26))]
+    fetch_partitions(parts, Timeframe.M15, Router([Scripted(calendar, "demo")], calendar), store, clock=LATER)
+    report = fetch_partitions(parts, Timeframe.M15, Router([Scripted(calendar, "short", fewer)], calendar), store, clock=LATER)
+    assert "short answered 23 bar(s), fewer than the 26 stored" in report.failures[parts[0]]
+    assert "backfill/replace_fewer_bars=true" in report.failures[parts[0]]
+    assert len(store.read_bars(Timeframe.M15, parts)) == 26
+    allowed = fetch_partitions(parts, Timeframe.M15, Router([Scripted(calendar, "short", fewer)], calendar), store,
+                               clock=LATER, allow_fewer=True)
+    assert allowed.ok and len(store.read_bars(Timeframe.M15, parts)) == 23
+
+
+def test_derived_rows_record_the_m15_fetch_they_were_built_from(store, calendar):
+    parts = [("AAPL", date(2024, 11, 26))]
+    fetch_partitions(parts, Timeframe.M15, Router([Scripted(calendar, "demo")], calendar), store, clock=fixed_clock("2025-01-02 00:00"))
+    derive_partitions(parts, Timeframe.H1, store, clock=fixed_clock("2025-01-02 00:05"))
+    m15, h1 = store.coverage(Timeframe.M15).iloc[0], store.coverage(Timeframe.H1).iloc[0]
+    assert pd.Timestamp(h1.source_fetched_at) == pd.Timestamp(m15.fetched_at) == utc("2025-01-02 00:00")

@@ -2,18 +2,20 @@
 
 A partition (symbol x timeframe x session) is replaced in one transaction: delete its bars, insert
 the new ones, upsert its coverage row. Re-running is idempotent and a crash leaves the old or the new
-bars, never a mix. Concurrent writers of the same symbol and timeframe are serialised by a
-transaction-scoped advisory lock (taken in sorted order, so they cannot deadlock); without it two
-overlapping replaces can both delete and then both insert — the duplicate-key failures of the
-system this replaces. On PostgreSQL the insert is a COPY.
+bars, never a mix. Whether an answer may replace what is stored is decided inside that transaction
+(`backfill_dagster.ledger.judge`): a worse answer never replaces better stored bars. Concurrent
+writers of the same symbol and timeframe are serialised by a transaction-scoped advisory lock (taken
+in sorted order, so they cannot deadlock); a derivation holds its source's lock shared while it reads
+m15 and writes h1/h4, so m15 cannot change between the two. On PostgreSQL the insert is a COPY.
 """
 
 from __future__ import annotations
 
 import functools
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 import pandas as pd
@@ -23,6 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from backfill_dagster.bars import BAR_COLUMNS, bars_frame, empty_bars
 from backfill_dagster.calendar import NEW_YORK, SessionCalendar, contiguous_runs, xnys
+from backfill_dagster.ledger import Decision, LedgerStatus, Stored, judge
 from backfill_dagster.store import pg_copy
 from backfill_dagster.store.database import shared_engine
 from backfill_dagster.store.schema import BAR_STORE_COLUMNS, bar_coverage, ohlc_bars, rejected_bars
@@ -30,18 +33,35 @@ from backfill_dagster.timeframes import Timeframe
 
 Partition = tuple[str, date]  # (symbol, session)
 
-COVERAGE_STATUSES = ("complete", "partial", "failed")
+COVERAGE_STATUSES = tuple(s.value for s in LedgerStatus)
 
 
 @dataclass(frozen=True)
 class CoverageEntry:
-    """What a successful write records about one partition."""
+    """What an answer holds for one partition: its bars, and whether the session had closed."""
 
     symbol: str
     session: date
     bars: int
     expected: int
     session_closed: bool
+    source_fetched_at: datetime | None = None  # h1/h4: the fetched_at of the m15 row used
+
+
+@dataclass
+class WriteResult:
+    """What one replace did: partitions written, and the decision for every partition offered."""
+
+    bars: int = 0
+    written: list[Partition] = field(default_factory=list)
+    decisions: dict[Partition, Decision] = field(default_factory=dict)
+    stored: dict[Partition, Stored] = field(default_factory=dict)  # the ledger's rows before the write
+
+    def refused(self) -> dict[Partition, Decision]:
+        return {p: d for p, d in self.decisions.items() if d.refused}
+
+    def kept(self) -> list[Partition]:
+        return [p for p, d in self.decisions.items() if d is Decision.KEEP]
 
 
 class BarStore:
@@ -70,42 +90,29 @@ class BarStore:
         adjustment: str,
         fetched_at: pd.Timestamp,
         run_id: str | None = None,
-    ) -> int:
-        """Replace the bars of every partition in `coverage` with `bars` (valid bars of exactly
-        those partitions), and record their coverage, in one transaction. Returns bars written."""
+        allow_fewer: bool = False,
+    ) -> WriteResult:
+        """Replace the bars of the partitions in `coverage` with `bars` (valid bars of exactly
+        those partitions) and record their coverage, in one transaction — each partition only if
+        the ledger's rule lets this answer replace what is stored (`allow_fewer`: a final answer
+        with fewer bars may replace final ones)."""
         if not coverage:
-            return 0
-        partitions = [(c.symbol, c.session) for c in coverage]
-        rows = bars_frame(bars) if len(bars) else empty_bars()
-        rows.insert(1, "timeframe", timeframe.value)
-        rows["provider"] = provider
-        rows["adjustment"] = adjustment
-        stamp = fetched_at.to_pydatetime()
+            return WriteResult()
         with self.engine.begin() as conn:
-            self._lock(conn, timeframe, {s for s, _ in partitions})
-            self._delete(conn, timeframe, partitions)
-            self._insert_bars(conn, rows)
-            self._upsert_coverage(
-                conn,
-                varying={
-                    "symbol": [c.symbol for c in coverage],
-                    "session": [c.session for c in coverage],
-                    "status": ["complete" if c.session_closed else "partial" for c in coverage],
-                    "bars": [c.bars for c in coverage],
-                    "expected": [c.expected for c in coverage],
-                    "session_closed": [c.session_closed for c in coverage],
-                },
-                constant={
-                    "timeframe": timeframe.value,
-                    "provider": provider,
-                    "fetched_at": stamp,
-                    "error": None,
-                    "run_id": run_id,
-                    "updated_at": stamp,
-                },
-                replaced=_ON_SUCCESS,
-            )
-        return len(rows)
+            self._lock(conn, timeframe, {c.symbol for c in coverage})
+            return self._replace(conn, timeframe, bars, coverage, provider=provider, adjustment=adjustment,
+                                 fetched_at=fetched_at, run_id=run_id, allow_fewer=allow_fewer)
+
+    @contextmanager
+    def derivation(self, source: Timeframe, target: Timeframe, symbols: Iterable[str]) -> Iterator[Derivation]:
+        """One transaction that reads `source` bars and replaces `target` bars of these symbols,
+        holding the source's lock shared (writers of the source wait; other derivations do not) and
+        the target's exclusively: what it writes was built from the source as it is stored."""
+        symbols = set(symbols)
+        with self.engine.begin() as conn:
+            self._lock(conn, source, symbols, shared=True)
+            self._lock(conn, target, symbols)
+            yield Derivation(self, conn, source, target)
 
     def record_failures(
         self,
@@ -118,27 +125,22 @@ class BarStore:
     ) -> None:
         """Mark partitions failed with their error. Their bars (from any earlier success) stay, and
         so do the counts that success recorded; `expected` is only used for a first attempt."""
-        if not failures:
-            return
-        ordered = sorted(failures.items())
-        with self.engine.begin() as conn:
-            self._upsert_coverage(
-                conn,
-                varying={
-                    "symbol": [s for (s, _), _ in ordered],
-                    "session": [d for (_, d), _ in ordered],
-                    "expected": [int(expected.get(d, 0)) for (_, d), _ in ordered],
-                    "error": [error[:2000] for _, error in ordered],
-                },
-                constant={
-                    "timeframe": timeframe.value,
-                    "status": "failed",
-                    "bars": 0,
-                    "run_id": run_id,
-                    "updated_at": at.to_pydatetime(),
-                },
-                replaced=_ON_FAILURE,
-            )
+        self._record_unwritten(timeframe, failures, LedgerStatus.FAILED, expected=expected, at=at, run_id=run_id)
+
+    def record_refusals(
+        self,
+        timeframe: Timeframe,
+        notes: dict[Partition, str],
+        *,
+        expected: dict[date, int],
+        at: pd.Timestamp,
+        run_id: str | None = None,
+    ) -> None:
+        """Record answers that were not written because they held no bars, or fewer than final
+        stored ones: a partition whose stored bars are final stays `complete` (they are still the
+        best answer), any other is `empty`. Stored bars are never touched."""
+        self._record_unwritten(timeframe, notes, LedgerStatus.EMPTY, expected=expected, at=at, run_id=run_id,
+                               keep_final=True)
 
     def quarantine(
         self,
@@ -175,23 +177,25 @@ class BarStore:
         return len(records)
 
     # ------------------------------------------------------------------ reads
-    def read_bars(self, timeframe: Timeframe, partitions: Iterable[Partition]) -> pd.DataFrame:
+    def read_bars(
+        self, timeframe: Timeframe, partitions: Iterable[Partition], *, conn: Connection | None = None
+    ) -> pd.DataFrame:
         """The stored bars of these partitions: a bar frame plus session, provider, adjustment."""
         ranges = self._ranges(partitions)
         if not ranges:
             return _with_session(empty_bars().assign(provider=[], adjustment=[]), self.calendar, timeframe)
         frames = []
-        with self.engine.connect() as conn:
+        with _connection(self.engine, conn) as c:
             for symbol, lo, hi in ranges:
                 query = (
-                    sa.select(*[ohlc_bars.c[c] for c in BAR_STORE_COLUMNS if c != "timeframe"])
+                    sa.select(*[ohlc_bars.c[col] for col in BAR_STORE_COLUMNS if col != "timeframe"])
                     .where(ohlc_bars.c.symbol == symbol)
                     .where(ohlc_bars.c.timeframe == timeframe.value)
                     .where(ohlc_bars.c.ts >= lo.to_pydatetime())
                     .where(ohlc_bars.c.ts < hi.to_pydatetime())
                     .order_by(ohlc_bars.c.ts)
                 )
-                result = conn.execute(query)
+                result = c.execute(query)
                 frames.append(pd.DataFrame(result.fetchall(), columns=list(result.keys())))
         frames = [f for f in frames if not f.empty]
         if not frames:
@@ -202,7 +206,13 @@ class BarStore:
         out["adjustment"] = raw["adjustment"].to_numpy()
         return _with_session(out, self.calendar, timeframe)
 
-    def coverage(self, timeframe: Timeframe | None = None, symbols: Sequence[str] | None = None) -> pd.DataFrame:
+    def coverage(
+        self,
+        timeframe: Timeframe | None = None,
+        symbols: Sequence[str] | None = None,
+        *,
+        conn: Connection | None = None,
+    ) -> pd.DataFrame:
         """Coverage ledger rows, optionally for one timeframe and some symbols."""
         query = sa.select(bar_coverage).order_by(
             bar_coverage.c.symbol, bar_coverage.c.timeframe, bar_coverage.c.session
@@ -211,11 +221,133 @@ class BarStore:
             query = query.where(bar_coverage.c.timeframe == timeframe.value)
         if symbols is not None:
             query = query.where(bar_coverage.c.symbol.in_(list(symbols)))
-        with self.engine.connect() as conn:
-            result = conn.execute(query)
+        with _connection(self.engine, conn) as c:
+            result = c.execute(query)
             return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
 
     # ------------------------------------------------------------------ internals
+    def _replace(
+        self,
+        conn: Connection,
+        timeframe: Timeframe,
+        bars: pd.DataFrame,
+        coverage: Sequence[CoverageEntry],
+        *,
+        provider: str,
+        adjustment: str,
+        fetched_at: pd.Timestamp,
+        run_id: str | None,
+        allow_fewer: bool,
+        follow_source: bool = False,
+    ) -> WriteResult:
+        """The write itself, on a connection that already holds the timeframe's locks.
+        `follow_source`: derived bars, written whatever is stored (they mirror their source)."""
+        stored = self._stored(conn, timeframe, [(c.symbol, c.session) for c in coverage])
+        result = WriteResult(stored=stored)
+        chosen = []
+        for entry in coverage:
+            partition = (entry.symbol, entry.session)
+            decision = Decision.WRITE if follow_source else judge(
+                stored.get(partition), entry.bars, entry.session_closed, allow_fewer=allow_fewer
+            )
+            result.decisions[partition] = decision
+            if decision is Decision.WRITE:
+                chosen.append(entry)
+        if not chosen:
+            return result
+        partitions = [(c.symbol, c.session) for c in chosen]
+        if len(chosen) < len(coverage) and len(bars):
+            keys = pd.MultiIndex.from_arrays([bars["symbol"], _sessions_of(bars, self.calendar, timeframe)])
+            bars = bars[keys.isin(partitions)]
+        rows = bars_frame(bars) if len(bars) else empty_bars()
+        rows.insert(1, "timeframe", timeframe.value)
+        rows["provider"] = provider
+        rows["adjustment"] = adjustment
+        stamp = fetched_at.to_pydatetime()
+        self._delete(conn, timeframe, partitions)
+        self._insert_bars(conn, rows)
+        self._upsert_coverage(
+            conn,
+            varying={
+                "symbol": [c.symbol for c in chosen],
+                "session": [c.session for c in chosen],
+                "status": [_written_status(c).value for c in chosen],
+                "bars": [c.bars for c in chosen],
+                "expected": [c.expected for c in chosen],
+                "session_closed": [c.session_closed for c in chosen],
+                "source_fetched_at": [c.source_fetched_at for c in chosen],
+            },
+            constant={
+                "timeframe": timeframe.value,
+                "provider": provider,
+                "fetched_at": stamp,
+                "error": None,
+                "run_id": run_id,
+                "updated_at": stamp,
+            },
+            replaced=_ON_SUCCESS,
+        )
+        result.bars = len(rows)
+        result.written = partitions
+        return result
+
+    def _record_unwritten(
+        self,
+        timeframe: Timeframe,
+        notes: dict[Partition, str],
+        status: LedgerStatus,
+        *,
+        expected: dict[date, int],
+        at: pd.Timestamp,
+        run_id: str | None,
+        keep_final: bool = False,
+    ) -> None:
+        if not notes:
+            return
+        ordered = sorted(notes.items())
+        with self.engine.begin() as conn:
+            self._lock(conn, timeframe, {s for (s, _), _ in ordered})
+            self._upsert_coverage(
+                conn,
+                varying={
+                    "symbol": [s for (s, _), _ in ordered],
+                    "session": [d for (_, d), _ in ordered],
+                    "expected": [int(expected.get(d, 0)) for (_, d), _ in ordered],
+                    "error": [note[:2000] for _, note in ordered],
+                },
+                constant={
+                    "timeframe": timeframe.value,
+                    "status": status.value,
+                    "bars": 0,
+                    # A first answer without bars was a final answer; an update keeps the flag of
+                    # the bars stored (not in _ON_FAILURE).
+                    "session_closed": status is LedgerStatus.EMPTY,
+                    "run_id": run_id,
+                    "updated_at": at.to_pydatetime(),
+                },
+                replaced=_ON_FAILURE,
+                keep_final=keep_final,
+            )
+
+    def _stored(self, conn: Connection, timeframe: Timeframe, partitions: Sequence[Partition]) -> dict[Partition, Stored]:
+        """The ledger's rows of these partitions (read under the write lock)."""
+        wanted = set(partitions)
+        symbols = sorted({s for s, _ in wanted})
+        sessions = [d for _, d in wanted]
+        query = sa.select(
+            bar_coverage.c.symbol, bar_coverage.c.session, bar_coverage.c.bars, bar_coverage.c.session_closed
+        ).where(
+            bar_coverage.c.timeframe == timeframe.value,
+            bar_coverage.c.symbol.in_(symbols),
+            bar_coverage.c.session.between(min(sessions), max(sessions)),
+        )
+        out = {}
+        for symbol, session, bars, closed in conn.execute(query):
+            key = (symbol, pd.Timestamp(session).date() if not isinstance(session, date) else session)
+            if key in wanted:
+                out[key] = Stored(int(bars), bool(closed))
+        return out
+
     def _ranges(self, partitions: Iterable[Partition]) -> list[tuple[str, pd.Timestamp, pd.Timestamp]]:
         """[start, end) UTC ranges covering the given partitions, one per contiguous session run.
 
@@ -232,11 +364,12 @@ class BarStore:
                 out.append((symbol, _ny_midnight(run[0]), _ny_midnight(run[-1] + timedelta(days=1))))
         return out
 
-    def _lock(self, conn: Connection, timeframe: Timeframe, symbols: set[str]) -> None:
+    def _lock(self, conn: Connection, timeframe: Timeframe, symbols: set[str], *, shared: bool = False) -> None:
         if not self.is_postgres:
             return  # SQLite: BEGIN IMMEDIATE already holds the database's single write lock
+        statement = _PG_LOCK_SHARED if shared else _PG_LOCK
         for symbol in sorted(symbols):
-            conn.execute(_PG_LOCK, {"key": f"ohlc_bars|{symbol}|{timeframe.value}"})
+            conn.execute(statement, {"key": f"ohlc_bars|{symbol}|{timeframe.value}"})
 
     def _delete(self, conn: Connection, timeframe: Timeframe, partitions: Sequence[Partition]) -> None:
         ranges = self._ranges(partitions)
@@ -275,20 +408,35 @@ class BarStore:
         conn.execute(ohlc_bars.insert(), records.to_dict("records"))
 
     def _upsert_coverage(
-        self, conn: Connection, *, varying: dict[str, list], constant: dict, replaced: tuple[str, ...]
+        self,
+        conn: Connection,
+        *,
+        varying: dict[str, list],
+        constant: dict,
+        replaced: tuple[str, ...],
+        keep_final: bool = False,
     ) -> None:
         """Insert or update ledger rows: `varying` holds one list per column (a value per row),
-        `constant` the values shared by every row; `replaced` the columns an update overwrites."""
+        `constant` the values shared by every row; `replaced` the columns an update overwrites.
+        `attempts` counts consecutive attempts ending in the same status. `keep_final`: a row
+        whose stored bars are final stays `complete` whatever status is written."""
         if self.is_postgres:
             # One statement whatever the row count: the varying columns travel as array literals
             # that unnest() turns back into rows (executemany would be a round trip per row).
             names = tuple(varying)
             params = {c: _pg_array_literal(values) for c, values in varying.items()} | constant
-            conn.execute(_pg_coverage_upsert(names, tuple(constant), replaced), params)
+            conn.execute(_pg_coverage_upsert(names, tuple(constant), replaced, keep_final), params)
             return
         statement = sqlite.insert(bar_coverage)
+        new_status = statement.excluded.status
+        if keep_final:
+            final = sa.and_(bar_coverage.c.session_closed, bar_coverage.c.bars > 0)
+            new_status = sa.case((final, LedgerStatus.COMPLETE.value), else_=statement.excluded.status)
         updates = {c: statement.excluded[c] for c in replaced}
-        updates["attempts"] = bar_coverage.c.attempts + 1
+        updates["status"] = new_status
+        updates["attempts"] = sa.case(
+            (bar_coverage.c.status == new_status, bar_coverage.c.attempts + 1), else_=1
+        )
         statement = statement.on_conflict_do_update(
             index_elements=[bar_coverage.c.symbol, bar_coverage.c.timeframe, bar_coverage.c.session],
             set_=updates,
@@ -298,11 +446,56 @@ class BarStore:
         conn.execute(statement, rows)
 
 
-_ON_SUCCESS = ("status", "bars", "expected", "provider", "fetched_at", "session_closed", "error", "run_id", "updated_at")
-# A failure keeps what the last success recorded (its bars are still stored).
-_ON_FAILURE = ("status", "error", "run_id", "updated_at")
+class Derivation:
+    """Reads and writes inside `BarStore.derivation`'s transaction."""
+
+    def __init__(self, store: BarStore, conn: Connection, source: Timeframe, target: Timeframe):
+        self._store, self._conn = store, conn
+        self.source, self.target = source, target
+
+    def read_source(self, partitions: Iterable[Partition]) -> pd.DataFrame:
+        return self._store.read_bars(self.source, partitions, conn=self._conn)
+
+    def source_ledger(self, symbols: Sequence[str]) -> pd.DataFrame:
+        return self._store.coverage(self.source, symbols, conn=self._conn)
+
+    def replace(self, bars: pd.DataFrame, coverage: Sequence[CoverageEntry], *, provider: str, adjustment: str,
+                fetched_at: pd.Timestamp, run_id: str | None = None) -> WriteResult:
+        # Derived bars follow their source exactly: fewer bars, or none when m15 is empty.
+        return self._store._replace(self._conn, self.target, bars, coverage, provider=provider, adjustment=adjustment,
+                                    fetched_at=fetched_at, run_id=run_id, allow_fewer=True, follow_source=True)
+
+
+def _written_status(entry: CoverageEntry) -> LedgerStatus:
+    if not entry.session_closed:
+        return LedgerStatus.PARTIAL
+    return LedgerStatus.COMPLETE if entry.bars else LedgerStatus.EMPTY  # empty: derived from an empty m15
+
+
+@contextmanager
+def _connection(engine: Engine, conn: Connection | None) -> Iterator[Connection]:
+    if conn is not None:
+        yield conn
+        return
+    with engine.connect() as fresh:
+        yield fresh
+
+
+def _sessions_of(rows: pd.DataFrame, calendar: SessionCalendar, timeframe: Timeframe):
+    if "session" in rows.columns:
+        return rows["session"]
+    return calendar.locate(rows["ts"], timeframe, extended=True)["session"]
+
+
+_ON_SUCCESS = (
+    "status", "bars", "expected", "provider", "fetched_at", "session_closed", "error", "run_id", "updated_at",
+    "source_fetched_at",
+)
+# An attempt that wrote nothing keeps what the last success recorded (its bars are still stored).
+_ON_FAILURE = ("error", "run_id", "updated_at")
 
 _PG_LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
+_PG_LOCK_SHARED = sa.text("SELECT pg_advisory_xact_lock_shared(hashtextextended(:key, 0))")
 _PG_DELETE = sa.text(
     "DELETE FROM ohlc_bars b USING unnest(CAST(:symbols AS text[]), CAST(:los AS timestamptz[]), "
     "CAST(:his AS timestamptz[])) AS r(symbol, lo, hi) "
@@ -312,7 +505,7 @@ _PG_DELETE = sa.text(
 _PG_TYPES = {
     "symbol": "text", "timeframe": "text", "session": "date", "status": "text", "bars": "integer",
     "expected": "integer", "provider": "text", "fetched_at": "timestamptz", "session_closed": "boolean",
-    "error": "text", "run_id": "text", "updated_at": "timestamptz",
+    "error": "text", "run_id": "text", "updated_at": "timestamptz", "source_fetched_at": "timestamptz",
 }
 
 
@@ -335,9 +528,16 @@ def _pg_array_literal(values: list) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _pg_coverage_upsert(
-    varying: tuple[str, ...], constant: tuple[str, ...], replaced: tuple[str, ...]
+    varying: tuple[str, ...], constant: tuple[str, ...], replaced: tuple[str, ...], keep_final: bool = False
 ) -> sa.TextClause:
-    sets = ", ".join([f"{c} = EXCLUDED.{c}" for c in replaced] + ["attempts = bar_coverage.attempts + 1"])
+    status = "EXCLUDED.status"
+    if keep_final:
+        status = "CASE WHEN bar_coverage.session_closed AND bar_coverage.bars > 0 THEN 'complete' ELSE EXCLUDED.status END"
+    sets = ", ".join(
+        [f"{c} = EXCLUDED.{c}" for c in replaced if c != "status"]
+        + [f"status = {status}",
+           f"attempts = CASE WHEN bar_coverage.status = {status} THEN bar_coverage.attempts + 1 ELSE 1 END"]
+    )
     arrays = ", ".join(f"CAST(:{c} AS {_PG_TYPES[c]}[])" for c in varying)
     scalars = "".join(f", CAST(:{c} AS {_PG_TYPES[c]})" for c in constant)
     return sa.text(

@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.types import TypeDecorator
 
+from backfill_dagster.ledger import LEDGER_STATUSES
+
 metadata = sa.MetaData()
 
 TIMEFRAMES_SQL = "timeframe IN ('m15', 'h1', 'h4', 'd1')"
@@ -86,7 +88,7 @@ bar_coverage = sa.Table(
     sa.Column(
         "status",
         sa.Text,
-        sa.CheckConstraint("status IN ('complete', 'partial', 'failed')"),
+        sa.CheckConstraint(f"status IN ({', '.join(repr(s) for s in LEDGER_STATUSES)})", name="bar_coverage_status_check"),
         nullable=False,
     ),
     sa.Column("bars", sa.Integer, nullable=False, server_default="0"),
@@ -98,6 +100,7 @@ bar_coverage = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("run_id", sa.Text),
     sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Column("source_fetched_at", UtcDateTime),
     sa.Index(
         "bar_coverage_open_idx",
         "timeframe",

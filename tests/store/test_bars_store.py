@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from backfill_dagster.ledger import Decision
 from backfill_dagster.providers.demo import synthetic_session_m15
 from backfill_dagster.store import BarStore, CoverageEntry, shared_engine
 from backfill_dagster.store.schema import ohlc_bars
@@ -26,11 +27,12 @@ def m15(calendar, symbol, sessions):
     return pd.concat(frames, ignore_index=True)
 
 
-def write(store, symbol, sessions, bars=None, provider="demo:synthetic"):
+def write(store, symbol, sessions, bars=None, provider="demo:synthetic", closed=True, allow_fewer=False):
     bars = m15(store.calendar, symbol, sessions) if bars is None else bars
     counts = bars.groupby(bars.ts.dt.tz_convert("America/New_York").dt.date).size()
-    coverage = [CoverageEntry(symbol, d, int(counts.get(d, 0)), int(store.calendar.expected_counts([d], Timeframe.M15)[0]), True) for d in sessions]
-    return store.replace_partitions(Timeframe.M15, bars, coverage, provider=provider, adjustment="split", fetched_at=NOW, run_id="r1")
+    coverage = [CoverageEntry(symbol, d, int(counts.get(d, 0)), int(store.calendar.expected_counts([d], Timeframe.M15)[0]), closed) for d in sessions]
+    return store.replace_partitions(Timeframe.M15, bars, coverage, provider=provider, adjustment="split", fetched_at=NOW,
+                                    run_id="r1", allow_fewer=allow_fewer)
 
 
 def dump(store):
@@ -40,7 +42,7 @@ def dump(store):
 
 def test_replace_is_idempotent_and_round_trips_exactly(store):
     written = write(store, "AAPL", THANKSGIVING_WEEK)
-    assert written == 26 * 3 + 14
+    assert written.bars == 26 * 3 + 14 and written.written == [("AAPL", d) for d in THANKSGIVING_WEEK]
     first = dump(store)
     write(store, "AAPL", THANKSGIVING_WEEK)
     assert dump(store) == first
@@ -54,9 +56,9 @@ def test_replace_is_idempotent_and_round_trips_exactly(store):
 def test_replace_only_touches_its_partitions(store):
     write(store, "AAPL", THANKSGIVING_WEEK)
     write(store, "MSFT", THANKSGIVING_WEEK)
-    # Re-write one session of AAPL with fewer bars: only that partition changes.
+    # Re-write one session of AAPL with fewer bars (the operator allows it): only that partition changes.
     fewer = m15(store.calendar, "AAPL", [date(2024, 11, 27)]).iloc[:5]
-    write(store, "AAPL", [date(2024, 11, 27)], bars=fewer)
+    write(store, "AAPL", [date(2024, 11, 27)], bars=fewer, allow_fewer=True)
     rows = dump(store)
     by = pd.DataFrame([r._mapping for r in rows]).assign(session=lambda f: f.ts.apply(lambda t: t.astimezone(pd.Timestamp(0, tz="America/New_York").tz).date()))
     counts = by.groupby(["symbol", "session"]).size()
@@ -69,9 +71,14 @@ def test_replace_only_touches_its_partitions(store):
 
 def test_a_non_contiguous_write_leaves_the_sessions_between_alone(store):
     write(store, "AAPL", THANKSGIVING_WEEK)
-    write(store, "AAPL", [date(2024, 11, 25), date(2024, 11, 29)], bars=m15(store.calendar, "AAPL", [date(2024, 11, 25)]).iloc[:1])
+    ends = [date(2024, 11, 25), date(2024, 11, 29)]
+    bars = m15(store.calendar, "AAPL", ends)
+    few = bars.groupby(bars.ts.dt.tz_convert("America/New_York").dt.date).head(1)  # one bar of each
+    write(store, "AAPL", ends, bars=few, allow_fewer=True)
     back = store.read_bars(Timeframe.M15, [("AAPL", d) for d in THANKSGIVING_WEEK])
-    assert back.groupby("session").size().to_dict() == {date(2024, 11, 25): 1, date(2024, 11, 26): 26, date(2024, 11, 27): 26}
+    assert back.groupby("session").size().to_dict() == {
+        date(2024, 11, 25): 1, date(2024, 11, 26): 26, date(2024, 11, 27): 26, date(2024, 11, 29): 1
+    }
 
 
 def test_a_failed_write_leaves_the_old_bars(store):
@@ -142,3 +149,78 @@ def test_concurrent_overlapping_replaces_never_duplicate_or_lose(store_url, cale
     assert covered == sessions[: 3 * 5 + 20]
     expected = m15(calendar, "AAPL", covered)
     assert len(back) == len(expected)
+
+
+# ---------------------------------------------------------------- a worse answer never replaces better bars
+DAY = date(2024, 11, 26)
+
+
+def ledger_row(store, session=DAY):
+    return store.coverage(Timeframe.M15, ["AAPL"]).set_index("session").loc[session]
+
+
+def test_a_final_answer_with_fewer_bars_keeps_the_final_stored_ones(store):
+    write(store, "AAPL", [DAY])
+    result = write(store, "AAPL", [DAY], bars=m15(store.calendar, "AAPL", [DAY]).iloc[:20])
+    assert result.written == [] and result.refused() == {("AAPL", DAY): Decision.FEWER}
+    assert len(store.read_bars(Timeframe.M15, [("AAPL", DAY)])) == 26
+    assert (ledger_row(store).status, ledger_row(store).bars) == ("complete", 26)
+    allowed = write(store, "AAPL", [DAY], bars=m15(store.calendar, "AAPL", [DAY]).iloc[:20], allow_fewer=True)
+    assert allowed.written == [("AAPL", DAY)] and len(store.read_bars(Timeframe.M15, [("AAPL", DAY)])) == 20
+
+
+def test_a_final_answer_without_bars_never_deletes_stored_bars(store):
+    write(store, "AAPL", [DAY])
+    for allow_fewer in (False, True):
+        result = write(store, "AAPL", [DAY], bars=m15(store.calendar, "AAPL", [DAY]).iloc[:0], allow_fewer=allow_fewer)
+        assert result.refused() == {("AAPL", DAY): Decision.EMPTY}
+    assert len(store.read_bars(Timeframe.M15, [("AAPL", DAY)])) == 26
+
+
+def test_a_provisional_answer_never_replaces_final_bars(store):
+    write(store, "AAPL", [DAY])
+    more = m15(store.calendar, "AAPL", [DAY])
+    result = write(store, "AAPL", [DAY], bars=more.iloc[:25], closed=False, allow_fewer=True)
+    assert result.kept() == [("AAPL", DAY)] and not result.refused()
+    assert (ledger_row(store).status, ledger_row(store).bars) == ("complete", 26)
+
+
+def test_refusals_say_empty_unless_final_bars_are_stored(store):
+    write(store, "AAPL", [DAY])
+    other = date(2024, 11, 27)
+    notes = {("AAPL", DAY): "x answered no bars", ("AAPL", other): "x answered no bars"}
+    for _ in range(2):
+        store.record_refusals(Timeframe.M15, notes, expected={DAY: 26, other: 26}, at=NOW, run_id="r2")
+    kept, empty = ledger_row(store), ledger_row(store, other)
+    assert (kept.status, kept.bars, kept.error) == ("complete", 26, "x answered no bars")
+    assert (empty.status, empty.bars, bool(empty.session_closed), empty.attempts) == ("empty", 0, True, 2)
+    write(store, "AAPL", [other])  # bars at last: complete, and the count of attempts starts again
+    assert (ledger_row(store, other).status, ledger_row(store, other).attempts) == ("complete", 1)
+
+
+@pytest.mark.postgres
+def test_an_m15_writer_waits_while_a_derivation_reads_and_writes(pg_url, calendar):
+    store = BarStore(shared_engine(pg_url), calendar)
+    write(store, "AAPL", [DAY])
+    inside, release, finished = threading.Event(), threading.Event(), threading.Event()
+
+    def derive():
+        with store.derivation(Timeframe.M15, Timeframe.H1, ["AAPL"]) as tx:
+            tx.read_source([("AAPL", DAY)])
+            inside.set()
+            release.wait(10)
+
+    def rewrite():
+        write(store, "AAPL", [DAY], bars=m15(calendar, "AAPL", [DAY]).iloc[:20], allow_fewer=True)
+        finished.set()
+
+    deriver = threading.Thread(target=derive)
+    deriver.start()
+    assert inside.wait(10)
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    assert not finished.wait(1.0), "the m15 write went through while a derivation held m15"
+    release.set()
+    deriver.join(10)
+    assert finished.wait(10)
+    writer.join(10)

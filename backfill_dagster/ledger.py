@@ -1,0 +1,78 @@
+"""The coverage ledger's statuses, and the rule that decides whether an answer may replace stored bars.
+
+`complete` is a promise: the partition holds every bar its provider will serve. So a row says
+`complete` only for an answer given after the session had closed (as of the provider's own data
+cut-off) that held bars; an answer without any bars for a closed session is `empty`, never
+`complete`; and a worse answer never replaces a better stored one — a final answer with fewer
+bars than final stored ones, an answer with no bars, or a provisional answer over final bars is
+not written (the operator may allow fewer bars, e.g. to re-pull history after a split).
+Pure: plain values in, a decision out; the store applies it inside the write transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class LedgerStatus(StrEnum):
+    COMPLETE = "complete"  # fetched after the session closed, with bars: final
+    PARTIAL = "partial"  # fetched while the session was open (or before the provider's data was final)
+    EMPTY = "empty"  # every provider answered without bars for the closed session
+    FAILED = "failed"  # the last attempt failed; bars from an earlier success are kept
+
+
+LEDGER_STATUSES = tuple(s.value for s in LedgerStatus)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What the ledger says a partition holds now."""
+
+    bars: int
+    final: bool  # those bars came from an answer given after the session closed
+
+
+class Decision(StrEnum):
+    WRITE = "write"
+    EMPTY = "empty"  # a final answer without bars: nothing written, try another provider
+    FEWER = "fewer"  # a final answer with fewer bars than the final stored ones: kept the stored
+    KEEP = "keep"  # a provisional answer no better than what is stored: kept, nothing to do
+
+    @property
+    def refused(self) -> bool:
+        """An answer that was not written and leaves the partition unserved."""
+        return self in (Decision.EMPTY, Decision.FEWER)
+
+
+def judge(stored: Stored | None, offered: int, final: bool, *, allow_fewer: bool = False) -> Decision:
+    """Whether an answer of `offered` bars (`final`: given after the session closed) may replace
+    what is stored. `allow_fewer` lets a final answer with fewer (but some) bars replace final ones."""
+    have = stored.bars if stored is not None else 0
+    have_final = stored is not None and stored.final and have > 0
+    if final:
+        if offered == 0:
+            return Decision.EMPTY
+        if have_final and offered < have and not allow_fewer:
+            return Decision.FEWER
+        return Decision.WRITE
+    if have_final:
+        return Decision.KEEP
+    if offered < have and not allow_fewer:
+        return Decision.KEEP
+    return Decision.WRITE
+
+
+def refusal_note(decision: Decision, provider: str, offered: int, stored: Stored | None) -> str:
+    """Why an answer was not written, for the ledger's error and the step's failure message."""
+    have = stored.bars if stored is not None else 0
+    if decision is Decision.EMPTY:
+        kept = f"; kept the {have} stored bar(s)" if have else ""
+        return f"{provider} answered no bars for this closed session{kept}"
+    if decision is Decision.FEWER:
+        return (
+            f"{provider} answered {offered} bar(s), fewer than the {have} stored from an earlier final "
+            "answer: kept them (to replace them, run with the tag backfill/replace_fewer_bars=true or set "
+            "BACKFILL_REPLACE_FEWER_BARS=true)"
+        )
+    raise ValueError(f"{decision} is not a refusal")
