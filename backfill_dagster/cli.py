@@ -279,14 +279,14 @@ def format_summary(frame: pd.DataFrame, due: Sequence[int] | None = None) -> str
     if frame.empty:
         return "no coverage recorded yet"
     expected = list(due) if due is not None else [None] * len(frame)
-    header = (f"{'symbol':<8} {'tf':<4} {'sessions':>11} {'complete':>8} {'partial':>7} {'failed':>6} "
+    header = (f"{'symbol':<8} {'tf':<4} {'sessions':>11} {'complete':>8} {'partial':>7} {'empty':>5} {'failed':>6} "
               f"{'bars':>9} {'expected':>9}  {'first':<10} {'last':<10} last fetch (UTC)")
     lines = [header, "-" * len(header)]
     for r, row_due in zip(frame.itertuples(index=False), expected, strict=True):
         fetched = "-" if pd.isna(r.last_fetch) else f"{r.last_fetch:%Y-%m-%d %H:%M}"
         sessions = "-" if row_due is None else f"{r.complete}/{row_due}"
         lines.append(
-            f"{r.symbol:<8} {r.timeframe:<4} {sessions:>11} {r.complete:>8} {r.partial:>7} {r.failed:>6} "
+            f"{r.symbol:<8} {r.timeframe:<4} {sessions:>11} {r.complete:>8} {r.partial:>7} {r.empty:>5} {r.failed:>6} "
             f"{r.bars:>9} {r.expected:>9}  {_d(r.first_session):<10} {_d(r.last_session):<10} {fetched}"
         )
     return "\n".join(lines)
@@ -295,8 +295,16 @@ def format_summary(frame: pd.DataFrame, due: Sequence[int] | None = None) -> str
 def summary_with_sessions(frame: pd.DataFrame, settings: Settings) -> str:
     """`format_summary` with the closed sessions each row should hold by now (gaps.sessions_expected,
     the gap sensor's horizons from BACKFILL_GAP_DAYS_*)."""
-    due = sessions_expected(frame, GapPolicy.from_env(), xnys(), pd.Timestamp.now(tz="UTC"), settings.history_start)
-    return format_summary(frame, due)
+    policy = GapPolicy.from_env()
+    due = sessions_expected(frame, policy, xnys(), pd.Timestamp.now(tz="UTC"), settings.history_start)
+    text = format_summary(frame, due)
+    if len(frame) and frame["empty"].sum():
+        text += (
+            "\n\nempty: every provider answered without bars for these closed sessions; the gap sensor asks "
+            f"again {policy.empty_attempts} times, {int(policy.retry_empty_after.total_seconds() // 60)} minutes "
+            "apart, then leaves them (a halted or delisted symbol has none). See --symbol S --detail."
+        )
+    return text
 
 
 def format_detail(frame: pd.DataFrame, symbol: str) -> str:

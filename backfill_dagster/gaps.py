@@ -6,7 +6,10 @@ ledger queries live in store/gaps.py and the Dagster sensor in orchestration/gap
 A partition (symbol x session x timeframe) inside its timeframe's history horizon is a *gap* when:
 - it was never covered (no ledger row);
 - it was fetched while its session was still open, and the session has since closed (partial);
-- its last fetch failed.
+- its last fetch failed;
+- every provider answered without bars for the closed session (empty): re-checked a bounded number
+  of times (a halted or delisted symbol really has none), spaced by `retry_empty_after`;
+- (h1/h4) its m15 was fetched again after it was derived (stale).
 A session fetched successfully after its close is covered, however few bars it holds: providers
 omit intervals without trades, and chasing them would fetch the same bars forever (DESIGN §2).
 Today's session belongs to the schedules until it has closed and settled (`GapPolicy.settle`).
@@ -60,6 +63,9 @@ class GapPolicy:
     | BACKFILL_GAP_SETTLE_MINUTES             | EOD delay + 30     | a closed session is left to    |
     |                                         |                    | end_of_day this long           |
     | BACKFILL_GAP_RETRY_FAILED_MINUTES       | 15                 | a failure waits this long      |
+    | BACKFILL_GAP_EMPTY_ATTEMPTS             | 3                  | answers without bars before an |
+    |                                         |                    | empty session is left alone    |
+    | BACKFILL_GAP_RETRY_EMPTY_MINUTES        | 240                | between two of those answers   |
     """
 
     history_days: Mapping[Timeframe, int] = field(default_factory=lambda: dict(DEFAULT_HISTORY_DAYS))
@@ -72,6 +78,10 @@ class GapPolicy:
     # so the sensor never fetches a session the schedule is about to finalize.
     settle: timedelta = timedelta(minutes=60)
     retry_failed_after: timedelta = timedelta(minutes=15)
+    # An empty answer is often a provider that has not published the session yet; after a few,
+    # hours apart, it is a halted or delisted symbol: say so in `coverage`, stop asking.
+    empty_attempts: int = 3
+    retry_empty_after: timedelta = timedelta(hours=4)
 
     def __post_init__(self) -> None:
         missing = [t.value for t in Timeframe if t not in self.history_days]
@@ -80,11 +90,12 @@ class GapPolicy:
         for timeframe, days in self.history_days.items():
             if int(days) < 1:
                 raise GapPolicyError(f"history days for {Timeframe.parse(timeframe).value} must be at least 1, not {days}")
-        for name in ("max_sessions_per_run", "max_partitions_per_run", "max_runs_per_tick", "max_runs_in_flight"):
+        for name in ("max_sessions_per_run", "max_partitions_per_run", "max_runs_per_tick", "max_runs_in_flight",
+                     "empty_attempts"):
             if getattr(self, name) < 1:
                 raise GapPolicyError(f"{name} must be at least 1, not {getattr(self, name)}")
-        if self.settle < timedelta(0) or self.retry_failed_after < timedelta(0):
-            raise GapPolicyError("settle and retry_failed_after cannot be negative")
+        if min(self.settle, self.retry_failed_after, self.retry_empty_after) < timedelta(0):
+            raise GapPolicyError("settle, retry_failed_after and retry_empty_after cannot be negative")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GapPolicy:
@@ -103,6 +114,8 @@ class GapPolicy:
             max_runs_in_flight=_whole(env, "BACKFILL_GAP_MAX_RUNS_IN_FLIGHT", 20, minimum=1),
             settle=timedelta(minutes=_whole(env, "BACKFILL_GAP_SETTLE_MINUTES", eod_delay + 30, minimum=0)),
             retry_failed_after=timedelta(minutes=_whole(env, "BACKFILL_GAP_RETRY_FAILED_MINUTES", 15, minimum=0)),
+            empty_attempts=_whole(env, "BACKFILL_GAP_EMPTY_ATTEMPTS", 3, minimum=1),
+            retry_empty_after=timedelta(minutes=_whole(env, "BACKFILL_GAP_RETRY_EMPTY_MINUTES", 240, minimum=0)),
         )
 
 
@@ -194,16 +207,20 @@ def ledger_horizons(wanted: Mapping[Timeframe, Sequence[date]]) -> dict[Timefram
 class GapReason(StrEnum):
     MISSING = "missing"  # never covered
     PARTIAL = "partial"  # fetched while the session was open; it has closed since
+    EMPTY = "empty"  # every provider answered without bars for the closed session
     FAILED = "failed"  # the last fetch failed
+    STALE = "stale"  # h1/h4 derived from an m15 fetch that has been replaced since
 
 
 @dataclass(frozen=True)
 class Gap:
     reason: GapReason
     stamp: datetime | None = None  # when its ledger row was last written; None when there is none
+    attempts: int = 0  # consecutive attempts that ended in this status
 
 
-_FAILED = GapReason.FAILED  # a module constant: attribute lookups on enums are slow in hot loops
+# Module constants: attribute lookups on enums are slow in hot loops.
+_FAILED, _EMPTY = GapReason.FAILED, GapReason.EMPTY
 NEVER_COVERED = Gap(GapReason.MISSING)  # shared: most gaps of a new symbol are this one value
 
 LedgerGaps = Mapping[Timeframe, Mapping[Partition, Gap]]
@@ -307,8 +324,9 @@ class GapPlan:
     later: int  # boxes left for later evaluations (the per-tick and in-flight caps)
     gaps: Mapping[Timeframe, Mapping[GapReason, int]]  # every gap found, per timeframe and reason
     in_flight: int  # gaps an unfinished run is already filling
-    held: int  # failed partitions waiting for their retry delay
+    held: int  # failed or empty partitions waiting for their retry delay
     waiting_for_m15: int  # h1/h4 gaps whose m15 is in flight or held
+    exhausted: int = 0  # empty partitions re-checked `empty_attempts` times: left alone
 
     @property
     def total_gaps(self) -> int:
@@ -330,7 +348,10 @@ class GapPlan:
         if self.in_flight:
             parts.append(f"{self.in_flight} already being filled by unfinished runs or backfills")
         if self.held:
-            parts.append(f"{self.held} failed partition(s) waiting for their retry delay")
+            parts.append(f"{self.held} failed or empty partition(s) waiting for their retry delay")
+        if self.exhausted:
+            parts.append(f"{self.exhausted} empty partition(s) left alone after every provider answered "
+                         "without bars each time (halted or delisted?)")
         if self.waiting_for_m15:
             parts.append(f"{self.waiting_for_m15} h1/h4 gap(s) waiting for their m15")
         return "; ".join(parts)
@@ -357,22 +378,32 @@ def plan_gap_runs(
     in_flight = in_flight or InFlight()
     horizon = {t: set(wanted.get(t, ())) for t in Timeframe}
     counts: dict[Timeframe, dict[GapReason, int]] = {t: defaultdict(int) for t in Timeframe}
-    busy = held = 0
+    busy = held = exhausted = 0
 
     retry_before = (now - pd.Timedelta(policy.retry_failed_after)).to_pydatetime()
+    empty_before = (now - pd.Timedelta(policy.retry_empty_after)).to_pydatetime()
 
     def chasable(timeframe: Timeframe) -> dict[Partition, Gap]:
         # Called on every gap of the horizon (a million for 500 new symbols): keep it lean.
-        nonlocal busy, held
+        nonlocal busy, held, exhausted
         out = {}
         days = horizon[timeframe]
         held_whole = in_flight.holds(timeframe)
         busy_symbols = in_flight.symbols(timeframe)
         tally = counts[timeframe]
+        derived = not timeframe.is_fetched
         for partition, gap in gaps.get(timeframe, {}).items():
             if partition[1] not in days:
                 continue
             tally[gap.reason] += 1
+            if gap.reason is _EMPTY:
+                # h1/h4 are empty because their m15 is: they follow it (stale) when it changes.
+                if derived or gap.attempts >= policy.empty_attempts:
+                    exhausted += not derived
+                    continue
+                if gap.stamp is not None and gap.stamp > empty_before:
+                    held += 1
+                    continue
             if held_whole or (partition[0] in busy_symbols and in_flight.covers(timeframe, partition)):
                 busy += 1
             elif gap.stamp is not None and gap.reason is _FAILED and gap.stamp > retry_before:
@@ -417,12 +448,18 @@ def plan_gap_runs(
         in_flight=busy,
         held=held,
         waiting_for_m15=waiting,
+        exhausted=exhausted,
     )
 
 
 def _m15_ready(partition: Partition, gap: Gap, in_flight: InFlight, policy: GapPolicy, now) -> bool:
+    """Whether an h1/h4 gap may fetch its m15 gap in the same run now."""
     if in_flight.covers(Timeframe.M15, partition):
         return False
+    if gap.reason is GapReason.EMPTY:
+        if gap.attempts >= policy.empty_attempts:
+            return False
+        return not (gap.stamp and now - _aware(gap.stamp) < policy.retry_empty_after)
     return not (gap.reason is GapReason.FAILED and gap.stamp and now - _aware(gap.stamp) < policy.retry_failed_after)
 
 

@@ -14,6 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+# How an operator lets fewer bars replace final ones: a run tag (UI backfill, CLI) or the setting.
+REPLACE_FEWER_TAG = "backfill/replace_fewer_bars"
+REPLACE_FEWER_SETTING = "BACKFILL_REPLACE_FEWER_BARS"
+
 
 class LedgerStatus(StrEnum):
     COMPLETE = "complete"  # fetched after the session closed, with bars: final
@@ -72,7 +76,7 @@ def refusal_note(decision: Decision, provider: str, offered: int, stored: Stored
     if decision is Decision.FEWER:
         return (
             f"{provider} answered {offered} bar(s), fewer than the {have} stored from an earlier final "
-            "answer: kept them (to replace them, run with the tag backfill/replace_fewer_bars=true or set "
-            "BACKFILL_REPLACE_FEWER_BARS=true)"
+            f"answer: kept them (to replace them, run with the tag {REPLACE_FEWER_TAG}=true or set "
+            f"{REPLACE_FEWER_SETTING}=true)"
         )
     raise ValueError(f"{decision} is not a refusal")

@@ -70,6 +70,14 @@ def completeness(
         if row.status == "failed":
             out.append(Verdict(partition, False, Severity.WARN, f"last fetch failed: {row.error}", meta))
             continue
+        if row.status == "empty":
+            out.append(Verdict(
+                partition, False, Severity.WARN,
+                f"no provider had bars for this closed session after {row.attempts} attempt(s) "
+                f"(halted or delisted?): {row.error}",
+                meta,
+            ))
+            continue
         ratio = row.bars / row.expected if row.expected else 1.0
         meta["completeness"] = round(float(ratio), 4)
         if not row.session_closed:

@@ -9,6 +9,7 @@
 | BACKFILL_PROVIDERS        | demo                                      | providers in order of preference         |
 | BACKFILL_ADJUSTMENT       | split                                     | split-adjusted or raw prices, store-wide |
 | BACKFILL_COMPLETENESS_WARN_BELOW | 0.9                                | m15 completeness check warns below this  |
+| BACKFILL_REPLACE_FEWER_BARS | false                                   | final answers with fewer bars may replace final stored ones |
 | <PROVIDER>_RATE_LIMIT     | alpaca 200, polygon 5, tradier 120, yahoo 60 | requests per window, shared (0: none) |
 | BACKFILL_RATE_WINDOW_SECONDS | 60                                     | the rate limits' window                  |
 """
@@ -55,6 +56,7 @@ class Settings:
     providers: tuple[str, ...] = DEFAULT_PROVIDERS
     adjustment: Adjustment = Adjustment.SPLIT
     completeness_warn_below: float = 0.9
+    replace_fewer_bars: bool = False
     rate_limits: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
     rate_window_s: float = DEFAULT_WINDOW_S
 
@@ -79,6 +81,7 @@ class Settings:
             providers=_names(env, "BACKFILL_PROVIDERS", DEFAULT_PROVIDERS),
             adjustment=_adjustment(env),
             completeness_warn_below=_ratio(env, "BACKFILL_COMPLETENESS_WARN_BELOW", 0.9),
+            replace_fewer_bars=_bool(env, "BACKFILL_REPLACE_FEWER_BARS", False),
             rate_limits={
                 name: _count(env, f"{name.upper()}_RATE_LIMIT", default)
                 for name, default in DEFAULT_RATE_LIMITS.items()

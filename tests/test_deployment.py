@@ -90,6 +90,6 @@ def test_quickstart_demo_runs_on_the_embedded_default(tmp_path):
     assert ": SUCCESS" in out.stdout
     lines = [line.split() for line in out.stdout.splitlines() if line.startswith(("AAPL", "MSFT"))]
     assert {(l[0], l[1]) for l in lines} == {(s, t) for s in ("AAPL", "MSFT") for t in ("m15", "h1", "h4", "d1")}
-    # columns: symbol tf sessions(complete/due) complete partial failed bars expected ...
-    assert all(l[2].startswith("3/") and l[3] == "3" and l[6] == l[7] for l in lines), lines
+    # columns: symbol tf sessions(complete/due) complete partial empty failed bars expected ...
+    assert all(l[2].startswith("3/") and l[3] == "3" and l[7] == l[8] for l in lines), lines
     assert (tmp_path / "backfill.sqlite").exists() and (tmp_path / "dagster_home" / "dagster.yaml").exists()

@@ -173,7 +173,7 @@ def test_failed_partitions_wait_for_their_retry_delay():
     old = Gap(GapReason.FAILED, (NOW - timedelta(hours=2)).to_pydatetime())
     result, _ = plan({D1: {("AAPL", day): recent, ("MSFT", day): old}})
     assert [b.symbols for b in result.boxes] == [("MSFT",)]
-    assert result.held == 1 and "1 failed partition(s) waiting" in result.summary()
+    assert result.held == 1 and "1 failed or empty partition(s) waiting" in result.summary()
 
 
 def test_derived_gaps_ride_with_m15_or_derive_alone():
@@ -227,3 +227,27 @@ def test_sessions_expected_run_from_the_horizon_or_an_earlier_backfill_to_the_la
     # m15 then from its first ledger session (12-03), h1 from the start (12-04).
     assert sessions_expected(coverage, policy(), calendar, NOW, date(2024, 12, 4)) == [4, 25, 3]
     assert sessions_expected(coverage.iloc[:0], policy(), calendar, NOW, HISTORY_START) == []
+
+
+def test_empty_sessions_are_rechecked_a_bounded_number_of_times():
+    day = date(2024, 12, 5)
+
+    def empty(attempts, hours_ago):
+        return Gap(GapReason.EMPTY, (NOW - timedelta(hours=hours_ago)).to_pydatetime(), attempts)
+
+    gaps = {D1: {("AAPL", day): empty(1, 5), ("MSFT", day): empty(2, 1), ("NVDA", day): empty(3, 50)}}
+    result, _ = plan(gaps)
+    assert [b.symbols for b in result.boxes] == [("AAPL",)]  # due again
+    assert result.held == 1  # MSFT: asked an hour ago
+    assert result.exhausted == 1  # NVDA: three answers without bars, left alone, and said so
+    assert "1 empty partition(s) left alone after every provider answered without bars" in result.summary()
+    # An h1 gap whose m15 is empty and exhausted does not fetch m15 again through the back door.
+    result, _ = plan({M15: {("NVDA", day): empty(3, 50)}, H1: {("NVDA", day): MISSING}})
+    assert result.boxes == [] and result.waiting_for_m15 == 1
+
+
+def test_stale_derived_bars_are_derived_again_without_a_fetch():
+    day = date(2024, 12, 5)
+    stale = Gap(GapReason.STALE, (NOW - timedelta(days=1)).to_pydatetime())
+    result, _ = plan({H1: {("AAPL", day): stale}, H4: {("AAPL", day): stale}})
+    assert [(b.kind, b.symbols, b.sessions) for b in result.boxes] == [(RunKind.DERIVED, ("AAPL",), (day,))]

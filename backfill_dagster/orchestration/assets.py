@@ -16,6 +16,7 @@ from backfill_dagster.orchestration.bookkeeping import hold_event_log_connection
 from backfill_dagster.orchestration.partitions import multi_partition_key, parse_partition_keys
 from backfill_dagster.orchestration.resources import ProvidersResource, StoreResource
 from backfill_dagster.ingest import IngestReport, derive_partitions, fetch_partitions
+from backfill_dagster.ledger import REPLACE_FEWER_TAG
 from backfill_dagster.timeframes import Timeframe
 
 GROUP = "bars"
@@ -110,6 +111,7 @@ def fetched_bars_asset(
             report = fetch_partitions(
                 partitions, timeframe, router, store.bar_store(calendar),
                 run_id=context.run.run_id, log=context.log.info,
+                allow_fewer=store.replace_fewer_bars or replace_fewer_requested(context.run.tags),
             )
         finally:
             router.close()
@@ -145,6 +147,12 @@ def derived_bars_asset(
         yield from report_events(context, report)
 
     return _derived
+
+
+def replace_fewer_requested(tags) -> bool:
+    """Whether the run asks that final answers with fewer bars replace final stored ones (the tag
+    `backfill/replace_fewer_bars=true`, e.g. on a UI backfill re-pulling history after a split)."""
+    return str(tags.get(REPLACE_FEWER_TAG, "")).strip().lower() in ("1", "true", "yes")
 
 
 def provider_pool(providers: Sequence[str]) -> str | None:

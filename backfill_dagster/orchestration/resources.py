@@ -22,11 +22,13 @@ from backfill_dagster.store import BarStore, Watchlist
 
 
 class StoreResource(dg.ConfigurableResource):
-    """Where bars live, and what the store keeps: which hours, which price adjustment."""
+    """Where bars live, and what the store keeps: which hours, which price adjustment, and whether
+    final answers with fewer bars may replace final stored ones (never, unless asked)."""
 
     database_url: str
     extended_hours: bool = False
     adjustment: str = Adjustment.SPLIT.value
+    replace_fewer_bars: bool = False
 
     def bar_store(self, calendar: SessionCalendar | None = None) -> BarStore:
         return BarStore.open(self.database_url, calendar or xnys())
@@ -94,6 +96,7 @@ def store_resource(settings: Settings, env_has_database_url: bool) -> StoreResou
         database_url=url,
         extended_hours=settings.extended_hours,
         adjustment=settings.adjustment.value,
+        replace_fewer_bars=settings.replace_fewer_bars,
     )
 
 

@@ -21,7 +21,7 @@ def _count(status: str):
 def coverage_summary(
     engine: Engine, *, symbols: Sequence[str] | None = None, timeframe: str | None = None
 ) -> pd.DataFrame:
-    """One row per symbol x timeframe: complete/partial/failed sessions, bars vs expected, the
+    """One row per symbol x timeframe: complete/partial/empty/failed sessions, bars vs expected, the
     first session in the ledger (`since`), the first and last session holding bars, and the last
     successful fetch."""
     with_bars = sa.case((cov.c.bars > 0, cov.c.session), else_=None)
@@ -31,6 +31,7 @@ def coverage_summary(
             cov.c.timeframe,
             _count("complete").label("complete"),
             _count("partial").label("partial"),
+            _count("empty").label("empty"),
             _count("failed").label("failed"),
             sa.func.sum(cov.c.bars).label("bars"),
             sa.func.sum(cov.c.expected).label("expected"),
@@ -49,7 +50,7 @@ def coverage_summary(
     with engine.connect() as conn:
         result = conn.execute(query)
         frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
-    for column in ("complete", "partial", "failed", "bars", "expected"):
+    for column in ("complete", "partial", "empty", "failed", "bars", "expected"):
         frame[column] = frame[column].fillna(0).astype(int)
     frame["last_fetch"] = pd.to_datetime(frame["last_fetch"], utc=True)
     # SQLite returns min/max of a date column as text; make both dialects agree.
@@ -84,7 +85,7 @@ def missing_partitions(
     closes: dict | None = None,
 ) -> list[tuple[str, object]]:
     """Partitions (symbol, session) of these symbols x sessions that still need a fetch: never
-    covered, last fetch failed, or fetched while the session was open and it has closed since
+    covered, last fetch failed or had no bars, or fetched while the session was open and it has closed since
     (`closes` maps session -> its close, `closed_before` is now). A closed, successfully fetched
     session with fewer bars than its grid is not missing: no-trade intervals are not holes."""
     if not symbols or not sessions:
@@ -101,7 +102,7 @@ def missing_partitions(
     for symbol in symbols:
         for session in sessions:
             row = ledger.get((symbol, session))
-            if row is None or row[0] == "failed":
+            if row is None or row[0] in ("failed", "empty"):
                 out.append((symbol, session))
             elif not row[1] and closes is not None and closed_before is not None and closes[session] <= closed_before:
                 out.append((symbol, session))  # fetched while open; final bars exist now

@@ -4,12 +4,14 @@ At 500 symbols x 2 years x 4 timeframes the ledger holds a million rows, nearly 
 covered. So, per evaluation:
 1. one aggregate: per timeframe and symbol, how many ledger rows the horizon holds — a couple of
    thousand small rows back, whatever the ledger's size;
-2. the partial and failed rows of the horizon, through the partial index bar_coverage_open_idx;
+2. the partial, empty and failed rows of the horizon, through the partial index bar_coverage_open_idx;
 3. only for the symbols with fewer rows than the horizon has sessions: the sessions without a row
    (on PostgreSQL an anti-join against the horizon's sessions on the primary key, so only the
-   missing sessions come back; on SQLite the symbols' sessions, subtracted in Python).
-A row that is neither partial nor failed is 'complete', which the writer records only for a fetch
-after the session closed (store/bars.py), so every other row is covered.
+   missing sessions come back; on SQLite the symbols' sessions, subtracted in Python);
+4. h1/h4 rows derived from an m15 fetch that has been replaced since (their m15 row's fetched_at
+   is later than the one they recorded).
+A row that is none of these is 'complete', which the writer records only for a final answer with
+bars (backfill_dagster/ledger.py), so every other row is covered.
 bench/gap_sensor.py measures it against reading the ledger into pandas.
 """
 
@@ -23,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from backfill_dagster.gaps import NEVER_COVERED, Gap, GapReason, Partition
+from backfill_dagster.ledger import LedgerStatus
 from backfill_dagster.store.schema import bar_coverage as cov
 from backfill_dagster.timeframes import Timeframe
 
@@ -81,11 +84,32 @@ def open_gaps(engine: Engine, ranges: Mapping[Timeframe, tuple[date, date]]) -> 
     if not ranges:
         return out
     query = sa.select(
-        cov.c.timeframe, cov.c.symbol, cov.c.session, cov.c.status, cov.c.updated_at
+        cov.c.timeframe, cov.c.symbol, cov.c.session, cov.c.status, cov.c.updated_at, cov.c.attempts
     ).where(_OPEN, _in_range(ranges))
     with engine.connect() as conn:
-        for timeframe, symbol, session, status, updated_at in conn.execute(query):
-            out[Timeframe(timeframe)][(symbol, session)] = Gap(GapReason(status), updated_at)
+        for timeframe, symbol, session, status, updated_at, attempts in conn.execute(query):
+            out[Timeframe(timeframe)][(symbol, session)] = Gap(GapReason(status), updated_at, int(attempts))
+    return out
+
+
+def stale_derived(engine: Engine, ranges: Mapping[Timeframe, tuple[date, date]]) -> dict[Timeframe, dict[Partition, Gap]]:
+    """h1/h4 rows in [first, last] whose m15 was fetched after the fetch they were derived from
+    (rows from before that was recorded: after they were derived). Failed rows are gaps already."""
+    derived = {t: r for t, r in ranges.items() if not t.is_fetched}
+    out: dict[Timeframe, dict[Partition, Gap]] = {t: {} for t in derived}
+    if not derived:
+        return out
+    m15 = cov.alias("m15")
+    built_from = sa.func.coalesce(cov.c.source_fetched_at, cov.c.updated_at)
+    query = (
+        sa.select(cov.c.timeframe, cov.c.symbol, cov.c.session, cov.c.updated_at)
+        .join(m15, sa.and_(m15.c.symbol == cov.c.symbol, m15.c.session == cov.c.session,
+                           m15.c.timeframe == Timeframe.M15.value))
+        .where(_in_range(derived), cov.c.status != LedgerStatus.FAILED.value, m15.c.fetched_at > built_from)
+    )
+    with engine.connect() as conn:
+        for timeframe, symbol, session, updated_at in conn.execute(query):
+            out[Timeframe(timeframe)][(symbol, session)] = Gap(GapReason.STALE, updated_at)
     return out
 
 
@@ -133,10 +157,12 @@ def find_gaps(
     ranges = _ranges(horizons)
     rows = row_counts(engine, ranges)
     opened = open_gaps(engine, ranges)
+    stale = stale_derived(engine, ranges)
     gaps: dict[Timeframe, dict[Partition, Gap]] = {t: {} for t in horizons}
     for timeframe, days in horizons.items():
         if not days:
             continue
+        gaps[timeframe].update((p, g) for p, g in stale.get(timeframe, {}).items() if p[0] in wanted)
         gaps[timeframe].update((p, g) for p, g in opened[timeframe].items() if p[0] in wanted)
         counts = rows[timeframe]
         short = [s for s in symbols if counts.get(s, 0) < len(days)]

@@ -105,3 +105,39 @@ def test_a_non_session_partition_is_refused_by_dagster(defs, instance, store_url
     job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey("bars_m15")})
     with pytest.raises(dg.DagsterUnknownPartitionError, match="2024-11-28"):
         job.execute_in_process(instance=instance, partition_key="2024-11-28|AAPL")
+
+
+def _short_factory():
+    class Short(DemoProvider):
+        name = "short"
+        provenance = "short"
+
+        def fetch(self, request):
+            result = super().fetch(request)
+            return FetchResult(bars=result.bars.iloc[:-2], api_calls=1)
+
+    return lambda _config, calendar, clock, _budget: Short(calendar, clock)
+
+
+def test_fewer_bars_replace_final_ones_only_when_the_run_asks(tmp_path, instance, store_url, calendar, monkeypatch):
+    from backfill_dagster.definitions import build_definitions
+    from backfill_dagster.ledger import REPLACE_FEWER_TAG
+    from backfill_dagster.settings import Settings
+
+    add_symbols(instance, store_url, ["AAPL"])
+    key, day = "2024-11-26|AAPL", date(2024, 11, 26)
+    settings = Settings(data_dir=tmp_path, database_url=store_url)
+    select = {dg.AssetKey("bars_m15")}
+    demo = build_definitions(settings).resolve_implicit_global_asset_job_def().get_subset(asset_selection=select)
+    assert demo.execute_in_process(instance=instance, partition_key=key).success
+    monkeypatch.setitem(registry.FACTORIES, "short", _short_factory())
+    short = build_definitions(Settings(data_dir=tmp_path, database_url=store_url, providers=("short",)))
+    job = short.resolve_implicit_global_asset_job_def().get_subset(asset_selection=select)
+    refused = job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False)
+    assert not refused.success
+    message = refused.get_step_failure_events()[0].step_failure_data.error.message
+    assert "AAPL 2024-11-26 m15: short answered 24 bar(s), fewer than the 26 stored" in message
+    store = BarStore(shared_engine(store_url), calendar)
+    assert len(store.read_bars(Timeframe.M15, [("AAPL", day)])) == 26
+    assert job.execute_in_process(instance=instance, partition_key=key, tags={REPLACE_FEWER_TAG: "true"}).success
+    assert len(store.read_bars(Timeframe.M15, [("AAPL", day)])) == 24

@@ -10,14 +10,14 @@ from backfill_dagster.store.gaps import find_gaps, open_gaps, row_counts, uncove
 from backfill_dagster.timeframes import Timeframe
 from tests.conftest import utc
 
-M15, D1 = Timeframe.M15, Timeframe.D1
+M15, H1, D1 = Timeframe.M15, Timeframe.H1, Timeframe.D1
 AT = utc("2024-12-09 12:00")
 
 
-def covered(store, timeframe, symbol, sessions, *, bars=26, closed=True, at=AT):
-    entries = [CoverageEntry(symbol, d, bars, 26, closed) for d in sessions]
+def covered(store, timeframe, symbol, sessions, *, bars=26, closed=True, at=AT, source_fetched_at=None):
+    entries = [CoverageEntry(symbol, d, bars, 26, closed, source_fetched_at) for d in sessions]
     store.replace_partitions(timeframe, store.read_bars(timeframe, []), entries, provider="demo",
-                             adjustment="split", fetched_at=at)
+                             adjustment="split", fetched_at=at, allow_fewer=True)
 
 
 def test_find_gaps_reports_missing_partial_and_failed_only(store, calendar):
@@ -84,3 +84,22 @@ def test_a_failure_after_a_success_is_still_a_gap(store, calendar):
     store.record_failures(D1, {("AAPL", day): "timeout"}, expected={day: 1}, at=utc("2024-12-09 13:00"))
     (gap,) = find_gaps(store.engine, ["AAPL"], {D1: [day]})[D1].values()
     assert gap.reason is GapReason.FAILED
+
+
+def test_empty_rows_come_back_with_their_attempts(store, calendar):
+    day = date(2024, 12, 2)
+    for i in range(2):
+        store.record_refusals(D1, {("AAPL", day): "x answered no bars"}, expected={day: 1}, at=utc(f"2024-12-0{3 + i} 12:00"))
+    (gap,) = find_gaps(store.engine, ["AAPL"], {D1: [day]})[D1].values()
+    assert (gap.reason, gap.attempts, gap.stamp) == (GapReason.EMPTY, 2, utc("2024-12-04 12:00").to_pydatetime())
+
+
+def test_h1_derived_from_an_m15_fetch_since_replaced_is_stale(store, calendar):
+    days = calendar.sessions("2024-12-02", "2024-12-04")
+    covered(store, M15, "AAPL", days, at=AT)
+    covered(store, H1, "AAPL", days, bars=7, source_fetched_at=AT.to_pydatetime())
+    assert find_gaps(store.engine, ["AAPL"], {H1: days, M15: days}) == {H1: {}, M15: {}}
+    covered(store, M15, "AAPL", [days[1]], at=utc("2024-12-10 12:00"))  # m15 fetched again
+    gaps = find_gaps(store.engine, ["AAPL"], {H1: days, M15: days})
+    assert {p: g.reason for p, g in gaps[H1].items()} == {("AAPL", days[1]): GapReason.STALE}
+    assert gaps[M15] == {}
