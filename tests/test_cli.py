@@ -199,9 +199,9 @@ def heartbeat(instance, age_s):
                          ids=["no daemon ever", "daemon stopped an hour ago", "daemon running"])
 def test_ensure_coverage_wait_says_when_no_daemon_picks_the_backfill_up(env, monkeypatch, capsys,
                                                                         heartbeat_age, warned):
-    import backfill_dagster.cli as cli
+    import backfill_dagster.cli_watch
 
-    monkeypatch.setattr(cli, "DAEMON_GRACE_S", 1.0, raising=False)
+    monkeypatch.setattr(backfill_dagster.cli_watch, "DAEMON_GRACE_S", 1.0)
     instance = dg.DagsterInstance.get()
     if heartbeat_age is not None:
         heartbeat(instance, heartbeat_age)
