@@ -4,7 +4,7 @@
     backfill-dagster watchlist list
     backfill-dagster coverage [--symbol S] [--timeframe TF]
     backfill-dagster demo [--symbols ...] [--sessions N]   a real Dagster run on the embedded default
-    backfill-dagster ensure-coverage SYMBOL... [--timeframe m15] [--sessions 30] [--wait]
+    backfill-dagster ensure-coverage SYMBOL... [--timeframe m15] [--sessions 30] [--wait [--timeout S]]
                                                         backfill what is missing, as a Dagster backfill
     backfill-dagster db-init                            apply the schema to BACKFILL_DATABASE_URL
 
@@ -18,10 +18,11 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from datetime import date
 
 import pandas as pd
 
-from backfill_dagster.calendar import NotASessionError, SessionNotOpenError, xnys
+from backfill_dagster.calendar import NotASessionError, SessionCalendar, SessionNotOpenError, xnys
 from backfill_dagster.gaps import GapPolicy, GapPolicyError, sessions_expected
 from backfill_dagster.providers.base import ProviderConfigError
 from backfill_dagster.settings import Settings, SettingsError
@@ -84,6 +85,46 @@ def sync_symbol_partitions(instance, add: Sequence[str] = (), remove: Sequence[s
             instance.delete_dynamic_partition(SYMBOLS_PARTITIONS_NAME, symbol)
 
 
+def checked_definitions(settings: Settings):
+    """The definitions as the code location builds them from this environment. Every setting the
+    daemon's runs would refuse (providers, gap policy, end-of-day delay) refuses here, so a command
+    can call this before it writes anything."""
+    from backfill_dagster.definitions import build_definitions
+    from backfill_dagster.orchestration.schedules import ScheduleConfigError, end_of_day_delay_from_env
+
+    try:
+        end_of_day_delay = end_of_day_delay_from_env()
+    except ScheduleConfigError as exc:  # not in USER_ERRORS: that would import Dagster for every command
+        raise CommandError(str(exc)) from None
+    return build_definitions(
+        settings,
+        env_has_database_url=bool(os.environ.get("BACKFILL_DATABASE_URL")),
+        gap_policy=GapPolicy.from_env(),
+        end_of_day_delay=end_of_day_delay,
+    )
+
+
+def check_provider_config(settings: Settings, calendar: SessionCalendar) -> None:
+    """Build the providers from this process's environment: a missing key or bad URL refuses here.
+    Only for runs in this process; a daemon's runs read the daemon's environment."""
+    from backfill_dagster.ingest import utcnow
+    from backfill_dagster.orchestration.resources import PROVIDER_ENV_VARS
+    from backfill_dagster.providers.registry import build_providers
+
+    build_providers(settings.providers, {n: os.environ.get(n) for n in PROVIDER_ENV_VARS}, calendar, utcnow)
+
+
+def recent_sessions(calendar: SessionCalendar, count: int, settings: Settings, *, closed_only: bool) -> list[date]:
+    """The last `count` sessions (closed, or opened), none before BACKFILL_HISTORY_START; says so
+    when that start leaves fewer than asked."""
+    now = pd.Timestamp.now(tz="UTC")
+    sessions = [s for s in calendar.recent_sessions(count, now, closed_only=closed_only) if s >= settings.history_start]
+    if sessions and len(sessions) < count:
+        print(f"only {len(sessions)} {'closed ' if closed_only else ''}sessions since "
+              f"BACKFILL_HISTORY_START={settings.history_start}; covering those")
+    return sessions
+
+
 # ---------------------------------------------------------------------- commands
 def cmd_watchlist(args: argparse.Namespace, settings: Settings) -> int:
     watchlist = Watchlist(shared_engine(settings.resolved_database_url))
@@ -124,7 +165,6 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     """Backfill a few symbols over recent sessions in real Dagster runs, then show coverage."""
     from dagster import DagsterRunStatus
 
-    from backfill_dagster.definitions import build_definitions
     from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
     from backfill_dagster.orchestration.partitions import (
         SYMBOLS_PARTITIONS_NAME,
@@ -134,18 +174,16 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
     symbols = normalize_symbols(args.symbols)
     calendar = xnys()
-    sessions = [
-        s for s in calendar.recent_sessions(args.sessions, pd.Timestamp.now(tz="UTC"))
-        if s >= settings.history_start
-    ]
+    # Everything that can refuse refuses before the watchlist or the instance is touched.
+    job = checked_definitions(settings).resolve_job_def(ALL_BARS_JOB)
+    check_provider_config(settings, calendar)  # the demo's runs happen in this process
+    sessions = recent_sessions(calendar, args.sessions, settings, closed_only=True)
     if not sessions:
         raise CommandError(f"no closed session since BACKFILL_HISTORY_START={settings.history_start}")
     instance = dagster_instance(settings)
     Watchlist(shared_engine(settings.resolved_database_url)).add(symbols)
     sync_symbol_partitions(instance, add=symbols)
 
-    defs = build_definitions(settings, env_has_database_url=bool(os.environ.get("BACKFILL_DATABASE_URL")))
-    job = defs.resolve_job_def(ALL_BARS_JOB)
     order = instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME)
     print(
         f"backfilling {', '.join(symbols)} x {len(sessions)} sessions "
@@ -176,20 +214,22 @@ def cmd_ensure_coverage(args: argparse.Namespace, settings: Settings) -> int:
     of exactly the missing partitions (the UI shows it), and with --wait follow it to the end."""
     import dagster as dg
 
-    from backfill_dagster.definitions import build_definitions
+    from backfill_dagster.cli_watch import DaemonWatch, ProgressBar
     from backfill_dagster.orchestration.backfills import launch_backfill, wait_for_backfill
     from backfill_dagster.orchestration.partitions import partition_key
     from backfill_dagster.store.coverage import missing_partitions
 
     symbols = normalize_symbols(args.symbols)
     timeframe = Timeframe.parse(args.timeframe)
-    if args.sessions < 1:
-        raise CommandError(f"--sessions {args.sessions}: ask for at least one session")
     calendar = xnys()
-    now = pd.Timestamp.now(tz="UTC")
-    sessions = [s for s in calendar.recent_sessions(args.sessions, now, closed_only=False) if s >= settings.history_start]
+    # Everything that can refuse refuses before the watchlist or the instance is touched: the
+    # daemon's code location builds these definitions from the same settings, and a backfill
+    # launched against settings it refuses would never run.
+    asset_graph = checked_definitions(settings).resolve_asset_graph()
+    sessions = recent_sessions(calendar, args.sessions, settings, closed_only=False)
     if not sessions:
         raise CommandError(f"no session has opened since BACKFILL_HISTORY_START={settings.history_start}")
+    now = pd.Timestamp.now(tz="UTC")
     engine = shared_engine(settings.resolved_database_url)
     instance = dagster_instance(settings)
     added = Watchlist(engine).add(symbols).changed
@@ -208,10 +248,9 @@ def cmd_ensure_coverage(args: argparse.Namespace, settings: Settings) -> int:
         source_missing = missing_partitions(engine, timeframe.source.value, symbols, sessions, now, closes)
         if set(source_missing) & set(missing):
             assets = [timeframe.source, timeframe]
-    defs = build_definitions(settings, env_has_database_url=bool(os.environ.get("BACKFILL_DATABASE_URL")))
     keys = [partition_key(s, d) for s, d in missing]
     backfill_id = launch_backfill(
-        instance, defs.resolve_asset_graph(), keys, [dg.AssetKey(t.asset_name) for t in assets],
+        instance, asset_graph, keys, [dg.AssetKey(t.asset_name) for t in assets],
         title=f"ensure-coverage {' '.join(symbols)} {timeframe.value} x {len(sessions)} sessions",
         description=f"{len(missing)} missing partition(s), launched by backfill-dagster ensure-coverage",
         tags={"backfill_dagster/launched_by": "ensure-coverage"},
@@ -229,10 +268,17 @@ def cmd_ensure_coverage(args: argparse.Namespace, settings: Settings) -> int:
         bars = int(frame["bars"].sum()) if len(frame) else 0
         bar.show(progress, bars)
 
-    progress = wait_for_backfill(instance, backfill_id, on_progress=show, timeout_s=args.timeout)
+    watch = DaemonWatch(instance, backfill_id, bar)
+    try:
+        progress = wait_for_backfill(instance, backfill_id, on_progress=show, on_poll=watch, timeout_s=args.timeout)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"stopped waiting; backfill {backfill_id} stays in the instance (Runs > Backfills)")
+        return 130
     bar.close()
     if not progress.finished:
-        print(f"backfill {backfill_id} still {progress.status.value} after {args.timeout}s; it goes on in the daemon")
+        goes_on = "it goes on in the daemon" if not watch.warned else "it stays queued and runs when a daemon starts"
+        print(f"backfill {backfill_id} still {progress.status.value} after {args.timeout}s; {goes_on}")
         return 1
     if progress.succeeded:
         still = set(missing_partitions(engine, timeframe.value, symbols, sessions, pd.Timestamp.now(tz="UTC"), closes))
@@ -241,29 +287,6 @@ def cmd_ensure_coverage(args: argparse.Namespace, settings: Settings) -> int:
     print(f"backfill {backfill_id} {progress.status.value}: {progress.failed} asset partition(s) failed; "
           f"see backfill-dagster coverage --symbol {symbols[0]} --detail", file=sys.stderr)
     return 1
-
-
-class ProgressBar:
-    """`[#####.....] 12/60 partitions, 3,120 bars, REQUESTED`: redrawn in place on a terminal,
-    one line per change otherwise (logs, CI)."""
-
-    WIDTH = 30
-
-    def __init__(self, stream):
-        self.stream = stream
-        self.tty = stream.isatty()
-
-    def show(self, progress, bars: int) -> None:
-        total = max(progress.total, 1)
-        filled = int(self.WIDTH * (progress.done + progress.failed) / total)
-        text = (f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {progress.done}/{progress.total} partitions"
-                f"{f', {progress.failed} failed' if progress.failed else ''}, {bars:,} bars, {progress.status.value}")
-        self.stream.write(("\r" + text) if self.tty else text + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
 
 
 def cmd_db_init(_args: argparse.Namespace, settings: Settings) -> int:
@@ -325,6 +348,26 @@ def _d(value) -> str:
 
 
 # ---------------------------------------------------------------------- parser
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: ask for at least 1")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text}: give a number of seconds above 0 (or leave it out to wait until the end)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="backfill-dagster", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -345,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="backfill a few symbols on the embedded default and show coverage")
     demo.add_argument("--symbols", nargs="+", default=list(DEMO_SYMBOLS), metavar="SYMBOL")
-    demo.add_argument("--sessions", type=int, default=DEMO_SESSIONS, help="recent closed sessions")
+    demo.add_argument("--sessions", type=positive_int, default=DEMO_SESSIONS, help="recent closed sessions")
     demo.set_defaults(func=cmd_demo)
 
     ens = sub.add_parser(
@@ -353,9 +396,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ens.add_argument("symbols", nargs="+", metavar="SYMBOL")
     ens.add_argument("--timeframe", default="m15", help="m15, h1, h4 or d1 (default m15)")
-    ens.add_argument("--sessions", type=int, default=30, help="recent sessions to cover (default 30)")
+    ens.add_argument("--sessions", type=positive_int, default=30,
+                     help="recent sessions to cover (default 30; never before BACKFILL_HISTORY_START)")
     ens.add_argument("--wait", action="store_true", help="follow the backfill with a progress bar until it ends")
-    ens.add_argument("--timeout", type=float, default=None, help="with --wait: give up waiting after this many seconds")
+    ens.add_argument("--timeout", type=positive_seconds, default=None,
+                     help="with --wait: give up waiting after this many seconds (exit status 1)")
     ens.set_defaults(func=cmd_ensure_coverage)
 
     init = sub.add_parser("db-init", help="apply the schema to the configured database")
@@ -365,7 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*is currently in beta.*")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "timeout", None) is not None and not args.wait:
+        parser.error(f"--timeout {args.timeout:g} only bounds --wait: add --wait, or drop --timeout")
     try:
         settings = Settings.from_env()
         return int(args.func(args, settings) or 0)

@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import time
 import sys
 from datetime import date
 from pathlib import Path
@@ -106,3 +107,114 @@ def test_dagster_asset_materialize_refuses_a_holiday(env, store_url):
     assert proc.returncode != 0
     assert "2024-11-28|AAPL" in proc.stderr + proc.stdout
     assert rows(store_url) == []
+
+
+# ---------------------------------------------------------------------- ensure-coverage and demo
+def watchlist_size(url):
+    with shared_engine(url).connect() as conn:
+        return conn.exec_driver_sql("SELECT count(*) FROM watchlist").scalar()
+
+
+BAD_SETTINGS = [
+    ("BACKFILL_PROVIDERS", "demo,nope", "unknown provider(s) 'nope' in BACKFILL_PROVIDERS"),
+    ("BACKFILL_GAP_DAYS_M15", "soon", "BACKFILL_GAP_DAYS_M15='soon' is not a whole number"),
+    ("BACKFILL_EOD_DELAY_MINUTES", "999", "the end-of-day delay must be between 0 and 180 minutes"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "message"), BAD_SETTINGS, ids=[s[0] for s in BAD_SETTINGS])
+def test_ensure_coverage_refuses_a_bad_setting_before_touching_anything(env, store_url, monkeypatch, capsys,
+                                                                        name, value, message):
+    # The daemon's code location reads these settings too: a backfill launched with them never runs.
+    monkeypatch.setenv(name, value)
+    assert main(["ensure-coverage", "TSLA", "--sessions", "2"]) == 2
+    assert message in capsys.readouterr().err
+    assert watchlist_size(store_url) == 0
+    instance = dg.DagsterInstance.get()
+    assert instance.get_dynamic_partitions("symbols") == []
+    assert instance.get_backfills() == []
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    BAD_SETTINGS[0],
+    ("BACKFILL_PROVIDERS", "alpaca,demo", "ALPACA_API_KEY"),  # the demo's runs happen here, with this env
+], ids=["unknown provider", "missing key"])
+def test_demo_refuses_a_bad_setting_before_touching_anything(env, store_url, monkeypatch, capsys, name, value, message):
+    for variable in ("ALPACA_API_KEY", "ALPACA_API_SECRET"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv(name, value)
+    assert main(["demo", "--symbols", "AAPL", "--sessions", "2"]) == 2
+    assert message in capsys.readouterr().err
+    assert watchlist_size(store_url) == 0
+    assert dg.DagsterInstance.get().get_dynamic_partitions("symbols") == []
+
+
+@pytest.mark.parametrize("args", [
+    ["--wait", "--timeout", "-5"],
+    ["--wait", "--timeout", "0"],
+    ["--wait", "--timeout", "soon"],
+    ["--timeout", "60"],  # without --wait nothing waits: say so rather than ignore it
+    ["--sessions", "0"],
+], ids=["negative timeout", "zero timeout", "timeout not a number", "timeout without wait", "no sessions"])
+def test_ensure_coverage_refuses_bad_arguments(env, store_url, capsys, args):
+    with pytest.raises(SystemExit) as exit_:
+        main(["ensure-coverage", "TSLA", *args])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert args[-1] in err and ("--timeout" in err or "--sessions" in err), err
+    assert watchlist_size(store_url) == 0
+
+
+def test_ensure_coverage_says_when_history_start_clips_the_sessions(env, monkeypatch, capsys):
+    cal = xnys()
+    recent = cal.recent_sessions(100_000, pd.Timestamp.now(tz="UTC"), closed_only=False)
+    start = recent[-4]  # so exactly 4 sessions have opened since the history start
+    monkeypatch.setenv("BACKFILL_HISTORY_START", start.isoformat())
+    assert main(["ensure-coverage", "TSLA", "--timeframe", "d1", "--sessions", "100000"]) == 0
+    out = capsys.readouterr().out
+    assert f"only 4 sessions since BACKFILL_HISTORY_START={start}; covering those" in out
+    assert "launched backfill" in out and "4 partition(s) of bars_d1" in out
+    # asking for no more than there are says nothing
+    assert main(["ensure-coverage", "TSLA", "--timeframe", "d1", "--sessions", "4"]) == 0
+    assert "only" not in capsys.readouterr().out
+
+
+def test_demo_says_when_history_start_clips_the_sessions(env, monkeypatch, capsys):
+    start = xnys().recent_sessions(2, pd.Timestamp.now(tz="UTC"))[0]  # two closed sessions since
+    monkeypatch.setenv("BACKFILL_HISTORY_START", start.isoformat())
+    assert main(["demo", "--symbols", "AAPL", "--sessions", "10"]) == 0
+    out = capsys.readouterr().out
+    assert f"only 2 closed sessions since BACKFILL_HISTORY_START={start}; covering those" in out
+    assert "AAPL x 2 sessions" in out
+
+
+def heartbeat(instance, age_s):
+    """A backfill daemon's heartbeat, as the daemon writes it (dagster._daemon.daemon)."""
+    from dagster._daemon.types import DaemonHeartbeat
+
+    instance.add_daemon_heartbeat(DaemonHeartbeat(time.time() - age_s, "BACKFILL", "test-daemon", None))
+
+
+@pytest.mark.parametrize(("heartbeat_age", "warned"), [(None, "has ever sent a heartbeat"), (3600, "the last heartbeat was 60 minutes ago"), (0, None)],
+                         ids=["no daemon ever", "daemon stopped an hour ago", "daemon running"])
+def test_ensure_coverage_wait_says_when_no_daemon_picks_the_backfill_up(env, monkeypatch, capsys,
+                                                                        heartbeat_age, warned):
+    import backfill_dagster.cli_watch
+
+    monkeypatch.setattr(backfill_dagster.cli_watch, "DAEMON_GRACE_S", 1.0)
+    instance = dg.DagsterInstance.get()
+    if heartbeat_age is not None:
+        heartbeat(instance, heartbeat_age)
+    started = time.monotonic()
+    assert main(["ensure-coverage", "TSLA", "--timeframe", "d1", "--sessions", "2", "--wait", "--timeout", "4"]) == 1
+    assert time.monotonic() - started < 30
+    captured = capsys.readouterr()
+    warning = [line for line in captured.err.splitlines() if "no backfill daemon" in line]
+    if warned is None:
+        assert warning == [], captured.err
+        assert "still REQUESTED after 4.0s; it goes on in the daemon" in captured.out
+        return
+    assert len(warning) == 1, captured.err  # once, not at every poll
+    assert warned in warning[0] and os.environ["DAGSTER_HOME"] in captured.err
+    assert "dagster-daemon run" in captured.err and "dagster dev" in captured.err
+    assert "still REQUESTED after 4.0s" in captured.out and "runs when a daemon starts" in captured.out

@@ -14,6 +14,11 @@ import dagster as dg
 from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 from dagster._core.utils import make_new_backfill_id
 
+# A running daemon writes a heartbeat as it starts and every 30 s after (Dagster's
+# DEFAULT_HEARTBEAT_INTERVAL_SECONDS); four missed ones mean it is gone. Dagster's own status page
+# tolerates 30 minutes, far too long to tell a user waiting at a terminal.
+DAEMON_HEARTBEAT_STALE_S = 120.0
+
 FINISHED = {
     BulkActionStatus.COMPLETED,
     BulkActionStatus.COMPLETED_SUCCESS,
@@ -92,11 +97,13 @@ def wait_for_backfill(
     backfill_id: str,
     *,
     on_progress: Callable[[Progress], None] = lambda _p: None,
+    on_poll: Callable[[Progress], None] = lambda _p: None,
     timeout_s: float | None = None,
     interval_s: float = 1.0,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Progress:
-    """Poll until the backfill finishes (or the timeout passes), reporting each change."""
+    """Poll until the backfill finishes (or the timeout passes), reporting each change to
+    `on_progress` and every poll to `on_poll`."""
     started = time.monotonic()
     last = None
     while True:
@@ -104,8 +111,26 @@ def wait_for_backfill(
         if progress != last:
             on_progress(progress)
             last = progress
+        on_poll(progress)
         if progress.finished:
             return progress
         if timeout_s is not None and time.monotonic() - started > timeout_s:
             return progress
         sleep(interval_s)
+
+
+def backfill_daemon_heartbeat(instance: dg.DagsterInstance) -> float | None:
+    """When a backfill daemon last wrote a heartbeat to this instance (epoch seconds), if ever."""
+    from dagster._daemon.daemon import BackfillDaemon
+
+    beat = instance.get_daemon_heartbeats().get(BackfillDaemon.daemon_type())
+    return None if beat is None else beat.timestamp
+
+
+def backfill_daemon_alive(
+    instance: dg.DagsterInstance, *, now: float | None = None, stale_after_s: float = DAEMON_HEARTBEAT_STALE_S
+) -> bool:
+    """Whether a backfill daemon is running against this instance: its last heartbeat is recent."""
+    beat = backfill_daemon_heartbeat(instance)
+    now = time.time() if now is None else now
+    return beat is not None and now - beat <= stale_after_s

@@ -1,0 +1,81 @@
+"""Following a backfill at the terminal (`backfill-dagster ensure-coverage --wait`): the progress
+bar, and a warning when no daemon is there to run the backfill."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from backfill_dagster.orchestration.backfills import backfill_daemon_alive, backfill_daemon_heartbeat
+
+# How long `ensure-coverage --wait` lets a backfill sit before saying that no daemon is running. A
+# running backfill daemon has a heartbeat under 30 s old, so this only spares a user who starts one
+# alongside the command (`dagster dev` loads the code location first, 10-20 s here).
+DAEMON_GRACE_S = 45.0
+
+
+class ProgressBar:
+    """`[#####.....] 12/60 partitions, 3,120 bars, REQUESTED`: redrawn in place on a terminal,
+    one line per change otherwise (logs, CI)."""
+
+    WIDTH = 30
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.tty = stream.isatty()
+
+    def show(self, progress, bars: int) -> None:
+        total = max(progress.total, 1)
+        filled = int(self.WIDTH * (progress.done + progress.failed) / total)
+        text = (f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {progress.done}/{progress.total} partitions"
+                f"{f', {progress.failed} failed' if progress.failed else ''}, {bars:,} bars, {progress.status.value}")
+        self.stream.write(("\r" + text) if self.tty else text + "\n")
+        self.stream.flush()
+
+    def break_line(self) -> None:
+        """End the line being redrawn, so a message printed now does not land inside it."""
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        self.break_line()
+
+
+class DaemonWatch:
+    """Says once, DAEMON_GRACE_S after the launch, that no backfill daemon is running against the
+    instance (none ever, or its heartbeats stopped), and how to start one. Waiting goes on: a daemon
+    started now picks the backfill up, and --timeout still bounds the wait."""
+
+    def __init__(self, instance, backfill_id: str, bar: ProgressBar, clock=time.monotonic):
+        self.instance = instance
+        self.backfill_id = backfill_id
+        self.bar = bar
+        self.clock = clock
+        self.started = clock()
+        self.warned = False
+
+    def __call__(self, progress) -> None:
+        if self.warned or progress.finished or self.clock() - self.started < DAEMON_GRACE_S:
+            return
+        if backfill_daemon_alive(self.instance):
+            return
+        self.warned = True
+        beat = backfill_daemon_heartbeat(self.instance)
+        seen = ("no backfill daemon has ever sent a heartbeat to this instance" if beat is None else
+                f"no backfill daemon is running: the last heartbeat was {_age(time.time() - beat)} ago")
+        home = os.environ.get("DAGSTER_HOME", "")
+        self.bar.break_line()
+        print(f"warning: {seen}, so nothing picks up backfill {self.backfill_id}. Start a daemon on the "
+              f"same instance, from the project root: DAGSTER_HOME={home} dagster-daemon run "
+              f"(or DAGSTER_HOME={home} dagster dev, the UI and the daemon). Still waiting; Ctrl-C stops "
+              f"waiting and the backfill stays queued.", file=sys.stderr)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} minutes"
+    return f"{seconds / 3600:.0f} hours"
