@@ -8,7 +8,8 @@ is the classic "Alpaca only returns one symbol" bug). Each page costs one call o
 Feed: `sip` by default, the consolidated tape of every US exchange, i.e. the real market's
 OHLC and volume; `iex` alone is a few percent of the volume and its highs and lows differ. The free
 plan may query SIP history except its latest 15 minutes, so with `sip` the query `end` is held 15
-minutes behind the clock (no bar of a closed session is lost by that) and the open session is left
+minutes behind the clock and the answer is final only up to then (`complete_through`): a bar ending
+later is cut, and a session stays partial until 15 minutes after its close. The open session is left
 to other providers. `ALPACA_FEED=iex` serves today too, at IEX's coverage.
 """
 
@@ -57,6 +58,8 @@ MAX_SYMBOLS = 100
 MAX_SESSIONS = 260
 HISTORY_START = date(2016, 1, 1)  # Alpaca's stock history begins here on every plan
 SIP_DELAY = pd.Timedelta(minutes=15)  # free plans may not query the latest 15 minutes of SIP
+# Feeds whose data trails the clock: an answer is final only up to now less this delay.
+DATA_DELAYS = {"sip": SIP_DELAY, "delayed_sip": SIP_DELAY}
 MAX_PAGES = 10_000  # a guard against a server that never stops paging
 
 _TIMEFRAMES = {Timeframe.M15: "15Min", Timeframe.D1: "1Day"}
@@ -181,12 +184,14 @@ class AlpacaProvider(Provider):
     def fetch(self, request: FetchRequest) -> FetchResult:
         if request.timeframe not in _TIMEFRAMES:
             raise ProviderError(self.name, f"cannot serve {request.timeframe.value} bars", request=request)
-        now = self._clock()
+        # One clock reading decides what is asked, what is kept and (in the caller) the status:
+        # SIP on the free plan is final only up to 15 minutes ago, so a bar ending later is cut.
+        complete_through = self._clock() - DATA_DELAYS.get(self.feed, pd.Timedelta(0))
         end = request.end - pd.Timedelta(seconds=1)  # Alpaca's end is inclusive
         if self.feed == "sip":
-            end = min(end, now - SIP_DELAY)
-        if end < request.start:
-            return FetchResult(bars=concat_bars([]), api_calls=0)  # nothing old enough to ask for
+            end = min(end, complete_through)
+        if end < request.start:  # nothing old enough to ask for
+            return FetchResult(bars=concat_bars([]), api_calls=0, complete_through=complete_through)
         params: dict[str, Any] = {
             "symbols": ",".join(request.symbols),
             "timeframe": _TIMEFRAMES[request.timeframe],
@@ -219,8 +224,8 @@ class AlpacaProvider(Provider):
             seen.add(token)
         else:
             raise ProviderError(self.name, f"more than {MAX_PAGES} pages for one request", request=request)
-        bars = keep_requested(concat_bars(frames), request, now, self._calendar)
-        return FetchResult(bars=bars, api_calls=calls)
+        bars = keep_requested(concat_bars(frames), request, complete_through, self._calendar)
+        return FetchResult(bars=bars, api_calls=calls, complete_through=complete_through)
 
     def close(self) -> None:
         self._http.close()

@@ -7,7 +7,8 @@ identical bars, and any session can be generated without its neighbours. Bars ar
 
 The model: a slow deterministic price level per symbol, a random walk of m15 log returns inside the
 session with a U-shaped volatility and volume profile (quieter pre- and post-market), and d1 bars
-aggregated from the same m15 bars over the whole extended day, so d1 and m15 agree.
+aggregated from the same m15 bars over the regular hours, so d1 and m15 agree and a d1 bar is final
+at the close (the fake servers build theirs the same way).
 """
 
 from __future__ import annotations
@@ -104,10 +105,11 @@ class DemoProvider(Provider):
 
     def fetch(self, request: FetchRequest) -> FetchResult:
         # numpy per session and one frame per request: a range run asks for thousands of sessions.
-        now_ns = self._clock().value
+        now = self._clock()  # the answer is final up to this reading
+        now_ns = now.value
         sessions = list(request.sessions)
         if not sessions or not request.symbols:
-            return FetchResult(bars=empty_bars(), api_calls=0)
+            return FetchResult(bars=empty_bars(), api_calls=0, complete_through=now)
         cal = self._calendar
         starts = epoch_ns(cal.expected_bars(sessions, Timeframe.M15, extended=True)["ts"])
         bounds = np.concatenate([[0], np.cumsum(cal.expected_counts(sessions, Timeframe.M15, extended=True))])
@@ -119,20 +121,23 @@ class DemoProvider(Provider):
             for i, session in enumerate(sessions):
                 t = starts[bounds[i]:bounds[i + 1]]
                 values = synthetic_values(symbol, session, t, *hours[i])
-                done = t + period <= now_ns  # only bars that have finished by now exist yet
                 if request.timeframe is Timeframe.D1:
-                    day = day_values(values[done])
-                    if day is not None:
-                        times.append(cal.midnight(session).value)
-                        rows.append(day)
-                        symbols.append(symbol)
+                    # A d1 bar ends at the regular close and aggregates the regular hours, so it is
+                    # final then (as the fake servers' d1 bars are).
+                    if hours[i][1] <= now_ns:
+                        day = day_values(values[(t >= hours[i][0]) & (t < hours[i][1])])
+                        if day is not None:
+                            times.append(cal.midnight(session).value)
+                            rows.append(day)
+                            symbols.append(symbol)
                     continue
+                done = t + period <= now_ns  # only bars that have finished by now exist yet
                 keep = done & (t >= windows[i][0]) & (t < windows[i][1])
                 times.extend(t[keep])
                 rows.extend(values[keep])
                 symbols.extend([symbol] * int(keep.sum()))
         if not rows:
-            return FetchResult(bars=empty_bars(), api_calls=0)
+            return FetchResult(bars=empty_bars(), api_calls=0, complete_through=now)
         values = np.asarray(rows)
         bars = bars_frame(
             {
@@ -141,7 +146,7 @@ class DemoProvider(Provider):
                 **{c: values[:, k] for k, c in enumerate(VALUE_COLUMNS)},
             }
         )
-        return FetchResult(bars=bars, api_calls=0)
+        return FetchResult(bars=bars, api_calls=0, complete_through=now)
 
 
 def day_values(values: np.ndarray) -> tuple[float, ...] | None:

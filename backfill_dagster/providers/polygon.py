@@ -146,7 +146,7 @@ class PolygonProvider(Provider):
                 self.name, "serves m15 and d1 bars, one symbol a request", request=request
             )
         (symbol,) = request.symbols
-        now = self._clock()
+        now = self._clock()  # the answer is final up to this reading (no data delay)
         first_ms = request.start.value // 1_000_000
         last_ms = request.end.value // 1_000_000 - 1  # `to` is inclusive
         path = f"/v2/aggs/ticker/{quote(symbol, safe='.-')}/range/{_RANGES[request.timeframe]}/{first_ms}/{last_ms}"
@@ -174,7 +174,7 @@ class PolygonProvider(Provider):
         else:
             raise ProviderError(self.name, f"more than {MAX_PAGES} pages for one request", request=request)
         bars = keep_requested(concat_bars(frames), request, now, self._calendar)
-        return FetchResult(bars=bars, api_calls=calls)
+        return FetchResult(bars=bars, api_calls=calls, complete_through=now)
 
     def _page_url(self, following: str) -> str:
         """next_url's path and query on the configured host (as the official client does)."""

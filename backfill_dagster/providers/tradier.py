@@ -170,7 +170,7 @@ class TradierProvider(Provider):
         if request.adjustment not in self.capabilities.adjustments:
             raise ProviderError(self.name, "serves split-adjusted bars only", request=request)
         (symbol,) = request.symbols
-        now = self._clock()
+        now = self._clock()  # the answer is final up to this reading (no data delay)
         if request.timeframe is Timeframe.M15:
             url = f"{self._base}/v1/markets/timesales"
             params = {
@@ -195,7 +195,8 @@ class TradierProvider(Provider):
             bars = parse(reply.payload, symbol)
         except PayloadError as exc:
             raise ProviderError(self.name, str(exc), status=reply.status, request=request) from None
-        return FetchResult(bars=keep_requested(bars, request, now, self._calendar), api_calls=reply.attempts)
+        bars = keep_requested(bars, request, now, self._calendar)
+        return FetchResult(bars=bars, api_calls=reply.attempts, complete_through=now)
 
     def close(self) -> None:
         self._http.close()

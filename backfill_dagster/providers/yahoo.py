@@ -185,7 +185,7 @@ class YahooProvider(Provider):
         if request.adjustment not in self.capabilities.adjustments:
             raise ProviderError(self.name, "serves split-adjusted bars only", request=request)
         (symbol,) = request.symbols
-        now = self._clock()
+        now = self._clock()  # the answer is final up to this reading (no data delay)
         url = f"{self._base}/v8/finance/chart/{quote(yahoo_symbol(symbol), safe='-^=')}"
         params = {
             "interval": _INTERVALS[request.timeframe],
@@ -198,7 +198,8 @@ class YahooProvider(Provider):
             bars = parse_chart(reply.payload, symbol, request.timeframe)
         except PayloadError as exc:
             raise ProviderError(self.name, str(exc), status=reply.status, request=request) from None
-        return FetchResult(bars=keep_requested(bars, request, now, self._calendar), api_calls=reply.attempts)
+        bars = keep_requested(bars, request, now, self._calendar)
+        return FetchResult(bars=bars, api_calls=reply.attempts, complete_through=now)
 
     def close(self) -> None:
         self._http.close()

@@ -122,6 +122,16 @@ def test_keep_requested_clips_to_the_window_and_symbols(calendar):
     assert list(zip(kept["symbol"], kept["ts"])) == [("AAPL", utc("2024-01-03 14:30"))]
 
 
+def test_keep_requested_cuts_at_the_instant_the_answer_is_final(calendar):
+    """A provider with a data delay (Alpaca's free SIP: 15 minutes) passes the clock less the delay:
+    at 16:05 the 15:45 bar is not final yet, at 16:15 it is."""
+    rows = [["AAPL", f"2024-01-03T20:{m}:00Z", 1, 1, 1, 1, 1, None, None] for m in ("30", "45")]
+    req = request(Timeframe.M15, ["AAPL"], [date(2024, 1, 3)], calendar)
+    sip_at_1605 = utc("2024-01-03 21:05") - pd.Timedelta(minutes=15)
+    assert list(keep_requested(expected_bars(rows), req, sip_at_1605, calendar)["ts"]) == [utc("2024-01-03 20:30")]
+    assert len(keep_requested(expected_bars(rows), req, utc("2024-01-03 21:00"), calendar)) == 2
+
+
 def test_keep_requested_keeps_a_daily_bar_only_after_the_close(calendar):
     bars = run_parser(load(PAYLOADS / "tradier_history_single_object.json"))
     req = request(Timeframe.D1, ["AAPL"], [date(2024, 1, 3)], calendar)
