@@ -53,15 +53,21 @@ _OK_STATUSES = ("OK", "DELAYED")
 
 # ---------------------------------------------------------------------------- pure parsing
 def parse_aggs(payload: Any, symbol: str) -> pd.DataFrame:
-    """Bars of one aggregates page. No data: `results` absent or null (with resultsCount 0)."""
+    """Bars of one aggregates page. No data: `results` absent or null (with resultsCount 0).
+
+    The bars are labelled with the page's `ticker` when it has one: an answer for another ticker
+    than `symbol` is then rejected by validation as not requested, and kept in rejected_bars.
+    """
     body = expect_mapping(payload, "polygon page")
     status = body.get("status")
     if status is not None and status not in _OK_STATUSES:
         detail = body.get("error") or body.get("message") or ""
         raise PayloadError(f"polygon page: status {status!r} {detail}".rstrip())
     ticker = body.get("ticker")
-    if ticker is not None and ticker != symbol:
-        raise PayloadError(f"polygon page: field 'ticker' is {ticker!r}, asked for {symbol!r}")
+    if ticker is not None:
+        if not isinstance(ticker, str) or not ticker:
+            raise PayloadError(f"polygon page: field 'ticker' = {ticker!r} is not a ticker")
+        symbol = ticker
     results = body.get("results")
     return records_to_bars(
         [] if results is None else results,

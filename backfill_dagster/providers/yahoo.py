@@ -52,9 +52,15 @@ def yahoo_symbol(symbol: str) -> str:
     return symbol.replace(".", "-")
 
 
+def store_symbol(symbol: str) -> str:
+    """A Yahoo symbol in the store's spelling: BRK-B is BRK.B."""
+    return symbol.replace("-", ".")
+
+
 # ---------------------------------------------------------------------------- pure parsing
 def parse_chart(payload: Any, symbol: str, timeframe: Timeframe) -> pd.DataFrame:
-    """Bars of a chart answer {"chart": {"result": [{"meta", "timestamp", "indicators"}], "error"}}.
+    """Bars of a chart answer {"chart": {"result": [{"meta", "timestamp", "indicators"}], "error"}},
+    labelled with the symbol `meta.symbol` names (in the store's spelling), else `symbol`.
 
     An interval whose open, high, low and close are all null had no trades and yields no bar; one
     with only some of them null is malformed. An empty `result` (or no `timestamp`) is no data.
@@ -71,9 +77,13 @@ def parse_chart(payload: Any, symbol: str, timeframe: Timeframe) -> pd.DataFrame
         return empty_bars()
     result = expect_mapping(results[0], "yahoo chart.result[0]")
     meta = result.get("meta") or {}
-    expected = yahoo_symbol(symbol)
-    if meta.get("symbol") not in (None, expected, symbol):
-        raise PayloadError(f"yahoo chart meta.symbol is {meta.get('symbol')!r}, asked for {expected!r}")
+    answered = meta.get("symbol")
+    if answered is not None:
+        if not isinstance(answered, str) or not answered:
+            raise PayloadError(f"yahoo chart meta.symbol = {answered!r} is not a ticker")
+        # Label the bars with the symbol the answer is for: another than asked is then rejected by
+        # validation as not requested (into rejected_bars) instead of failing the request.
+        symbol = store_symbol(answered)
     granularity = meta.get("dataGranularity")
     if granularity is not None and granularity != _INTERVALS[timeframe]:
         raise PayloadError(
