@@ -7,7 +7,8 @@
   `next_page_token` is base64 of `SYMBOL|M|<RFC3339Nano of the last bar>` (observed format; opaque
   to clients); the next page resumes strictly after it.
 - `start`/`end` inclusive, RFC 3339 or YYYY-MM-DD; start defaults to today 00:00 New York, end to
-  now. Bars before 2016 do not exist. Unknown symbols are simply absent.
+  now. Bars before 2016 do not exist. Unknown symbols (BRK-B too: Alpaca writes BRK.B) are simply
+  absent.
 - m15 bars span 04:00-20:00 (no regular-hours filter); d1 bars are stamped 00:00 New York (04:00Z
   or 05:00Z). `feed`, `adjustment`, `sort`, `asof`, `currency` are validated.
 - Free plan: SIP data of the latest 15 minutes is refused with 403 (`alpaca_sip_delay_s`).
@@ -183,7 +184,8 @@ class AlpacaFake(ProviderFake):
     def _series(self, symbol: str, query: _Query, now_ns: int) -> tuple[np.ndarray, np.ndarray]:
         """Bar starts and values of one symbol inside [start, end], ascending."""
         empty = np.empty(0, np.int64), np.empty((0, 7))
-        if self.config.is_unknown(symbol):
+        symbol = self.data_symbol(symbol)
+        if symbol is None:  # unknown symbols are simply absent
             return empty
         start_ns = max(query.start_ns, ny_midnight_ns(HISTORY_START))
         if query.unit == "D":

@@ -1,7 +1,8 @@
 """Fake Yahoo Finance chart v8 (unofficial, no key) (providers.md §4).
 
 - `GET /v8/finance/chart/{symbol}?interval=&period1=&period2=&includePrePost=` (Unix seconds,
-  `period2` exclusive) or `range=` instead of the periods; `-` in a symbol is the store's `.`.
+  `period2` exclusive) or `range=` instead of the periods. Share classes are written BRK-B (the
+  store's BRK.B); BRK.B is an unknown symbol (a '.' names a listing on another exchange).
 - History limits measured against now: 15m (and 2m/5m/30m/90m) only within the last 60 days
   (a start 59 days back is served, 60 is not), 60m/1h within 730 days, 1m within 30 days and 7
   days a request; beyond: HTTP 422 `Unprocessable Entity`. Daily: full history.
@@ -49,6 +50,7 @@ def _chart_error(status: int, code: str, description: str) -> BadRequest:
 class YahooFake(ProviderFake):
     name = "yahoo"
     routes = ((re.compile(r"^/v8/finance/chart/(?P<symbol>[^/]+)$"), "chart"),)
+    class_separator = "-"
 
     # ------------------------------------------------------------------ admission, limits, errors
     def authenticate(self, request: Request) -> Response | None:
@@ -72,7 +74,7 @@ class YahooFake(ProviderFake):
     def chart(self, request: Request) -> Response:
         q = request.query
         requested = unquote(request.params["symbol"])
-        symbol = requested.replace("-", ".")  # Yahoo's BRK-B is the store's BRK.B
+        symbol = self.data_symbol(requested)  # Yahoo's BRK-B is the store's BRK.B; BRK.B is unknown
         interval = q.get("interval", "1d")
         if interval not in INTERVALS:
             raise _chart_error(
@@ -81,7 +83,7 @@ class YahooFake(ProviderFake):
             )
         if interval not in SERVED:
             raise _chart_error(400, "Bad Request", f"the fake serves intervals {', '.join(SERVED)} only, not {interval}")
-        if self.config.is_unknown(symbol) or self.config.is_unknown(requested):
+        if symbol is None:
             raise _chart_error(404, "Not Found", "No data found, symbol may be delisted")
         now_ns = request.now.value
         period1, period2, range_ = _periods(q, now_ns)

@@ -40,6 +40,7 @@ from backfill_dagster.providers.payload import (
     keep_requested,
     records_to_bars,
 )
+from backfill_dagster.symbols import provider_symbol, store_symbol
 from backfill_dagster.timeframes import Timeframe
 
 DEFAULT_URL = "https://data.alpaca.markets"
@@ -71,7 +72,7 @@ def parse_bars(payload: Any) -> pd.DataFrame:
     """Bars of one `/v2/stocks/bars` page: {"bars": {SYMBOL: [bar, ...]}, "next_page_token": ...}.
 
     `bars` may be null or {} (no data); a symbol without data is absent. The single-symbol shape
-    ({"symbol": "AAPL", "bars": [...]}) is accepted too.
+    ({"symbol": "AAPL", "bars": [...]}) is accepted too. Bars are labelled in the store's spelling.
     """
     body = expect_mapping(payload, "alpaca page")
     if "bars" not in body:
@@ -91,7 +92,7 @@ def parse_bars(payload: Any) -> pd.DataFrame:
 def _symbol_bars(symbol: str, rows: Any) -> pd.DataFrame:
     return records_to_bars(
         [] if rows is None else rows,
-        symbol=symbol,
+        symbol=store_symbol(symbol, "alpaca"),
         where=f"alpaca bars[{symbol!r}]",
         fields=_FIELDS,
         time_field="t",
@@ -193,7 +194,7 @@ class AlpacaProvider(Provider):
         if end < request.start:  # nothing old enough to ask for
             return FetchResult(bars=concat_bars([]), api_calls=0, complete_through=complete_through)
         params: dict[str, Any] = {
-            "symbols": ",".join(request.symbols),
+            "symbols": ",".join(provider_symbol(s, self.name) for s in request.symbols),
             "timeframe": _TIMEFRAMES[request.timeframe],
             "start": _rfc3339(request.start),
             "end": _rfc3339(end),

@@ -149,11 +149,12 @@ def keep_requested(
     """The bars inside the request's [start, end) that are final by `complete_through`.
 
     Providers answer with more than asked: a symbol range snapped to whole buckets, the bar at an
-    inclusive `end`, the live row of a bar still forming. Bars of a symbol that was not requested
-    are kept: validation rejects them with that reason (into rejected_bars), so none is lost silently. `complete_through` is the instant the
+    inclusive `end`, the live row of a bar still forming. `complete_through` is the instant the
     answer is final up to (the provider's clock read before the request, less its data delay): an
     m15 bar is kept once its 15 minutes are over by then; a d1 bar once its session's regular close
-    has passed (a bar on a day that is not a session is kept, for validation to reject).
+    has passed (a bar on a day that is not a session is kept, for validation to reject). Bars of a
+    symbol that was not requested are kept too: validation rejects them with that reason (into
+    rejected_bars), so none is lost silently.
     """
     if bars.empty:
         return bars

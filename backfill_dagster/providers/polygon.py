@@ -36,6 +36,7 @@ from backfill_dagster.providers.payload import (
     keep_requested,
     records_to_bars,
 )
+from backfill_dagster.symbols import provider_symbol, store_symbol
 from backfill_dagster.timeframes import Timeframe
 
 DEFAULT_URL = "https://api.polygon.io"
@@ -55,8 +56,9 @@ _OK_STATUSES = ("OK", "DELAYED")
 def parse_aggs(payload: Any, symbol: str) -> pd.DataFrame:
     """Bars of one aggregates page. No data: `results` absent or null (with resultsCount 0).
 
-    The bars are labelled with the page's `ticker` when it has one: an answer for another ticker
-    than `symbol` is then rejected by validation as not requested, and kept in rejected_bars.
+    The bars are labelled with the page's `ticker` (in the store's spelling) when it has one: an
+    answer for another ticker than `symbol` is then rejected by validation as not requested, and
+    kept in rejected_bars.
     """
     body = expect_mapping(payload, "polygon page")
     status = body.get("status")
@@ -67,7 +69,7 @@ def parse_aggs(payload: Any, symbol: str) -> pd.DataFrame:
     if ticker is not None:
         if not isinstance(ticker, str) or not ticker:
             raise PayloadError(f"polygon page: field 'ticker' = {ticker!r} is not a ticker")
-        symbol = ticker
+        symbol = store_symbol(ticker, "polygon")
     results = body.get("results")
     return records_to_bars(
         [] if results is None else results,
@@ -155,7 +157,8 @@ class PolygonProvider(Provider):
         now = self._clock()  # the answer is final up to this reading (no data delay)
         first_ms = request.start.value // 1_000_000
         last_ms = request.end.value // 1_000_000 - 1  # `to` is inclusive
-        path = f"/v2/aggs/ticker/{quote(symbol, safe='.-')}/range/{_RANGES[request.timeframe]}/{first_ms}/{last_ms}"
+        ticker = quote(provider_symbol(symbol, self.name), safe=".-")
+        path = f"/v2/aggs/ticker/{ticker}/range/{_RANGES[request.timeframe]}/{first_ms}/{last_ms}"
         url: str = str(self._base.copy_with(raw_path=(self._base.raw_path.rstrip(b"/") + path.encode())))
         params: dict[str, Any] | None = {
             "adjusted": "true" if request.adjustment is Adjustment.SPLIT else "false",

@@ -38,6 +38,7 @@ from backfill_dagster.providers.payload import (
     one_or_many,
     records_to_bars,
 )
+from backfill_dagster.symbols import provider_symbol
 from backfill_dagster.timeframes import Timeframe
 
 DEFAULT_URL = "https://api.tradier.com"
@@ -174,7 +175,7 @@ class TradierProvider(Provider):
         if request.timeframe is Timeframe.M15:
             url = f"{self._base}/v1/markets/timesales"
             params = {
-                "symbol": symbol,
+                "symbol": provider_symbol(symbol, self.name),
                 "interval": "15min",
                 "start": _wall_clock(request.start),
                 "end": _wall_clock(request.end - pd.Timedelta(minutes=1)),  # `end` is inclusive
@@ -184,7 +185,7 @@ class TradierProvider(Provider):
         else:
             url = f"{self._base}/v1/markets/history"
             params = {
-                "symbol": symbol,
+                "symbol": provider_symbol(symbol, self.name),
                 "interval": "daily",
                 "start": request.sessions[0].isoformat(),
                 "end": request.sessions[-1].isoformat(),

@@ -9,8 +9,8 @@ series: only split-adjusted stores may use Yahoo.
 Quirks handled here: OHLCV arrays hold null for an interval without trades (skipped, not a bar), a
 trailing live row at the latest trade time while the market is open (dropped: not finished by the
 clock), daily rows stamped at a time on the trading day (labelled 00:00 New York of that day), and
-Yahoo's '-' for share classes (BRK-B is the store's BRK.B). Requests without a browser-like
-User-Agent are refused, so the client sends one.
+Yahoo's '-' for share classes (BRK-B is the store's BRK.B; backfill_dagster.symbols translates).
+Requests without a browser-like User-Agent are refused, so the client sends one.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from backfill_dagster.providers.base import (
 from backfill_dagster.providers.config import setting_url
 from backfill_dagster.providers.http import Budget, HttpClient
 from backfill_dagster.providers.payload import PayloadError, expect_list, expect_mapping, keep_requested
+from backfill_dagster.symbols import provider_symbol, store_symbol
 from backfill_dagster.timeframes import Timeframe
 
 DEFAULT_URL = "https://query2.finance.yahoo.com"
@@ -45,16 +46,6 @@ _INTERVALS = {Timeframe.M15: "15m", Timeframe.D1: "1d"}
 _PRICES = ("open", "high", "low", "close")
 # A daily row stamped this late in the New York evening belongs to the next day (Yahoo's DST slip).
 _LATE_EVENING = pd.Timedelta(hours=20)
-
-
-def yahoo_symbol(symbol: str) -> str:
-    """Yahoo writes share classes with '-': BRK.B is BRK-B."""
-    return symbol.replace(".", "-")
-
-
-def store_symbol(symbol: str) -> str:
-    """A Yahoo symbol in the store's spelling: BRK-B is BRK.B."""
-    return symbol.replace("-", ".")
 
 
 # ---------------------------------------------------------------------------- pure parsing
@@ -83,7 +74,7 @@ def parse_chart(payload: Any, symbol: str, timeframe: Timeframe) -> pd.DataFrame
             raise PayloadError(f"yahoo chart meta.symbol = {answered!r} is not a ticker")
         # Label the bars with the symbol the answer is for: another than asked is then rejected by
         # validation as not requested (into rejected_bars) instead of failing the request.
-        symbol = store_symbol(answered)
+        symbol = store_symbol(answered, "yahoo")
     granularity = meta.get("dataGranularity")
     if granularity is not None and granularity != _INTERVALS[timeframe]:
         raise PayloadError(
@@ -196,7 +187,7 @@ class YahooProvider(Provider):
             raise ProviderError(self.name, "serves split-adjusted bars only", request=request)
         (symbol,) = request.symbols
         now = self._clock()  # the answer is final up to this reading (no data delay)
-        url = f"{self._base}/v8/finance/chart/{quote(yahoo_symbol(symbol), safe='-^=')}"
+        url = f"{self._base}/v8/finance/chart/{quote(provider_symbol(symbol, self.name), safe='-^=')}"
         params = {
             "interval": _INTERVALS[request.timeframe],
             "period1": request.start.value // 1_000_000_000,

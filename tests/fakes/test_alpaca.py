@@ -149,3 +149,13 @@ def test_rate_headers_on_every_response_and_gzip(http, config):
         assert name in reply.headers
     bad = http.get("/v2/stocks/bars", params={**query, "limit": "0"}, headers=alpaca_headers(config))
     assert bad.status_code == 422 and "X-RateLimit-Remaining" in bad.headers
+
+
+def test_share_classes_are_written_with_a_dot_and_the_dash_is_unknown(fakes, http, config):
+    params = {"timeframe": "1Day", "start": "2024-02-26", "end": "2024-02-28", "feed": "iex"}
+    body = http.get("/v2/stocks/bars", params={**params, "symbols": "BRK.B,BRK-B"}, headers=alpaca_headers(config)).json()
+    assert list(body["bars"]) == ["BRK.B"]  # BRK-B is an unknown symbol: simply absent
+    expected = [fakes.bars("d1", "BRK.B", d)["close"].iloc[0] for d in (date(2024, 2, 26), date(2024, 2, 27), date(2024, 2, 28))]
+    assert [r["c"] for r in body["bars"]["BRK.B"]] == expected
+    single = http.get("/v2/stocks/BRK-B/bars", params=params, headers=alpaca_headers(config)).json()
+    assert single["bars"] is None

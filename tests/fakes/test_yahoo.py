@@ -97,6 +97,10 @@ def test_share_class_symbols_use_a_dash(fakes, http):
     result = _result(_chart(http, "BRK-B", interval="1d", period1=epoch_s("2024-02-27T05:00Z"), period2=epoch_s("2024-02-28T05:00Z")))
     assert result["meta"]["symbol"] == "BRK-B"
     assert result["indicators"]["quote"][0]["close"] == fakes.bars("d1", "BRK.B", date(2024, 2, 27))["close"].tolist()
+    # Yahoo has no BRK.B (a '.' names another exchange's listing): an unknown symbol's answer
+    dotted = _chart(http, "BRK.B", interval="1d", period1=epoch_s("2024-02-27T05:00Z"), period2=epoch_s("2024-02-28T05:00Z"))
+    assert dotted.status_code == 404
+    assert dotted.json()["chart"]["error"] == {"code": "Not Found", "description": "No data found, symbol may be delisted"}
 
 
 def test_empty_range_has_no_timestamps(http):

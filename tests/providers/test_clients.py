@@ -161,6 +161,17 @@ def test_regular_hours_only(fakes, calendar, name):
     same_bars(in_hours(bars, Timeframe.M15, calendar, False), want)
 
 
+@pytest.mark.parametrize("name", PROVIDERS)
+def test_a_share_class_is_the_same_bars_from_every_provider(fakes, calendar, name):
+    """The store's BRK.B, asked in each provider's spelling (Yahoo: BRK-B) and labelled back."""
+    provider = make(name, fakes, calendar)
+    for timeframe in (Timeframe.M15, Timeframe.D1):
+        sessions = sessions_for(provider, timeframe, calendar, 3)
+        _, bars, _ = fetch_all(provider, ["BRK.B"], sessions, timeframe, calendar)
+        assert set(bars["symbol"]) == {"BRK.B"}
+        same_bars(in_hours(bars, timeframe, calendar, True), fake_bars(fakes, ["BRK.B"], sessions, timeframe, calendar))
+
+
 def test_polygon_follows_next_url_with_the_key_in_a_header(fakes, calendar):
     provider = make("polygon", fakes, calendar, page_limit=5_000)
     sessions = sessions_for(provider, Timeframe.M15, calendar, 40)

@@ -151,10 +151,6 @@ def test_keep_requested_keeps_a_daily_bar_only_after_the_close(calendar):
     assert len(keep_requested(bars, req, utc("2024-01-03 21:00"), calendar)) == 1
 
 
-def test_yahoo_symbols_use_dashes_for_share_classes():
-    assert yahoo.yahoo_symbol("BRK.B") == "BRK-B" and yahoo.yahoo_symbol("AAPL") == "AAPL"
-
-
 def test_parsers_accept_large_pages_quickly():
     t0 = 1704292200
     page = {"bars": {"AAPL": [
