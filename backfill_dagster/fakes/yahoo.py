@@ -124,7 +124,7 @@ class YahooFake(ProviderFake):
             slots = self._hourly(slots)
         rows: list = [list(v) if t else None for v, t in zip(slots.values.tolist(), slots.traded.tolist())]
         stamps = (slots.ts // S).tolist()
-        positions = np.unique(self.data.calendar.locate_ns(slots.ts, Timeframe.M15, extended=True)[0])
+        positions = np.unique(self.data.calendar.locate_ns(slots.ts, Timeframe.M15, served=True)[0])
         sessions = [d for d in self.data.calendar.session_dates(positions) if d is not None]
         live = self._live_row(symbol, slots, now_ns, prepost)
         if live is not None:
@@ -136,7 +136,7 @@ class YahooFake(ProviderFake):
         """Session-anchored hours (09:30, 10:30 ... 15:30; pre/post from their own starts)."""
         if len(slots) == 0:
             return slots
-        _, _, keys = self.data.calendar.locate_ns(slots.ts, Timeframe.H1, extended=True)
+        _, _, keys = self.data.calendar.locate_ns(slots.ts, Timeframe.H1, served=True)
         traded_keys, values = aggregate_runs(keys[slots.traded], slots.values[slots.traded])
         all_keys = np.unique(keys)
         out = np.full((len(all_keys), 7), np.nan)
@@ -151,7 +151,7 @@ class YahooFake(ProviderFake):
         calendar = self.data.calendar
         if len(slots) == 0 or not calendar.is_session(today):
             return None
-        lo, hi = calendar.window(today, extended=prepost)
+        lo, hi = calendar.served_window(today) if prepost else calendar.window(today)
         if not (lo.value <= now_ns < hi.value) or slots.ts[-1] < lo.value:
             return None
         latest = self.data.m15(
@@ -217,13 +217,13 @@ class YahooFake(ProviderFake):
         }
         if current is not None:
             meta["currentTradingPeriod"] = {
-                seg.name: _period(seg.start, seg.end) for seg in calendar.segments(current, extended=True)
+                seg.name: _period(seg.start, seg.end) for seg in calendar.segments(current, served=True)
             }
         if interval != "1d":
             if prepost:
                 by_segment: dict[str, list] = {"pre": [], "regular": [], "post": []}
                 for session in sessions:
-                    for seg in calendar.segments(session, extended=True):
+                    for seg in calendar.segments(session, served=True):
                         by_segment[seg.name].append([_period(seg.start, seg.end)])
                 meta["tradingPeriods"] = by_segment
             else:

@@ -159,3 +159,16 @@ def test_share_classes_are_written_with_a_dot_and_the_dash_is_unknown(fakes, htt
     assert [r["c"] for r in body["bars"]["BRK.B"]] == expected
     single = http.get("/v2/stocks/BRK-B/bars", params=params, headers=alpaca_headers(config)).json()
     assert single["bars"] is None
+
+
+def test_a_multi_day_request_gets_post_market_bars_to_20_00_on_a_half_day(fakes, http, config):
+    """The real API serves 04:00-20:00 for every session of the window, a 13:00 early close included."""
+    config.now = lambda: pd.Timestamp("2024-12-10T12:00:00Z")
+    params = {"symbols": "AAPL", "timeframe": "15Min", "feed": "sip", "limit": 10000,
+              "start": "2024-11-27T09:00:00Z", "end": "2024-12-03T00:59:59Z"}  # 04:00 11-27 .. 19:59 12-02
+    rows = http.get("/v2/stocks/bars", params=params, headers=alpaca_headers(config)).json()["bars"]["AAPL"]
+    local = pd.to_datetime([r["t"] for r in rows], utc=True).tz_convert("America/New_York")
+    half_day = local[local.date == date(2024, 11, 29)]
+    assert half_day[0].strftime("%H:%M") == "04:00" and half_day[-1].strftime("%H:%M") == "19:45"
+    assert len(half_day) == 64 and (half_day.strftime("%H:%M") == "17:00").any()
+    assert len(rows) == 3 * 64  # 11-27, 11-29 (half day) and 12-02, all 04:00-20:00
