@@ -172,3 +172,22 @@ def test_a_multi_day_request_gets_post_market_bars_to_20_00_on_a_half_day(fakes,
     assert half_day[0].strftime("%H:%M") == "04:00" and half_day[-1].strftime("%H:%M") == "19:45"
     assert len(half_day) == 64 and (half_day.strftime("%H:%M") == "17:00").any()
     assert len(rows) == 3 * 64  # 11-27, 11-29 (half day) and 12-02, all 04:00-20:00
+
+
+def test_a_request_without_end_is_served_up_to_now_less_the_sip_delay(fakes, http, config):
+    """alpaca-py's most common call gives `start` only: the API takes `end` as now, minus the free
+    plan's 15 minutes for SIP, and serves it (a missing `start` is the beginning of today)."""
+    query = {"symbols": "AAPL", "timeframe": "15Min", "start": "2024-03-01"}
+    config.now = lambda: pd.Timestamp("2024-03-02T15:00:00Z")  # Saturday: the market is closed
+    closed = http.get("/v2/stocks/bars", params=query, headers=alpaca_headers(config))
+    assert closed.status_code == 200, closed.text
+    rows = closed.json()["bars"]["AAPL"]
+    assert len(rows) == 64 and rows[-1]["t"] == "2024-03-02T00:45:00Z"  # Friday 19:45 New York
+    today_only = http.get("/v2/stocks/bars", params={"symbols": "AAPL", "timeframe": "15Min"}, headers=alpaca_headers(config))
+    assert today_only.status_code == 200 and today_only.json()["bars"] == {}  # Saturday has no bars
+
+    config.now = lambda: pd.Timestamp("2024-03-01T18:10:00Z")  # Friday 13:10, trading
+    sip = http.get("/v2/stocks/bars", params=query, headers=alpaca_headers(config)).json()["bars"]["AAPL"]
+    assert sip[-1]["t"] == "2024-03-01T17:45:00Z"  # end = 17:55, fifteen minutes ago
+    iex = http.get("/v2/stocks/bars", params={**query, "feed": "iex"}, headers=alpaca_headers(config)).json()
+    assert iex["bars"]["AAPL"][-1]["t"] == "2024-03-01T18:00:00Z"  # no delay: up to now
