@@ -54,7 +54,9 @@ def parse_chart(payload: Any, symbol: str, timeframe: Timeframe) -> pd.DataFrame
     labelled with the symbol `meta.symbol` names (in the store's spelling), else `symbol`.
 
     An interval whose open, high, low and close are all null had no trades and yields no bar; one
-    with only some of them null is malformed. An empty `result` (or no `timestamp`) is no data.
+    with only some of them null is malformed. An empty `result`, or no `timestamp` with empty quote
+    arrays, is no data; no `timestamp` with quote values is malformed. `events` (dividends, splits)
+    are ignored: the prices are already split-adjusted.
     """
     chart = expect_mapping(expect_mapping(payload, "yahoo chart").get("chart"), "yahoo 'chart'")
     error = chart.get("error")
@@ -82,6 +84,7 @@ def parse_chart(payload: Any, symbol: str, timeframe: Timeframe) -> pd.DataFrame
         )
     stamps = result.get("timestamp")
     if stamps is None:
+        _require_no_quotes(result)
         return empty_bars()
     stamps = _column(stamps, "timestamp", None)
     n = len(stamps)
@@ -113,6 +116,23 @@ def parse_chart(payload: Any, symbol: str, timeframe: Timeframe) -> pd.DataFrame
     return bars_frame(
         {"symbol": symbol, "ts": ts, **{name: values[keep] for name, values in columns.items()}}
     )
+
+
+def _require_no_quotes(result: Mapping) -> None:
+    """Without `timestamp` an answer is 'no data' only if its quote arrays are empty or absent:
+    values that cannot be placed in time are a payload error, never silently no bars."""
+    indicators = result.get("indicators")
+    if indicators is None:
+        return
+    quotes = expect_list(expect_mapping(indicators, "yahoo indicators").get("quote") or [], "yahoo indicators.quote")
+    for i, quote_ in enumerate(quotes):
+        for name, values in expect_mapping(quote_, f"yahoo indicators.quote[{i}]").items():
+            if values:
+                count = len(values) if isinstance(values, list) else 1
+                raise PayloadError(
+                    f"yahoo chart.result[0]: field 'timestamp' is missing while indicators.quote[{i}].{name} "
+                    f"holds {count} value{'s' if count != 1 else ''}"
+                )
 
 
 def _column(values: Any, where: str, length: int | None) -> np.ndarray:
