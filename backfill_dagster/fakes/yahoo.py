@@ -7,6 +7,9 @@
   (a start 59 days back is served, 60 is not), 60m/1h within 730 days, 1m within 30 days and 7
   days a request; beyond: HTTP 422 `Unprocessable Entity`. Daily: full history.
 - `includePrePost=false` (the default) keeps regular hours; 1h bars are session-anchored.
+- `events=div,splits` (or `div|split`): `events.dividends` / `events.splits` of the window from the
+  fakes' corporate-actions registry (fakes/actions.py), keyed by the ex-date's open in Unix seconds
+  (corporate_actions.md §3); absent when none. The bars are not adjusted for them.
 - Quirks: an interval without trades is a row of nulls (`no_trade_rate`); while the session is
   open a trailing live row at `regularMarketTime` (inside the last interval, even past `period2`);
   daily rows stamped at the session's open; `adjclose` for daily only.
@@ -96,6 +99,9 @@ class YahooFake(ProviderFake):
             stamps, rows, sessions = self._intraday(symbol, interval, period1, period2, now_ns, prepost)
         meta = self._meta(requested, symbol, interval, range_, now_ns, sessions, prepost, period1)
         result: dict = {"meta": meta}
+        events = self._events(symbol, q.get("events", ""), period1, period2, now_ns)
+        if events:
+            result["events"] = events
         if stamps:
             result["timestamp"] = stamps
             quote = {name: [r[i] if r is not None else None for r in rows]
@@ -161,6 +167,36 @@ class YahooFake(ProviderFake):
             return None
         price = float(latest.values[-1, CLOSE])
         return now_ns // S, [price, price, price, price, 0.0, price, 0.0]
+
+    def _events(self, symbol: str, asked: str, period1: int, period2: int, now_ns: int) -> dict:
+        """Dividends and splits with an ex-date in the window, as asked (`events=div,splits` or
+        `div|split`), keyed by the ex-date's regular open in Unix seconds; none: no key at all."""
+        kinds = {k.strip() for k in re.split(r"[,|]", asked) if k.strip()}
+        if period2 <= period1 or not kinds & {"div", "split", "splits"}:
+            return {}
+        actions, calendar = self.config.corporate_actions, self.data.calendar
+        first, last, today = ny_date(period1), ny_date(period2 - 1), ny_date(now_ns)
+        events: dict = {}
+        if "div" in kinds:
+            dividends = {}
+            for dividend in actions.dividends(symbol, first, last, known_on=today):
+                at = calendar.open(dividend.ex_date).value // S
+                dividends[str(at)] = {"amount": dividend.amount, "date": at}
+            if dividends:
+                events["dividends"] = dividends
+        if kinds & {"split", "splits"}:
+            splits = {}
+            for split in actions.splits(symbol, first, last, known_on=today):
+                at = calendar.open(split.ex_date).value // S
+                splits[str(at)] = {
+                    "date": at,
+                    "numerator": split.numerator,
+                    "denominator": split.denominator,
+                    "splitRatio": f"{split.numerator:g}:{split.denominator:g}",
+                }
+            if splits:
+                events["splits"] = splits
+        return events
 
     # ------------------------------------------------------------------ limits and meta
     def _check_history(self, interval: str, period1: int, period2: int, now_ns: int) -> None:
