@@ -1,10 +1,24 @@
 import pytest
 
-from backfill_dagster.symbols import InvalidSymbolError, normalize_symbol, normalize_symbols
+from backfill_dagster.calendar import xnys
+from backfill_dagster.orchestration.partitions import PartitionKeyError, parse_partition_key
+from backfill_dagster.symbols import (
+    PROVIDER_CLASS_SEPARATORS,
+    InvalidSymbolError,
+    normalize_symbol,
+    normalize_symbols,
+    provider_symbol,
+    respelled_symbols,
+    respelling_notice,
+    store_symbol,
+)
 from backfill_dagster.timeframes import Timeframe, UnknownTimeframeError
 
 
-@pytest.mark.parametrize("raw, expected", [("aapl", "AAPL"), (" BRK.B ", "BRK.B"), ("BF-B", "BF-B"), ("X", "X"), ("ABCDEFGHIJ", "ABCDEFGHIJ")])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [("aapl", "AAPL"), (" BRK.B ", "BRK.B"), ("BF-B", "BF.B"), ("brk-b", "BRK.B"), ("X", "X"), ("ABCDEFGHIJ", "ABCDEFGHIJ")],
+)
 def test_valid_symbols_are_normalised(raw, expected):
     assert normalize_symbol(raw) == expected
 
@@ -33,6 +47,36 @@ def test_normalize_symbols_reports_every_bad_one_and_dedupes():
     with pytest.raises(InvalidSymbolError) as info:
         normalize_symbols(["A;", "OK", "B|"])
     assert "'A;'" in str(info.value) and "'B|'" in str(info.value)
+
+
+def test_a_share_class_has_one_spelling_the_dot():
+    """BRK-B (Yahoo's, Nasdaq's) and BRK.B are one symbol, stored as BRK.B; the entry points can tell
+    the user which symbols they respelled."""
+    assert normalize_symbols(["BRK-B", "brk.b", "AAPL"]) == ["BRK.B", "AAPL"]
+    given = [" brk-b", "AAPL", "msft", "BRK.A", "BF-B"]
+    assert respelled_symbols(given) == [("brk-b", "BRK.B"), ("BF-B", "BF.B")]  # case alone is no news
+    assert respelled_symbols(["A;", "BRK-B"]) == [("BRK-B", "BRK.B")]  # invalid ones are normalize_symbols' to report
+    assert respelling_notice("BRK-B", "BRK.B") == "BRK-B is stored as BRK.B (share classes are written with '.')"
+
+
+def test_a_partition_key_must_use_the_stored_spelling():
+    assert parse_partition_key("2024-01-02|BRK.B", xnys())[0] == "BRK.B"
+    with pytest.raises(PartitionKeyError, match=r"'BRK\.B'"):
+        parse_partition_key("2024-01-02|BRK-B", xnys())
+
+
+@pytest.mark.parametrize(
+    "provider, spelled", [("alpaca", "BRK.B"), ("polygon", "BRK.B"), ("tradier", "BRK.B"), ("yahoo", "BRK-B")]
+)
+def test_each_provider_spells_a_share_class_its_own_way_and_back(provider, spelled):
+    assert provider_symbol("BRK.B", provider) == spelled and store_symbol(spelled, provider) == "BRK.B"
+    assert provider_symbol("AAPL", provider) == "AAPL" == store_symbol("AAPL", provider)
+    assert set(PROVIDER_CLASS_SEPARATORS) == {"alpaca", "polygon", "tradier", "yahoo"}
+
+
+def test_an_unknown_provider_has_no_spelling():
+    with pytest.raises(ValueError, match="no symbol spelling for provider 'bloomberg'"):
+        provider_symbol("BRK.B", "bloomberg")
 
 
 def test_timeframes():

@@ -7,7 +7,8 @@
   `next_page_token` is base64 of `SYMBOL|M|<RFC3339Nano of the last bar>` (observed format; opaque
   to clients); the next page resumes strictly after it.
 - `start`/`end` inclusive, RFC 3339 or YYYY-MM-DD; start defaults to today 00:00 New York, end to
-  now. Bars before 2016 do not exist. Unknown symbols are simply absent.
+  now (15 minutes ago for SIP on the free plan, which is then served, not refused). Bars before 2016 do not exist. Unknown symbols (BRK-B too: Alpaca writes BRK.B) are simply
+  absent.
 - m15 bars span 04:00-20:00 (no regular-hours filter); d1 bars are stamped 00:00 New York (04:00Z
   or 05:00Z). `feed`, `adjustment`, `sort`, `asof`, `currency` are validated.
 - Free plan: SIP data of the latest 15 minutes is refused with 403 (`alpaca_sip_delay_s`).
@@ -130,24 +131,25 @@ class AlpacaFake(ProviderFake):
         if unit is None:
             raise _error(422, 42210000, f"the fake serves timeframes 15Min and 1Day only, not {timeframe!r}")
         now_ns = request.now.value
+        feed = q.get("feed", "sip")
+        if feed not in FEEDS:
+            raise _error(422, 42210000, f"invalid feed: {feed!r}")
+        delay = self.config.alpaca_sip_delay_s
+        sip_delay_ns = int(delay * 1e9) if feed == "sip" and delay > 0 else 0
         start_ns = _parse_time(q, "start", end_of_day=False)
         end_ns = _parse_time(q, "end", end_of_day=True)
         if start_ns is None:
             start_ns = ny_midnight_ns(ny_date(now_ns))  # "beginning of the current day"
         if end_ns is None:
-            end_ns = now_ns
+            end_ns = now_ns - sip_delay_ns  # now, or 15 minutes ago without real-time SIP
         limit = _parse_limit(q.get("limit"))
         sort = q.get("sort", "asc")
         if sort not in ("asc", "desc"):
             raise _error(422, 42210000, f"invalid sort: {sort!r} (use asc or desc)")
-        feed = q.get("feed", "sip")
-        if feed not in FEEDS:
-            raise _error(422, 42210000, f"invalid feed: {feed!r}")
         for part in q.get("adjustment", "raw").split(","):
             if part.strip() not in ADJUSTMENTS:
                 raise _error(422, 42210000, f"invalid adjustment: {part!r}")
-        delay = self.config.alpaca_sip_delay_s
-        if feed == "sip" and delay > 0 and end_ns > now_ns - int(delay * 1e9):
+        if sip_delay_ns and end_ns > now_ns - sip_delay_ns:
             raise BadRequest(json_response(403, {"message": "subscription does not permit querying recent SIP data"}))
         after = _decode_token(q["page_token"]) if q.get("page_token") else None
         return _Query(sorted(set(symbols)), unit, start_ns, end_ns, limit, sort == "desc", after)
@@ -183,7 +185,8 @@ class AlpacaFake(ProviderFake):
     def _series(self, symbol: str, query: _Query, now_ns: int) -> tuple[np.ndarray, np.ndarray]:
         """Bar starts and values of one symbol inside [start, end], ascending."""
         empty = np.empty(0, np.int64), np.empty((0, 7))
-        if self.config.is_unknown(symbol):
+        symbol = self.data_symbol(symbol)
+        if symbol is None:  # unknown symbols are simply absent
             return empty
         start_ns = max(query.start_ns, ny_midnight_ns(HISTORY_START))
         if query.unit == "D":

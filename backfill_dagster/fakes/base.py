@@ -81,6 +81,8 @@ class ProviderFake:
     routes: tuple[tuple[re.Pattern[str], str], ...] = ()
     # Alpaca and Tradier put their rate headers on every response; the others only say "429".
     rate_headers_always: bool = False
+    # How the provider writes a share class: "." (BRK.B, CQS style) or "-" (Yahoo's BRK-B).
+    class_separator: str = "."
 
     def __init__(self, config: FakeConfig, data: BarData):
         self.config = config
@@ -92,6 +94,16 @@ class ProviderFake:
             if match:
                 return getattr(self, method), match.groupdict()
         return None
+
+    def data_symbol(self, symbol: str) -> str | None:
+        """The key of the fakes' bar data (the store's spelling, BRK.B) for a symbol as this provider
+        spells it, or None for a symbol the provider does not know: an unknown one, or a share
+        class written the other provider's way (Yahoo has no BRK.B, Alpaca no BRK-B)."""
+        other = "-" if self.class_separator == "." else "."
+        key = symbol.replace(self.class_separator, ".")
+        if other in symbol or self.config.is_unknown(symbol) or self.config.is_unknown(key):
+            return None
+        return key
 
     def authenticate(self, request: Request) -> Response | None:
         """The auth failure answer, or None when the request may proceed."""

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from backfill_dagster.fakes.actions import CorporateActions
+
 PROVIDERS = ("alpaca", "polygon", "tradier", "yahoo")
 # Transport faults a client must ride out (the default draw), and "invalid": a well-formed answer
 # carrying one impossible bar (high below low), which validation must reject with its reason.
@@ -49,6 +51,8 @@ class FakeConfig:
     polygon_history_days: int | None = 730
     # Share of extended-hours m15 slots without trades (no bar; a null row at Yahoo).
     no_trade_rate: float = 0.0
+    # Dividends and splits the fakes report (Yahoo's `events`); the bars are not adjusted for them.
+    corporate_actions: CorporateActions = field(default_factory=CorporateActions)
 
     def __post_init__(self):
         self.validate()

@@ -3,8 +3,8 @@
 Every provider fake answers from the same data, so a bar fetched from Alpaca equals the one
 fetched from Polygon, Tradier or Yahoo (each in its own wire format):
 
-- m15: exactly `demo.synthetic_session_m15(symbol, session, xnys())`, the whole extended day
-  (04:00 to close + 4 h), from the same numpy model (`demo.synthetic_values`) without building a
+- m15: exactly `demo.synthetic_session_m15(symbol, session, xnys())`, the whole served day
+  (04:00-20:00, early closes included, as the real APIs serve it), from the same numpy model (`demo.synthetic_values`) without building a
   DataFrame per session, which costs ~5 ms a session when a benchmark asks for 20 symbols x 504
   sessions; a test checks that both agree bar for bar.
 - d1: `demo.day_values` (the demo provider's d1 formula) of the session's *regular-hours* m15 bars.
@@ -177,15 +177,15 @@ class BarData:
             return to_frame(symbol, days.midnight, days.values)
         if timeframe is not Timeframe.M15:
             raise ValueError(f"the fakes serve m15 and d1 bars, not {timeframe.value}")
-        lo, hi = self.calendar.window(session, extended=True)
+        lo, hi = self.calendar.served_window(session)
         slots = self.m15(symbol, lo.value, hi.value, now_ns, regular_only=not extended, no_trade_rate=no_trade_rate)
         slots = slots.traded_only()
         return to_frame(symbol, slots.ts, slots.values)
 
     # ------------------------------------------------------------------ generation (cached)
     def _grid_uncached(self, session: date) -> tuple[np.ndarray, np.ndarray]:
-        """Bar starts of the session's extended day (UTC ns) and which are in regular hours."""
-        segments = self.calendar.segments(session, extended=True)
+        """Bar starts of the session's served day (UTC ns) and which are in regular hours."""
+        segments = self.calendar.segments(session, served=True)
         grid = np.concatenate([np.arange(s.start.value, s.end.value, M15_NS, dtype=np.int64) for s in segments])
         open_, close = segments[1].start.value, segments[1].end.value
         regular = (grid >= open_) & (grid < close)

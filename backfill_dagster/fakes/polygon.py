@@ -8,7 +8,8 @@
   each day one base day. A bucket cut off by the limit is dropped; if base bars remain, `next_url`
   (on this server's host) carries `from` = the first unreturned bucket and `cursor` = base64url of
   the other query parameters, and never the apiKey.
-- Empty answers have no `results` key and `resultsCount: 0` (unknown tickers too).
+- Empty answers have no `results` key and `resultsCount: 0` (unknown tickers too, BRK-B among them:
+  Polygon writes BRK.B).
 - Free plan: ~2 years of history (`polygon_history_days`): a window entirely older is 403
   NOT_AUTHORIZED, one that merely starts earlier is silently clipped.
 - No rate-limit headers; 429 carries the JSON error body only.
@@ -179,14 +180,15 @@ class PolygonFake(ProviderFake):
         return window
 
     def _base_bars(self, window: _Range, now_ns: int) -> tuple[np.ndarray, np.ndarray]:
-        if self.config.is_unknown(window.ticker) or window.to_ns <= window.from_ns:
+        symbol = self.data_symbol(window.ticker)
+        if symbol is None or window.to_ns <= window.from_ns:
             return np.empty(0, np.int64), np.empty((0, 7))
         if window.timespan == "day":
-            days = self.data.daily(window.ticker, ny_date(window.from_ns), ny_date(window.to_ns - 1), now_ns)
+            days = self.data.daily(symbol, ny_date(window.from_ns), ny_date(window.to_ns - 1), now_ns)
             keep = (days.midnight >= window.from_ns) & (days.midnight < window.to_ns)
             return days.midnight[keep], days.values[keep]
         slots = self.data.m15(
-            window.ticker, window.from_ns, window.to_ns, now_ns, no_trade_rate=self.config.no_trade_rate
+            symbol, window.from_ns, window.to_ns, now_ns, no_trade_rate=self.config.no_trade_rate
         ).traded_only()
         return slots.ts, slots.values
 

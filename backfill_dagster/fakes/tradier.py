@@ -9,7 +9,7 @@
   one is decided by a hash of the request, so both appear, reproducibly).
 - Time & sales reach back 40 calendar days for `session_filter=open` and 18 for `all`; older bars
   are simply not there (an empty series, not an error). `session_filter=open` keeps 09:30 to the
-  close. Unknown symbols: no bars.
+  close. Unknown symbols (BRK-B too: Tradier writes BRK.B): no bars.
 - `X-Ratelimit-Allowed/Used/Available/Expiry` (Expiry in epoch ms) on every response; over the
   limit, 429 with a `Quota Violation ... <expiry ms>` text body.
 
@@ -96,9 +96,10 @@ class TradierFake(ProviderFake):
         # Older bars than the documented window are simply not served.
         start_ns = max(start_ns, ny_midnight_ns(today - timedelta(days=TIMESALES_DAYS[session_filter])))
         rows: list[dict] = []
-        if not self.config.is_unknown(symbol) and end_ns > start_ns:
+        known = self.data_symbol(symbol)
+        if known is not None and end_ns > start_ns:
             slots = self.data.m15(
-                symbol, start_ns, end_ns, now_ns,
+                known, start_ns, end_ns, now_ns,
                 regular_only=session_filter == "open", no_trade_rate=self.config.no_trade_rate,
             ).traded_only()
             rows = _timesales_rows(slots.ts, slots.values)
@@ -116,8 +117,9 @@ class TradierFake(ProviderFake):
         last = _date(request, "end", ny_date(now_ns))
         first = _date(request, "start", last - timedelta(days=365))
         rows: list[dict] = []
-        if not self.config.is_unknown(symbol) and first <= last:
-            days = self.data.daily(symbol, first, last, now_ns)
+        known = self.data_symbol(symbol)
+        if known is not None and first <= last:
+            days = self.data.daily(known, first, last, now_ns)
             columns = days.values.T.tolist() if len(days) else [[]] * 7
             rows = [
                 {"date": d.isoformat(), "open": o, "high": h, "low": lo, "close": c, "volume": int(v)}

@@ -1,11 +1,15 @@
 """Fake Yahoo Finance chart v8 (unofficial, no key) (providers.md §4).
 
 - `GET /v8/finance/chart/{symbol}?interval=&period1=&period2=&includePrePost=` (Unix seconds,
-  `period2` exclusive) or `range=` instead of the periods; `-` in a symbol is the store's `.`.
+  `period2` exclusive) or `range=` instead of the periods. Share classes are written BRK-B (the
+  store's BRK.B); BRK.B is an unknown symbol (a '.' names a listing on another exchange).
 - History limits measured against now: 15m (and 2m/5m/30m/90m) only within the last 60 days
   (a start 59 days back is served, 60 is not), 60m/1h within 730 days, 1m within 30 days and 7
   days a request; beyond: HTTP 422 `Unprocessable Entity`. Daily: full history.
 - `includePrePost=false` (the default) keeps regular hours; 1h bars are session-anchored.
+- `events=div,splits` (or `div|split`): `events.dividends` / `events.splits` of the window from the
+  fakes' corporate-actions registry (fakes/actions.py), keyed by the ex-date's open in Unix seconds
+  (corporate_actions.md §3); absent when none. The bars are not adjusted for them.
 - Quirks: an interval without trades is a row of nulls (`no_trade_rate`); while the session is
   open a trailing live row at `regularMarketTime` (inside the last interval, even past `period2`);
   daily rows stamped at the session's open; `adjclose` for daily only.
@@ -49,6 +53,7 @@ def _chart_error(status: int, code: str, description: str) -> BadRequest:
 class YahooFake(ProviderFake):
     name = "yahoo"
     routes = ((re.compile(r"^/v8/finance/chart/(?P<symbol>[^/]+)$"), "chart"),)
+    class_separator = "-"
 
     # ------------------------------------------------------------------ admission, limits, errors
     def authenticate(self, request: Request) -> Response | None:
@@ -72,7 +77,7 @@ class YahooFake(ProviderFake):
     def chart(self, request: Request) -> Response:
         q = request.query
         requested = unquote(request.params["symbol"])
-        symbol = requested.replace("-", ".")  # Yahoo's BRK-B is the store's BRK.B
+        symbol = self.data_symbol(requested)  # Yahoo's BRK-B is the store's BRK.B; BRK.B is unknown
         interval = q.get("interval", "1d")
         if interval not in INTERVALS:
             raise _chart_error(
@@ -81,7 +86,7 @@ class YahooFake(ProviderFake):
             )
         if interval not in SERVED:
             raise _chart_error(400, "Bad Request", f"the fake serves intervals {', '.join(SERVED)} only, not {interval}")
-        if self.config.is_unknown(symbol) or self.config.is_unknown(requested):
+        if symbol is None:
             raise _chart_error(404, "Not Found", "No data found, symbol may be delisted")
         now_ns = request.now.value
         period1, period2, range_ = _periods(q, now_ns)
@@ -94,6 +99,9 @@ class YahooFake(ProviderFake):
             stamps, rows, sessions = self._intraday(symbol, interval, period1, period2, now_ns, prepost)
         meta = self._meta(requested, symbol, interval, range_, now_ns, sessions, prepost, period1)
         result: dict = {"meta": meta}
+        events = self._events(symbol, q.get("events", ""), period1, period2, now_ns)
+        if events:
+            result["events"] = events
         if stamps:
             result["timestamp"] = stamps
             quote = {name: [r[i] if r is not None else None for r in rows]
@@ -122,7 +130,7 @@ class YahooFake(ProviderFake):
             slots = self._hourly(slots)
         rows: list = [list(v) if t else None for v, t in zip(slots.values.tolist(), slots.traded.tolist())]
         stamps = (slots.ts // S).tolist()
-        positions = np.unique(self.data.calendar.locate_ns(slots.ts, Timeframe.M15, extended=True)[0])
+        positions = np.unique(self.data.calendar.locate_ns(slots.ts, Timeframe.M15, served=True)[0])
         sessions = [d for d in self.data.calendar.session_dates(positions) if d is not None]
         live = self._live_row(symbol, slots, now_ns, prepost)
         if live is not None:
@@ -134,7 +142,7 @@ class YahooFake(ProviderFake):
         """Session-anchored hours (09:30, 10:30 ... 15:30; pre/post from their own starts)."""
         if len(slots) == 0:
             return slots
-        _, _, keys = self.data.calendar.locate_ns(slots.ts, Timeframe.H1, extended=True)
+        _, _, keys = self.data.calendar.locate_ns(slots.ts, Timeframe.H1, served=True)
         traded_keys, values = aggregate_runs(keys[slots.traded], slots.values[slots.traded])
         all_keys = np.unique(keys)
         out = np.full((len(all_keys), 7), np.nan)
@@ -149,7 +157,7 @@ class YahooFake(ProviderFake):
         calendar = self.data.calendar
         if len(slots) == 0 or not calendar.is_session(today):
             return None
-        lo, hi = calendar.window(today, extended=prepost)
+        lo, hi = calendar.served_window(today) if prepost else calendar.window(today)
         if not (lo.value <= now_ns < hi.value) or slots.ts[-1] < lo.value:
             return None
         latest = self.data.m15(
@@ -159,6 +167,36 @@ class YahooFake(ProviderFake):
             return None
         price = float(latest.values[-1, CLOSE])
         return now_ns // S, [price, price, price, price, 0.0, price, 0.0]
+
+    def _events(self, symbol: str, asked: str, period1: int, period2: int, now_ns: int) -> dict:
+        """Dividends and splits with an ex-date in the window, as asked (`events=div,splits` or
+        `div|split`), keyed by the ex-date's regular open in Unix seconds; none: no key at all."""
+        kinds = {k.strip() for k in re.split(r"[,|]", asked) if k.strip()}
+        if period2 <= period1 or not kinds & {"div", "split", "splits"}:
+            return {}
+        actions, calendar = self.config.corporate_actions, self.data.calendar
+        first, last, today = ny_date(period1), ny_date(period2 - 1), ny_date(now_ns)
+        events: dict = {}
+        if "div" in kinds:
+            dividends = {}
+            for dividend in actions.dividends(symbol, first, last, known_on=today):
+                at = calendar.open(dividend.ex_date).value // S
+                dividends[str(at)] = {"amount": dividend.amount, "date": at}
+            if dividends:
+                events["dividends"] = dividends
+        if kinds & {"split", "splits"}:
+            splits = {}
+            for split in actions.splits(symbol, first, last, known_on=today):
+                at = calendar.open(split.ex_date).value // S
+                splits[str(at)] = {
+                    "date": at,
+                    "numerator": split.numerator,
+                    "denominator": split.denominator,
+                    "splitRatio": f"{split.numerator:g}:{split.denominator:g}",
+                }
+            if splits:
+                events["splits"] = splits
+        return events
 
     # ------------------------------------------------------------------ limits and meta
     def _check_history(self, interval: str, period1: int, period2: int, now_ns: int) -> None:
@@ -215,13 +253,13 @@ class YahooFake(ProviderFake):
         }
         if current is not None:
             meta["currentTradingPeriod"] = {
-                seg.name: _period(seg.start, seg.end) for seg in calendar.segments(current, extended=True)
+                seg.name: _period(seg.start, seg.end) for seg in calendar.segments(current, served=True)
             }
         if interval != "1d":
             if prepost:
                 by_segment: dict[str, list] = {"pre": [], "regular": [], "post": []}
                 for session in sessions:
-                    for seg in calendar.segments(session, extended=True):
+                    for seg in calendar.segments(session, served=True):
                         by_segment[seg.name].append([_period(seg.start, seg.end)])
                 meta["tradingPeriods"] = by_segment
             else:

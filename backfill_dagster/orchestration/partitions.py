@@ -70,12 +70,12 @@ def parse_partition_key(key: str | dg.MultiPartitionKey, calendar: SessionCalend
         symbol = normalize_symbol(raw_symbol)
     except InvalidSymbolError as exc:
         raise PartitionKeyError(f"partition key {key!r}: {exc}") from None
-    if symbol != raw_symbol:
-        raise PartitionKeyError(f"partition key {key!r}: symbols are upper-case ({symbol})")
     try:
         session = calendar.require_session(as_date(raw_date))
     except ValueError as exc:
         raise PartitionKeyError(f"partition key {key!r}: {exc}") from None
+    if symbol != raw_symbol:
+        raise PartitionKeyError(f"partition key {key!r}: symbols are upper-case, share classes with '.' ({symbol!r})")
     return symbol, session
 
 

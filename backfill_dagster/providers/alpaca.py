@@ -8,7 +8,8 @@ is the classic "Alpaca only returns one symbol" bug). Each page costs one call o
 Feed: `sip` by default, the consolidated tape of every US exchange, i.e. the real market's
 OHLC and volume; `iex` alone is a few percent of the volume and its highs and lows differ. The free
 plan may query SIP history except its latest 15 minutes, so with `sip` the query `end` is held 15
-minutes behind the clock (no bar of a closed session is lost by that) and the open session is left
+minutes behind the clock and the answer is final only up to then (`complete_through`): a bar ending
+later is cut, and a session stays partial until 15 minutes after its close. The open session is left
 to other providers. `ALPACA_FEED=iex` serves today too, at IEX's coverage.
 """
 
@@ -39,6 +40,7 @@ from backfill_dagster.providers.payload import (
     keep_requested,
     records_to_bars,
 )
+from backfill_dagster.symbols import provider_symbol, store_symbol
 from backfill_dagster.timeframes import Timeframe
 
 DEFAULT_URL = "https://data.alpaca.markets"
@@ -57,6 +59,8 @@ MAX_SYMBOLS = 100
 MAX_SESSIONS = 260
 HISTORY_START = date(2016, 1, 1)  # Alpaca's stock history begins here on every plan
 SIP_DELAY = pd.Timedelta(minutes=15)  # free plans may not query the latest 15 minutes of SIP
+# Feeds whose data trails the clock: an answer is final only up to now less this delay.
+DATA_DELAYS = {"sip": SIP_DELAY, "delayed_sip": SIP_DELAY}
 MAX_PAGES = 10_000  # a guard against a server that never stops paging
 
 _TIMEFRAMES = {Timeframe.M15: "15Min", Timeframe.D1: "1Day"}
@@ -68,7 +72,7 @@ def parse_bars(payload: Any) -> pd.DataFrame:
     """Bars of one `/v2/stocks/bars` page: {"bars": {SYMBOL: [bar, ...]}, "next_page_token": ...}.
 
     `bars` may be null or {} (no data); a symbol without data is absent. The single-symbol shape
-    ({"symbol": "AAPL", "bars": [...]}) is accepted too.
+    ({"symbol": "AAPL", "bars": [...]}) is accepted too. Bars are labelled in the store's spelling.
     """
     body = expect_mapping(payload, "alpaca page")
     if "bars" not in body:
@@ -88,7 +92,7 @@ def parse_bars(payload: Any) -> pd.DataFrame:
 def _symbol_bars(symbol: str, rows: Any) -> pd.DataFrame:
     return records_to_bars(
         [] if rows is None else rows,
-        symbol=symbol,
+        symbol=store_symbol(symbol, "alpaca"),
         where=f"alpaca bars[{symbol!r}]",
         fields=_FIELDS,
         time_field="t",
@@ -181,14 +185,16 @@ class AlpacaProvider(Provider):
     def fetch(self, request: FetchRequest) -> FetchResult:
         if request.timeframe not in _TIMEFRAMES:
             raise ProviderError(self.name, f"cannot serve {request.timeframe.value} bars", request=request)
-        now = self._clock()
+        # One clock reading decides what is asked, what is kept and (in the caller) the status:
+        # SIP on the free plan is final only up to 15 minutes ago, so a bar ending later is cut.
+        complete_through = self._clock() - DATA_DELAYS.get(self.feed, pd.Timedelta(0))
         end = request.end - pd.Timedelta(seconds=1)  # Alpaca's end is inclusive
         if self.feed == "sip":
-            end = min(end, now - SIP_DELAY)
-        if end < request.start:
-            return FetchResult(bars=concat_bars([]), api_calls=0)  # nothing old enough to ask for
+            end = min(end, complete_through)
+        if end < request.start:  # nothing old enough to ask for
+            return FetchResult(bars=concat_bars([]), api_calls=0, complete_through=complete_through)
         params: dict[str, Any] = {
-            "symbols": ",".join(request.symbols),
+            "symbols": ",".join(provider_symbol(s, self.name) for s in request.symbols),
             "timeframe": _TIMEFRAMES[request.timeframe],
             "start": _rfc3339(request.start),
             "end": _rfc3339(end),
@@ -219,8 +225,8 @@ class AlpacaProvider(Provider):
             seen.add(token)
         else:
             raise ProviderError(self.name, f"more than {MAX_PAGES} pages for one request", request=request)
-        bars = keep_requested(concat_bars(frames), request, now, self._calendar)
-        return FetchResult(bars=bars, api_calls=calls)
+        bars = keep_requested(concat_bars(frames), request, complete_through, self._calendar)
+        return FetchResult(bars=bars, api_calls=calls, complete_through=complete_through)
 
     def close(self) -> None:
         self._http.close()

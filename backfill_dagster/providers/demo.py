@@ -5,9 +5,11 @@ every symbol is generated from its own seed (symbol, session), so re-running any
 identical bars, and any session can be generated without its neighbours. Bars are labelled
 ``demo:synthetic`` in the store: nobody should mistake them for market data.
 
-The model: a slow deterministic price level per symbol, a random walk of m15 log returns inside the
-session with a U-shaped volatility and volume profile (quieter pre- and post-market), and d1 bars
-aggregated from the same m15 bars over the whole extended day, so d1 and m15 agree.
+The model: a slow deterministic price level per symbol, a random walk of m15 log returns over the
+served day (04:00-20:00, early closes included) with a U-shaped volatility and volume profile in
+regular hours (quieter pre- and post-market), and d1 bars
+aggregated from the same m15 bars over the regular hours, so d1 and m15 agree and a d1 bar is final
+at the close (the fake servers build theirs the same way).
 """
 
 from __future__ import annotations
@@ -77,8 +79,9 @@ def synthetic_values(symbol: str, session: date, t: np.ndarray, open_ns: int, cl
 
 
 def synthetic_session_m15(symbol: str, session: date, calendar: SessionCalendar) -> pd.DataFrame:
-    """All m15 bars of one session's extended day (04:00 to close + 4 h) for one symbol."""
-    grid = calendar.expected_bars([session], Timeframe.M15, extended=True)["ts"]
+    """All m15 bars of one session's served day for one symbol: 04:00-20:00, early closes included,
+    as the real providers serve them."""
+    grid = calendar.expected_bars([session], Timeframe.M15, served=True)["ts"]
     values = synthetic_values(symbol, session, epoch_ns(grid), calendar.open(session).value, calendar.close(session).value)
     return bars_frame({"symbol": symbol, "ts": grid, **{c: values[:, i] for i, c in enumerate(VALUE_COLUMNS)}})
 
@@ -104,13 +107,16 @@ class DemoProvider(Provider):
 
     def fetch(self, request: FetchRequest) -> FetchResult:
         # numpy per session and one frame per request: a range run asks for thousands of sessions.
-        now_ns = self._clock().value
+        now = self._clock()  # the answer is final up to this reading
+        now_ns = now.value
         sessions = list(request.sessions)
         if not sessions or not request.symbols:
-            return FetchResult(bars=empty_bars(), api_calls=0)
+            return FetchResult(bars=empty_bars(), api_calls=0, complete_through=now)
         cal = self._calendar
-        starts = epoch_ns(cal.expected_bars(sessions, Timeframe.M15, extended=True)["ts"])
-        bounds = np.concatenate([[0], np.cumsum(cal.expected_counts(sessions, Timeframe.M15, extended=True))])
+        # The model runs over the served day (04:00-20:00), so every session's values are the fakes'
+        # whatever hours are kept; the request's window then picks its bars.
+        starts = epoch_ns(cal.expected_bars(sessions, Timeframe.M15, served=True)["ts"])
+        bounds = np.concatenate([[0], np.cumsum(cal.expected_counts(sessions, Timeframe.M15, served=True))])
         period = Timeframe.M15.period.value
         windows = [tuple(t.value for t in cal.window(d, request.extended)) for d in sessions]
         hours = [(cal.open(d).value, cal.close(d).value) for d in sessions]
@@ -119,20 +125,23 @@ class DemoProvider(Provider):
             for i, session in enumerate(sessions):
                 t = starts[bounds[i]:bounds[i + 1]]
                 values = synthetic_values(symbol, session, t, *hours[i])
-                done = t + period <= now_ns  # only bars that have finished by now exist yet
                 if request.timeframe is Timeframe.D1:
-                    day = day_values(values[done])
-                    if day is not None:
-                        times.append(cal.midnight(session).value)
-                        rows.append(day)
-                        symbols.append(symbol)
+                    # A d1 bar ends at the regular close and aggregates the regular hours, so it is
+                    # final then (as the fake servers' d1 bars are).
+                    if hours[i][1] <= now_ns:
+                        day = day_values(values[(t >= hours[i][0]) & (t < hours[i][1])])
+                        if day is not None:
+                            times.append(cal.midnight(session).value)
+                            rows.append(day)
+                            symbols.append(symbol)
                     continue
+                done = t + period <= now_ns  # only bars that have finished by now exist yet
                 keep = done & (t >= windows[i][0]) & (t < windows[i][1])
                 times.extend(t[keep])
                 rows.extend(values[keep])
                 symbols.extend([symbol] * int(keep.sum()))
         if not rows:
-            return FetchResult(bars=empty_bars(), api_calls=0)
+            return FetchResult(bars=empty_bars(), api_calls=0, complete_through=now)
         values = np.asarray(rows)
         bars = bars_frame(
             {
@@ -141,7 +150,7 @@ class DemoProvider(Provider):
                 **{c: values[:, k] for k, c in enumerate(VALUE_COLUMNS)},
             }
         )
-        return FetchResult(bars=bars, api_calls=0)
+        return FetchResult(bars=bars, api_calls=0, complete_through=now)
 
 
 def day_values(values: np.ndarray) -> tuple[float, ...] | None:

@@ -144,24 +144,27 @@ def concat_bars(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
 
 
 def keep_requested(
-    bars: pd.DataFrame, request: FetchRequest, now: pd.Timestamp, calendar: SessionCalendar
+    bars: pd.DataFrame, request: FetchRequest, complete_through: pd.Timestamp, calendar: SessionCalendar
 ) -> pd.DataFrame:
-    """The bars the request asked for: its symbols, inside [start, end), and finished by `now`.
+    """The bars inside the request's [start, end) that are final by `complete_through`.
 
     Providers answer with more than asked: a symbol range snapped to whole buckets, the bar at an
-    inclusive `end`, the live row of a bar still forming. An m15 bar is finished once its 15 minutes
-    are over; a d1 bar once its session's regular close has passed (a bar on a day that is not a
-    session is kept, for validation to reject).
+    inclusive `end`, the live row of a bar still forming. `complete_through` is the instant the
+    answer is final up to (the provider's clock read before the request, less its data delay): an
+    m15 bar is kept once its 15 minutes are over by then; a d1 bar once its session's regular close
+    has passed (a bar on a day that is not a session is kept, for validation to reject). Bars of a
+    symbol that was not requested are kept too: validation rejects them with that reason (into
+    rejected_bars), so none is lost silently.
     """
     if bars.empty:
         return bars
     ts = bars["ts"]
-    keep = bars["symbol"].isin(request.symbols) & (ts >= request.start) & (ts < request.end)
+    keep = (ts >= request.start) & (ts < request.end)
     if request.timeframe is Timeframe.D1:
         days = ts.dt.tz_convert(NEW_YORK).dt.date
         closes = {d: calendar.close(d) if calendar.is_session(d) else None for d in days[keep].unique()}
-        unfinished = days.map(lambda d: closes.get(d) is not None and closes[d] > now)
+        unfinished = days.map(lambda d: closes.get(d) is not None and closes[d] > complete_through)
         keep &= ~unfinished.astype(bool)
     else:
-        keep &= ts + request.timeframe.period <= now
+        keep &= ts + request.timeframe.period <= complete_through
     return bars.loc[keep].reset_index(drop=True)

@@ -36,6 +36,7 @@ from backfill_dagster.providers.payload import (
     keep_requested,
     records_to_bars,
 )
+from backfill_dagster.symbols import provider_symbol, store_symbol
 from backfill_dagster.timeframes import Timeframe
 
 DEFAULT_URL = "https://api.polygon.io"
@@ -53,15 +54,22 @@ _OK_STATUSES = ("OK", "DELAYED")
 
 # ---------------------------------------------------------------------------- pure parsing
 def parse_aggs(payload: Any, symbol: str) -> pd.DataFrame:
-    """Bars of one aggregates page. No data: `results` absent or null (with resultsCount 0)."""
+    """Bars of one aggregates page. No data: `results` absent or null (with resultsCount 0).
+
+    The bars are labelled with the page's `ticker` (in the store's spelling) when it has one: an
+    answer for another ticker than `symbol` is then rejected by validation as not requested, and
+    kept in rejected_bars.
+    """
     body = expect_mapping(payload, "polygon page")
     status = body.get("status")
     if status is not None and status not in _OK_STATUSES:
         detail = body.get("error") or body.get("message") or ""
         raise PayloadError(f"polygon page: status {status!r} {detail}".rstrip())
     ticker = body.get("ticker")
-    if ticker is not None and ticker != symbol:
-        raise PayloadError(f"polygon page: field 'ticker' is {ticker!r}, asked for {symbol!r}")
+    if ticker is not None:
+        if not isinstance(ticker, str) or not ticker:
+            raise PayloadError(f"polygon page: field 'ticker' = {ticker!r} is not a ticker")
+        symbol = store_symbol(ticker, "polygon")
     results = body.get("results")
     return records_to_bars(
         [] if results is None else results,
@@ -146,10 +154,11 @@ class PolygonProvider(Provider):
                 self.name, "serves m15 and d1 bars, one symbol a request", request=request
             )
         (symbol,) = request.symbols
-        now = self._clock()
+        now = self._clock()  # the answer is final up to this reading (no data delay)
         first_ms = request.start.value // 1_000_000
         last_ms = request.end.value // 1_000_000 - 1  # `to` is inclusive
-        path = f"/v2/aggs/ticker/{quote(symbol, safe='.-')}/range/{_RANGES[request.timeframe]}/{first_ms}/{last_ms}"
+        ticker = quote(provider_symbol(symbol, self.name), safe=".-")
+        path = f"/v2/aggs/ticker/{ticker}/range/{_RANGES[request.timeframe]}/{first_ms}/{last_ms}"
         url: str = str(self._base.copy_with(raw_path=(self._base.raw_path.rstrip(b"/") + path.encode())))
         params: dict[str, Any] | None = {
             "adjusted": "true" if request.adjustment is Adjustment.SPLIT else "false",
@@ -174,7 +183,7 @@ class PolygonProvider(Provider):
         else:
             raise ProviderError(self.name, f"more than {MAX_PAGES} pages for one request", request=request)
         bars = keep_requested(concat_bars(frames), request, now, self._calendar)
-        return FetchResult(bars=bars, api_calls=calls)
+        return FetchResult(bars=bars, api_calls=calls, complete_through=now)
 
     def _page_url(self, following: str) -> str:
         """next_url's path and query on the configured host (as the official client does)."""

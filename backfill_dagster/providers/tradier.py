@@ -38,6 +38,7 @@ from backfill_dagster.providers.payload import (
     one_or_many,
     records_to_bars,
 )
+from backfill_dagster.symbols import provider_symbol
 from backfill_dagster.timeframes import Timeframe
 
 DEFAULT_URL = "https://api.tradier.com"
@@ -170,11 +171,11 @@ class TradierProvider(Provider):
         if request.adjustment not in self.capabilities.adjustments:
             raise ProviderError(self.name, "serves split-adjusted bars only", request=request)
         (symbol,) = request.symbols
-        now = self._clock()
+        now = self._clock()  # the answer is final up to this reading (no data delay)
         if request.timeframe is Timeframe.M15:
             url = f"{self._base}/v1/markets/timesales"
             params = {
-                "symbol": symbol,
+                "symbol": provider_symbol(symbol, self.name),
                 "interval": "15min",
                 "start": _wall_clock(request.start),
                 "end": _wall_clock(request.end - pd.Timedelta(minutes=1)),  # `end` is inclusive
@@ -184,7 +185,7 @@ class TradierProvider(Provider):
         else:
             url = f"{self._base}/v1/markets/history"
             params = {
-                "symbol": symbol,
+                "symbol": provider_symbol(symbol, self.name),
                 "interval": "daily",
                 "start": request.sessions[0].isoformat(),
                 "end": request.sessions[-1].isoformat(),
@@ -195,7 +196,8 @@ class TradierProvider(Provider):
             bars = parse(reply.payload, symbol)
         except PayloadError as exc:
             raise ProviderError(self.name, str(exc), status=reply.status, request=request) from None
-        return FetchResult(bars=keep_requested(bars, request, now, self._calendar), api_calls=reply.attempts)
+        bars = keep_requested(bars, request, now, self._calendar)
+        return FetchResult(bars=bars, api_calls=reply.attempts, complete_through=now)
 
     def close(self) -> None:
         self._http.close()

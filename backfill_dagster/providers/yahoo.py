@@ -9,8 +9,8 @@ series: only split-adjusted stores may use Yahoo.
 Quirks handled here: OHLCV arrays hold null for an interval without trades (skipped, not a bar), a
 trailing live row at the latest trade time while the market is open (dropped: not finished by the
 clock), daily rows stamped at a time on the trading day (labelled 00:00 New York of that day), and
-Yahoo's '-' for share classes (BRK-B is the store's BRK.B). Requests without a browser-like
-User-Agent are refused, so the client sends one.
+Yahoo's '-' for share classes (BRK-B is the store's BRK.B; backfill_dagster.symbols translates).
+Requests without a browser-like User-Agent are refused, so the client sends one.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from backfill_dagster.providers.base import (
 from backfill_dagster.providers.config import setting_url
 from backfill_dagster.providers.http import Budget, HttpClient
 from backfill_dagster.providers.payload import PayloadError, expect_list, expect_mapping, keep_requested
+from backfill_dagster.symbols import provider_symbol, store_symbol
 from backfill_dagster.timeframes import Timeframe
 
 DEFAULT_URL = "https://query2.finance.yahoo.com"
@@ -47,17 +48,15 @@ _PRICES = ("open", "high", "low", "close")
 _LATE_EVENING = pd.Timedelta(hours=20)
 
 
-def yahoo_symbol(symbol: str) -> str:
-    """Yahoo writes share classes with '-': BRK.B is BRK-B."""
-    return symbol.replace(".", "-")
-
-
 # ---------------------------------------------------------------------------- pure parsing
 def parse_chart(payload: Any, symbol: str, timeframe: Timeframe) -> pd.DataFrame:
-    """Bars of a chart answer {"chart": {"result": [{"meta", "timestamp", "indicators"}], "error"}}.
+    """Bars of a chart answer {"chart": {"result": [{"meta", "timestamp", "indicators"}], "error"}},
+    labelled with the symbol `meta.symbol` names (in the store's spelling), else `symbol`.
 
     An interval whose open, high, low and close are all null had no trades and yields no bar; one
-    with only some of them null is malformed. An empty `result` (or no `timestamp`) is no data.
+    with only some of them null is malformed. An empty `result`, or no `timestamp` with empty quote
+    arrays, is no data; no `timestamp` with quote values is malformed. `events` (dividends, splits)
+    are ignored: the prices are already split-adjusted.
     """
     chart = expect_mapping(expect_mapping(payload, "yahoo chart").get("chart"), "yahoo 'chart'")
     error = chart.get("error")
@@ -71,9 +70,13 @@ def parse_chart(payload: Any, symbol: str, timeframe: Timeframe) -> pd.DataFrame
         return empty_bars()
     result = expect_mapping(results[0], "yahoo chart.result[0]")
     meta = result.get("meta") or {}
-    expected = yahoo_symbol(symbol)
-    if meta.get("symbol") not in (None, expected, symbol):
-        raise PayloadError(f"yahoo chart meta.symbol is {meta.get('symbol')!r}, asked for {expected!r}")
+    answered = meta.get("symbol")
+    if answered is not None:
+        if not isinstance(answered, str) or not answered:
+            raise PayloadError(f"yahoo chart meta.symbol = {answered!r} is not a ticker")
+        # Label the bars with the symbol the answer is for: another than asked is then rejected by
+        # validation as not requested (into rejected_bars) instead of failing the request.
+        symbol = store_symbol(answered, "yahoo")
     granularity = meta.get("dataGranularity")
     if granularity is not None and granularity != _INTERVALS[timeframe]:
         raise PayloadError(
@@ -81,6 +84,7 @@ def parse_chart(payload: Any, symbol: str, timeframe: Timeframe) -> pd.DataFrame
         )
     stamps = result.get("timestamp")
     if stamps is None:
+        _require_no_quotes(result)
         return empty_bars()
     stamps = _column(stamps, "timestamp", None)
     n = len(stamps)
@@ -112,6 +116,23 @@ def parse_chart(payload: Any, symbol: str, timeframe: Timeframe) -> pd.DataFrame
     return bars_frame(
         {"symbol": symbol, "ts": ts, **{name: values[keep] for name, values in columns.items()}}
     )
+
+
+def _require_no_quotes(result: Mapping) -> None:
+    """Without `timestamp` an answer is 'no data' only if its quote arrays are empty or absent:
+    values that cannot be placed in time are a payload error, never silently no bars."""
+    indicators = result.get("indicators")
+    if indicators is None:
+        return
+    quotes = expect_list(expect_mapping(indicators, "yahoo indicators").get("quote") or [], "yahoo indicators.quote")
+    for i, quote_ in enumerate(quotes):
+        for name, values in expect_mapping(quote_, f"yahoo indicators.quote[{i}]").items():
+            if values:
+                count = len(values) if isinstance(values, list) else 1
+                raise PayloadError(
+                    f"yahoo chart.result[0]: field 'timestamp' is missing while indicators.quote[{i}].{name} "
+                    f"holds {count} value{'s' if count != 1 else ''}"
+                )
 
 
 def _column(values: Any, where: str, length: int | None) -> np.ndarray:
@@ -185,8 +206,8 @@ class YahooProvider(Provider):
         if request.adjustment not in self.capabilities.adjustments:
             raise ProviderError(self.name, "serves split-adjusted bars only", request=request)
         (symbol,) = request.symbols
-        now = self._clock()
-        url = f"{self._base}/v8/finance/chart/{quote(yahoo_symbol(symbol), safe='-^=')}"
+        now = self._clock()  # the answer is final up to this reading (no data delay)
+        url = f"{self._base}/v8/finance/chart/{quote(provider_symbol(symbol, self.name), safe='-^=')}"
         params = {
             "interval": _INTERVALS[request.timeframe],
             "period1": request.start.value // 1_000_000_000,
@@ -198,7 +219,8 @@ class YahooProvider(Provider):
             bars = parse_chart(reply.payload, symbol, request.timeframe)
         except PayloadError as exc:
             raise ProviderError(self.name, str(exc), status=reply.status, request=request) from None
-        return FetchResult(bars=keep_requested(bars, request, now, self._calendar), api_calls=reply.attempts)
+        bars = keep_requested(bars, request, now, self._calendar)
+        return FetchResult(bars=bars, api_calls=reply.attempts, complete_through=now)
 
     def close(self) -> None:
         self._http.close()

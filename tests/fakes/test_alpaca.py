@@ -149,3 +149,45 @@ def test_rate_headers_on_every_response_and_gzip(http, config):
         assert name in reply.headers
     bad = http.get("/v2/stocks/bars", params={**query, "limit": "0"}, headers=alpaca_headers(config))
     assert bad.status_code == 422 and "X-RateLimit-Remaining" in bad.headers
+
+
+def test_share_classes_are_written_with_a_dot_and_the_dash_is_unknown(fakes, http, config):
+    params = {"timeframe": "1Day", "start": "2024-02-26", "end": "2024-02-28", "feed": "iex"}
+    body = http.get("/v2/stocks/bars", params={**params, "symbols": "BRK.B,BRK-B"}, headers=alpaca_headers(config)).json()
+    assert list(body["bars"]) == ["BRK.B"]  # BRK-B is an unknown symbol: simply absent
+    expected = [fakes.bars("d1", "BRK.B", d)["close"].iloc[0] for d in (date(2024, 2, 26), date(2024, 2, 27), date(2024, 2, 28))]
+    assert [r["c"] for r in body["bars"]["BRK.B"]] == expected
+    single = http.get("/v2/stocks/BRK-B/bars", params=params, headers=alpaca_headers(config)).json()
+    assert single["bars"] is None
+
+
+def test_a_multi_day_request_gets_post_market_bars_to_20_00_on_a_half_day(fakes, http, config):
+    """The real API serves 04:00-20:00 for every session of the window, a 13:00 early close included."""
+    config.now = lambda: pd.Timestamp("2024-12-10T12:00:00Z")
+    params = {"symbols": "AAPL", "timeframe": "15Min", "feed": "sip", "limit": 10000,
+              "start": "2024-11-27T09:00:00Z", "end": "2024-12-03T00:59:59Z"}  # 04:00 11-27 .. 19:59 12-02
+    rows = http.get("/v2/stocks/bars", params=params, headers=alpaca_headers(config)).json()["bars"]["AAPL"]
+    local = pd.to_datetime([r["t"] for r in rows], utc=True).tz_convert("America/New_York")
+    half_day = local[local.date == date(2024, 11, 29)]
+    assert half_day[0].strftime("%H:%M") == "04:00" and half_day[-1].strftime("%H:%M") == "19:45"
+    assert len(half_day) == 64 and (half_day.strftime("%H:%M") == "17:00").any()
+    assert len(rows) == 3 * 64  # 11-27, 11-29 (half day) and 12-02, all 04:00-20:00
+
+
+def test_a_request_without_end_is_served_up_to_now_less_the_sip_delay(fakes, http, config):
+    """alpaca-py's most common call gives `start` only: the API takes `end` as now, minus the free
+    plan's 15 minutes for SIP, and serves it (a missing `start` is the beginning of today)."""
+    query = {"symbols": "AAPL", "timeframe": "15Min", "start": "2024-03-01"}
+    config.now = lambda: pd.Timestamp("2024-03-02T15:00:00Z")  # Saturday: the market is closed
+    closed = http.get("/v2/stocks/bars", params=query, headers=alpaca_headers(config))
+    assert closed.status_code == 200, closed.text
+    rows = closed.json()["bars"]["AAPL"]
+    assert len(rows) == 64 and rows[-1]["t"] == "2024-03-02T00:45:00Z"  # Friday 19:45 New York
+    today_only = http.get("/v2/stocks/bars", params={"symbols": "AAPL", "timeframe": "15Min"}, headers=alpaca_headers(config))
+    assert today_only.status_code == 200 and today_only.json()["bars"] == {}  # Saturday has no bars
+
+    config.now = lambda: pd.Timestamp("2024-03-01T18:10:00Z")  # Friday 13:10, trading
+    sip = http.get("/v2/stocks/bars", params=query, headers=alpaca_headers(config)).json()["bars"]["AAPL"]
+    assert sip[-1]["t"] == "2024-03-01T17:45:00Z"  # end = 17:55, fifteen minutes ago
+    iex = http.get("/v2/stocks/bars", params={**query, "feed": "iex"}, headers=alpaca_headers(config)).json()
+    assert iex["bars"]["AAPL"][-1]["t"] == "2024-03-01T18:00:00Z"  # no delay: up to now

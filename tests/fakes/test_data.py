@@ -9,7 +9,9 @@ import pytest
 
 from backfill_dagster.calendar import xnys
 from backfill_dagster.fakes.data import BarData
-from backfill_dagster.providers.demo import synthetic_session_m15
+from backfill_dagster.providers.demo import DemoProvider, synthetic_session_m15
+from backfill_dagster.providers.planner import plan_requests
+from backfill_dagster.timeframes import Timeframe
 from tests.conftest import aggregate_day
 
 LATER = pd.Timestamp("2030-01-01", tz="UTC").value
@@ -32,10 +34,25 @@ def test_m15_and_d1_equal_the_demo_providers(data, symbol, session):
     cal = xnys()
     demo = synthetic_session_m15(symbol, session, cal)
     pd.testing.assert_frame_equal(data.frame("m15", symbol, session, LATER), demo)
+    assert demo["ts"].iloc[-1] == cal.served_window(session)[1] - pd.Timedelta(minutes=15)  # 19:45, half days too
     lo, hi = cal.window(session)
     regular = demo[(demo["ts"] >= lo) & (demo["ts"] < hi)].reset_index(drop=True)
     pd.testing.assert_frame_equal(data.frame("m15", symbol, session, LATER, extended=False), regular)
     pd.testing.assert_frame_equal(data.frame("d1", symbol, session, LATER), aggregate_day(regular, symbol, cal.midnight(session)))
+
+
+def test_the_demo_provider_serves_the_same_bars_inside_the_requested_hours(data):
+    """A half day's served hours run to 20:00; the demo provider returns only its window's bars."""
+    cal = xnys()
+    session = date(2024, 11, 29)
+    served = data.frame("m15", "AAPL", session, LATER)
+    assert served["ts"].iloc[-1] == pd.Timestamp("2024-11-30T00:45:00Z")  # 19:45 New York
+    for extended in (False, True):
+        request = plan_requests([("AAPL", session)], Timeframe.M15, DemoProvider.capabilities, cal, extended=extended)[0]
+        demo = DemoProvider(cal, lambda: pd.Timestamp(LATER, tz="UTC")).fetch(request).bars
+        lo, hi = cal.window(session, extended=extended)
+        inside = served[(served["ts"] >= lo) & (served["ts"] < hi)].reset_index(drop=True)
+        pd.testing.assert_frame_equal(demo, inside)
 
 
 def test_open_session_has_only_bars_started_before_now(data):

@@ -126,3 +126,12 @@ def test_descending_pages_walk_back_in_time(fakes, http, config):
             url += f"&apiKey={config.polygon_key}"
     expected = pd.concat([fakes.bars("m15", "AAPL", s) for s in SESSIONS], ignore_index=True)
     assert [r["t"] for r in results] == (expected["ts"].astype("int64") // 1_000_000).tolist()[::-1]
+
+
+def test_share_classes_are_written_with_a_dot_and_the_dash_is_unknown(fakes, http, config):
+    day = "/range/1/day/2024-02-26/2024-02-28"
+    dotted = http.get(f"/v2/aggs/ticker/BRK.B{day}", params={"apiKey": config.polygon_key}).json()
+    expected = [fakes.bars("d1", "BRK.B", d)["close"].iloc[0] for d in (date(2024, 2, 26), date(2024, 2, 27), date(2024, 2, 28))]
+    assert dotted["ticker"] == "BRK.B" and [r["c"] for r in dotted["results"]] == expected
+    dashed = http.get(f"/v2/aggs/ticker/BRK-B{day}", params={"apiKey": config.polygon_key}).json()
+    assert dashed["resultsCount"] == 0 and "results" not in dashed and dashed["status"] == "OK"  # an unknown ticker

@@ -90,3 +90,14 @@ def test_rate_headers_on_every_response(http, config, fakes):
         assert reply.headers["X-Ratelimit-Available"] == str(120 - used)
         assert int(reply.headers["X-Ratelimit-Expiry"]) > 1e12  # epoch milliseconds
     assert pd.Timestamp(int(ok.headers["X-Ratelimit-Expiry"]), unit="ms", tz="UTC") > pd.Timestamp.now(tz="UTC")
+
+
+def test_share_classes_are_written_with_a_dot_and_the_dash_is_unknown(fakes, http, config):
+    params = {"interval": "daily", "start": "2024-02-26", "end": "2024-02-28"}
+    dotted = http.get("/v1/markets/history", params={**params, "symbol": "BRK.B"}, headers=tradier_headers(config)).json()
+    expected = [fakes.bars("d1", "BRK.B", d)["close"].iloc[0] for d in (date(2024, 2, 26), date(2024, 2, 27), date(2024, 2, 28))]
+    assert [r["close"] for r in dotted["history"]["day"]] == expected
+    dashed = http.get("/v1/markets/history", params={**params, "symbol": "BRK-B"}, headers=tradier_headers(config)).json()
+    assert dashed["history"] in (None, "null")  # an unknown symbol: no bars
+    ts = _timesales(http, config, "2024-02-28 09:30", "2024-02-28 10:00", symbol="BRK-B").json()
+    assert ts["series"] in (None, "null")

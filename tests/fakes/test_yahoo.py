@@ -9,6 +9,10 @@ import httpx
 import pandas as pd
 import pytest
 
+from backfill_dagster.fakes.actions import CashDividend, CorporateActions, Split, pays_default_dividends
+from backfill_dagster.providers.yahoo import parse_chart
+from backfill_dagster.timeframes import Timeframe
+
 from .conftest import epoch_s
 
 CHART = "/v8/finance/chart/{}"
@@ -97,6 +101,10 @@ def test_share_class_symbols_use_a_dash(fakes, http):
     result = _result(_chart(http, "BRK-B", interval="1d", period1=epoch_s("2024-02-27T05:00Z"), period2=epoch_s("2024-02-28T05:00Z")))
     assert result["meta"]["symbol"] == "BRK-B"
     assert result["indicators"]["quote"][0]["close"] == fakes.bars("d1", "BRK.B", date(2024, 2, 27))["close"].tolist()
+    # Yahoo has no BRK.B (a '.' names another exchange's listing): an unknown symbol's answer
+    dotted = _chart(http, "BRK.B", interval="1d", period1=epoch_s("2024-02-27T05:00Z"), period2=epoch_s("2024-02-28T05:00Z"))
+    assert dotted.status_code == 404
+    assert dotted.json()["chart"]["error"] == {"code": "Not Found", "description": "No data found, symbol may be delisted"}
 
 
 def test_empty_range_has_no_timestamps(http):
@@ -124,3 +132,34 @@ def test_no_user_agent_is_429(fakes):
         reply = client.get(CHART.format("AAPL"), params={"interval": "1d"})
     assert reply.status_code == 429 and "Too Many Requests" in reply.text
     assert fakes.log[-1].status == 429 and fakes.log[-1].provider == "yahoo"
+
+
+@pytest.mark.parametrize("events", ["div,splits", "div|split", "div,splits,capitalGains"])
+def test_events_are_served_when_asked_keyed_by_the_ex_dates_open(fakes, http, config, events):
+    dividend = CashDividend("BRK.B", ex_date=date(2024, 2, 27), amount=0.5, announced=date(2024, 2, 1))
+    split = Split("BRK.B", ex_date=date(2024, 2, 28), numerator=3, denominator=2, announced=date(2024, 2, 1))
+    config.corporate_actions = CorporateActions(dividends=[dividend], splits=[split])
+    window = dict(interval="1d", period1=epoch_s("2024-02-26T05:00Z"), period2=epoch_s("2024-03-01T05:00Z"))
+    result = _result(_chart(http, "BRK-B", events=events, **window))
+    assert result["events"] == {
+        "dividends": {"1709044200": {"amount": 0.5, "date": 1709044200}},  # 2024-02-27 09:30 New York
+        "splits": {"1709130600": {"date": 1709130600, "numerator": 3, "denominator": 2, "splitRatio": "3:2"}},
+    }
+    plain = _result(_chart(http, "BRK-B", **window))
+    assert "events" not in plain  # only when asked
+    assert plain["indicators"] == result["indicators"]  # the bars are not adjusted (yet)
+    payload = {"chart": {"result": [result], "error": None}}
+    bare = {"chart": {"result": [plain], "error": None}}
+    pd.testing.assert_frame_equal(parse_chart(payload, "BRK.B", Timeframe.D1), parse_chart(bare, "BRK.B", Timeframe.D1))
+    only_dividends = _result(_chart(http, "BRK-B", events="div", **window))
+    assert set(only_dividends["events"]) == {"dividends"}
+
+
+def test_default_dividends_appear_in_a_long_daily_window(fakes, http, config):
+    payer = next(s for s in ("AAPL", "MSFT", "XOM", "NVDA", "TSLA") if pays_default_dividends(s))
+    window = dict(interval="1d", period1=epoch_s("2023-01-01T05:00Z"), period2=epoch_s("2024-01-01T05:00Z"))
+    result = _result(_chart(http, payer, events="div,splits", **window))
+    expected = config.corporate_actions.dividends(payer, date(2023, 1, 1), date(2023, 12, 31))
+    assert len(expected) == 4
+    assert [v["amount"] for v in result["events"]["dividends"].values()] == [d.amount for d in expected]
+    assert "splits" not in result["events"]  # no splits by default

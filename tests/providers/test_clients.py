@@ -161,6 +161,17 @@ def test_regular_hours_only(fakes, calendar, name):
     same_bars(in_hours(bars, Timeframe.M15, calendar, False), want)
 
 
+@pytest.mark.parametrize("name", PROVIDERS)
+def test_a_share_class_is_the_same_bars_from_every_provider(fakes, calendar, name):
+    """The store's BRK.B, asked in each provider's spelling (Yahoo: BRK-B) and labelled back."""
+    provider = make(name, fakes, calendar)
+    for timeframe in (Timeframe.M15, Timeframe.D1):
+        sessions = sessions_for(provider, timeframe, calendar, 3)
+        _, bars, _ = fetch_all(provider, ["BRK.B"], sessions, timeframe, calendar)
+        assert set(bars["symbol"]) == {"BRK.B"}
+        same_bars(in_hours(bars, timeframe, calendar, True), fake_bars(fakes, ["BRK.B"], sessions, timeframe, calendar))
+
+
 def test_polygon_follows_next_url_with_the_key_in_a_header(fakes, calendar):
     provider = make("polygon", fakes, calendar, page_limit=5_000)
     sessions = sessions_for(provider, Timeframe.M15, calendar, 40)
@@ -236,19 +247,41 @@ def test_the_registry_builds_each_provider_from_the_environment(fakes, calendar,
 
 
 # ---------------------------------------------------------------------------- configuration
-def test_alpaca_sip_right_after_the_close_holds_end_back_and_loses_no_bar(calendar):
-    """The free plan refuses SIP's latest 15 minutes (the fake too): 5 minutes after the close,
-    the query ends 15 minutes ago, which still covers the session's last bar."""
-    just_closed = utc("2024-02-29 21:05")
-    config = FakeConfig(rate_limits={}, now=lambda: just_closed)
-    with FakeProviders(config) as fakes:
-        provider = FACTORIES["alpaca"](fakes.env(), calendar, lambda: just_closed, None)
-        session = [date(2024, 2, 29)]
-        _, bars, calls = fetch_all(provider, ["AAPL"], session, Timeframe.M15, calendar, extended=False)
-        assert provider.provenance == "alpaca:sip" and calls == 1
-        want = fake_bars(fakes, ["AAPL"], session, Timeframe.M15, calendar, extended=False)
-        assert len(want) == 26
-        same_bars(in_hours(bars, Timeframe.M15, calendar, False), want)
+def test_alpaca_sip_is_final_only_15_minutes_behind_the_clock(calendar):
+    """The free plan refuses SIP's latest 15 minutes (the fake too), so the query ends 15 minutes
+    ago and what it returns is final only up to then: 5 minutes after the close the 15:45 bar
+    (built from trades up to 15:50 at most) and the day's d1 bar are cut, and the answer says it is
+    complete through 15:50; 15 minutes after the close the session is whole."""
+    session = [date(2024, 2, 29)]
+    for now, bars_kept, through in [
+        (utc("2024-02-29 21:05"), 25, utc("2024-02-29 20:50")),
+        (utc("2024-02-29 21:15"), 26, utc("2024-02-29 21:00")),
+    ]:
+        config = FakeConfig(rate_limits={}, now=lambda now=now: now)
+        with FakeProviders(config) as fakes:
+            provider = FACTORIES["alpaca"](fakes.env(), calendar, lambda now=now: now, None)
+            assert provider.provenance == "alpaca:sip"
+            (request,) = plan_requests([("AAPL", session[0])], Timeframe.M15, provider.capabilities, calendar)
+            result = provider.fetch(request)
+            assert result.api_calls == 1 and result.complete_through == through
+            want = fake_bars(fakes, ["AAPL"], session, Timeframe.M15, calendar, extended=False)
+            same_bars(in_hours(result.bars, Timeframe.M15, calendar, False), want.iloc[:bars_kept])
+            (daily,) = plan_requests([("AAPL", session[0])], Timeframe.D1, provider.capabilities, calendar)
+            day = provider.fetch(daily)
+            assert day.complete_through == through and len(day.bars) == (bars_kept == 26)
+
+
+@pytest.mark.parametrize("name", ["polygon", "tradier", "yahoo", "alpaca-iex"])
+def test_providers_without_a_data_delay_are_final_up_to_their_clock(fakes, calendar, name):
+    if name == "alpaca-iex":
+        provider = FACTORIES["alpaca"]({**fakes.env(), "ALPACA_FEED": "iex"}, calendar, clock, None)
+    else:
+        provider = make(name, fakes, calendar)
+    for timeframe in (Timeframe.M15, Timeframe.D1):
+        (request,) = plan_requests(
+            [("AAPL", date(2024, 2, 29))], timeframe, provider.capabilities, calendar, adjustment=Adjustment.SPLIT
+        )
+        assert provider.fetch(request).complete_through == NOW
 
 
 def test_alpaca_iex_serves_the_open_session(fakes, calendar):

@@ -11,7 +11,7 @@ from backfill_dagster.providers.demo import DemoProvider
 from backfill_dagster.providers.planner import plan_requests
 from backfill_dagster.providers.router import Router
 from backfill_dagster.timeframes import Timeframe
-from tests.conftest import THANKSGIVING_WEEK, fixed_clock, utc
+from tests.conftest import THANKSGIVING_WEEK, aggregate_day, fixed_clock, utc
 
 LATER = fixed_clock("2025-06-01 00:00")
 
@@ -37,18 +37,29 @@ def test_demo_is_deterministic_per_symbol_and_session(calendar):
     assert not fetch(calendar, ["MSFT"], [date(2024, 11, 27)])["close"].equals(alone["close"])
 
 
-def test_demo_d1_agrees_with_m15(calendar):
+def test_demo_d1_is_the_regular_hours_m15_aggregated(calendar):
     d1 = fetch(calendar, ["AAPL"], THANKSGIVING_WEEK, Timeframe.D1)
-    m15 = fetch(calendar, ["AAPL"], THANKSGIVING_WEEK, extended=True)
+    m15 = fetch(calendar, ["AAPL"], THANKSGIVING_WEEK)
     assert list(d1["ts"]) == [calendar.midnight(d) for d in THANKSGIVING_WEEK]
     day = m15[m15.ts.dt.tz_convert("America/New_York").dt.date == date(2024, 11, 29)]
-    row = d1.iloc[-1]
-    assert row.high == day.high.max() and row.low == day.low.min() and row.volume == day.volume.sum()
+    pd.testing.assert_frame_equal(d1.iloc[[-1]].reset_index(drop=True), aggregate_day(day, "AAPL", d1.ts.iloc[-1]))
 
 
 def test_demo_serves_only_finished_bars_of_an_open_session(calendar):
     bars = fetch(calendar, ["AAPL"], [date(2024, 11, 29)], clock=fixed_clock("2024-11-29 15:29"))
     assert list(bars["ts"]) == [utc("2024-11-29 14:30"), utc("2024-11-29 14:45"), utc("2024-11-29 15:00")]
+
+
+def test_demo_reports_its_clock_and_no_d1_bar_before_the_close(calendar):
+    """The answer is final up to the demo's clock; a d1 bar has not ended before its close."""
+    provider = DemoProvider(calendar, fixed_clock("2024-11-29 17:59"))  # 12:59 New York, close 13:00
+    sessions = [date(2024, 11, 27), date(2024, 11, 29)]
+    (request,) = plan_requests([("AAPL", d) for d in sessions], Timeframe.D1, provider.capabilities, calendar)
+    result = provider.fetch(request)
+    assert result.complete_through == utc("2024-11-29 17:59")
+    assert list(result.bars["ts"]) == [calendar.midnight(date(2024, 11, 27))]
+    closed = DemoProvider(calendar, fixed_clock("2024-11-29 18:00")).fetch(request)
+    assert list(closed.bars["ts"]) == [calendar.midnight(d) for d in sessions]
 
 
 def _fake(name, **caps):

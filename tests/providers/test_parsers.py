@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from backfill_dagster.bars import BAR_COLUMNS, bars_frame
+from backfill_dagster.bars import BAR_COLUMNS, bars_frame, validate_bars
 from backfill_dagster.providers import alpaca, polygon, tradier, yahoo
 from backfill_dagster.providers.base import FetchRequest
 from backfill_dagster.providers.payload import PayloadError, keep_requested
@@ -110,16 +110,38 @@ def test_keep_requested_drops_the_live_row_and_unfinished_bars(calendar):
     assert list(later["ts"]) == [utc("2024-01-03 14:30")]
 
 
-def test_keep_requested_clips_to_the_window_and_symbols(calendar):
+def test_keep_requested_clips_to_the_window_and_keeps_other_symbols_for_validation(calendar):
     rows = [
         ["AAPL", "2024-01-03T14:15:00Z", 1, 1, 1, 1, 1, None, None],  # pre-market: before start
         ["AAPL", "2024-01-03T14:30:00Z", 1, 1, 1, 1, 1, None, None],
         ["AAPL", "2024-01-03T21:00:00Z", 1, 1, 1, 1, 1, None, None],  # at end (inclusive API end)
-        ["TSLA", "2024-01-03T14:30:00Z", 1, 1, 1, 1, 1, None, None],  # not asked for
+        ["TSLA", "2024-01-03T14:30:00Z", 1, 1, 1, 1, 1, None, None],  # not asked for: validation rejects it
     ]
     req = request(Timeframe.M15, ["AAPL", "MSFT"], [date(2024, 1, 3)], calendar)
     kept = keep_requested(expected_bars(rows), req, utc("2024-06-01"), calendar)
-    assert list(zip(kept["symbol"], kept["ts"])) == [("AAPL", utc("2024-01-03 14:30"))]
+    assert list(zip(kept["symbol"], kept["ts"])) == [("AAPL", utc("2024-01-03 14:30")), ("TSLA", utc("2024-01-03 14:30"))]
+
+
+@pytest.mark.parametrize("case", ["polygon_other_ticker", "yahoo_other_symbol"])
+def test_an_answer_for_another_symbol_is_rejected_by_validation_not_lost(calendar, case):
+    """The bars survive the provider's parsing and clipping and are rejected with the reason, so they
+    land in rejected_bars instead of failing the request or vanishing."""
+    bars = run_parser(load(PAYLOADS / f"{case}.json"))
+    req = request(Timeframe.D1, ["AAPL"], [date(2024, 1, 3)], calendar)
+    kept = keep_requested(bars, req, utc("2024-06-01"), calendar)
+    checked = validate_bars(kept, Timeframe.D1, calendar, symbols=req.symbols)
+    assert checked.valid.empty and len(checked.rejected) == 1
+    assert "symbol was not requested" in checked.rejected["reason"].iloc[0]
+
+
+def test_keep_requested_cuts_at_the_instant_the_answer_is_final(calendar):
+    """A provider with a data delay (Alpaca's free SIP: 15 minutes) passes the clock less the delay:
+    at 16:05 the 15:45 bar is not final yet, at 16:15 it is."""
+    rows = [["AAPL", f"2024-01-03T20:{m}:00Z", 1, 1, 1, 1, 1, None, None] for m in ("30", "45")]
+    req = request(Timeframe.M15, ["AAPL"], [date(2024, 1, 3)], calendar)
+    sip_at_1605 = utc("2024-01-03 21:05") - pd.Timedelta(minutes=15)
+    assert list(keep_requested(expected_bars(rows), req, sip_at_1605, calendar)["ts"]) == [utc("2024-01-03 20:30")]
+    assert len(keep_requested(expected_bars(rows), req, utc("2024-01-03 21:00"), calendar)) == 2
 
 
 def test_keep_requested_keeps_a_daily_bar_only_after_the_close(calendar):
@@ -127,10 +149,6 @@ def test_keep_requested_keeps_a_daily_bar_only_after_the_close(calendar):
     req = request(Timeframe.D1, ["AAPL"], [date(2024, 1, 3)], calendar)
     assert keep_requested(bars, req, utc("2024-01-03 20:59"), calendar).empty  # 15:59 New York
     assert len(keep_requested(bars, req, utc("2024-01-03 21:00"), calendar)) == 1
-
-
-def test_yahoo_symbols_use_dashes_for_share_classes():
-    assert yahoo.yahoo_symbol("BRK.B") == "BRK-B" and yahoo.yahoo_symbol("AAPL") == "AAPL"
 
 
 def test_parsers_accept_large_pages_quickly():

@@ -1,0 +1,148 @@
+"""Corporate actions the fake providers know: cash dividends and splits, per symbol.
+
+One registry (`FakeConfig.corporate_actions`) serves every fake, so each API's view of a symbol's
+actions tells the same story: today Yahoo's chart `events`; Alpaca's and Polygon's corporate-action
+endpoints are to be served from it too. Symbols are in the store's spelling (BRK.B), like the bars.
+
+By default two symbols in three (chosen by a hash of the symbol, so any symbol works) pay a
+deterministic quarterly cash dividend, and nothing splits. Explicit actions replace the default
+schedule of their symbol:
+
+    FakeConfig(corporate_actions=CorporateActions(
+        splits=[Split("NVDA", ex_date=date(2024, 6, 10), numerator=10, denominator=1,
+                      announced=date(2024, 5, 22))]))
+
+An action is known from its `announced` date on; asked earlier, a fake does not list it. The
+served bars are NOT adjusted for any of these yet (reference/corporate_actions.md §5 has the
+arithmetic for when they are).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+from backfill_dagster.calendar import SessionCalendar, xnys
+from backfill_dagster.providers.demo import _seed
+
+ANNOUNCED_DAYS_BEFORE = 28  # the default dividends are declared four weeks before their ex-date
+
+
+@dataclass(frozen=True)
+class CashDividend:
+    """A cash dividend of `amount` USD per share, paid to holders before `ex_date` (a session)."""
+
+    symbol: str
+    ex_date: date
+    amount: float
+    announced: date
+
+    def __post_init__(self):
+        if not self.amount > 0:
+            raise ValueError(f"dividend of {self.symbol} on {self.ex_date}: amount must be positive, not {self.amount}")
+        _announced_in_time(self.symbol, self.ex_date, self.announced)
+
+
+@dataclass(frozen=True)
+class Split:
+    """`numerator` new shares for `denominator` old ones from `ex_date` on (4-for-1: 4 and 1; a
+    1-for-10 reverse split: 1 and 10)."""
+
+    symbol: str
+    ex_date: date
+    numerator: float
+    denominator: float
+    announced: date
+
+    def __post_init__(self):
+        if not (self.numerator > 0 and self.denominator > 0):
+            raise ValueError(
+                f"split of {self.symbol} on {self.ex_date}: numerator and denominator must be positive"
+            )
+        _announced_in_time(self.symbol, self.ex_date, self.announced)
+
+    @property
+    def ratio(self) -> float:
+        """New shares per old share: prices before the ex-date divide by it."""
+        return self.numerator / self.denominator
+
+
+def _announced_in_time(symbol: str, ex_date: date, announced: date) -> None:
+    if announced > ex_date:
+        raise ValueError(f"action of {symbol} on {ex_date} is announced after its ex-date ({announced})")
+
+
+def pays_default_dividends(symbol: str) -> bool:
+    """Whether `symbol` pays the default quarterly dividend (two symbols in three)."""
+    return _seed(symbol, "dividends") % 3 != 0
+
+
+class CorporateActions:
+    """The actions the fakes know, queried per symbol and ex-date window."""
+
+    def __init__(
+        self,
+        dividends: Iterable[CashDividend] = (),
+        splits: Iterable[Split] = (),
+        *,
+        default_dividends: bool = True,
+        calendar: SessionCalendar | None = None,
+    ):
+        self._calendar = calendar
+        self._dividends = _by_symbol(dividends, self.calendar)
+        self._splits = _by_symbol(splits, self.calendar)
+        self.default_dividends = default_dividends
+
+    @property
+    def calendar(self) -> SessionCalendar:
+        if self._calendar is None:
+            self._calendar = xnys()
+        return self._calendar
+
+    def dividends(self, symbol: str, first: date, last: date, *, known_on: date | None = None) -> list[CashDividend]:
+        """Cash dividends of `symbol` with ex-dates first..last (inclusive), announced by `known_on`."""
+        if symbol in self._dividends:
+            listed = self._dividends[symbol]
+        elif self.default_dividends and pays_default_dividends(symbol):
+            listed = _quarterly_dividends(symbol, first, last, self.calendar)
+        else:
+            listed = []
+        return _window(listed, first, last, known_on)
+
+    def splits(self, symbol: str, first: date, last: date, *, known_on: date | None = None) -> list[Split]:
+        """Splits of `symbol` with ex-dates first..last (inclusive), announced by `known_on`."""
+        return _window(self._splits.get(symbol, []), first, last, known_on)
+
+
+def _by_symbol(actions, calendar: SessionCalendar) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for action in actions:
+        calendar.require_session(action.ex_date)
+        out.setdefault(action.symbol, []).append(action)
+    return {symbol: sorted(listed, key=lambda a: a.ex_date) for symbol, listed in out.items()}
+
+
+def _window(actions: list, first: date, last: date, known_on: date | None) -> list:
+    return [
+        a for a in actions if first <= a.ex_date <= last and (known_on is None or a.announced <= known_on)
+    ]
+
+
+def _quarterly_dividends(symbol: str, first: date, last: date, calendar: SessionCalendar) -> list[CashDividend]:
+    """One dividend a quarter, in the symbol's own months (Jan/Apr/Jul/Oct, Feb/May/... or
+    Mar/Jun/...), on the first session from its own day of the month, of its own amount."""
+    seed = _seed(symbol, "dividends")
+    months = [seed // 3 % 3 + 1 + 3 * q for q in range(4)]
+    day = 1 + seed // 9 % 20
+    amount = round(0.05 + seed // 180 % 96 / 100, 2)
+    out = []
+    for year in range(first.year, last.year + 1):
+        for month in months:
+            start = date(year, month, day)
+            if not (calendar.first_day <= start and start + timedelta(days=7) <= calendar.last_day):
+                continue
+            ex_date = calendar.sessions(start, start + timedelta(days=7))[0]
+            if first <= ex_date <= last:
+                out.append(CashDividend(symbol, ex_date, amount, ex_date - timedelta(days=ANNOUNCED_DAYS_BEFORE)))
+    return out
