@@ -34,7 +34,7 @@ from backfill_dagster.store import (
     shared_engine,
 )
 from backfill_dagster.store.coverage import coverage_detail, coverage_summary
-from backfill_dagster.symbols import InvalidSymbolError, normalize_symbols
+from backfill_dagster.symbols import InvalidSymbolError, normalize_symbols, respelled_symbols, respelling_notice
 from backfill_dagster.timeframes import Timeframe, UnknownTimeframeError
 
 DEMO_SYMBOLS = ("AAPL", "MSFT", "NVDA")
@@ -125,6 +125,14 @@ def recent_sessions(calendar: SessionCalendar, count: int, settings: Settings, *
     return sessions
 
 
+def user_symbols(raws: Sequence[str]) -> list[str]:
+    """The symbols as the store spells them; says which were written differently (BRK-B)."""
+    symbols = normalize_symbols(raws)
+    for given, stored in respelled_symbols(raws):
+        print(respelling_notice(given, stored), file=sys.stderr)
+    return symbols
+
+
 # ---------------------------------------------------------------------- commands
 def cmd_watchlist(args: argparse.Namespace, settings: Settings) -> int:
     watchlist = Watchlist(shared_engine(settings.resolved_database_url))
@@ -136,7 +144,7 @@ def cmd_watchlist(args: argparse.Namespace, settings: Settings) -> int:
             state = "active" if e["active"] else "inactive"
             print(f"{e['symbol']:<10} {state:<8} added {e['added_at']:%Y-%m-%d %H:%M}Z")
         return 0
-    symbols = normalize_symbols(args.symbols)  # refuse bad input before touching anything
+    symbols = user_symbols(args.symbols)  # refuse bad input before touching anything
     instance = dagster_instance(settings)
     if args.action == "add":
         change = watchlist.add(symbols)
@@ -172,7 +180,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         symbol_blocks,
     )
 
-    symbols = normalize_symbols(args.symbols)
+    symbols = user_symbols(args.symbols)
     calendar = xnys()
     # Everything that can refuse refuses before the watchlist or the instance is touched.
     job = checked_definitions(settings).resolve_job_def(ALL_BARS_JOB)
@@ -219,7 +227,7 @@ def cmd_ensure_coverage(args: argparse.Namespace, settings: Settings) -> int:
     from backfill_dagster.orchestration.partitions import partition_key
     from backfill_dagster.store.coverage import missing_partitions
 
-    symbols = normalize_symbols(args.symbols)
+    symbols = user_symbols(args.symbols)
     timeframe = Timeframe.parse(args.timeframe)
     calendar = xnys()
     # Everything that can refuse refuses before the watchlist or the instance is touched: the

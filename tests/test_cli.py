@@ -218,3 +218,11 @@ def test_ensure_coverage_wait_says_when_no_daemon_picks_the_backfill_up(env, mon
     assert warned in warning[0] and os.environ["DAGSTER_HOME"] in captured.err
     assert "dagster-daemon run" in captured.err and "dagster dev" in captured.err
     assert "still REQUESTED after 4.0s" in captured.out and "runs when a daemon starts" in captured.out
+
+
+def test_watchlist_add_says_how_a_share_class_is_spelled(env, capsys):
+    assert main(["watchlist", "add", "BRK-B", "AAPL"]) == 0
+    captured = capsys.readouterr()
+    assert "BRK-B is stored as BRK.B (share classes are written with '.')" in captured.err
+    assert main(["watchlist", "list"]) == 0
+    assert "BRK.B" in capsys.readouterr().out

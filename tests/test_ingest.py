@@ -187,8 +187,7 @@ class Slow(Scripted):
         return result
 
 
-# The demo provider serves the day's bar so far while the session trades (a provisional d1 bar).
-@pytest.mark.parametrize("timeframe, bars", [(Timeframe.M15, 25), (Timeframe.D1, 1)])
+@pytest.mark.parametrize("timeframe, bars", [(Timeframe.M15, 25), (Timeframe.D1, 0)])
 def test_a_fetch_straddling_the_close_is_partial_not_complete(store, calendar, timeframe, bars):
     # Sent at 15:59:58 New York, answered at 16:00:03: the 15:45 bar (and the d1 bar) were not final.
     clock = Clock("2024-11-26 20:59:58", latency_s=5)

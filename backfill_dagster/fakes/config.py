@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date
 
 import pandas as pd
 
@@ -51,6 +52,9 @@ class FakeConfig:
     polygon_history_days: int | None = 730
     # Share of extended-hours m15 slots without trades (no bar; a null row at Yahoo).
     no_trade_rate: float = 0.0
+    # (symbol, session) pairs every fake answers without bars, as a provider that has not published a
+    # session (or has nothing for it) does; the rest of the answer is unchanged.
+    withheld: set[tuple[str, date]] = field(default_factory=set)
     # Dividends and splits the fakes report (Yahoo's `events`); the bars are not adjusted for them.
     corporate_actions: CorporateActions = field(default_factory=CorporateActions)
 

@@ -16,6 +16,7 @@ fetched from Polygon, Tradier or Yahoo (each in its own wire format):
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Set
 from dataclasses import dataclass
 from datetime import date
 
@@ -79,8 +80,10 @@ class Days:
 class BarData:
     """Deterministic bars for any symbol and session of the XNYS calendar, cached."""
 
-    def __init__(self, calendar: SessionCalendar | None = None):
+    def __init__(self, calendar: SessionCalendar | None = None, withheld: Callable[[], Set] = frozenset):
+        """`withheld`: () -> the (symbol, session) pairs served without bars (FakeConfig.withheld)."""
         self.calendar = calendar or xnys()
+        self._withheld = withheld
         # Per-instance caches (a calendar is not hashable into a module-level lru_cache key).
         self._grid = functools.lru_cache(maxsize=_CACHE_SESSIONS)(self._grid_uncached)
         self._session = functools.lru_cache(maxsize=_CACHE_SESSIONS)(self._generate)
@@ -118,7 +121,10 @@ class BarData:
         """All m15 slots with start_ns <= start < end_ns that started before now."""
         end_ns = min(end_ns, now_ns)
         parts = []
+        withheld = self._withheld()
         for session in self.sessions_between(start_ns, end_ns):
+            if (symbol, session) in withheld:
+                continue
             ts, values, regular = self._session(symbol, session)
             if regular_only:
                 ts, values = ts[regular], values[regular]
@@ -138,10 +144,13 @@ class BarData:
     def daily(self, symbol: str, first: date, last: date, now_ns: int) -> Days:
         """d1 bars of the sessions first..last (inclusive) that have a regular bar by now."""
         sessions, midnights, opens, rows = [], [], [], []
+        withheld = self._withheld()
         for session in self.sessions(first, last):
             open_ns = self.calendar.open(session).value
             if open_ns >= now_ns:
                 break  # this session and every later one has not opened
+            if (symbol, session) in withheld:
+                continue
             close_ns = self.calendar.close(session).value
             row = self._day(symbol, session) if close_ns <= now_ns else self._partial_day(symbol, session, now_ns)
             if row is None:

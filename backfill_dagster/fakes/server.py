@@ -47,7 +47,7 @@ class FakeProviders:
         self._config = config or FakeConfig()
         self.host = host
         self._requested_port = port
-        self._data = BarData()
+        self._data = BarData(withheld=lambda: self._config.withheld)
         self._fakes: dict[str, ProviderFake] = {cls.name: cls(self._config, self._data) for cls in FAKES}
         self._log = RequestLog()
         self._windows = RateWindows()
