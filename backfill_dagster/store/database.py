@@ -124,6 +124,18 @@ def apply_schema(engine: Engine) -> None:
         else:
             with engine.begin() as conn:
                 metadata.create_all(conn, checkfirst=True)
+                _add_missing_columns(conn)
+
+
+def _add_missing_columns(conn: sa.Connection) -> None:
+    """SQLite: give tables created by an earlier version the columns added since (create_all only
+    creates missing tables; sql/schema.sql does the same on PostgreSQL with ALTER TABLE)."""
+    for table in metadata.sorted_tables:
+        present = {row[1] for row in conn.exec_driver_sql(f'PRAGMA table_info("{table.name}")')}
+        for column in table.columns:
+            if column.name not in present:
+                spec = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
+                conn.exec_driver_sql(f'ALTER TABLE "{table.name}" ADD COLUMN {spec}')
 
 
 _engines: dict[str, Engine] = {}
