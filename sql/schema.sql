@@ -103,12 +103,27 @@ CREATE INDEX IF NOT EXISTS rejected_bars_symbol_idx ON rejected_bars (symbol, ti
 
 -- Providers' shared request budgets (backfill_dagster/providers/ratelimit.py): every process books
 -- a request here before sending it, so all runs together stay under a provider's rate limit. The
--- budget row is locked while booking; a 429 sets paused_until for everyone. Times are this
--- server's clock in epoch seconds (one clock for every machine).
+-- budget row is locked while booking; a 429 sets paused_until for everyone (requests wait); a
+-- server wait too long to sit out (Retry-After: 3600) sets unavailable_until and its reason
+-- (requests fail at once and runs fall back to the next provider). Times are this server's clock in
+-- epoch seconds (one clock for every machine); clients only ever hand over delays.
 CREATE TABLE IF NOT EXISTS provider_budget (
-    provider      text              PRIMARY KEY,
-    paused_until  double precision
+    provider            text              PRIMARY KEY,
+    paused_until        double precision,
+    unavailable_until   double precision,
+    unavailable_reason  text
 );
+-- Stores created before the unavailability columns gain them (CREATE TABLE IF NOT EXISTS leaves an
+-- existing table as it is). Checked first, so the usual case takes no lock on the table.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                   WHERE table_schema = current_schema() AND table_name = 'provider_budget'
+                     AND column_name = 'unavailable_reason') THEN
+        ALTER TABLE provider_budget ADD COLUMN IF NOT EXISTS unavailable_until double precision,
+                                    ADD COLUMN IF NOT EXISTS unavailable_reason text;
+    END IF;
+END $$;
 CREATE TABLE IF NOT EXISTS provider_requests (
     provider  text              NOT NULL,
     sent_at   double precision  NOT NULL

@@ -3,6 +3,7 @@
 Prints the base URL on one line (flushed) once the server listens, so a parent process can read it:
 
     python -m backfill_dagster.fakes --host 127.0.0.1 --port 0 --rate-limit alpaca=200 --fault-rate 0.05
+    python -m backfill_dagster.fakes --quota-exhausted alpaca=3600   # every Alpaca request: 429, Retry-After 3600
 """
 
 from __future__ import annotations
@@ -29,6 +30,20 @@ def _rate_limit(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(f"{text!r}: N must be a whole number of requests") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: N must be at least 1")
+    return provider, value
+
+
+def _quota(text: str) -> tuple[str, float]:
+    provider, sep, seconds = text.partition("=")
+    provider = provider.strip().lower()
+    if not sep or provider not in PROVIDERS:
+        raise argparse.ArgumentTypeError(f"{text!r}: use PROVIDER=SECONDS with PROVIDER one of {', '.join(PROVIDERS)}")
+    try:
+        value = float(seconds)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: SECONDS must be a number (the Retry-After sent)") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: SECONDS cannot be negative")
     return provider, value
 
 
@@ -61,6 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--rate-limit", type=_rate_limit, action="append", default=[], metavar="PROVIDER=N",
         help="most requests per rate window for a provider (repeatable); absent = unlimited",
     )
+    parser.add_argument(
+        "--quota-exhausted", type=_quota, action="append", default=[], metavar="PROVIDER=SECONDS",
+        help="answer every request of a provider 429 with this Retry-After, a spent quota (repeatable)",
+    )
     parser.add_argument("--rate-window", type=float, default=60.0, help="rate window in seconds")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault draws")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
@@ -73,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = FakeConfig(
             rate_limits=dict(args.rate_limit),
+            quota_exhausted=dict(args.quota_exhausted),
             rate_window_s=args.rate_window,
             fault_rate=args.fault_rate,
             faults=args.faults,

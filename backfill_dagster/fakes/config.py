@@ -34,6 +34,10 @@ class FakeConfig:
     # provider -> most requests per rate window; an absent provider is unlimited.
     rate_limits: dict[str, int] = field(default_factory=dict)
     rate_window_s: float = 60.0
+    # provider -> Retry-After seconds: a spent quota. Every authenticated request to that provider
+    # is answered 429 with that Retry-After (and its rate headers saying so), as a real API does
+    # when a daily or monthly allowance is used up.
+    quota_exhausted: dict[str, float] = field(default_factory=dict)
     # Probability that a request (authenticated, within budget) gets a fault drawn from `faults`.
     fault_rate: float = 0.0
     faults: tuple[str, ...] = FAULT_KINDS
@@ -69,6 +73,12 @@ class FakeConfig:
         bad = [p for p, n in self.rate_limits.items() if int(n) < 1]
         if bad:
             raise ValueError(f"rate_limits for {bad} must be at least 1 request per window")
+        unknown = sorted(set(self.quota_exhausted) - set(PROVIDERS))
+        if unknown:
+            raise ValueError(f"quota_exhausted names unknown provider(s) {unknown}: use {', '.join(PROVIDERS)}")
+        bad = [p for p, s in self.quota_exhausted.items() if not float(s) >= 0]
+        if bad:
+            raise ValueError(f"quota_exhausted for {bad} must be a Retry-After of at least 0 seconds")
         if self.rate_window_s <= 0:
             raise ValueError("rate_window_s must be positive")
         if not 0.0 <= self.fault_rate <= 1.0:

@@ -4,7 +4,9 @@ Every request goes through the same steps, so each fake only has to know its API
 log arrival -> optional latency -> the provider's auth check (401/403 are never faulted and not
 counted against the budget) -> the rate window (over the limit: the provider's 429) -> a fault
 draw (429 with a reset <= 1 s away, 500, 503, a stall before answering, or a body cut in half) ->
-the provider's answer. Alpaca and Tradier add their rate headers to every answer.
+the provider's answer. Alpaca and Tradier add their rate headers to every answer. A provider whose
+quota is spent (`FakeConfig.quota_exhausted`) answers every authenticated request 429 with
+`Retry-After`.
 
 Standard library only: `ThreadingHTTPServer` (HTTP/1.1 keep-alive, daemon handler threads) in a
 daemon thread.
@@ -201,6 +203,8 @@ class FakeProviders:
             if refused is not None:
                 window = self._windows.peek(fake.name, at, limit, config.rate_window_s)
                 response = refused
+            elif fake.name in config.quota_exhausted:
+                response, window = quota_exhausted_answer(fake, config.quota_exhausted[fake.name], at, limit)
             else:
                 window = self._windows.hit(fake.name, at, limit, config.rate_window_s)
                 if window.exceeded:
@@ -291,6 +295,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002
         log.debug("%s %s", self.address_string(), format % args)
+
+
+def quota_exhausted_answer(fake: ProviderFake, retry_after_s: float, at: float, limit: int | None) -> tuple[Response, WindowState]:
+    """The provider's 429 for a spent quota: nothing left until `retry_after_s` from now, which
+    `Retry-After` (and Alpaca's and Tradier's reset headers) say."""
+    spent = WindowState(limit, limit or 0, at + retry_after_s, exhausted=True)
+    response = fake.too_many_requests(spent)
+    response.headers["Retry-After"] = f"{retry_after_s:g}"
+    return response, spent
 
 
 def with_one_invalid_bar(response: Response) -> Response:

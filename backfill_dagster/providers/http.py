@@ -10,9 +10,14 @@ The retry policy, in one place:
   check the key and the plan's entitlement), and a 2xx that is not JSON at all;
 - the wait: exponential back-off with jitter (tenacity), unless the server said when to come back
   (`Retry-After` on 429/503, `X-RateLimit-Reset` for Alpaca, `X-Ratelimit-Expiry` for Tradier on
-  429): then until that moment, capped, plus a little jitter so waiting clients do not return at once;
-- the budget: `budget.acquire()` before every attempt, retries included; a 429 calls
-  `budget.pause_until(...)` so every process sharing the budget holds off, not only this one.
+  429): then that long, plus a little jitter so waiting clients do not return at once. An absolute
+  time is turned into a delay on the server's own clock (its `Date` header), never ours;
+- a server wait beyond `max_server_wait_s` (a quota spent: `Retry-After: 3600`) is not waited out:
+  the request fails at once, not retryable, and the budget marks the provider unavailable for that
+  long, so every process falls back to the next provider instead of sleeping;
+- the budget: `budget.acquire()` before every attempt, retries included (it waits a bounded time and
+  refuses at once while the provider is unavailable); a 429 calls `budget.pause_for(seconds)` so
+  every process sharing the budget holds off, not only this one.
 
 Secrets never leave: credentials travel in headers passed per request (`Credentials`), never in a
 URL, and every message built here is passed through `redact`, which blanks the credential values
@@ -21,7 +26,6 @@ and any `apiKey=`/`token=`-like query parameter.
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import os
@@ -30,12 +34,14 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import httpx
 import tenacity
 
 from backfill_dagster.providers.base import FetchRequest, ProviderError
+from backfill_dagster.providers.server_wait import ServerWait, server_wait
 
 log = logging.getLogger(__name__)
 
@@ -53,24 +59,92 @@ _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
 REDACTED = "***"
 
 
+@dataclass(frozen=True)
+class Unavailability:
+    """Until when a provider refuses to serve (UTC), and why, in the server's words."""
+
+    until: datetime
+    reason: str  # e.g. "HTTP 429 with Retry-After 3600 s: quota exhausted"
+
+
+def utc_text(moment: datetime) -> str:
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+class ProviderUnavailable(ProviderError):
+    """The provider asked for a longer wait than a retry may take: its requests fail at once, not
+    retried, until `until`, in every process sharing its budget (the router falls back meanwhile)."""
+
+    def __init__(
+        self,
+        provider: str,
+        unavailability: Unavailability,
+        *,
+        sent: bool,
+        status: int | None = None,
+        request: FetchRequest | None = None,
+    ):
+        self.unavailability = unavailability
+        self.sent = sent  # False: refused by the budget, nothing went out
+        tail = "" if sent else "; not sent"
+        super().__init__(
+            provider,
+            f"unavailable until {utc_text(unavailability.until)}: {unavailability.reason}{tail}",
+            status=status,
+            request=request,
+            retryable=False,
+        )
+
+    @property
+    def until(self) -> datetime:
+        return self.unavailability.until
+
+    def for_request(self, request: FetchRequest | None) -> ProviderUnavailable:
+        return ProviderUnavailable(
+            self.provider, self.unavailability, sent=self.sent, status=self.status, request=request
+        )
+
+
+class BudgetWaitExceeded(ProviderError):
+    """A request waited for its provider's shared budget as long as it may; nothing was sent."""
+
+    def __init__(self, provider: str, detail: str, *, request: FetchRequest | None = None):
+        self.detail = detail
+        super().__init__(provider, detail, request=request, retryable=True)
+
+    def for_request(self, request: FetchRequest | None) -> BudgetWaitExceeded:
+        return BudgetWaitExceeded(self.provider, self.detail, request=request)
+
+
 class Budget(Protocol):
-    """The provider's shared request budget (the real one lives in the store's database)."""
+    """The provider's shared request budget (the real one lives in the store's database).
 
-    def acquire(self) -> None: ...  # block until one more request may be sent
+    Waits are handed over as seconds from now and the budget ends them on its own clock, so a
+    process whose clock is off never pauses the others longer than the server asked."""
 
-    def pause_until(self, epoch_s: float) -> None: ...  # a 429 said nobody sends before then
+    def acquire(self) -> None: ...  # wait (bounded) until one more request may go; ProviderUnavailable
+    # at once while the provider is unavailable, BudgetWaitExceeded past the bound
+
+    def pause_for(self, seconds: float) -> None: ...  # a 429: nobody sends for this long
+
+    def unavailable_for(self, seconds: float, reason: str) -> Unavailability: ...  # requests fail
+    # at once for this long (a server wait too long to sit out); returns the unavailability in force
 
     def sent(self) -> None: ...  # the request booked last by this thread has been answered
 
 
 class Unlimited:
-    """No budget: every request may go at once (local fakes, tests, unmetered providers)."""
+    """No budget: every request may go at once (local fakes, tests, unmetered providers). Nothing is
+    shared, so nothing is remembered: an unavailable provider answers each request for itself."""
 
     def acquire(self) -> None:
         return None
 
-    def pause_until(self, epoch_s: float) -> None:
+    def pause_for(self, seconds: float) -> None:
         return None
+
+    def unavailable_for(self, seconds: float, reason: str) -> Unavailability:
+        return Unavailability(datetime.now(UTC) + timedelta(seconds=seconds), reason)
 
     def sent(self) -> None:
         return None
@@ -83,8 +157,8 @@ class RetryPolicy:
     attempts: int = 6  # total tries per request, the first included
     backoff_s: float = 1.0  # first back-off; doubles each retry (plus up to this much jitter)
     max_backoff_s: float = 30.0
-    # Longest wait a server may impose with Retry-After / X-RateLimit-Reset; longer ones are cut to
-    # this (a provider window is a minute; an hour-long Retry-After should fail, not hang a run).
+    # Longest wait a server may impose with Retry-After / X-RateLimit-Reset and still be waited out
+    # (a provider window is a minute). A longer one (a spent quota) makes the provider unavailable.
     max_server_wait_s: float = 90.0
 
     def __post_init__(self):
@@ -146,52 +220,6 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     return _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
 
 
-def server_retry_at(headers: Mapping[str, str], status: int, now: float) -> float | None:
-    """When the server said to come back (epoch seconds), or None if it did not say.
-
-    `Retry-After` (seconds or an HTTP date) counts on 429 and 503. The rate-limit reset headers are
-    sent with every response but only mean "wait" on a 429: `X-RateLimit-Reset` (Alpaca, epoch
-    seconds) and `X-Ratelimit-Expiry` (Tradier, epoch milliseconds — some clients read seconds, so
-    the unit is decided by magnitude). A moment already past (clock skew) counts as not said.
-    """
-    at = None
-    retry_after = headers.get("retry-after") if status in (429, 503) else None
-    if retry_after:
-        at = _parse_retry_after(retry_after.strip(), now)
-    if at is None and status == 429:
-        for name in ("x-ratelimit-reset", "x-ratelimit-expiry"):
-            value = headers.get(name)
-            if value:
-                at = _parse_epoch(value.strip(), now)
-                if at is not None:
-                    break
-    return at if at is not None and at > now else None
-
-
-def _parse_retry_after(value: str, now: float) -> float | None:
-    try:
-        return now + max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return when.timestamp() if when.tzinfo is not None else None
-
-
-def _parse_epoch(value: str, now: float) -> float | None:
-    try:
-        number = float(value)
-    except ValueError:
-        return None
-    if number > 1e11:  # epoch milliseconds (seconds will not reach 1e11 until the year 5138)
-        return number / 1000.0
-    if number < 1e8:  # too small for an epoch: a number of seconds from now
-        return now + number
-    return number
-
-
 class _RedactingFilter(logging.Filter):
     """Blanks secret-looking query parameters in httpx's own "HTTP Request: GET <url>" lines.
 
@@ -217,13 +245,13 @@ def _redact_library_logs() -> None:
 
 
 class _Transient(Exception):
-    """An attempt that failed in a way a retry may fix."""
+    """An attempt that failed in a way a retry may fix; `wait_s`: what the server asked for."""
 
-    def __init__(self, reason: str, status: int | None = None, retry_at: float | None = None):
+    def __init__(self, reason: str, status: int | None = None, wait_s: float | None = None):
         super().__init__(reason)
         self.reason = reason
         self.status = status
-        self.retry_at = retry_at
+        self.wait_s = wait_s
 
 
 class HttpClient:
@@ -286,7 +314,10 @@ class HttpClient:
         def attempt() -> tuple[Any, int]:
             nonlocal attempts
             attempts += 1
-            self.budget.acquire()
+            try:
+                self.budget.acquire()
+            except (ProviderUnavailable, BudgetWaitExceeded) as refused:
+                raise refused.for_request(request) from None
             try:
                 return self._attempt(url, params, credentials, request, where, secrets)
             finally:
@@ -335,15 +366,13 @@ class HttpClient:
             raise _Transient(f"{type(exc).__name__}: {redact(str(exc), secrets) or 'no detail'}") from None
 
         status = response.status_code
-        if status == 429:
-            retry_at = server_retry_at(response.headers, status, self._clock())
-            if retry_at is not None:
-                retry_at = min(retry_at, self._clock() + self.policy.max_server_wait_s)
-                self.budget.pause_until(retry_at)  # everyone sharing the budget holds off
-            raise _Transient(_status_text(response, secrets), status, retry_at)
         if status >= 500 or status in _RETRYABLE_4XX:
-            retry_at = server_retry_at(response.headers, status, self._clock())
-            raise _Transient(_status_text(response, secrets), status, retry_at)
+            wait = server_wait(response.headers, status, self._clock())
+            if wait is not None and wait.seconds > self.policy.max_server_wait_s:
+                raise self._unavailable(response, wait, where, request, secrets)
+            if wait is not None and status == 429:
+                self.budget.pause_for(wait.seconds)  # everyone sharing the budget holds off
+            raise _Transient(_status_text(response, secrets), status, None if wait is None else wait.seconds)
         if status >= 400:
             message = _status_text(response, secrets)
             if status in (401, 403):
@@ -373,16 +402,27 @@ class HttpClient:
                 request=request,
             ) from None
 
+    def _unavailable(self, response, wait: ServerWait, where, request, secrets) -> ProviderUnavailable:
+        """Mark the provider unavailable for as long as the server said, for every process."""
+        status = response.status_code
+        detail = redact(_error_detail(response), secrets)
+        reason = f"HTTP {status} with {wait.said}" + (f": {detail}" if detail else "")
+        unavailability = self.budget.unavailable_for(wait.seconds, reason)
+        log.warning(
+            "%s %s: %s, longer than a retry waits (%.0f s): %s is unavailable until %s; requests to it "
+            "fail at once until then", self.provider, where, reason, self.policy.max_server_wait_s,
+            self.provider, utc_text(unavailability.until),
+        )
+        return ProviderUnavailable(self.provider, unavailability, sent=True, status=status, request=request)
+
     def _wait(self, state: tenacity.RetryCallState) -> float:
         exc = state.outcome.exception()
-        if isinstance(exc, _Transient) and exc.retry_at is not None:
-            until = exc.retry_at - self._clock()
-            jitter = random.uniform(0, self.policy.backoff_s)
-            return max(0.0, min(until, self.policy.max_server_wait_s)) + jitter
+        if isinstance(exc, _Transient) and exc.wait_s is not None:
+            return exc.wait_s + random.uniform(0, self.policy.backoff_s)
         wait = self._backoff(state)
         if isinstance(exc, _Transient) and exc.status == 429:
             # The server did not say when; the back-off is our best guess, for everyone.
-            self.budget.pause_until(self._clock() + wait)
+            self.budget.pause_for(wait)
         return wait
 
 
@@ -435,11 +475,16 @@ def _shorten(text: str, limit: int = 300) -> str:
 
 __all__ = [
     "Budget",
+    "BudgetWaitExceeded",
     "Credentials",
     "HttpClient",
+    "ProviderUnavailable",
     "Reply",
     "RetryPolicy",
+    "ServerWait",
+    "Unavailability",
     "Unlimited",
     "redact",
-    "server_retry_at",
+    "server_wait",
+    "utc_text",
 ]

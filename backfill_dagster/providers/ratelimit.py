@@ -3,9 +3,15 @@
 A provider's rate limit is per account, not per process: a UI backfill runs several runs at once,
 and the sensors and schedules add their own. So every request is booked in the store's database
 before it is sent: a sliding window of booked requests per provider (at most `limit` in any
-`window_s` seconds), plus a pause a 429 sets for everyone. Booking is one short transaction, held
-on the provider's budget row (PostgreSQL row lock; SQLite's single writer), and times come from
-the database's clock, so processes on several machines agree on them.
+`window_s` seconds), plus a pause a 429 sets for everyone, plus an unavailability a server wait too
+long to sit out sets (requests then fail at once, so runs fall back to the next provider). Booking
+is one short transaction, held on the provider's budget row (PostgreSQL row lock; SQLite's single
+writer). Every time is the database's clock: callers hand over delays in seconds ("pause for 20
+s") and the database adds them to its own now, so processes on several machines, whatever their
+clocks say, agree on when a pause ends.
+
+A request waits for its slot at most `max_wait_s` (BACKFILL_RATE_MAX_WAIT_SECONDS), logging a
+warning when the wait is long and every half minute while it lasts, then fails naming the setting.
 
 Why not an in-process limiter (pyrate-limiter, a token bucket): it cannot see the other
 processes, which is the whole problem; its SQL backends do not hold a lock across check-and-book,
@@ -14,15 +20,22 @@ so two processes can both take the last slot.
 
 from __future__ import annotations
 
+import logging
+import math
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from backfill_dagster.providers.http import BudgetWaitExceeded, ProviderUnavailable, Unavailability, utc_text
 from backfill_dagster.store.schema import provider_budget, provider_requests
+
+log = logging.getLogger(__name__)
 
 # Requests per window each provider allows by default: Alpaca's Basic plan (200/min), Polygon's
 # free tier (5/min), Tradier's market-data limit (120/min); Yahoo publishes none, so stay polite.
@@ -30,11 +43,34 @@ from backfill_dagster.store.schema import provider_budget, provider_requests
 DEFAULT_RATE_LIMITS = {"alpaca": 200, "polygon": 5, "tradier": 120, "yahoo": 60}
 DEFAULT_WINDOW_S = 60.0
 
+# Longest a request waits for its slot before failing (a full window is at most a minute, a 429's
+# pause at most RetryPolicy.max_server_wait_s; ten minutes means something is wrong).
+MAX_WAIT_SETTING = "BACKFILL_RATE_MAX_WAIT_SECONDS"
+DEFAULT_MAX_WAIT_S = 600.0
+# A wait at least this long is logged as a warning, then again every LOG_EVERY_S while it lasts.
+LONG_WAIT_S = 10.0
+LOG_EVERY_S = 30.0
+
 # Seconds of a window kept free on top: a slot counts from its request's answer (`sent`), which
 # already orders arrivals a full window apart; the margin only absorbs clock reading jitter.
 MAX_MARGIN_S = 0.25
 # Longest single sleep while waiting, so a freed slot or a lifted pause is noticed promptly.
 MAX_SLEEP_S = 2.0
+
+
+def max_wait_from_env(env: Mapping[str, str] | None = None) -> float:
+    """BACKFILL_RATE_MAX_WAIT_SECONDS, or the default."""
+    env = os.environ if env is None else env
+    raw = env.get(MAX_WAIT_SETTING)
+    if raw is None or not raw.strip():
+        return DEFAULT_MAX_WAIT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{MAX_WAIT_SETTING}={raw!r} is not a number of seconds") from None
+    if not 0 < value < math.inf:
+        raise ValueError(f"{MAX_WAIT_SETTING}={raw!r} must be a number of seconds above 0")
+    return value
 
 
 @dataclass(frozen=True)
@@ -53,6 +89,12 @@ class RateLimit:
         return min(MAX_MARGIN_S, 0.01 * self.window_s)
 
 
+@dataclass(frozen=True)
+class _Wait:
+    seconds: float
+    why: str  # "window full: 5 per 60 s", "paused after a 429 from the provider"
+
+
 class SharedBudget:
     """The `Budget` (providers.http) of one provider, kept in the store's database."""
 
@@ -63,24 +105,48 @@ class SharedBudget:
         rate: RateLimit,
         *,
         sleep: Callable[[float], None] = time.sleep,
+        max_wait_s: float | None = None,
     ):
         self.engine = engine
         self.provider = provider
         self.rate = rate
         self.sleep = sleep
+        self.max_wait_s = max_wait_from_env() if max_wait_s is None else max_wait_s
+        if not 0 < self.max_wait_s < math.inf:
+            raise ValueError(f"max_wait_s must be a number of seconds above 0, not {self.max_wait_s}")
         self.waited_s = 0.0  # total time this process spent waiting for a slot (reported)
         self._last = threading.local()  # this thread's last booking, moved to its answer time
+        self._told_until: float | None = None  # the unavailability this process last logged
 
     def acquire(self) -> None:
-        """Block until a request may be sent, and book it."""
-        if self.rate.limit == 0:
-            return
+        """Wait until a request may be sent, and book it (an unlimited budget books nothing).
+
+        Raises ProviderUnavailable at once while the provider is unavailable, and
+        BudgetWaitExceeded rather than wait past `max_wait_s`."""
+        waited, logged_at = 0.0, None
         while True:
             wait = self._try_book()
-            if wait <= 0:
+            if wait is None:
+                if logged_at is not None:
+                    log.info("%s: request budget free again after %.0f s", self.provider, waited)
                 return
-            step = min(wait, MAX_SLEEP_S)
+            if waited + wait.seconds > self.max_wait_s:
+                raise BudgetWaitExceeded(
+                    self.provider,
+                    f"waited {waited:.0f} s for its shared request budget ({wait.why}) and would wait "
+                    f"{wait.seconds:.0f} s more, past the {self.max_wait_s:.0f} s a request may wait: "
+                    f"raise {MAX_WAIT_SETTING} to wait longer; not sent",
+                )
+            if waited + wait.seconds >= LONG_WAIT_S and (logged_at is None or waited - logged_at >= LOG_EVERY_S):
+                log.warning(
+                    "%s: waiting for its shared request budget (%s): %.0f s more, %.0f s waited so far "
+                    "(gives up after %.0f s, %s)", self.provider, wait.why, wait.seconds, waited,
+                    self.max_wait_s, MAX_WAIT_SETTING,
+                )
+                logged_at = waited
+            step = min(wait.seconds, MAX_SLEEP_S)
             self.waited_s += step
+            waited += step
             self.sleep(step)
 
     def sent(self) -> None:
@@ -102,16 +168,40 @@ class SharedBudget:
                         else sa.func.max(booked, _db_now(self.engine)))
             )
 
-    def pause_until(self, epoch_s: float) -> None:
-        """Nobody sends to this provider before `epoch_s` (a 429 said so)."""
+    def pause_for(self, seconds: float) -> None:
+        """Nobody sends to this provider for `seconds` from now, by the database's clock (a 429)."""
         with self.engine.begin() as conn:
-            current = self._lock_row(conn)
-            if current is None or current < epoch_s:  # an earlier pause never shortens a later one
+            row = self._lock_row(conn)
+            end = self._now(conn) + seconds
+            if row.paused_until is None or row.paused_until < end:  # never shortens a later pause
                 conn.execute(
                     sa.update(provider_budget)
                     .where(provider_budget.c.provider == self.provider)
-                    .values(paused_until=epoch_s)
+                    .values(paused_until=end)
                 )
+
+    def unavailable_for(self, seconds: float, reason: str) -> Unavailability:
+        """Requests to this provider fail at once for `seconds` from now (database clock), in every
+        process; returns the unavailability in force (an earlier, longer one is never shortened)."""
+        with self.engine.begin() as conn:
+            row = self._lock_row(conn)
+            end = self._now(conn) + seconds
+            if row.unavailable_until is None or row.unavailable_until < end:
+                conn.execute(
+                    sa.update(provider_budget)
+                    .where(provider_budget.c.provider == self.provider)
+                    .values(unavailable_until=end, unavailable_reason=reason)
+                )
+                return Unavailability(_utc(end), reason)
+            return Unavailability(_utc(row.unavailable_until), row.unavailable_reason or reason)
+
+    def unavailable(self) -> Unavailability | None:
+        """Until when (and why) the provider is unavailable, or None if it is not (any more)."""
+        with self.engine.begin() as conn:
+            row = self._read_row(conn, lock=False)
+            if row is None or row.unavailable_until is None or row.unavailable_until <= self._now(conn):
+                return None
+            return Unavailability(_utc(row.unavailable_until), row.unavailable_reason or "")
 
     def booked(self, since_s: float | None = None) -> list[float]:
         """Booking times (DB clock, epoch seconds) still in the table, oldest first."""
@@ -122,14 +212,19 @@ class SharedBudget:
             return [row[0] for row in conn.execute(query.order_by(provider_requests.c.sent_at))]
 
     # ------------------------------------------------------------------ internals
-    def _try_book(self) -> float:
-        """Book one request now and return 0, or return how long to wait before trying again."""
+    def _try_book(self) -> _Wait | None:
+        """Book one request now and return None, or say how long to wait before trying again."""
         rate = self.rate
         with self.engine.begin() as conn:
-            paused_until = self._lock_row(conn)
-            now = conn.execute(sa.select(_db_now(self.engine))).scalar_one()
-            if paused_until is not None and paused_until > now:
-                return paused_until - now
+            # An unlimited budget books nothing, so it need not hold the row: it only reads it.
+            row = self._read_row(conn, lock=rate.limit > 0)
+            now = self._now(conn)
+            if row is not None and row.unavailable_until is not None and row.unavailable_until > now:
+                raise self._refusal(row)
+            if row is not None and row.paused_until is not None and row.paused_until > now:
+                return _Wait(row.paused_until - now, "paused after a 429 from the provider")
+            if rate.limit == 0:
+                return None
             horizon = now - rate.window_s - rate.margin_s
             conn.execute(
                 sa.delete(provider_requests)
@@ -143,28 +238,49 @@ class SharedBudget:
             if count < rate.limit:
                 conn.execute(sa.insert(provider_requests).values(provider=self.provider, sent_at=now))
                 self._last.at = now
-                return 0.0
+                return None
             # The oldest booking leaves the window (plus margin) at oldest + window + margin.
-            return max(oldest + rate.window_s + rate.margin_s - now, 0.001)
+            wait = max(oldest + rate.window_s + rate.margin_s - now, 0.001)
+            return _Wait(wait, f"window full: {rate.limit} per {rate.window_s:g} s")
 
-    def _lock_row(self, conn: Connection) -> float | None:
-        """Create the provider's budget row if needed and lock it for this transaction."""
+    def _refusal(self, row) -> ProviderUnavailable:
+        unavailability = Unavailability(_utc(row.unavailable_until), row.unavailable_reason or "no reason recorded")
+        if self._told_until != row.unavailable_until:  # once per unavailability per process
+            self._told_until = row.unavailable_until
+            log.warning(
+                "%s is unavailable until %s (%s): its requests fail at once, runs fall back to the "
+                "next provider", self.provider, utc_text(unavailability.until), unavailability.reason,
+            )
+        return ProviderUnavailable(self.provider, unavailability, sent=False)
+
+    def _now(self, conn: Connection) -> float:
+        return conn.execute(sa.select(_db_now(self.engine))).scalar_one()
+
+    def _read_row(self, conn: Connection, *, lock: bool):
+        """The provider's budget row (None if it has none yet); with `lock`, created if needed and
+        held for this transaction."""
+        columns = (provider_budget.c.paused_until, provider_budget.c.unavailable_until,
+                   provider_budget.c.unavailable_reason)
+        query = sa.select(*columns).where(provider_budget.c.provider == self.provider)
+        if not lock:
+            return conn.execute(query).one_or_none()
         if self.engine.dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
 
             conn.execute(insert(provider_budget).values(provider=self.provider).on_conflict_do_nothing())
-            return conn.execute(
-                sa.select(provider_budget.c.paused_until)
-                .where(provider_budget.c.provider == self.provider)
-                .with_for_update()
-            ).scalar_one()
+            return conn.execute(query.with_for_update()).one()
         # SQLite: the transaction began with BEGIN IMMEDIATE, the database's one write lock.
         from sqlalchemy.dialects.sqlite import insert
 
         conn.execute(insert(provider_budget).values(provider=self.provider).on_conflict_do_nothing())
-        return conn.execute(
-            sa.select(provider_budget.c.paused_until).where(provider_budget.c.provider == self.provider)
-        ).scalar_one()
+        return conn.execute(query).one()
+
+    def _lock_row(self, conn: Connection):
+        return self._read_row(conn, lock=True)
+
+
+def _utc(epoch_s: float) -> datetime:
+    return datetime.fromtimestamp(epoch_s, UTC)
 
 
 def _db_now(engine: Engine) -> sa.ColumnElement[float]:

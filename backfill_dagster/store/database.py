@@ -124,26 +124,35 @@ def apply_schema(engine: Engine) -> None:
         else:
             with engine.begin() as conn:
                 metadata.create_all(conn, checkfirst=True)
-                _migrate_sqlite(conn)
+                _add_missing_columns(conn)
+                _allow_empty_status(conn)
 
 
-def _migrate_sqlite(conn) -> None:
-    """Bring an embedded database made by an earlier version up to date (sql/schema.sql does the
-    same on PostgreSQL): the ledger's 'empty' status, and its source_fetched_at column."""
-    columns = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(bar_coverage)")}
-    if "source_fetched_at" not in columns:
-        conn.exec_driver_sql("ALTER TABLE bar_coverage ADD COLUMN source_fetched_at DATETIME")
+def _add_missing_columns(conn: sa.Connection) -> None:
+    """SQLite: give tables created by an earlier version the columns added since (create_all only
+    creates missing tables; sql/schema.sql does the same on PostgreSQL with ALTER TABLE)."""
+    for table in metadata.sorted_tables:
+        present = {row[1] for row in conn.exec_driver_sql(f'PRAGMA table_info("{table.name}")')}
+        for column in table.columns:
+            if column.name not in present:
+                spec = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
+                conn.exec_driver_sql(f'ALTER TABLE "{table.name}" ADD COLUMN {spec}')
+
+
+def _allow_empty_status(conn: sa.Connection) -> None:
+    """SQLite: a ledger made before the 'empty' status has a CHECK constraint without it, and SQLite
+    cannot alter a constraint: copy the rows into a table made anew."""
     table_sql = conn.exec_driver_sql(
         "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'bar_coverage'"
     ).scalar_one()
-    if "'empty'" not in table_sql:
-        # SQLite cannot alter a CHECK constraint: copy the rows into a table made anew.
-        conn.exec_driver_sql("ALTER TABLE bar_coverage RENAME TO bar_coverage_old")
-        conn.exec_driver_sql("DROP INDEX IF EXISTS bar_coverage_open_idx")
-        bar_coverage.create(conn)  # with its indexes
-        names = ", ".join(c.name for c in bar_coverage.columns)
-        conn.exec_driver_sql(f"INSERT INTO bar_coverage ({names}) SELECT {names} FROM bar_coverage_old")
-        conn.exec_driver_sql("DROP TABLE bar_coverage_old")
+    if "'empty'" in table_sql:
+        return
+    conn.exec_driver_sql("ALTER TABLE bar_coverage RENAME TO bar_coverage_old")
+    conn.exec_driver_sql("DROP INDEX IF EXISTS bar_coverage_open_idx")
+    bar_coverage.create(conn)  # with its indexes
+    names = ", ".join(c.name for c in bar_coverage.columns)
+    conn.exec_driver_sql(f"INSERT INTO bar_coverage ({names}) SELECT {names} FROM bar_coverage_old")
+    conn.exec_driver_sql("DROP TABLE bar_coverage_old")
 
 
 _engines: dict[str, Engine] = {}

@@ -135,11 +135,15 @@ rejected_bars = sa.Table(
 # Providers' shared request budgets (backfill_dagster.providers.ratelimit): one row per provider,
 # locked while a request is booked, and the booked requests of the current window. Times are the
 # database clock in epoch seconds, so every process on every machine uses the same clock.
+# paused_until: a 429's pause (requests wait); unavailable_until: a server wait too long to sit out
+# (requests fail at once, runs fall back), with the server's reason.
 provider_budget = sa.Table(
     "provider_budget",
     metadata,
     sa.Column("provider", sa.Text, primary_key=True),
     sa.Column("paused_until", sa.Float),
+    sa.Column("unavailable_until", sa.Float),
+    sa.Column("unavailable_reason", sa.Text),
 )
 
 provider_requests = sa.Table(

@@ -11,7 +11,8 @@ import httpx
 def test_cli_prints_a_serving_url_and_stops_on_terminate():
     process = subprocess.Popen(
         [sys.executable, "-m", "backfill_dagster.fakes", "--host", "127.0.0.1", "--port", "0",
-         "--rate-limit", "polygon=1", "--rate-window", "60", "--seed", "3", "--now", "2024-03-01T18:00:00Z"],
+         "--rate-limit", "polygon=1", "--rate-window", "60", "--seed", "3", "--now", "2024-03-01T18:00:00Z",
+         "--quota-exhausted", "tradier=3600"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -23,8 +24,11 @@ def test_cli_prints_a_serving_url_and_stops_on_terminate():
         with httpx.Client(base_url=url, timeout=10) as client:
             first = client.get(path, params={"apiKey": "fake-polygon-key"})
             second = client.get(path, params={"apiKey": "fake-polygon-key"})
+            spent = client.get("/v1/markets/history", params={"symbol": "AAPL"},
+                               headers={"Authorization": "Bearer fake-tradier-token", "Accept": "application/json"})
         assert first.status_code == 200 and len(first.json()["results"]) == 4
         assert second.status_code == 429  # --rate-limit polygon=1 is honoured
+        assert spent.status_code == 429 and spent.headers["Retry-After"] == "3600"  # --quota-exhausted
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -37,3 +41,11 @@ def test_cli_refuses_a_bad_rate_limit():
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 2 and "PROVIDER=N" in result.stderr
+
+
+def test_cli_refuses_a_bad_quota():
+    result = subprocess.run(
+        [sys.executable, "-m", "backfill_dagster.fakes", "--quota-exhausted", "alpaca=soon"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2 and "SECONDS must be a number" in result.stderr

@@ -50,6 +50,24 @@ def test_rate_limit_answers_of_the_other_providers(fakes, http, config):
     assert not any(h.lower().startswith("x-ratelimit") for h in (*polygon.headers, *yahoo.headers))
 
 
+def test_a_spent_quota_answers_every_request_429_with_retry_after(fakes, http, config):
+    config.quota_exhausted = {"alpaca": 3600, "tradier": 120}
+    replies = [_alpaca(http, config) for _ in range(3)]
+    assert [r.status_code for r in replies] == [429] * 3
+    reply = replies[-1]
+    assert reply.headers["Retry-After"] == "3600" and reply.json()["message"] == "too many requests"
+    assert reply.headers["X-RateLimit-Remaining"] == "0"
+    assert 3599 <= int(reply.headers["X-RateLimit-Reset"]) - time.time() <= 3601  # the reset agrees
+    tradier = http.get("/v1/markets/history", params={"symbol": "AAPL"}, headers=tradier_headers(config))
+    assert tradier.status_code == 429 and tradier.headers["Retry-After"] == "120"
+    assert http.get("/v2/stocks/bars", params=DAILY).status_code == 401  # auth is checked first
+    polygon = http.get("/v2/aggs/ticker/AAPL/range/1/day/2024-01-02/2024-01-05", params={"apiKey": config.polygon_key})
+    assert polygon.status_code == 200  # other providers serve as usual
+    assert [e.status for e in fakes.log if e.provider == "alpaca"] == [429, 429, 429, 401]
+    config.quota_exhausted = {}  # read per request: the quota is back
+    assert _alpaca(http, config).status_code == 200
+
+
 def test_max_in_window_counts_the_busiest_sliding_window(fakes, http, config):
     for _ in range(3):
         _alpaca(http, config)
@@ -141,6 +159,10 @@ def test_invalid_config_is_refused_with_the_fix():
         FakeConfig(rate_limits={"iex": 5})
     with pytest.raises(ValueError, match="fault kind"):
         FakeConfig(faults=("oops",))
+    with pytest.raises(ValueError, match="quota_exhausted names unknown provider"):
+        FakeConfig(quota_exhausted={"iex": 60})
+    with pytest.raises(ValueError, match="at least 0 seconds"):
+        FakeConfig(quota_exhausted={"alpaca": -1})
 
 
 def test_stop_closes_keep_alive_connections():

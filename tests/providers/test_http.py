@@ -1,7 +1,8 @@
 """The shared HTTP client against a real local HTTP server that plays scripted answers.
 
 Sleeps are recorded instead of slept (the client takes `sleep`), so back-offs of seconds cost
-nothing; only the timeout test waits for real, a fraction of a second.
+nothing; only the timeout test waits for real, a fraction of a second. The server's clock (its
+`Date` header) and the client's are both NOW unless a test skews one.
 """
 
 from __future__ import annotations
@@ -9,23 +10,25 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
-import queue
-import threading
-import time
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from datetime import UTC, datetime
 
 import pytest
 
-from backfill_dagster.providers.base import ProviderConfigError, ProviderError
+from backfill_dagster.providers.base import FetchRequest, ProviderConfigError, ProviderError
 from backfill_dagster.providers.config import setting_secret, setting_url
 from backfill_dagster.providers.http import (
     Credentials,
     HttpClient,
+    ProviderUnavailable,
     RetryPolicy,
+    ServerWait,
+    Unavailability,
+    Unlimited,
     redact,
-    server_retry_at,
+    server_wait,
 )
+from backfill_dagster.timeframes import Timeframe
+from tests.providers.scripted import Answer, ScriptedServer
 
 SECRET = "sk-live-0123456789abcdef"
 KEY_ID = "AKIDEXAMPLE123456"
@@ -36,89 +39,24 @@ NOW = 1_700_000_000.0
 FAST = RetryPolicy(attempts=4, backoff_s=0.01, max_backoff_s=0.05, max_server_wait_s=60.0)
 
 
-@dataclass
-class Answer:
-    status: int = 200
-    body: bytes | dict | str = b'{"ok": true}'
-    headers: dict = field(default_factory=dict)
-    truncate_to: int | None = None  # send only this many body bytes, then drop the connection
-    delay_s: float = 0.0
-
-
-class ScriptedServer:
-    """A loopback HTTP/1.1 server answering from a queue; it records every request it got."""
-
-    def __init__(self):
-        self.answers: queue.Queue[Answer] = queue.Queue()
-        self.requests: list[dict] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive, so connection reuse is visible
-
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                outer.requests.append(
-                    {"path": self.path, "headers": dict(self.headers), "port": self.client_address[1]}
-                )
-                try:
-                    answer = outer.answers.get_nowait()
-                except queue.Empty:
-                    answer = Answer(500, b'{"message": "script exhausted"}')
-                if answer.delay_s:
-                    time.sleep(answer.delay_s)
-                body = answer.body
-                if isinstance(body, dict):
-                    body = json.dumps(body).encode()
-                elif isinstance(body, str):
-                    body = body.encode()
-                try:
-                    self.send_response(answer.status)
-                    headers = {"Content-Type": "application/json", **answer.headers}
-                    for name, value in headers.items():
-                        self.send_header(name, value)
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    if answer.truncate_to is not None:
-                        self.wfile.write(body[: answer.truncate_to])
-                        self.wfile.flush()
-                        self.close_connection = True
-                        return
-                    self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-
-    def script(self, *answers: Answer) -> None:
-        for a in answers:
-            self.answers.put(a)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 class RecordingBudget:
+    """A budget that records what the client told it: delays in seconds, as the server meant them."""
+
     def __init__(self):
         self.acquired = 0
         self.answered = 0
         self.pauses: list[float] = []
+        self.unavailable: list[tuple[float, str]] = []
 
     def acquire(self) -> None:
         self.acquired += 1
 
-    def pause_until(self, epoch_s: float) -> None:
-        self.pauses.append(epoch_s)
+    def pause_for(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+
+    def unavailable_for(self, seconds: float, reason: str) -> Unavailability:
+        self.unavailable.append((seconds, reason))
+        return Unavailability(datetime.fromtimestamp(NOW + seconds, UTC), reason)
 
     def sent(self) -> None:
         self.answered += 1
@@ -126,7 +64,7 @@ class RecordingBudget:
 
 @pytest.fixture
 def server():
-    with ScriptedServer() as s:
+    with ScriptedServer(now=lambda: NOW) as s:
         yield s
 
 
@@ -177,7 +115,7 @@ def test_retries_5xx_and_429_with_growing_backoff_then_succeeds(client, server, 
     for wait, base in zip(sleeps, (0.01, 0.02, 0.04)):
         assert base <= wait <= base + 0.01 + 1e-9
     # the 429 without any header still pauses everyone, for the back-off it chose
-    assert budget.pauses == [pytest.approx(NOW + sleeps[2])]
+    assert budget.pauses == [pytest.approx(sleeps[2])]
 
 
 @pytest.mark.parametrize(
@@ -188,15 +126,74 @@ def test_retries_5xx_and_429_with_growing_backoff_then_succeeds(client, server, 
         ({"X-RateLimit-Reset": str(int(NOW + 20)), "X-RateLimit-Limit": "200"}, 20.0),  # Alpaca
         ({"X-Ratelimit-Expiry": str(int((NOW + 30) * 1000)), "X-Ratelimit-Allowed": "120"}, 30.0),  # Tradier ms
         ({"X-Ratelimit-Expiry": str(int(NOW + 25))}, 25.0),  # the same header in seconds
-        ({"Retry-After": "3600"}, 60.0),  # capped at max_server_wait_s
+        ({"Retry-After": "60"}, 60.0),  # as long as a retry may wait (max_server_wait_s)
     ],
-    ids=["retry-after-seconds", "retry-after-date", "alpaca-reset", "tradier-expiry-ms", "tradier-expiry-s", "capped"],
+    ids=["retry-after-seconds", "retry-after-date", "alpaca-reset", "tradier-expiry-ms", "tradier-expiry-s", "at-cap"],
 )
 def test_a_429_waits_until_the_server_says_and_pauses_the_shared_budget(client, server, sleeps, budget, headers, wait):
     server.script(Answer(429, {"message": "too many requests"}, headers), Answer())
     assert get(client, server).attempts == 2
     assert sleeps[0] == pytest.approx(wait, abs=0.011)  # + jitter of at most backoff_s
-    assert budget.pauses == [pytest.approx(NOW + wait)]
+    assert budget.pauses == [pytest.approx(wait)]  # a delay: the budget ends it on its own clock
+    assert budget.unavailable == []
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-RateLimit-Reset": str(int(NOW + 20))},  # Alpaca, epoch seconds
+        {"X-Ratelimit-Expiry": str(int((NOW + 20) * 1000))},  # Tradier, epoch milliseconds
+        {"Retry-After": email.utils.formatdate(NOW + 20, usegmt=True)},  # an HTTP date
+    ],
+    ids=["alpaca-reset", "tradier-expiry", "retry-after-date"],
+)
+@pytest.mark.parametrize("skew", [3600.0, -3600.0])
+def test_an_absolute_reset_is_read_on_the_servers_clock_not_a_skewed_local_one(server, sleeps, budget, headers, skew):
+    # The client's clock is an hour off; the server's Date header says NOW, its reset NOW + 20 s.
+    with HttpClient("alpaca", budget=budget, policy=FAST, sleep=sleeps.append, clock=lambda: NOW + skew) as http:
+        server.script(Answer(429, {"message": "too many requests"}, headers), Answer())
+        assert get(http, server).attempts == 2
+    assert budget.pauses == [pytest.approx(20.0)] and sleeps[0] == pytest.approx(20.0, abs=0.011)
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_server_wait_beyond_the_cap_fails_at_once_and_makes_the_provider_unavailable(
+    client, server, sleeps, budget, status, caplog
+):
+    server.script(Answer(status, {"message": "daily quota exhausted"}, {"Retry-After": "3600"}), Answer())
+    request = FetchRequest(Timeframe.M15, ("AAPL",), (datetime(2023, 11, 13).date(),), None, None)
+    with caplog.at_level(logging.WARNING), pytest.raises(ProviderUnavailable) as raised:
+        client.get_json(server.url + "/v2/stocks/bars", credentials=CREDENTIALS, request=request)
+    error = raised.value
+    assert len(server.requests) == 1 and sleeps == []  # neither retried nor waited out
+    assert not error.retryable and error.status == status and error.provider == "alpaca"
+    reason = f"HTTP {status} with Retry-After 3600 s: daily quota exhausted"
+    assert budget.unavailable == [(3600.0, reason)] and budget.pauses == []  # every process is told
+    assert error.until == datetime(2023, 11, 14, 23, 13, 20, tzinfo=UTC)  # NOW + 1 h
+    assert str(error) == (
+        f"alpaca for m15 AAPL 2023-11-13: unavailable until 2023-11-14 23:13:20 UTC: {reason} "
+        f"(last HTTP status {status})"
+    )
+    assert "alpaca is unavailable until 2023-11-14 23:13:20 UTC" in caplog.text and reason in caplog.text
+
+
+def test_a_budget_that_refuses_sends_nothing_and_the_error_names_the_request(server, sleeps):
+    until = Unavailability(datetime(2023, 11, 14, 23, 13, 20, tzinfo=UTC), "HTTP 429 with Retry-After 3600 s")
+
+    class Refusing(Unlimited):
+        def acquire(self) -> None:
+            raise ProviderUnavailable("alpaca", until, sent=False)
+
+    request = FetchRequest(Timeframe.D1, ("MSFT",), (datetime(2023, 11, 13).date(),), None, None)
+    with HttpClient("alpaca", budget=Refusing(), policy=FAST, sleep=sleeps.append) as http:
+        with pytest.raises(ProviderUnavailable) as raised:
+            http.get_json(server.url + "/v2/stocks/bars", request=request)
+    assert server.requests == [] and sleeps == []
+    assert str(raised.value) == (
+        "alpaca for d1 MSFT 2023-11-13: unavailable until 2023-11-14 23:13:20 UTC: "
+        "HTTP 429 with Retry-After 3600 s; not sent"
+    )
+    assert raised.value.request is request and not raised.value.retryable
 
 
 def test_retry_after_on_503_is_honoured_without_pausing_the_budget(client, server, sleeps, budget):
@@ -297,15 +294,32 @@ def test_redirects_are_not_followed(client, server):
 
 
 # ---------------------------------------------------------------------------- pure helpers
-def test_server_retry_at_reads_each_header_and_unit():
-    assert server_retry_at({"retry-after": "5"}, 429, NOW) == NOW + 5
-    assert server_retry_at({"x-ratelimit-reset": str(NOW + 9)}, 429, NOW) == NOW + 9
-    assert server_retry_at({"x-ratelimit-expiry": str((NOW + 9) * 1000)}, 429, NOW) == NOW + 9
-    assert server_retry_at({"x-ratelimit-reset": "30"}, 429, NOW) == NOW + 30  # a delta, not an epoch
-    assert server_retry_at({"x-ratelimit-reset": str(NOW + 9)}, 500, NOW) is None  # only a 429 means "wait"
-    assert server_retry_at({"x-ratelimit-reset": str(NOW - 9)}, 429, NOW) is None  # past: clock skew
-    assert server_retry_at({"retry-after": "soon"}, 429, NOW) is None
-    assert server_retry_at({}, 429, NOW) is None
+def test_server_wait_reads_each_header_and_unit():
+    assert server_wait({"retry-after": "5"}, 429, NOW) == ServerWait(5.0, "Retry-After 5 s")
+    assert server_wait({"retry-after": "3600"}, 503, NOW) == ServerWait(3600.0, "Retry-After 3600 s")
+    assert server_wait({"x-ratelimit-reset": str(int(NOW + 9))}, 429, NOW) == ServerWait(
+        9.0, f"X-RateLimit-Reset {int(NOW + 9)} (in 9 s)"
+    )
+    assert server_wait({"x-ratelimit-expiry": str(int(NOW + 9) * 1000)}, 429, NOW).seconds == 9
+    assert server_wait({"x-ratelimit-reset": "30"}, 429, NOW).seconds == 30  # a delta, not an epoch
+    assert server_wait({"x-ratelimit-reset": str(NOW + 9)}, 500, NOW) is None  # only a 429 means "wait"
+    assert server_wait({"retry-after": "5"}, 500, NOW) is None
+    assert server_wait({"x-ratelimit-reset": str(NOW - 9)}, 429, NOW) is None  # past: not said
+    assert server_wait({"retry-after": "soon"}, 429, NOW) is None
+    assert server_wait({}, 429, NOW) is None
+
+
+def test_server_wait_measures_absolute_times_on_the_servers_date_header():
+    date = email.utils.formatdate(NOW, usegmt=True)
+    fast, slow = NOW + 3600, NOW - 3600  # the local clock, an hour off either way
+    reset = {"date": date, "x-ratelimit-reset": str(int(NOW + 9))}
+    assert server_wait(reset, 429, fast).seconds == 9 and server_wait(reset, 429, slow).seconds == 9
+    later = email.utils.formatdate(NOW + 12, usegmt=True)
+    assert server_wait({"date": date, "retry-after": later}, 429, fast) == ServerWait(12.0, f"Retry-After {later} (in 12 s)")
+    assert server_wait({"date": date, "retry-after": "7"}, 429, fast).seconds == 7  # a delay needs no clock
+    # no Date header, or one that does not parse: the local clock is all there is
+    assert server_wait({"x-ratelimit-reset": str(int(NOW + 9))}, 429, NOW - 1).seconds == 10
+    assert server_wait({"date": "yesterday", "x-ratelimit-reset": str(int(NOW + 9))}, 429, NOW).seconds == 9
 
 
 def test_redact_blanks_secrets_tokens_and_key_parameters():
