@@ -79,3 +79,35 @@ def test_unreachable_database_is_a_clear_error_without_the_password():
         create_engine("postgresql://user:s3cret@127.0.0.1:1/nowhere")
     assert "cannot reach the database postgresql+psycopg://user:***@127.0.0.1:1/nowhere" in str(info.value)
     assert "s3cret" not in str(info.value)
+
+
+OLD_LEDGER = {
+    # bar_coverage as the first release made it: no 'empty' status, no source_fetched_at.
+    "sqlite": """CREATE TABLE bar_coverage (symbol TEXT NOT NULL, timeframe TEXT NOT NULL, session DATE NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('complete', 'partial', 'failed')), bars INTEGER DEFAULT '0' NOT NULL,
+        expected INTEGER DEFAULT '0' NOT NULL, provider TEXT, fetched_at DATETIME, session_closed BOOLEAN DEFAULT 0 NOT NULL,
+        attempts INTEGER DEFAULT '1' NOT NULL, error TEXT, run_id TEXT, updated_at DATETIME NOT NULL,
+        PRIMARY KEY (symbol, timeframe, session))""",
+    "postgresql": """CREATE TABLE bar_coverage (symbol text NOT NULL, timeframe text NOT NULL, session date NOT NULL,
+        status text NOT NULL CHECK (status IN ('complete', 'partial', 'failed')), bars integer NOT NULL DEFAULT 0,
+        expected integer NOT NULL DEFAULT 0, provider text, fetched_at timestamptz, session_closed boolean NOT NULL DEFAULT false,
+        attempts integer NOT NULL DEFAULT 1, error text, run_id text, updated_at timestamptz NOT NULL,
+        PRIMARY KEY (symbol, timeframe, session))""",
+}
+
+
+def test_a_ledger_made_before_the_empty_status_is_migrated_with_its_rows(store_url):
+    engine = create_engine(store_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE bar_coverage")
+        conn.exec_driver_sql(OLD_LEDGER[engine.dialect.name])
+        conn.exec_driver_sql("INSERT INTO bar_coverage (symbol, timeframe, session, status, bars, updated_at) "
+                             "VALUES ('AAPL', 'm15', '2024-11-26', 'complete', 26, '2024-11-27 00:00:00+00')")
+    apply_schema(engine)
+    apply_schema(engine)  # idempotent
+    with engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO bar_coverage (symbol, timeframe, session, status, updated_at, source_fetched_at) "
+                             "VALUES ('AAPL', 'm15', '2024-11-27', 'empty', '2024-11-28 00:00:00+00', NULL)")
+        rows = conn.exec_driver_sql("SELECT session, status, bars FROM bar_coverage ORDER BY session").all()
+    assert [(str(r[0])[:10], r[1], r[2]) for r in rows] == [("2024-11-26", "complete", 26), ("2024-11-27", "empty", 0)]
+    engine.dispose()
