@@ -102,3 +102,18 @@ def test_with_no_provider_left_the_step_fails_saying_until_when_and_why(fakes, t
     assert expected in message and "AAPL" in message and "2025-02-03" in message
     ledger = BarStore(shared_engine(store_url), xnys()).coverage(Timeframe.M15)
     assert set(ledger.status) == {"failed"} and all(expected in error for error in ledger.error)
+
+
+def test_the_deployed_instance_puts_the_clients_own_warnings_in_the_run_log(fakes, tmp_path, store_url):
+    import yaml
+
+    from tests.e2e.conftest import ROOT
+
+    deployed = yaml.safe_load((ROOT / "dagster.yaml").read_text())["python_logs"]
+    with dg.instance_for_test(overrides={"python_logs": deployed}) as instance:
+        defs = provider_defs(tmp_path, store_url, ["alpaca", "polygon"])
+        add_symbols(instance, store_url, SYMBOLS[:1])
+        result = run(defs, instance, SYMBOLS[:1], SESSIONS[:2], assets=["bars_m15"])
+        assert result.success
+        # providers/http.py's own warning, not only ingest's summary of the failed request
+        assert "longer than a retry waits (90 s): alpaca is unavailable until" in run_log(instance, result)
