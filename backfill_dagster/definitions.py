@@ -17,7 +17,7 @@ from backfill_dagster.orchestration.jobs import all_bars_job
 from backfill_dagster.orchestration.partitions import bar_partitions
 from backfill_dagster.orchestration.resources import providers_resource, store_resource
 from backfill_dagster.orchestration.schedules import DEFAULT_EOD_DELAY, build_schedules, end_of_day_delay_from_env
-from backfill_dagster.orchestration.sensors import bars_automation, watchlist_sync
+from backfill_dagster.orchestration.sensors import watchlist_sync
 from backfill_dagster.providers.registry import check_provider_names
 from backfill_dagster.settings import Settings
 
@@ -36,7 +36,7 @@ def build_definitions(
         assets=list(assets.values()),
         asset_checks=bar_checks(assets, partitions_def, settings.completeness_warn_below),
         jobs=[all_bars_job],
-        sensors=[watchlist_sync, bars_automation, build_gap_sensor(settings.history_start, gap_policy)],
+        sensors=[watchlist_sync, build_gap_sensor(settings.history_start, gap_policy)],
         schedules=build_schedules(end_of_day_delay),
         resources={
             "store": store_resource(settings, env_has_database_url),

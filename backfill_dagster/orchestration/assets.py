@@ -41,10 +41,6 @@ DESCRIPTIONS = {
 }
 
 
-# h1/h4 follow every new m15 partition, not only today's: eager() alone would look at the latest
-# time window only, and a backfill of m15 history must be derived too. A run that materializes m15
-# and h1/h4 together counts as handled, so nothing is derived twice.
-FOLLOW_SOURCE = dg.AutomationCondition.eager().without(dg.AutomationCondition.in_latest_time_window())
 
 
 def report_events(
@@ -132,7 +128,6 @@ def derived_bars_asset(
         kinds={"python", "sql"},
         tags={"timeframe": timeframe.value},
         deps=[source],
-        automation_condition=FOLLOW_SOURCE,
     )
     def _derived(
         context: dg.AssetExecutionContext, store: StoreResource

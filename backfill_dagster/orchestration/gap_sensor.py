@@ -17,7 +17,15 @@ import pandas as pd
 from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
 
 from backfill_dagster.calendar import SessionCalendar, xnys
-from backfill_dagster.gaps import GapBox, GapPolicy, InFlight, horizons, ledger_horizons, plan_gap_runs
+from backfill_dagster.gaps import (
+    GapBox,
+    GapPolicy,
+    InFlight,
+    horizons,
+    ledger_horizons,
+    plan_gap_runs,
+    settled_sessions,
+)
 from backfill_dagster.ingest import utcnow
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
 from backfill_dagster.orchestration.partitions import (
@@ -167,8 +175,15 @@ def build_gap_sensor(
         wanted = horizons(policy, cal, now, history_start, extended=store.extended_hours)
         if not any(wanted.values()):
             return dg.SkipReason(f"no session has settled since the history start {history_start.isoformat()}")
-        gaps = find_gaps(store.bar_store(cal).engine, symbols, ledger_horizons(wanted))
+        # h1/h4 follow stored m15 over the whole history, not only their horizon: a run that wrote
+        # m15 alone (a CLI --select bars_m15, a UI backfill of m15) is derived here, without a fetch.
+        settled = settled_sessions(cal, history_start, now, settle=policy.settle, extended=store.extended_hours)
+        # Unfinished work first, the ledger after: a run that finishes between the two reads has
+        # committed its partitions before it stopped being unfinished, so the ledger read sees them.
+        # (The other order sees them missing, then the run gone: derived twice.)
         busy, own, backfills = in_flight_partitions(context.instance, order, cal)
+        gaps = find_gaps(store.bar_store(cal).engine, symbols, ledger_horizons(wanted), (settled[0], settled[-1]))
+        wanted = {**wanted, **{t: settled for t in Timeframe if not t.is_fetched}}
         plan = plan_gap_runs(gaps, wanted, order, policy=policy, now=now, in_flight=busy, own_runs_in_flight=own)
         note = f"; {pending} active symbol(s) wait for their partition" if pending else ""
         if backfills:

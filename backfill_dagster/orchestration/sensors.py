@@ -31,15 +31,3 @@ def watchlist_sync(context: dg.SensorEvaluationContext, store: StoreResource):
         requests.append(SYMBOL_PARTITIONS.build_delete_request(delete))
     context.log.info(f"watchlist sync: adding {add or 'none'}, removing {delete or 'none'}")
     return dg.SensorResult(dynamic_partitions_requests=requests)
-
-
-bars_automation = dg.AutomationConditionSensorDefinition(
-    "bars_automation",
-    target=dg.AssetSelection.groups("bars"),
-    description=(
-        "Derives h1/h4 for every m15 partition that was materialized without them (their automation "
-        "condition); several partitions at once become one backfill, so the derivation runs in ranges."
-    ),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=60,
-)

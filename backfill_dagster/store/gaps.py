@@ -8,8 +8,9 @@ covered. So, per evaluation:
 3. only for the symbols with fewer rows than the horizon has sessions: the sessions without a row
    (on PostgreSQL an anti-join against the horizon's sessions on the primary key, so only the
    missing sessions come back; on SQLite the symbols' sessions, subtracted in Python);
-4. h1/h4 rows derived from an m15 fetch that has been replaced since (their m15 row's fetched_at
-   is later than the one they recorded).
+4. h1/h4 to derive over the whole history, not only their horizon: wherever m15 is stored and the
+   h1/h4 row is missing, failed, or derived from an m15 fetch replaced since (their m15 row's
+   fetched_at is later than the one they recorded) — a run that wrote m15 alone leaves them so.
 A row that is none of these is 'complete', which the writer records only for a final answer with
 bars (backfill_dagster/ledger.py), so every other row is covered.
 bench/gap_sensor.py measures it against reading the ledger into pandas.
@@ -92,24 +93,43 @@ def open_gaps(engine: Engine, ranges: Mapping[Timeframe, tuple[date, date]]) -> 
     return out
 
 
-def stale_derived(engine: Engine, ranges: Mapping[Timeframe, tuple[date, date]]) -> dict[Timeframe, dict[Partition, Gap]]:
-    """h1/h4 rows in [first, last] whose m15 was fetched after the fetch they were derived from
-    (rows from before that was recorded: after they were derived). Failed rows are gaps already."""
-    derived = {t: r for t, r in ranges.items() if not t.is_fetched}
-    out: dict[Timeframe, dict[Partition, Gap]] = {t: {} for t in derived}
-    if not derived:
+def underived(
+    engine: Engine, symbols: Sequence[str], first: date, last: date
+) -> dict[Timeframe, dict[Partition, Gap]]:
+    """h1/h4 partitions in [first, last] of these symbols whose m15 is stored (not failed) but that
+    were never derived (missing), failed, or were derived from an m15 fetch replaced since (stale;
+    rows from before that was recorded: m15 fetched after they were derived)."""
+    out: dict[Timeframe, dict[Partition, Gap]] = {t: {} for t in Timeframe if not t.is_fetched}
+    if not symbols or last < first:
         return out
-    m15 = cov.alias("m15")
-    built_from = sa.func.coalesce(cov.c.source_fetched_at, cov.c.updated_at)
-    query = (
-        sa.select(cov.c.timeframe, cov.c.symbol, cov.c.session, cov.c.updated_at)
-        .join(m15, sa.and_(m15.c.symbol == cov.c.symbol, m15.c.session == cov.c.session,
-                           m15.c.timeframe == Timeframe.M15.value))
-        .where(_in_range(derived), cov.c.status != LedgerStatus.FAILED.value, m15.c.fetched_at > built_from)
-    )
+    m15, derived = cov.alias("m15"), cov.alias("derived")
+    built_from = sa.func.coalesce(derived.c.source_fetched_at, derived.c.updated_at)
     with engine.connect() as conn:
-        for timeframe, symbol, session, updated_at in conn.execute(query):
-            out[Timeframe(timeframe)][(symbol, session)] = Gap(GapReason.STALE, updated_at)
+        for timeframe in out:
+            joined = m15.outerjoin(derived, sa.and_(
+                derived.c.symbol == m15.c.symbol, derived.c.session == m15.c.session,
+                derived.c.timeframe == timeframe.value,
+            ))
+            query = (
+                sa.select(m15.c.symbol, m15.c.session, derived.c.status, derived.c.updated_at, derived.c.attempts)
+                .select_from(joined)
+                .where(
+                    m15.c.timeframe == Timeframe.M15.value,
+                    m15.c.symbol.in_(list(symbols)),
+                    m15.c.session.between(first, last),
+                    m15.c.status != LedgerStatus.FAILED.value,
+                    sa.or_(derived.c.status.is_(None), derived.c.status == LedgerStatus.FAILED.value,
+                           m15.c.fetched_at > built_from),
+                )
+            )
+            table = out[timeframe]
+            for symbol, session, status, updated_at, attempts in conn.execute(query):
+                if status is None:
+                    table[(symbol, session)] = NEVER_COVERED
+                elif status == LedgerStatus.FAILED.value:
+                    table[(symbol, session)] = Gap(GapReason.FAILED, updated_at, int(attempts))
+                else:
+                    table[(symbol, session)] = Gap(GapReason.STALE, updated_at, int(attempts))
     return out
 
 
@@ -149,20 +169,25 @@ def uncovered_sessions(
 
 
 def find_gaps(
-    engine: Engine, symbols: Sequence[str], horizons: Mapping[Timeframe, Sequence[date]]
+    engine: Engine,
+    symbols: Sequence[str],
+    horizons: Mapping[Timeframe, Sequence[date]],
+    derive_span: tuple[date, date] | None = None,
 ) -> dict[Timeframe, dict[Partition, Gap]]:
     """Every gap of these symbols in each timeframe's horizon (a contiguous list of sessions):
-    missing, partial (every horizon session has closed) and failed partitions."""
+    missing, partial (every horizon session has closed), empty and failed partitions; and, over
+    `derive_span` (first, last session), every h1/h4 partition to derive from stored m15."""
     wanted = set(symbols)
     ranges = _ranges(horizons)
     rows = row_counts(engine, ranges)
     opened = open_gaps(engine, ranges)
-    stale = stale_derived(engine, ranges)
     gaps: dict[Timeframe, dict[Partition, Gap]] = {t: {} for t in horizons}
+    if derive_span is not None:
+        for timeframe, found in underived(engine, symbols, *derive_span).items():
+            gaps.setdefault(timeframe, {}).update(found)
     for timeframe, days in horizons.items():
         if not days:
             continue
-        gaps[timeframe].update((p, g) for p, g in stale.get(timeframe, {}).items() if p[0] in wanted)
         gaps[timeframe].update((p, g) for p, g in opened[timeframe].items() if p[0] in wanted)
         counts = rows[timeframe]
         short = [s for s in symbols if counts.get(s, 0) < len(days)]

@@ -30,16 +30,13 @@ def test_definitions_snapshot(tmp_path):
     assert graph.get(dg.AssetKey("bars_h1")).parent_keys == {dg.AssetKey("bars_m15")}
     assert graph.get(dg.AssetKey("bars_h4")).parent_keys == {dg.AssetKey("bars_m15")}
     assert not graph.get(dg.AssetKey("bars_d1")).parent_keys
-    assert [s.name for s in defs.sensors] == ["watchlist_sync", "bars_automation", "coverage_gaps"]
+    assert [s.name for s in defs.sensors] == ["watchlist_sync", "coverage_gaps"]
     schedules = {s.name: (s.cron_schedule, s.execution_timezone) for s in defs.schedules}
     assert schedules == {
         "intraday_refresh": ("*/15 9-15 * * 1-5", "America/New_York"),
         "end_of_day": ("*/15 13-21 * * 1-5", "America/New_York"),
     }
-    assert defs.resolve_sensor_def("bars_automation").default_status == dg.DefaultSensorStatus.RUNNING
-    for key in ("bars_h1", "bars_h4"):  # derived bars follow m15 on their own
-        assert graph.get(dg.AssetKey(key)).automation_condition is not None
-    for key in ("bars_m15", "bars_d1"):  # fetched bars are launched, never automatic
+    for key in keys:  # launched by the sensors and schedules (h1/h4 with m15, or by the gap sweep)
         assert graph.get(dg.AssetKey(key)).automation_condition is None
     checks = sorted(k.to_user_string() for k in graph.asset_check_keys)
     assert checks == [

@@ -96,10 +96,23 @@ def test_empty_rows_come_back_with_their_attempts(store, calendar):
 
 def test_h1_derived_from_an_m15_fetch_since_replaced_is_stale(store, calendar):
     days = calendar.sessions("2024-12-02", "2024-12-04")
+    span = (days[0], days[-1])
     covered(store, M15, "AAPL", days, at=AT)
     covered(store, H1, "AAPL", days, bars=7, source_fetched_at=AT.to_pydatetime())
-    assert find_gaps(store.engine, ["AAPL"], {H1: days, M15: days}) == {H1: {}, M15: {}}
+    assert find_gaps(store.engine, ["AAPL"], {H1: days, M15: days}, span) == {H1: {}, M15: {}, Timeframe.H4: {
+        ("AAPL", d): Gap(GapReason.MISSING) for d in days}}
     covered(store, M15, "AAPL", [days[1]], at=utc("2024-12-10 12:00"))  # m15 fetched again
-    gaps = find_gaps(store.engine, ["AAPL"], {H1: days, M15: days})
+    gaps = find_gaps(store.engine, ["AAPL"], {H1: days, M15: days}, span)
     assert {p: g.reason for p, g in gaps[H1].items()} == {("AAPL", days[1]): GapReason.STALE}
     assert gaps[M15] == {}
+
+
+def test_m15_stored_alone_beyond_every_horizon_is_derived(store, calendar):
+    old = calendar.sessions("2024-03-01", "2024-03-05")  # far beyond the h1/h4 horizons below
+    recent = calendar.sessions("2024-12-02", "2024-12-04")
+    covered(store, M15, "AAPL", old)
+    store.record_failures(M15, {("MSFT", old[0]): "HTTP 500"}, expected={old[0]: 26}, at=AT)  # not stored: no
+    gaps = find_gaps(store.engine, ["AAPL", "MSFT"], {H1: recent}, (old[0], recent[-1]))
+    assert {p for p, g in gaps[H1].items() if g.reason is GapReason.MISSING} >= {("AAPL", d) for d in old}
+    assert not any(p[0] == "MSFT" and p[1] in old for p in gaps[H1])
+    assert set(gaps[Timeframe.H4]) == {("AAPL", d) for d in old}
