@@ -92,28 +92,25 @@ def _what_dagster_reads_back(instance, defs, first_run, last_run):
     return seen
 
 
-def _largest_planned_row(instance) -> int:
-    """Bytes of the largest stored copy of a check-planned event (one row per planned partition)."""
-    with instance.event_log_storage._engine.connect() as conn:
-        return conn.execute(sa.text(
-            "SELECT max(length(evaluation_event)) FROM asset_check_executions WHERE execution_status = 'PLANNED'"
-        )).scalar_one()
-
-
 def test_the_bulk_event_log_reads_back_exactly_what_the_stock_one_does(dagster_pg, tmp_path, sqlite_url, monkeypatch):
-    readings, planned_bytes = {}, {}
+    """Stock storage gets Dagster's per-partition planned events; the bulk one asks for the single
+    subset event per asset and expands it: both must read back the same failed, materialized and
+    planned partitions (before the expansion, the subset event alone lost the failed partition)."""
+    readings, planned_events = {}, {}
     for kind in ("stock", "bulk"):
         instance = dagster_pg(kind)
-        assert isinstance(instance.event_log_storage, BulkPostgresEventLogStorage) == (kind == "bulk")
+        storage = instance.event_log_storage
+        assert isinstance(storage, BulkPostgresEventLogStorage) == (kind == "bulk")
+        assert storage.supports_partition_subset_in_asset_materialization_planned_events == (kind == "bulk")
         store_url = f"sqlite:///{tmp_path / f'{kind}.sqlite'}"
         defs, first, second = _two_range_runs(instance, tmp_path / kind, store_url, monkeypatch)
         assert not first.success and second.success
         readings[kind] = _what_dagster_reads_back(instance, defs, first.run_id, second.run_id)
-        planned_bytes[kind] = _largest_planned_row(instance)
+        planned_events[kind] = _planned_events(instance, first.run_id)
 
     assert readings["bulk"] == readings["stock"]
-    # A planned row no longer carries the list of all 8 partitions the run planned.
-    assert planned_bytes["bulk"] < planned_bytes["stock"]
+    # Row for row the same planned events, though the bulk run planned with one event per asset.
+    assert planned_events["bulk"] == planned_events["stock"]
     # and what both read is the truth about the run, not two empty answers
     seen = readings["bulk"]
     everything = {f"{d}|{s}" for s in ("AAPL", "MSFT") for d in ("2024-11-22", "2024-11-25", "2024-11-26", "2024-11-27")}
@@ -122,12 +119,47 @@ def test_the_bulk_event_log_reads_back_exactly_what_the_stock_one_does(dagster_p
     assert all(seen[a, "planned"] == sorted(everything) for a in ("bars_m15", "bars_h1", "bars_h4", "bars_d1"))
     assert all(seen[a, "last run"] and seen[a, "latest planned"] for a in ("bars_m15", "bars_h1", "bars_d1"))
     Status = AssetCheckExecutionRecordStatus
-    for check in CHECKS:  # AAPL's checks ran in the second run; MSFT's are still the first's plan
-        status = seen[check, "status"]
-        assert set(status) == everything, check
-        assert {status[k] for k in everything if k.endswith("AAPL")} == {Status.SUCCEEDED}, check
-        assert {status[k] for k in everything if k.endswith("MSFT")} == {Status.PLANNED}, check
-        assert all(seen[check, "current"][k] for k in everything if k.endswith("AAPL")), check
+    for check in CHECKS:  # one row per run: the first run's was planned and never ran, the second passed
+        assert seen[check, "status"] == {None: Status.SUCCEEDED}, check
+        assert seen[check, "executions"] == [
+            (None, "PLANNED", "ASSET_CHECK_EVALUATION_PLANNED"), (None, "SUCCEEDED", "ASSET_CHECK_EVALUATION"),
+        ], check
+
+
+def _planned_events(instance, run_id):
+    """Every planned-materialization event of a run as stored: (asset, partition, event minus time)."""
+    records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION_PLANNED).records
+    out = []
+    for r in records:
+        entry = r.event_log_entry
+        out.append((entry.dagster_event.asset_key.to_user_string(), r.partition_key,
+                    entry._replace(timestamp=0.0, run_id="")))
+    return out
+
+
+def test_an_unfinished_runs_partitions_are_in_progress_on_both(dagster_pg, tmp_path):
+    """A run created but not yet executed: its planned partitions show as in progress (the asset
+    status cache reads the per-partition planned rows), with either storage."""
+    seen = {}
+    for kind in ("stock", "bulk"):
+        instance = dagster_pg(kind)
+        store_url = f"sqlite:///{tmp_path / f'{kind}.sqlite'}"
+        defs = build_definitions(Settings(data_dir=tmp_path / kind, database_url=store_url))
+        add_symbols(instance, store_url, ["AAPL", "MSFT"])
+        job = defs.resolve_job_def(ALL_BARS_JOB).get_subset(asset_selection={dg.AssetKey("bars_m15")})
+        instance.create_run_for_job(
+            job, tags=range_tags(("AAPL", date(2024, 11, 22)), ("MSFT", date(2024, 11, 26))),
+        )
+        partitions_def = defs.resolve_assets_def("bars_m15").partitions_def
+        seen[kind] = in_progress(instance, "bars_m15", partitions_def)
+    assert seen["bulk"] == seen["stock"] == {f"{d}|{s}" for s in ("AAPL", "MSFT") for d in ("2024-11-22", "2024-11-25", "2024-11-26")}
+
+
+def in_progress(instance, asset, partitions_def):
+    from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
+
+    value = get_and_update_asset_status_cache_value(instance, dg.AssetKey(asset), partitions_def)
+    return set(value.deserialize_in_progress_partition_subsets(partitions_def).get_partition_keys())
 
 
 def test_pooled_connections_serve_a_run_and_is_released_on_dispose(dagster_pg, tmp_path, sqlite_url):
