@@ -34,6 +34,7 @@ import itertools
 import json
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -64,6 +65,7 @@ from backfill_dagster.orchestration.bookkeeping import batch_dagster_events
 # and closed on return; -1: never make a thread wait for one.
 POOL_SIZE = 2
 POOL_RECYCLE_S = 3600
+PING_IDLE_AFTER_S = 10
 
 
 class BulkPostgresEventLogStorage(PostgresEventLogStorage):
@@ -292,10 +294,10 @@ _TAGS_FROM_ARRAYS = sa.text(f"""
 def pooled_engine(postgres_url: str, token_provider, stock_url: sa.engine.URL) -> sa.engine.Engine:
     """Autocommit engine keeping `POOL_SIZE` connections, as Dagster's webserver does for itself,
     made safe for processes that fork: a connection is only ever used by the process that opened
-    it."""
+    it. A connection idle for `PING_IDLE_AFTER_S` is tested before use (a dropped one is replaced);
+    SQLAlchemy's pre-ping would test it on every checkout, a round trip per event (~0.1 s a run)."""
     kwargs: dict[str, Any] = dict(
-        isolation_level="AUTOCOMMIT", pool_size=POOL_SIZE, max_overflow=-1,
-        pool_recycle=POOL_RECYCLE_S, pool_pre_ping=True,
+        isolation_level="AUTOCOMMIT", pool_size=POOL_SIZE, max_overflow=-1, pool_recycle=POOL_RECYCLE_S,
     )
     options = stock_url.query.get("options")
     if options:
@@ -306,20 +308,31 @@ def pooled_engine(postgres_url: str, token_provider, stock_url: sa.engine.URL) -
     def remember_pid(dbapi_connection, record) -> None:
         record.info["pid"] = os.getpid()
 
+    @sa.event.listens_for(engine, "checkin")
+    def remember_checkin(dbapi_connection, record) -> None:
+        record.info["checked_in"] = time.monotonic()
+
     @sa.event.listens_for(engine, "checkout")
-    def refuse_inherited(dbapi_connection, record, proxy) -> None:
-        # SQLAlchemy's recipe for pools across fork: drop a connection the parent opened.
+    def refuse_inherited_or_dead(dbapi_connection, record, proxy) -> None:
+        # SQLAlchemy's recipes for pools across fork (drop a connection the parent opened) and for
+        # pessimistic disconnect handling (the pool retries with a new connection).
         if record.info.get("pid") != os.getpid():
             record.dbapi_connection = proxy.dbapi_connection = None
             raise sa.exc.DisconnectionError("connection opened by another process")
+        if time.monotonic() - record.info.get("checked_in", time.monotonic()) > PING_IDLE_AFTER_S:
+            try:
+                with dbapi_connection.cursor() as cursor:
+                    cursor.execute("SELECT 1")
+            except Exception as exc:
+                raise sa.exc.DisconnectionError(f"connection lost while idle: {exc}") from exc
 
     return engine
 
 
 def storage_yaml(postgres_url: str, event_log: str = "bulk") -> str:
     """The storage sections of a `dagster.yaml` keeping everything in one PostgreSQL database, with
-    this event log (`bulk`, as the project's dagster.yaml) or dagster-postgres's own (`stock`).
-    For instances made on the fly: tests and benchmarks."""
+    this event log and the pooled run storage (`bulk`, as the project's dagster.yaml) or
+    dagster-postgres's own (`stock`). For instances made on the fly: tests and benchmarks."""
     if event_log == "stock":
         return f"storage:\n  postgres:\n    postgres_url: {postgres_url}\n"
     if event_log != "bulk":
@@ -327,7 +340,7 @@ def storage_yaml(postgres_url: str, event_log: str = "bulk") -> str:
     return "".join(
         f"{kind}:\n  module: {module}\n  class: {cls}\n  config:\n    postgres_url: {postgres_url}\n"
         for kind, module, cls in [
-            ("run_storage", "dagster_postgres.run_storage", "PostgresRunStorage"),
+            ("run_storage", "backfill_dagster.orchestration.run_storage", "PooledPostgresRunStorage"),
             ("event_log_storage", __name__, BulkPostgresEventLogStorage.__name__),
             ("schedule_storage", "dagster_postgres.schedule_storage", "PostgresScheduleStorage"),
         ]

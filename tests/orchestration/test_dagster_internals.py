@@ -1,7 +1,7 @@
 """The Dagster internals this project overrides or relies on, pinned by the hash of their source.
 
-BulkPostgresEventLogStorage (orchestration/event_log.py) overrides dagster-postgres methods and
-calls private ones; it expands Dagster's subset planned event into the rows Dagster's readers
+BulkPostgresEventLogStorage (orchestration/event_log.py) and PooledPostgresRunStorage
+(orchestration/run_storage.py) override dagster-postgres methods and call private ones; it expands Dagster's subset planned event into the rows Dagster's readers
 expect; the checks count on how the UI decides that a result is current; the steps compute a
 run's partition box as Dagster does. Any of these may change in a Dagster release without notice,
 so a changed source fails here, naming what to re-check. After re-checking (and running
@@ -42,6 +42,15 @@ INTERNALS: dict[str, tuple[str, str]] = {
         ("981049dfa81d2e47", "column-exists answers are remembered once true"),
     "dagster._core.storage.event_log.base.EventLogStorage.supports_partition_subset_in_asset_materialization_planned_events":
         ("76cf2433710a45ef", "the bulk storage returns True and must then store the subset event as per-partition rows"),
+    # what the pooled run storage overrides
+    "dagster_postgres.run_storage.run_storage.PostgresRunStorage.__init__":
+        ("c20e1fcd1ee52b39", "PooledPostgresRunStorage replaces self._engine after super().__init__"),
+    "dagster_postgres.run_storage.run_storage.PostgresRunStorage.from_config_value":
+        ("78ffe37ccb0d74b8", "PooledPostgresRunStorage.from_config_value builds itself from the same config keys"),
+    "dagster_postgres.run_storage.run_storage.PostgresRunStorage.connect":
+        ("b76438443325ba8b", "every run-storage statement goes through self._engine"),
+    "dagster._core.storage.runs.sql_run_storage.SqlRunStorage.has_run_stats_index_cols":
+        ("7fc623624093c307", "its answer (the runs table's columns) is remembered once true"),
     # what it calls privately
     "dagster._core.storage.event_log.sql_event_log.SqlEventLogStorage._event_to_row":
         ("93d47fbe7edc4f70", "the columns of an event row (_EVENT_COLUMNS, _PLANNED_PER_PARTITION)"),

@@ -15,7 +15,11 @@ from dagster._core.events import DagsterEventType
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from backfill_dagster.definitions import build_definitions
+from dagster_postgres.run_storage import PostgresRunStorage
+
+from backfill_dagster.orchestration import event_log
 from backfill_dagster.orchestration.event_log import POOL_SIZE, BulkPostgresEventLogStorage, storage_yaml
+from backfill_dagster.orchestration.run_storage import PooledPostgresRunStorage
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
 from backfill_dagster.orchestration.partitions import range_tags
 from backfill_dagster.providers import registry
@@ -221,8 +225,47 @@ def _pooled_backends(engine: sa.engine.Engine) -> set[int]:
             conn.close()
 
 
+def test_the_run_storage_keeps_its_connections_and_its_schema_check(dagster_pg, tmp_path, sqlite_url, monkeypatch):
+    instance = dagster_pg("bulk")
+    runs = instance.run_storage
+    assert isinstance(runs, PooledPostgresRunStorage)
+    connects, inspections = [], []
+    sa.event.listen(runs._engine, "connect", lambda *_: connects.append(1))
+    inspect_columns = PostgresRunStorage.has_run_stats_index_cols
+    monkeypatch.setattr(PostgresRunStorage, "has_run_stats_index_cols",
+                        lambda self: inspections.append(1) or inspect_columns(self))
+    defs = build_definitions(Settings(data_dir=tmp_path, database_url=sqlite_url))
+    add_symbols(instance, sqlite_url, ["AAPL"])
+    for day in (18, 19):
+        assert defs.resolve_job_def(ALL_BARS_JOB).execute_in_process(
+            instance=instance, partition_key=f"2024-11-{day}|AAPL"
+        ).success
+    # two runs, each recording several status changes: the columns are inspected at most once (the
+    # instance may have already), and the connections are the pool's (dagster-postgres opens one
+    # per statement, dozens here)
+    assert len(inspections) <= 1, inspections
+    assert len(connects) <= POOL_SIZE, connects
+    assert instance.get_runs_count() == 2
+    runs.dispose()
+    assert runs._engine.pool.checkedin() == 0
+
+
+def test_a_connection_dropped_while_idle_is_replaced_not_used(dagster_pg, monkeypatch):
+    instance = dagster_pg("bulk")
+    for storage in (instance.event_log_storage, instance.run_storage):
+        with storage._engine.connect() as conn:  # back in the pool afterwards
+            backend = conn.execute(sa.text("select pg_backend_pid()")).scalar_one()
+        with _admin() as admin:
+            admin.execute(f"select pg_terminate_backend({backend})")
+        monkeypatch.setattr(event_log, "PING_IDLE_AFTER_S", -1.0)  # it has been idle "long enough"
+        with storage._engine.connect() as conn:
+            assert conn.execute(sa.text("select pg_backend_pid()")).scalar_one() != backend
+        monkeypatch.setattr(event_log, "PING_IDLE_AFTER_S", 10.0)
+
+
 def test_storage_yaml_names_the_event_log_or_refuses():
     assert "BulkPostgresEventLogStorage" in storage_yaml("postgresql+psycopg2://h/db")
+    assert "PooledPostgresRunStorage" in storage_yaml("postgresql+psycopg2://h/db")
     assert "storage:\n  postgres:" in storage_yaml("postgresql+psycopg2://h/db", "stock")
     with pytest.raises(ValueError, match="'bulk' or 'stock'"):
         storage_yaml("postgresql+psycopg2://h/db", "fast")
