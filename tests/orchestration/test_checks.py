@@ -198,3 +198,61 @@ def test_run_partitions_are_the_keys_dagster_names(defs, instance, store_url, ca
     tags = range_tags((first[0], date.fromisoformat(first[1])), (last[0], date.fromisoformat(last[1])))
     assert dg.materialize([probe], instance=instance, tags=tags).success
     assert seen["ours"] == seen["dagster"]
+
+
+@pytest.mark.postgres
+def test_the_per_partition_query_names_the_partitions_the_checks_fail(tmp_path, instance, pg_url, calendar):
+    """sql/queries/check_verdicts.sql is the per-partition detail behind the summaries: on a store
+    with one fault of each kind, it names exactly the partitions the checks count as failed."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from backfill_dagster.definitions import build_definitions
+    from backfill_dagster.settings import Settings
+
+    if not shutil.which("psql"):
+        pytest.fail("psql is needed to run the operator queries (it ships with PostgreSQL)")
+    defs = build_definitions(Settings(data_dir=tmp_path, database_url=pg_url))
+    add_symbols(instance, pg_url, ["AAPL", "MSFT"])
+    sessions = calendar.sessions("2024-11-25", "2024-12-02")  # with the early close of 11-29
+    assert run_box(defs, instance, ["AAPL", "MSFT"], sessions).success
+    engine = shared_engine(pg_url)
+    with engine.begin() as conn:
+        conn.execute(sa.update(bar_coverage).where(  # an illiquid day
+            bar_coverage.c.symbol == "AAPL", bar_coverage.c.timeframe == "m15",
+            bar_coverage.c.session == date(2024, 11, 25)).values(bars=5))
+        for timeframe, symbol, ts, change in (("h1", "MSFT", "2024-11-26 16:30", {"high": ohlc_bars.c.high + 1}),
+                                              ("h4", "AAPL", "2024-11-29 14:30", {"low": ohlc_bars.c.low - 0.5}),
+                                              ("d1", "AAPL", "2024-11-27 05:00", {"volume": 1.0})):
+            changed = conn.execute(
+                sa.update(ohlc_bars)
+                .where(ohlc_bars.c.symbol == symbol, ohlc_bars.c.timeframe == timeframe,
+                       ohlc_bars.c.ts == sa.bindparam("bar_start", type_=ohlc_bars.c.ts.type))
+                .values(change),
+                {"bar_start": pd.Timestamp(ts, tz="UTC").to_pydatetime()},
+            ).rowcount
+            assert changed == 1, (timeframe, ts)
+
+    failing_by_checks = set()
+    for check in CHECKS:
+        result = check_only(defs, check).execute_in_process(
+            instance=instance, tags=range_tags(("AAPL", sessions[0]), ("MSFT", sessions[-1]))
+        )
+        (evaluation,) = result.get_asset_check_evaluations()
+        table = evaluation.metadata["worst_partitions"].value if "worst_partitions" in evaluation.metadata else ""
+        failing_by_checks |= {(check.asset_key.to_user_string(), line.split("|")[1].strip() + "|" + line.split("|")[2].strip())
+                              for line in table.splitlines() if line.startswith("| 20")}
+        assert evaluation.metadata["partitions_failed"].value == sum(
+            1 for a, _ in failing_by_checks if a == check.asset_key.to_user_string())
+
+    query = Path(__file__).parents[2] / "sql" / "queries" / "check_verdicts.sql"
+    out = subprocess.run(["psql", pg_url, "-v", "ON_ERROR_STOP=1", "-A", "-t", "-F", "\t", "-f", str(query)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split("\t") for line in out.stdout.splitlines() if line.strip()]
+    failing_by_query = {(asset, f"{session}|{symbol}") for asset, _check, symbol, session, _why in rows}
+    assert failing_by_query == failing_by_checks == {
+        ("bars_m15", "2024-11-25|AAPL"), ("bars_h1", "2024-11-26|MSFT"),
+        ("bars_h4", "2024-11-29|AAPL"), ("bars_d1", "2024-11-27|AAPL"),
+    }
