@@ -59,6 +59,7 @@ from dagster_postgres.utils import (
 )
 
 from backfill_dagster.orchestration.bookkeeping import batch_dagster_events
+from backfill_dagster.orchestration.event_json import serialize_events
 
 # Connections kept per process: Dagster's storage opens a second one inside some writes (an index
 # transaction while an insert's connection is still held). Beyond these, connections are opened
@@ -123,8 +124,9 @@ class BulkPostgresEventLogStorage(PostgresEventLogStorage):
         """What dagster-postgres's `store_event_batch` does with materializations (the rows, their
         indexed tags, the asset-key row from the last one), with each table's rows sent as arrays
         to one INSERT ... SELECT: SQLAlchemy compiles a multi-row VALUES statement anew for every
-        batch (~40 us a row), and inserts the tags with executemany."""
-        rows = [self._event_to_row(event) for event in events]
+        batch (~40 us a row), and inserts the tags with executemany. The events' JSON is Dagster's,
+        byte for byte, with what they share serialized once (event_json)."""
+        rows = materialization_rows(self, events)
         with self._connect() as conn:
             ids = conn.execute(_EVENTS_FROM_ARRAYS, {
                 column: [row[column] for row in rows] for column in _EVENT_COLUMNS
@@ -246,6 +248,24 @@ class BulkPostgresEventLogStorage(PostgresEventLogStorage):
     def dispose(self) -> None:
         super().dispose()
         self._engine.dispose()
+
+
+def materialization_rows(storage: BulkPostgresEventLogStorage, events: Sequence[EventLogEntry]) -> list[dict]:
+    """`storage._event_to_row(event)` for each materialization, with the serialization shared
+    (event_json); the other columns as Dagster derives them."""
+    rows = []
+    for event, text in zip(events, serialize_events(events), strict=True):
+        dagster_event = event.get_dagster_event()
+        rows.append({
+            "run_id": event.run_id,
+            "event": text,
+            "dagster_event_type": dagster_event.event_type_value,
+            "timestamp": storage._event_insert_timestamp(event),
+            "step_key": dagster_event.step_key,
+            "asset_key": dagster_event.asset_key.to_string() if dagster_event.asset_key else None,
+            "partition": dagster_event.partition or None,
+        })
+    return rows
 
 
 def _is_planned_materialization(event: EventLogEntry) -> bool:

@@ -17,7 +17,7 @@ from dagster._core.storage.asset_check_execution_record import AssetCheckExecuti
 from backfill_dagster.definitions import build_definitions
 from dagster_postgres.run_storage import PostgresRunStorage
 
-from backfill_dagster.orchestration import event_log
+from backfill_dagster.orchestration import event_json, event_log
 from backfill_dagster.orchestration.event_log import POOL_SIZE, BulkPostgresEventLogStorage, storage_yaml
 from backfill_dagster.orchestration.run_storage import PooledPostgresRunStorage
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
@@ -261,6 +261,35 @@ def test_a_connection_dropped_while_idle_is_replaced_not_used(dagster_pg, monkey
         with storage._engine.connect() as conn:
             assert conn.execute(sa.text("select pg_backend_pid()")).scalar_one() != backend
         monkeypatch.setattr(event_log, "PING_IDLE_AFTER_S", 10.0)
+
+
+def test_materializations_are_stored_with_dagsters_own_rows_byte_for_byte(dagster_pg, tmp_path, sqlite_url, monkeypatch):
+    """The rows of a batch of materializations (event_json shares their serialization) are exactly
+    `_event_to_row`'s, for a range run's events and for events of differing shapes."""
+    instance = dagster_pg("bulk")
+    storage = instance.event_log_storage
+    batches = []
+    store = BulkPostgresEventLogStorage._store_materialization_batch
+    monkeypatch.setattr(BulkPostgresEventLogStorage, "_store_materialization_batch",
+                        lambda self, events: batches.append(list(events)) or store(self, events))
+    defs = build_definitions(Settings(data_dir=tmp_path, database_url=sqlite_url))
+    add_symbols(instance, sqlite_url, ["AAPL", "MSFT"])
+    assert defs.resolve_job_def(ALL_BARS_JOB).execute_in_process(
+        instance=instance, tags=range_tags(("AAPL", date(2024, 11, 18)), ("MSFT", date(2024, 11, 29)))
+    ).success
+    events = [e for batch in batches for e in batch]
+    assert len(events) == 4 * 2 * 9  # four assets, 2 symbols x 9 sessions
+    # and a batch whose events differ in more than partition, tags and time
+    other = events[0]._replace(dagster_event=events[0].dagster_event._replace(message="something else"))
+    mixed = [events[0], other, events[1], events[-1]]
+    for batch in [*batches, mixed]:
+        assert event_log.materialization_rows(storage, batch) == [storage._event_to_row(e) for e in batch]
+    # and the sharing happens: a batch of one step's events is serialized twice, not once per event
+    calls = []
+    serialize = event_json.serialize_value
+    monkeypatch.setattr(event_json, "serialize_value", lambda value: calls.append(1) or serialize(value))
+    event_log.materialization_rows(storage, batches[0])
+    assert len(batches[0]) == 18 and len(calls) == 2
 
 
 def test_storage_yaml_names_the_event_log_or_refuses():
