@@ -2,7 +2,7 @@
 
     python bench/provider_backfill.py [--symbols 20] [--sessions 504] [--providers alpaca,polygon]
                                       [--no-checks] [--event-log bulk|stock] [--subset-planned]
-                                      [--repeat 1]
+                                      [--repeat 1] [--synchronous-commit on|off]
 
 For each provider, symbols x sessions of bars_m15 (default 20 x 504 = 10,080 partitions, the 504
 sessions ending 2025-12-31) are backfilled as the UI does it for this box: bars_m15 has
@@ -53,7 +53,7 @@ from backfill_dagster.orchestration.partitions import SYMBOLS_PARTITIONS_NAME, r
 from backfill_dagster.orchestration.resources import PROVIDER_ENV_VARS, ProvidersResource, StoreResource
 from backfill_dagster.providers import alpaca, polygon
 from backfill_dagster.settings import Settings
-from backfill_dagster.store import BarStore, Watchlist, shared_engine
+from backfill_dagster.store import Watchlist, shared_engine
 from backfill_dagster.timeframes import Timeframe
 from pg_instance import EVENT_LOGS, PG, QUIET, fresh_pg_database, pg_instance
 
@@ -136,7 +136,8 @@ def direct(provider: str, symbols: list[str], sessions: list[date], checks: bool
 
 
 def with_dagster(
-    provider: str, symbols: list[str], sessions: list[date], checks: bool, home: Path, event_log: str
+    provider: str, symbols: list[str], sessions: list[date], checks: bool, home: Path, event_log: str,
+    synchronous_commit: str = "on",
 ) -> tuple[float, int, int]:
     """The UI's backfill of the box: one range run per symbol. (wall s, runs, bars stored)."""
     url, n = fresh_store(symbols), len(symbols) * len(sessions)
@@ -147,7 +148,7 @@ def with_dagster(
     job = build_definitions(settings).resolve_job_def(ALL_BARS_JOB).get_subset(
         asset_selection={M15}, asset_check_selection=None if checks else set()  # None: its checks too
     )
-    with pg_instance(home / f"dagster_{provider}", event_log) as instance:
+    with pg_instance(home / f"dagster_{provider}", event_log, synchronous_commit) as instance:
         instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, symbols)
         start = time.perf_counter()
         for symbol in symbols:
@@ -178,6 +179,8 @@ def main() -> None:
     parser.add_argument("--providers", default="alpaca,polygon")
     parser.add_argument("--repeat", type=int, default=1,
                         help="run both phases this many times, alternating, and report the best of each")
+    parser.add_argument("--synchronous-commit", choices=["on", "off"], default="on",
+                        help="synchronous_commit on the Dagster instance's connections")
     parser.add_argument("--no-checks", action="store_true")
     parser.add_argument("--event-log", choices=EVENT_LOGS, default="bulk",
                         help="the deployed bulk event log (default) or dagster-postgres's stock one")
@@ -212,7 +215,8 @@ def main() -> None:
 
                 seen = len(fakes.log)
                 wall, runs, stored = with_dagster(
-                    provider, symbols, sessions, checks, Path(tmp) / str(attempt), args.event_log
+                    provider, symbols, sessions, checks, Path(tmp) / str(attempt), args.event_log,
+                    args.synchronous_commit,
                 )
                 dagster_walls.append(wall)
                 log = fakes.log[seen:]
