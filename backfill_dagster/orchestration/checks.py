@@ -27,6 +27,9 @@ from backfill_dagster.timeframes import Timeframe
 # Partition keys per query when looking for the newest materialization among a run's partitions.
 _LOOKUP_CHUNK = 1000
 
+# A key's "|" in a markdown table cell, escaped so it does not split the cell.
+_ESCAPED_BAR = "\\|"
+
 COMPLETENESS = "m15_completeness"
 MATCHES_M15 = "matches_m15_resampled"
 BOUNDS_M15 = "bounds_m15"
@@ -92,7 +95,8 @@ def summary_metadata(summary: quality.Summary, partitions: Sequence[Partition]) 
     }
     if summary.worst:
         rows = "\n".join(
-            f"| {quality.partition_name(v.partition)} | {v.description.replace('|', '/')} |" for v in summary.worst
+            f"| {quality.partition_name(v.partition).replace('|', _ESCAPED_BAR)} | {v.description.replace('|', '/')} |"
+            for v in summary.worst
         )
         more = summary.failed - len(summary.worst)
         tail = f"\n\n{more:,} more: sql/queries/check_verdicts.sql or `backfill-dagster coverage --detail`" if more else ""
