@@ -138,7 +138,7 @@ def test_low_completeness_warns_with_the_worst_partition_first(defs, instance, s
         "no-trade intervals or a provider gap"
     )
     table = low.metadata["worst_partitions"].value
-    assert table.index("2024-11-19|AAPL") < table.index("2024-11-18|AAPL") and "2024-11-20" not in table
+    assert table.index("2024-11-19\\|AAPL") < table.index("2024-11-18\\|AAPL") and "2024-11-20" not in table
     assert low.metadata["bars"].value == 26 + 20 + 5 and low.metadata["bars_expected"].value == 78
 
 
