@@ -34,7 +34,7 @@ def build_definitions(
     assets = bar_assets(partitions_def, settings.providers)
     return dg.Definitions(
         assets=list(assets.values()),
-        asset_checks=bar_checks(assets, partitions_def, settings.completeness_warn_below),
+        asset_checks=bar_checks(assets, settings.completeness_warn_below),
         jobs=[all_bars_job],
         sensors=[watchlist_sync, build_gap_sensor(settings.history_start, gap_policy)],
         schedules=build_schedules(end_of_day_delay),

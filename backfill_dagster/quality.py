@@ -1,7 +1,7 @@
 """Data-quality rules behind the asset checks (pure: frames in, one verdict per partition out).
 
-Three rules, each judged per partition (symbol x session) so the UI can show each partition's
-status:
+Three rules, each judged per partition (symbol x session); `summarize` folds a run's verdicts into
+the one result per run and check that Dagster is shown (a result per partition does not scale):
 
 - completeness: the m15 bars a closed, successfully fetched session holds against its bar grid.
   Illiquid symbols have no-trade intervals, which are not holes, so a low ratio is a warning,
@@ -210,3 +210,51 @@ def _with_partition(frame: pd.DataFrame, calendar: SessionCalendar, timeframe: T
 
 def failed(verdicts: Sequence[Verdict]) -> list[Verdict]:
     return [v for v in verdicts if not v.passed]
+
+
+# Failed partitions named in a summary; the rest are counted (per-partition detail: the ledger).
+WORST_NAMED = 20
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One rule's judgement of many partitions: passed only if every partition passed."""
+
+    checked: int
+    failed: int
+    severity: Severity
+    worst: tuple[Verdict, ...]  # the worst failed partitions, at most WORST_NAMED
+
+    @property
+    def passed(self) -> bool:
+        return self.failed == 0
+
+    @property
+    def description(self) -> str:
+        if not self.checked:
+            return "no partitions to check"
+        if self.passed:
+            return f"all {self.checked:,} partition(s) passed"
+        first = self.worst[0]
+        return (
+            f"{self.failed:,} of {self.checked:,} partition(s) failed; worst: "
+            f"{partition_name(first.partition)}: {first.description}"
+        )
+
+
+def summarize(verdicts: Sequence[Verdict], rule_severity: Severity, *, limit: int = WORST_NAMED) -> Summary:
+    """Fold per-partition verdicts into one: counts, the worst failures by name, the gravest severity.
+
+    Worst first: the lowest completeness (a failed or missing fetch counts as none), then by
+    session and symbol, so the same data always names the same partitions.
+    """
+    bad = [v for v in verdicts if not v.passed]
+    bad.sort(key=lambda v: (float(v.metadata.get("completeness", 0.0)), v.partition[1], v.partition[0]))
+    severity = Severity.ERROR if any(v.severity is Severity.ERROR for v in bad) else rule_severity
+    return Summary(checked=len(verdicts), failed=len(bad), severity=severity, worst=tuple(bad[:limit]))
+
+
+def partition_name(partition: Partition) -> str:
+    """The Dagster partition key of (symbol, session): `2024-11-21|MSFT`."""
+    symbol, session = partition
+    return f"{session.isoformat()}|{symbol}"

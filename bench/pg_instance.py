@@ -37,11 +37,14 @@ def _drop(name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def pg_instance(home: Path, event_log: str = "bulk") -> dg.DagsterInstance:
-    """A Dagster instance at `home` whose storages live in a new database."""
+def pg_instance(home: Path, event_log: str = "bulk", synchronous_commit: str = "on") -> dg.DagsterInstance:
+    """A Dagster instance at `home` whose storages live in a new database; `synchronous_commit`
+    is that setting for the instance's connections (off: commits do not wait for the WAL flush)."""
     assert event_log in EVENT_LOGS, event_log
     home.mkdir(parents=True, exist_ok=True)
     url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{fresh_pg_database('bench_dagster')}"
+    if synchronous_commit != "on":
+        url += f"?options=-c%20synchronous_commit%3D{synchronous_commit}"
     (home / "dagster.yaml").write_text(storage_yaml(url, event_log) + "telemetry:\n  enabled: false\n")
     return dg.DagsterInstance.from_config(str(home))
 

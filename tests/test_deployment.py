@@ -47,7 +47,7 @@ def test_production_dagster_yaml_loads_on_postgres(tmp_path, pg_template):
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         assert out.stdout.split() == [
-            "PostgresRunStorage", "BulkPostgresEventLogStorage", "PostgresScheduleStorage", "QueuedRunCoordinator",
+            "PooledPostgresRunStorage", "BulkPostgresEventLogStorage", "PostgresScheduleStorage", "QueuedRunCoordinator",
             "True", "True", "8",
         ]
     finally:

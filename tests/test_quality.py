@@ -107,3 +107,35 @@ def test_daily_agreement_ignores_extended_hours_m15(calendar):
     spike.loc[pre, "high"] = spike.loc[pre, "high"] * 3  # a pre-market print above the day's high
     (verdict,) = quality.daily_agreement(spike, d1, [P], calendar)
     assert verdict.passed, verdict.description
+
+
+def _verdict(symbol, day, passed, completeness=None, severity=quality.Severity.WARN):
+    meta = {} if completeness is None else {"completeness": completeness}
+    return quality.Verdict((symbol, date.fromisoformat(day)), passed, severity, f"{symbol} {day}", meta)
+
+
+def test_a_summary_passes_only_if_every_partition_passed_and_names_the_worst_first():
+    verdicts = [
+        _verdict("MSFT", "2024-11-21", True, 1.0),
+        _verdict("AAPL", "2024-11-22", False, 0.5),
+        _verdict("AAPL", "2024-11-21", False),  # a failed fetch: no completeness, the worst
+        _verdict("NVDA", "2024-11-21", False, 0.5),
+    ]
+    summary = quality.summarize(verdicts, quality.Severity.WARN)
+    assert not summary.passed and (summary.checked, summary.failed) == (4, 3)
+    assert [quality.partition_name(v.partition) for v in summary.worst] == [
+        "2024-11-21|AAPL", "2024-11-21|NVDA", "2024-11-22|AAPL",
+    ]
+    assert summary.description == "3 of 4 partition(s) failed; worst: 2024-11-21|AAPL: AAPL 2024-11-21"
+    assert summary.severity is quality.Severity.WARN
+
+
+def test_a_summary_names_at_most_the_limit_and_takes_the_gravest_severity():
+    verdicts = [_verdict("MSFT", d.isoformat(), False, severity=quality.Severity.ERROR)
+                for d in pd.bdate_range("2024-01-01", periods=30).date]
+    summary = quality.summarize(verdicts, quality.Severity.WARN)
+    assert summary.failed == 30 and len(summary.worst) == quality.WORST_NAMED == 20
+    assert summary.severity is quality.Severity.ERROR
+    passing = quality.summarize([_verdict("MSFT", "2024-11-21", True)], quality.Severity.ERROR)
+    assert passing.passed and passing.description == "all 1 partition(s) passed" and passing.worst == ()
+    assert quality.summarize([], quality.Severity.WARN).description == "no partitions to check"

@@ -61,7 +61,12 @@ def test_range_run_materializes_every_partition_of_all_four(defs, instance, stor
     assert ledger.groupby("timeframe").size().to_dict() == {"d1": 40, "h1": 40, "h4": 40, "m15": 40}
     assert (ledger["bars"] == ledger["expected"]).all() and set(ledger["status"]) == {"complete"}
     m15 = result.asset_materializations_for_node("bars_m15")
-    assert len(m15) == 40 and m15[0].metadata["bars_written"].value == 40 * 26
+    # Figures about the whole run are written once, in a log line, not copied into each partition.
+    assert len(m15) == 40 and all(m.metadata == {} for m in m15)
+    figures = [e.user_message for e in instance.all_logs(result.run_id) if "bars_m15 run figures:" in e.user_message]
+    assert len(figures) == 1
+    assert "partitions_in_run=40, partitions_written=40, partitions_failed=0, bars_written=1040" in figures[0]
+    assert "served_by={'demo:synthetic': 40}" in figures[0]
 
 
 def _flaky_factory(bad_session):

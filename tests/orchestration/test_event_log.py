@@ -15,7 +15,11 @@ from dagster._core.events import DagsterEventType
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from backfill_dagster.definitions import build_definitions
+from dagster_postgres.run_storage import PostgresRunStorage
+
+from backfill_dagster.orchestration import event_json, event_log
 from backfill_dagster.orchestration.event_log import POOL_SIZE, BulkPostgresEventLogStorage, storage_yaml
+from backfill_dagster.orchestration.run_storage import PooledPostgresRunStorage
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
 from backfill_dagster.orchestration.partitions import range_tags
 from backfill_dagster.providers import registry
@@ -92,28 +96,25 @@ def _what_dagster_reads_back(instance, defs, first_run, last_run):
     return seen
 
 
-def _largest_planned_row(instance) -> int:
-    """Bytes of the largest stored copy of a check-planned event (one row per planned partition)."""
-    with instance.event_log_storage._engine.connect() as conn:
-        return conn.execute(sa.text(
-            "SELECT max(length(evaluation_event)) FROM asset_check_executions WHERE execution_status = 'PLANNED'"
-        )).scalar_one()
-
-
 def test_the_bulk_event_log_reads_back_exactly_what_the_stock_one_does(dagster_pg, tmp_path, sqlite_url, monkeypatch):
-    readings, planned_bytes = {}, {}
+    """Stock storage gets Dagster's per-partition planned events; the bulk one asks for the single
+    subset event per asset and expands it: both must read back the same failed, materialized and
+    planned partitions (before the expansion, the subset event alone lost the failed partition)."""
+    readings, planned_events = {}, {}
     for kind in ("stock", "bulk"):
         instance = dagster_pg(kind)
-        assert isinstance(instance.event_log_storage, BulkPostgresEventLogStorage) == (kind == "bulk")
+        storage = instance.event_log_storage
+        assert isinstance(storage, BulkPostgresEventLogStorage) == (kind == "bulk")
+        assert storage.supports_partition_subset_in_asset_materialization_planned_events == (kind == "bulk")
         store_url = f"sqlite:///{tmp_path / f'{kind}.sqlite'}"
         defs, first, second = _two_range_runs(instance, tmp_path / kind, store_url, monkeypatch)
         assert not first.success and second.success
         readings[kind] = _what_dagster_reads_back(instance, defs, first.run_id, second.run_id)
-        planned_bytes[kind] = _largest_planned_row(instance)
+        planned_events[kind] = _planned_events(instance, first.run_id)
 
     assert readings["bulk"] == readings["stock"]
-    # A planned row no longer carries the list of all 8 partitions the run planned.
-    assert planned_bytes["bulk"] < planned_bytes["stock"]
+    # Row for row the same planned events, though the bulk run planned with one event per asset.
+    assert planned_events["bulk"] == planned_events["stock"]
     # and what both read is the truth about the run, not two empty answers
     seen = readings["bulk"]
     everything = {f"{d}|{s}" for s in ("AAPL", "MSFT") for d in ("2024-11-22", "2024-11-25", "2024-11-26", "2024-11-27")}
@@ -122,12 +123,47 @@ def test_the_bulk_event_log_reads_back_exactly_what_the_stock_one_does(dagster_p
     assert all(seen[a, "planned"] == sorted(everything) for a in ("bars_m15", "bars_h1", "bars_h4", "bars_d1"))
     assert all(seen[a, "last run"] and seen[a, "latest planned"] for a in ("bars_m15", "bars_h1", "bars_d1"))
     Status = AssetCheckExecutionRecordStatus
-    for check in CHECKS:  # AAPL's checks ran in the second run; MSFT's are still the first's plan
-        status = seen[check, "status"]
-        assert set(status) == everything, check
-        assert {status[k] for k in everything if k.endswith("AAPL")} == {Status.SUCCEEDED}, check
-        assert {status[k] for k in everything if k.endswith("MSFT")} == {Status.PLANNED}, check
-        assert all(seen[check, "current"][k] for k in everything if k.endswith("AAPL")), check
+    for check in CHECKS:  # one row per run: the first run's was planned and never ran, the second passed
+        assert seen[check, "status"] == {None: Status.SUCCEEDED}, check
+        assert seen[check, "executions"] == [
+            (None, "PLANNED", "ASSET_CHECK_EVALUATION_PLANNED"), (None, "SUCCEEDED", "ASSET_CHECK_EVALUATION"),
+        ], check
+
+
+def _planned_events(instance, run_id):
+    """Every planned-materialization event of a run as stored: (asset, partition, event minus time)."""
+    records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION_PLANNED).records
+    out = []
+    for r in records:
+        entry = r.event_log_entry
+        out.append((entry.dagster_event.asset_key.to_user_string(), r.partition_key,
+                    entry._replace(timestamp=0.0, run_id="")))
+    return out
+
+
+def test_an_unfinished_runs_partitions_are_in_progress_on_both(dagster_pg, tmp_path):
+    """A run created but not yet executed: its planned partitions show as in progress (the asset
+    status cache reads the per-partition planned rows), with either storage."""
+    seen = {}
+    for kind in ("stock", "bulk"):
+        instance = dagster_pg(kind)
+        store_url = f"sqlite:///{tmp_path / f'{kind}.sqlite'}"
+        defs = build_definitions(Settings(data_dir=tmp_path / kind, database_url=store_url))
+        add_symbols(instance, store_url, ["AAPL", "MSFT"])
+        job = defs.resolve_job_def(ALL_BARS_JOB).get_subset(asset_selection={dg.AssetKey("bars_m15")})
+        instance.create_run_for_job(
+            job, tags=range_tags(("AAPL", date(2024, 11, 22)), ("MSFT", date(2024, 11, 26))),
+        )
+        partitions_def = defs.resolve_assets_def("bars_m15").partitions_def
+        seen[kind] = in_progress(instance, "bars_m15", partitions_def)
+    assert seen["bulk"] == seen["stock"] == {f"{d}|{s}" for s in ("AAPL", "MSFT") for d in ("2024-11-22", "2024-11-25", "2024-11-26")}
+
+
+def in_progress(instance, asset, partitions_def):
+    from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
+
+    value = get_and_update_asset_status_cache_value(instance, dg.AssetKey(asset), partitions_def)
+    return set(value.deserialize_in_progress_partition_subsets(partitions_def).get_partition_keys())
 
 
 def test_pooled_connections_serve_a_run_and_is_released_on_dispose(dagster_pg, tmp_path, sqlite_url):
@@ -189,8 +225,76 @@ def _pooled_backends(engine: sa.engine.Engine) -> set[int]:
             conn.close()
 
 
+def test_the_run_storage_keeps_its_connections_and_its_schema_check(dagster_pg, tmp_path, sqlite_url, monkeypatch):
+    instance = dagster_pg("bulk")
+    runs = instance.run_storage
+    assert isinstance(runs, PooledPostgresRunStorage)
+    connects, inspections = [], []
+    sa.event.listen(runs._engine, "connect", lambda *_: connects.append(1))
+    inspect_columns = PostgresRunStorage.has_run_stats_index_cols
+    monkeypatch.setattr(PostgresRunStorage, "has_run_stats_index_cols",
+                        lambda self: inspections.append(1) or inspect_columns(self))
+    defs = build_definitions(Settings(data_dir=tmp_path, database_url=sqlite_url))
+    add_symbols(instance, sqlite_url, ["AAPL"])
+    for day in (18, 19):
+        assert defs.resolve_job_def(ALL_BARS_JOB).execute_in_process(
+            instance=instance, partition_key=f"2024-11-{day}|AAPL"
+        ).success
+    # two runs, each recording several status changes: the columns are inspected at most once (the
+    # instance may have already), and the connections are the pool's (dagster-postgres opens one
+    # per statement, dozens here)
+    assert len(inspections) <= 1, inspections
+    assert len(connects) <= POOL_SIZE, connects
+    assert instance.get_runs_count() == 2
+    runs.dispose()
+    assert runs._engine.pool.checkedin() == 0
+
+
+def test_a_connection_dropped_while_idle_is_replaced_not_used(dagster_pg, monkeypatch):
+    instance = dagster_pg("bulk")
+    for storage in (instance.event_log_storage, instance.run_storage):
+        with storage._engine.connect() as conn:  # back in the pool afterwards
+            backend = conn.execute(sa.text("select pg_backend_pid()")).scalar_one()
+        with _admin() as admin:
+            admin.execute(f"select pg_terminate_backend({backend})")
+        monkeypatch.setattr(event_log, "PING_IDLE_AFTER_S", -1.0)  # it has been idle "long enough"
+        with storage._engine.connect() as conn:
+            assert conn.execute(sa.text("select pg_backend_pid()")).scalar_one() != backend
+        monkeypatch.setattr(event_log, "PING_IDLE_AFTER_S", 10.0)
+
+
+def test_materializations_are_stored_with_dagsters_own_rows_byte_for_byte(dagster_pg, tmp_path, sqlite_url, monkeypatch):
+    """The rows of a batch of materializations (event_json shares their serialization) are exactly
+    `_event_to_row`'s, for a range run's events and for events of differing shapes."""
+    instance = dagster_pg("bulk")
+    storage = instance.event_log_storage
+    batches = []
+    store = BulkPostgresEventLogStorage._store_materialization_batch
+    monkeypatch.setattr(BulkPostgresEventLogStorage, "_store_materialization_batch",
+                        lambda self, events: batches.append(list(events)) or store(self, events))
+    defs = build_definitions(Settings(data_dir=tmp_path, database_url=sqlite_url))
+    add_symbols(instance, sqlite_url, ["AAPL", "MSFT"])
+    assert defs.resolve_job_def(ALL_BARS_JOB).execute_in_process(
+        instance=instance, tags=range_tags(("AAPL", date(2024, 11, 18)), ("MSFT", date(2024, 11, 29)))
+    ).success
+    events = [e for batch in batches for e in batch]
+    assert len(events) == 4 * 2 * 9  # four assets, 2 symbols x 9 sessions
+    # and a batch whose events differ in more than partition, tags and time
+    other = events[0]._replace(dagster_event=events[0].dagster_event._replace(message="something else"))
+    mixed = [events[0], other, events[1], events[-1]]
+    for batch in [*batches, mixed]:
+        assert event_log.materialization_rows(storage, batch) == [storage._event_to_row(e) for e in batch]
+    # and the sharing happens: a batch of one step's events is serialized twice, not once per event
+    calls = []
+    serialize = event_json.serialize_value
+    monkeypatch.setattr(event_json, "serialize_value", lambda value: calls.append(1) or serialize(value))
+    event_log.materialization_rows(storage, batches[0])
+    assert len(batches[0]) == 18 and len(calls) == 2
+
+
 def test_storage_yaml_names_the_event_log_or_refuses():
     assert "BulkPostgresEventLogStorage" in storage_yaml("postgresql+psycopg2://h/db")
+    assert "PooledPostgresRunStorage" in storage_yaml("postgresql+psycopg2://h/db")
     assert "storage:\n  postgres:" in storage_yaml("postgresql+psycopg2://h/db", "stock")
     with pytest.raises(ValueError, match="'bulk' or 'stock'"):
         storage_yaml("postgresql+psycopg2://h/db", "fast")

@@ -1,0 +1,138 @@
+"""The Dagster internals this project overrides or relies on, pinned by the hash of their source.
+
+BulkPostgresEventLogStorage (orchestration/event_log.py) and PooledPostgresRunStorage
+(orchestration/run_storage.py) override dagster-postgres methods and call private ones; it expands Dagster's subset planned event into the rows Dagster's readers
+expect; the checks count on how the UI decides that a result is current; the steps compute a
+run's partition box as Dagster does. Any of these may change in a Dagster release without notice,
+so a changed source fails here, naming what to re-check. After re-checking (and running
+tests/orchestration/test_event_log.py and test_checks.py), record the new hashes with
+`python -m tests.orchestration.test_dagster_internals`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import sys
+from importlib.metadata import version
+
+import pytest
+
+PINNED_VERSIONS = {"dagster": "1.13.27", "dagster-postgres": "0.29.27"}
+
+# qualified name -> (sha256 of its source, first 16 hex digits; what to re-check if it changed)
+INTERNALS: dict[str, tuple[str, str]] = {
+    # what the bulk event log overrides
+    "dagster_postgres.event_log.event_log.PostgresEventLogStorage.__init__":
+        ("647dff00b58c1222", "the bulk storage replaces self._engine after super().__init__ and keeps the rest"),
+    "dagster_postgres.event_log.event_log.PostgresEventLogStorage.from_config_value":
+        ("c2785eb9f98f6f96", "the bulk storage's from_config_value builds itself from the same config keys"),
+    "dagster_postgres.event_log.event_log.PostgresEventLogStorage.store_event":
+        ("4a2e37e5871bf2c8", "store_event is wrapped in one transaction; every statement must go through _connect"),
+    "dagster_postgres.event_log.event_log.PostgresEventLogStorage.store_event_batch":
+        ("ff147ed514ba9786", "_store_materialization_batch writes what this writes for materializations (rows, tags, asset-key row)"),
+    "dagster_postgres.event_log.event_log.PostgresEventLogStorage._connect":
+        ("a1935b91a983062d", "_connect is overridden to hand out the held transaction's connection"),
+    "dagster_postgres.event_log.event_log.PostgresEventLogStorage.index_transaction":
+        ("d4018b0dade43e19", "index writes must still go through _connect, inside the held transaction"),
+    "dagster_postgres.event_log.event_log.PostgresEventLogStorage.has_table":
+        ("78217fbd74d0e09d", "has_table answers are remembered once true"),
+    "dagster._core.storage.event_log.sql_event_log.SqlEventLogStorage._has_asset_key_col_on_connection":
+        ("981049dfa81d2e47", "column-exists answers are remembered once true"),
+    "dagster._core.storage.event_log.base.EventLogStorage.supports_partition_subset_in_asset_materialization_planned_events":
+        ("76cf2433710a45ef", "the bulk storage returns True and must then store the subset event as per-partition rows"),
+    # what the pooled run storage overrides
+    "dagster_postgres.run_storage.run_storage.PostgresRunStorage.__init__":
+        ("c20e1fcd1ee52b39", "PooledPostgresRunStorage replaces self._engine after super().__init__"),
+    "dagster_postgres.run_storage.run_storage.PostgresRunStorage.from_config_value":
+        ("78ffe37ccb0d74b8", "PooledPostgresRunStorage.from_config_value builds itself from the same config keys"),
+    "dagster_postgres.run_storage.run_storage.PostgresRunStorage.connect":
+        ("b76438443325ba8b", "every run-storage statement goes through self._engine"),
+    "dagster._core.storage.runs.sql_run_storage.SqlRunStorage.has_run_stats_index_cols":
+        ("7fc623624093c307", "its answer (the runs table's columns) is remembered once true"),
+    # what it calls privately
+    "dagster._core.storage.event_log.sql_event_log.SqlEventLogStorage._event_to_row":
+        ("93d47fbe7edc4f70", "the columns of an event row (_EVENT_COLUMNS, _PLANNED_PER_PARTITION)"),
+    "dagster._core.storage.event_log.sql_event_log.SqlEventLogStorage.prepare_insert_event_batch":
+        ("3a4f48097f682f4f", "planned events without a subset are inserted with it"),
+    "dagster._core.storage.event_log.sql_event_log.SqlEventLogStorage._tags_for_asset_event":
+        ("c5c3936a8de86826", "which materialization tags get asset_event_tags rows (_TAGS_FROM_ARRAYS)"),
+    "dagster._core.storage.event_log.sql_event_log.SqlEventLogStorage._store_asset_event_tags":
+        ("85d6f17ef04b926f", "the asset_event_tags columns _TAGS_FROM_ARRAYS writes"),
+    "dagster._core.storage.event_log.sql_event_log.SqlEventLogStorage._event_insert_timestamp":
+        ("02e6947ee3f9408a", "timestamps are stored as naive UTC"),
+    "dagster_postgres.event_log.event_log.PostgresEventLogStorage._store_asset_event":
+        ("2dc70ccdb0feb5be", "the asset-key row is updated from a batch's last event"),
+    "dagster._core.storage.event_log.sql_event_log.SqlEventLogStorage._get_asset_entry_values":
+        ("bb3b9df2c6c371fe", "a planned event only sets last_run_id and the timestamp on the asset-key row"),
+    "dagster_postgres.event_log.event_log.PostgresEventLogStorage.optimize_for_webserver":
+        ("c084cd79114d5e5e", "bookkeeping.hold_event_log_connection pools the stock storage through it"),
+    "dagster_postgres.utils.create_pg_connection": ("fb9aac022adfba2f", "the held transaction's connection"),
+    "dagster_postgres.utils.create_pg_engine": ("8bb1e695cf505994", "pooled_engine's arguments"),
+    # the planned events the storage expands, and who reads the rows it writes
+    "dagster._core.instance.runs.run_domain.RunDomain.get_materialization_planned_events_for_asset":
+        ("45e0ef0c58ab5be3", "the subset event is the per-partition events with partition=None and a subset"),
+    "dagster._core.instance.runs.run_domain.RunDomain._log_asset_planned_events":
+        ("8896f281f5b65b78", "planned events arrive as one batch sorted by asset key, checks included"),
+    "dagster._core.events.DagsterEvent.build_asset_materialization_planned_event":
+        ("fecc404daf78b250", "a planned event differs per partition only in AssetMaterializationPlannedData.partition"),
+    "dagster._core.storage.event_log.sql_event_log.SqlEventLogStorage.get_latest_asset_partition_materialization_attempts_without_materializations":
+        ("ccc3a330429c03bc", "failed and in-progress partitions are read from per-partition planned rows"),
+    "dagster._core.storage.partition_status_cache.build_failed_and_in_progress_partition_subset":
+        ("3be467aca6662280", "failed and in-progress partition status"),
+    "dagster._core.instance.methods.event_methods.EventMethods.handle_new_event":
+        ("db900859da5b7e70", "batches go to store_event_batch, a batch of one to store_event"),
+    # the checks: one unpartitioned result per run, current while it targets the latest materialization
+    "dagster._core.storage.asset_check_execution_record.AssetCheckExecutionRecord.targets_latest_materialization":
+        ("61122bdf7037b2c1", "when the UI shows a run summary as the check's current result (checks.newest_materialization)"),
+    "dagster._core.execution.plan.execute_step._process_user_event":
+        ("bbcdc6b3e8d0a590", "a check yields its Output then its AssetCheckEvaluation, as Dagster does for AssetCheckResult"),
+    # the steps' own partition box (bookkeeping.run_partitions)
+    "dagster._core.definitions.partitions.definition.multi.MultiPartitionsDefinition.get_partition_keys_in_range":
+        ("2f624885278f0d3b", "a range run's keys: the box of each dimension's range, dates outermost"),
+}
+
+
+def source_hash(qualified: str) -> str:
+    module, attrs = None, qualified.split(".")
+    for i in range(len(attrs), 0, -1):  # the longest importable prefix is the module
+        try:
+            module = importlib.import_module(".".join(attrs[:i]))
+        except ImportError:
+            continue
+        attrs = attrs[i:]
+        break
+    obj = module
+    for attr in attrs:
+        obj = inspect.getattr_static(obj, attr)
+    if isinstance(obj, property):
+        obj = obj.fget
+    if isinstance(obj, (staticmethod, classmethod)):
+        obj = obj.__func__
+    return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()[:16]
+
+
+def test_dagster_is_the_version_the_internals_were_read_in():
+    installed = {name: version(name) for name in PINNED_VERSIONS}
+    minor = {name: v.rsplit(".", 1)[0] for name, v in PINNED_VERSIONS.items()}
+    assert {n: v.rsplit(".", 1)[0] for n, v in installed.items()} == minor, (
+        f"installed {installed}; the project relies on internals of {PINNED_VERSIONS} (pyproject pins the minor "
+        "versions): re-read every entry of INTERNALS in this file before moving the pin"
+    )
+
+
+@pytest.mark.parametrize("qualified", sorted(INTERNALS))
+def test_an_internal_the_project_relies_on_is_unchanged(qualified):
+    recorded, what = INTERNALS[qualified]
+    current = source_hash(qualified)
+    assert current == recorded, (
+        f"{qualified} changed in dagster {version('dagster')} / dagster-postgres {version('dagster-postgres')} "
+        f"(recorded for {PINNED_VERSIONS}): re-check {what}; then record its new hash ({current}) with "
+        "`python -m tests.orchestration.test_dagster_internals`"
+    )
+
+
+if __name__ == "__main__":  # print the table with the installed versions' hashes
+    for name in sorted(INTERNALS):
+        sys.stdout.write(f"{name}  {source_hash(name)}\n")
