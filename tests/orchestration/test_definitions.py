@@ -86,3 +86,29 @@ def test_symbol_blocks_follow_partition_order():
 def test_unknown_provider_fails_at_load(tmp_path):
     with pytest.raises(ProviderConfigError, match="unknown provider\\(s\\) 'nope'.*known providers are demo"):
         build_definitions(Settings(data_dir=tmp_path, providers=("demo", "nope")))
+
+
+def test_deployed_runs_print_no_line_per_partition_but_keep_every_event(defs, store_url, calendar, capfd):
+    """dagster.yaml's python_log_level is also the run's console level: Dagster logs every event
+    at DEBUG, one per partition of a range run, which would print megabytes per backfill (and cost
+    ~0.1 ms a partition); the event log keeps every event whatever the console shows."""
+    import yaml
+
+    from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
+    from backfill_dagster.orchestration.partitions import range_tags
+    from tests.e2e.conftest import ROOT
+    from tests.orchestration.conftest import add_symbols
+
+    deployed = yaml.safe_load((ROOT / "dagster.yaml").read_text())["python_logs"]
+    assert deployed["python_log_level"] == "INFO"
+    with dg.instance_for_test(overrides={"python_logs": deployed}) as instance:
+        add_symbols(instance, store_url, ["AAPL", "MSFT"])
+        sessions = calendar.sessions("2024-11-18", "2024-11-22")
+        job = defs.resolve_job_def(ALL_BARS_JOB).get_subset(asset_selection={dg.AssetKey("bars_m15")})
+        capfd.readouterr()
+        result = job.execute_in_process(instance=instance, tags=range_tags(("AAPL", sessions[0]), ("MSFT", sessions[-1])))
+        assert result.success
+        printed = capfd.readouterr()
+        assert "ASSET_MATERIALIZATION" not in printed.out + printed.err
+        stored = instance.get_records_for_run(result.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+        assert len(stored) == 10
