@@ -43,6 +43,8 @@ CREATE TABLE IF NOT EXISTS ohlc_bars (
 -- answer never replaces stored bars, so bars/expected always describe the bars stored.
 -- attempts counts consecutive attempts that ended in this status. source_fetched_at (h1/h4): the
 -- fetched_at of the m15 row they were derived from; m15 fetched later makes them stale.
+-- rewrite_reason: why the partition's bars were last rewritten on purpose (a run's
+-- backfill/rewrite_reason tag, e.g. a split repair); ordinary fetches leave it as it is.
 CREATE TABLE IF NOT EXISTS bar_coverage (
     symbol          text        NOT NULL,
     timeframe       text        NOT NULL CHECK (timeframe IN ('m15', 'h1', 'h4', 'd1')),
@@ -60,10 +62,20 @@ CREATE TABLE IF NOT EXISTS bar_coverage (
     run_id          text,
     updated_at      timestamptz NOT NULL,
     source_fetched_at timestamptz,
+    rewrite_reason  text,
     PRIMARY KEY (symbol, timeframe, session)
 );
--- Databases made before the 'empty' status and source_fetched_at existed.
+-- Databases made before the 'empty' status, source_fetched_at and rewrite_reason existed.
 ALTER TABLE bar_coverage ADD COLUMN IF NOT EXISTS source_fetched_at timestamptz;
+-- Checked first: ALTER TABLE locks the ledger exclusively even when the column is there already.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                   WHERE table_schema = current_schema() AND table_name = 'bar_coverage'
+                     AND column_name = 'rewrite_reason') THEN
+        ALTER TABLE bar_coverage ADD COLUMN IF NOT EXISTS rewrite_reason text;
+    END IF;
+END $$;
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'bar_coverage_status_check'

@@ -101,6 +101,8 @@ bar_coverage = sa.Table(
     sa.Column("run_id", sa.Text),
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.Column("source_fetched_at", UtcDateTime),
+    # Why the bars were last rewritten on purpose (a run's backfill/rewrite_reason tag); sticky.
+    sa.Column("rewrite_reason", sa.Text),
     sa.Index(
         "bar_coverage_open_idx",
         "timeframe",

@@ -82,7 +82,7 @@ def test_unreachable_database_is_a_clear_error_without_the_password():
 
 
 OLD_LEDGER = {
-    # bar_coverage as the first release made it: no 'empty' status, no source_fetched_at.
+    # bar_coverage as the first release made it: no 'empty' status, no source_fetched_at, no rewrite_reason.
     "sqlite": """CREATE TABLE bar_coverage (symbol TEXT NOT NULL, timeframe TEXT NOT NULL, session DATE NOT NULL,
         status TEXT NOT NULL CHECK (status IN ('complete', 'partial', 'failed')), bars INTEGER DEFAULT '0' NOT NULL,
         expected INTEGER DEFAULT '0' NOT NULL, provider TEXT, fetched_at DATETIME, session_closed BOOLEAN DEFAULT 0 NOT NULL,
@@ -106,8 +106,8 @@ def test_a_ledger_made_before_the_empty_status_is_migrated_with_its_rows(store_u
     apply_schema(engine)
     apply_schema(engine)  # idempotent
     with engine.begin() as conn:
-        conn.exec_driver_sql("INSERT INTO bar_coverage (symbol, timeframe, session, status, updated_at, source_fetched_at) "
-                             "VALUES ('AAPL', 'm15', '2024-11-27', 'empty', '2024-11-28 00:00:00+00', NULL)")
+        conn.exec_driver_sql("INSERT INTO bar_coverage (symbol, timeframe, session, status, updated_at, source_fetched_at, "
+                             "rewrite_reason) VALUES ('AAPL', 'm15', '2024-11-27', 'empty', '2024-11-28 00:00:00+00', NULL, NULL)")
         rows = conn.exec_driver_sql("SELECT session, status, bars FROM bar_coverage ORDER BY session").all()
     assert [(str(r[0])[:10], r[1], r[2]) for r in rows] == [("2024-11-26", "complete", 26), ("2024-11-27", "empty", 0)]
     engine.dispose()
