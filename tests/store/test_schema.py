@@ -27,7 +27,8 @@ def _shape(engine):
 def test_postgres_schema_file_matches_sqlalchemy_tables(pg_url, sqlite_url):
     pg, lite = _shape(shared_engine(pg_url)), _shape(shared_engine(sqlite_url))
     assert set(pg) == set(lite) == {
-        "watchlist", "ohlc_bars", "bar_coverage", "rejected_bars", "provider_budget", "provider_requests"
+        "watchlist", "ohlc_bars", "bar_coverage", "rejected_bars", "provider_budget", "provider_requests",
+        "corporate_actions", "corporate_action_sources", "corporate_action_checks",
     }
     for table in pg:
         pg_cols, pg_pk, pg_idx = pg[table]
