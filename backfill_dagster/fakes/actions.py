@@ -22,6 +22,10 @@ serves is that series times `price_factor` (volume divided by it), reference/cor
 split-adjusted answers leave out the splits a provider has applied — announced and effective
 (ex-date reached) by the day asked. So before a split is announced a provider serves the history on
 the old basis, as a real one does, and once it is, the new basis.
+
+A `PriceGap` is not a corporate action but a move of the market (an earnings gap): every price
+from its session on is multiplied by its factor, in raw and adjusted answers alike, volume
+unchanged, and no endpoint lists it. Tests use it to tell a split from news.
 """
 
 from __future__ import annotations
@@ -104,6 +108,19 @@ class Split:
         return max(self.ex_date, self.announced)
 
 
+@dataclass(frozen=True)
+class PriceGap:
+    """Prices from `session` on are `factor` times the model's (1.3: a 30% gap up overnight)."""
+
+    symbol: str
+    session: date
+    factor: float
+
+    def __post_init__(self):
+        if not self.factor > 0:
+            raise ValueError(f"price gap of {self.symbol} on {self.session}: factor must be positive, not {self.factor}")
+
+
 def _id(kind: str, symbol: str, ex_date: date) -> str:
     """A stable id per action, as the feeds give one (a UUID at Alpaca)."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"backfill-dagster-fake/{kind}/{symbol}/{ex_date.isoformat()}"))
@@ -122,12 +139,17 @@ class CorporateActions:
         dividends: Iterable[CashDividend] = (),
         splits: Iterable[Split] = (),
         *,
+        gaps: Iterable[PriceGap] = (),
         default_dividends: bool = True,
         calendar: SessionCalendar | None = None,
     ):
         self._calendar = calendar
         self._dividends = _by_symbol(dividends, self.calendar)
         self._splits = _by_symbol(splits, self.calendar)
+        self._gaps: dict[str, list[PriceGap]] = {}
+        for gap in gaps:
+            self.calendar.require_session(gap.session)
+            self._gaps.setdefault(gap.symbol, []).append(gap)
         self.default_dividends = default_dividends
 
     @property
@@ -154,8 +176,17 @@ class CorporateActions:
         """Symbols with explicit splits (a request that names no symbol lists theirs)."""
         return sorted(self._splits)
 
-    def has_splits(self, symbol: str) -> bool:
-        return symbol in self._splits
+    def moves_prices(self, symbol: str) -> bool:
+        """Whether `symbol` has splits or price gaps (the others are served as the model)."""
+        return symbol in self._splits or symbol in self._gaps
+
+    def gap_factor(self, symbol: str, session: date) -> Fraction:
+        """What the price gaps up to `session` multiply its prices by."""
+        factor = ONE
+        for gap in self._gaps.get(symbol, ()):
+            if gap.session <= session:
+                factor *= Fraction(str(gap.factor))
+        return factor
 
     def price_factor(self, symbol: str, session: date, today: date, *, adjusted: bool) -> Fraction:
         """What the model's prices of `session` are multiplied by when served on `today` (volume is

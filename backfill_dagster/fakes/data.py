@@ -12,7 +12,8 @@ fetched from Polygon, Tradier or Yahoo (each in its own wire format):
 - Splits (fakes/actions.py): the model is the series adjusted for every split; a session's served
   prices are multiplied by the registry's `price_factor` (raw, or split-adjusted as of the day asked)
   and its volume divided by it, rounded as the model rounds (prices 2 decimals, vwap 4, volume
-  whole), so OHLC stays consistent. d1 bars are built from the served m15 bars, so both agree.
+  whole), so OHLC stays consistent; a price gap multiplies prices only. d1 bars are built from the
+  served m15 bars, so both agree.
 - Optionally a deterministic share of extended-hours slots has no trades (`no_trade_rate`): no bar
   at Alpaca/Polygon/Tradier, a row of nulls at Yahoo.
 """
@@ -142,9 +143,9 @@ class BarData:
             if (symbol, session) in withheld:
                 continue
             ts, values, regular = self._session(symbol, session)
-            factor = self.price_factor(symbol, session, now_ns, adjusted)
-            if factor != ONE:
-                values = scale(values, factor)
+            basis = self.basis(symbol, session, now_ns, adjusted)
+            if basis != SAME:
+                values = scale(values, *basis)
             if regular_only:
                 ts, values = ts[regular], values[regular]
             traded = np.ones(len(ts), dtype=bool)
@@ -171,11 +172,11 @@ class BarData:
             if (symbol, session) in withheld:
                 continue
             close_ns = self.calendar.close(session).value
-            factor = self.price_factor(symbol, session, now_ns, adjusted)
+            basis = self.basis(symbol, session, now_ns, adjusted)
             if close_ns > now_ns:
-                row = self._partial_day(symbol, session, now_ns, factor)
-            elif factor != ONE:
-                row = self._scaled_day(symbol, session, factor)
+                row = self._partial_day(symbol, session, now_ns, basis)
+            elif basis != SAME:
+                row = self._scaled_day(symbol, session, basis)
             else:
                 row = self._day(symbol, session)
             if row is None:
@@ -245,34 +246,39 @@ class BarData:
         _, values, regular = self._session(symbol, session)
         return aggregate(values[regular])
 
-    def _scaled_day_uncached(self, symbol: str, session: date, factor: Fraction) -> tuple[float, ...] | None:
+    def _scaled_day_uncached(self, symbol: str, session: date, basis: Basis) -> tuple[float, ...] | None:
         _, values, regular = self._session(symbol, session)
-        return aggregate(scale(values[regular], factor))
+        return aggregate(scale(values[regular], *basis))
 
-    def _partial_day(self, symbol: str, session: date, now_ns: int, factor: Fraction = ONE) -> tuple[float, ...] | None:
+    def _partial_day(self, symbol: str, session: date, now_ns: int, basis: Basis = (ONE, ONE)) -> tuple[float, ...] | None:
         ts, values, regular = self._session(symbol, session)
         values = values[regular & (ts < now_ns)]
-        return aggregate(scale(values, factor) if factor != ONE else values)
+        return aggregate(scale(values, *basis) if basis != SAME else values)
 
-    # ------------------------------------------------------------------ splits
-    def price_factor(self, symbol: str, session: date, now_ns: int, adjusted: bool) -> Fraction:
-        """The registry's factor for the session's prices as served now (1 without splits)."""
+    # ------------------------------------------------------------------ splits and gaps
+    def basis(self, symbol: str, session: date, now_ns: int, adjusted: bool) -> Basis:
+        """(price factor, volume divisor) of the session as served now: (1, 1) for most symbols."""
         actions = self._actions() if self._actions is not None else None
-        if actions is None or not actions.has_splits(symbol):
-            return ONE
-        return actions.price_factor(symbol, session, ny_date(now_ns), adjusted=adjusted)
+        if actions is None or not actions.moves_prices(symbol):
+            return SAME
+        split = actions.price_factor(symbol, session, ny_date(now_ns), adjusted=adjusted)
+        return split * actions.gap_factor(symbol, session), split
 
 
-def scale(values: np.ndarray, factor: Fraction) -> np.ndarray:
-    """Value rows (columns VALUE_COLUMNS) on another share basis: prices times the factor, volume
-    divided by it, rounded as the model rounds. Rounding is monotone, so high >= open, close >= low
-    still holds."""
+Basis = tuple[Fraction, Fraction]
+SAME: Basis = (ONE, ONE)
+
+
+def scale(values: np.ndarray, price: Fraction, volume: Fraction) -> np.ndarray:
+    """Value rows (columns VALUE_COLUMNS) on another basis: prices times `price`, volume divided by
+    `volume` (a split's ratio moves both, a price gap only prices), rounded as the model rounds.
+    Rounding is monotone, so high >= open, close >= low still holds."""
     out = values.copy()
-    p, q = factor.numerator, factor.denominator
+    p, q = price.numerator, price.denominator
     for column in (OPEN, HIGH, LOW, CLOSE):
         out[:, column] = np.maximum(np.round(values[:, column] * p / q, 2), 0.01)
     out[:, VWAP] = np.round(values[:, VWAP] * p / q, 4)
-    out[:, VOLUME] = np.round(values[:, VOLUME] * q / p)
+    out[:, VOLUME] = np.round(values[:, VOLUME] * volume.denominator / volume.numerator)
     return out
 
 

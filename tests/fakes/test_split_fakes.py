@@ -217,3 +217,22 @@ def test_polygon_lists_dividends_of_the_tickers_asked(fakes, http, config):
     bad = http.get("/stocks/v1/splits", params={"sort": "price.asc"}, headers={"Authorization": f"Bearer {config.polygon_key}"})
     assert bad.status_code == 400 and "sort 'price.asc'" in bad.json()["error"]
     assert http.get("/stocks/v1/splits").status_code == 401
+
+
+def test_a_price_gap_moves_prices_from_its_session_on_and_is_no_corporate_action(clock):
+    from backfill_dagster.fakes.actions import PriceGap
+
+    gapped = CorporateActions(gaps=[PriceGap("AAPL", EX, 1.3)], default_dividends=False)
+    clock[0] = NOW_AFTER
+    with FakeProviders(FakeConfig(now=lambda: clock[0], corporate_actions=gapped)) as fakes:
+        for adjusted in (True, False):
+            after, before = fakes.bars("m15", "AAPL", EX, adjusted=adjusted), fakes.bars("m15", "AAPL", BEFORE, adjusted=adjusted)
+            assert np.array_equal(prices(after), np.round(prices(model("m15", EX)) * 13 / 10, 2))
+            assert np.array_equal(after.volume, model("m15", EX).volume)  # news moves prices, not shares
+            pd.testing.assert_frame_equal(before, model("m15", BEFORE))
+        jump = fakes.bars("d1", "AAPL", BEFORE).close.iloc[0] / fakes.bars("d1", "AAPL", EX).open.iloc[0]
+        assert abs(jump * 1.3 - 1) < 0.03  # a 30% gap up overnight
+        with httpx.Client(base_url=fakes.url, headers={"User-Agent": BROWSER}) as client:
+            listed = client.get("/stocks/v1/splits", params={"ticker": "AAPL"},
+                                headers={"Authorization": f"Bearer {fakes.config.polygon_key}"}).json()
+        assert listed["results"] == []
