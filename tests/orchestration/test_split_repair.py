@@ -19,6 +19,7 @@ from backfill_dagster.orchestration.split_repair import SPLIT_TAG, build_split_r
 from backfill_dagster.store import BarStore, shared_engine
 from backfill_dagster.store.actions import ActionStore
 from backfill_dagster.store.schema import bar_coverage
+from backfill_dagster.timeframes import Timeframe
 from tests.orchestration.conftest import add_symbols
 
 EX = date(2024, 11, 27)
@@ -145,3 +146,18 @@ def test_a_run_tagged_with_a_reason_records_it_for_every_timeframe(defs, instanc
     assert result.success
     ledger_rows = BarStore(shared_engine(store_url)).coverage(symbols=["AAPL"])
     assert len(ledger_rows) == 8 and set(ledger_rows.rewrite_reason) == {reason}
+
+
+def test_the_gap_sensor_leaves_a_repair_in_flight_alone(defs, instance, store_url, calendar):
+    """While a repair's backfill is unfinished, the gap sensor counts every timeframe it covers as
+    in flight (its later runs do not exist yet), so it never fetches those partitions too."""
+    from backfill_dagster.orchestration.gap_sensor import in_flight_partitions
+
+    add_symbols(instance, store_url, ["AAPL"])
+    ledger(store_url, "AAPL", [("m15", date(2024, 11, 26), SEEN - timedelta(days=5)),
+                               ("d1", date(2024, 11, 26), SEEN - timedelta(days=5))])
+    announce(store_url)
+    tick(defs, instance, store_url)
+    busy, _, backfills = in_flight_partitions(instance, ["AAPL"], calendar)
+    assert backfills == [ActionStore(shared_engine(store_url)).splits()[0].backfill_id]
+    assert all(busy.covers(t, ("AAPL", date(2024, 11, 26))) for t in (Timeframe.M15, Timeframe.D1))
