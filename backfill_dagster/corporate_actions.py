@@ -181,9 +181,9 @@ def basis_since(ex_date: date, first_seen: datetime, *, historical: bool) -> dat
     basis: bars of those sessions fetched earlier are stale.
 
     Providers apply a split from its ex-date on, and no later than we first saw it (we learn it from
-    them). So: the later of the two. A split listed by a provider's *first* report on a symbol is
-    history to that provider, applied on its ex-date (`historical`): otherwise adding a symbol, or
-    upgrading a store, would re-fetch every bar before every old split.
+    them). So: the later of the two. A split listed in the first answers about a symbol (no provider
+    was asked about it before) is history, applied on its ex-date (`historical`): otherwise adding a
+    symbol, or upgrading a store, would re-fetch every bar before every old split.
     """
     start = ex_date_start(ex_date)
     return start if historical else max(start, first_seen)

@@ -27,6 +27,10 @@ WORST_NAMED = 20
 def run_box(context: dg.AssetCheckExecutionContext) -> tuple[list[str], date, date]:
     """The run's symbols (in the partitions' order) and first and last session, from its key range."""
     calendar = xnys()
+    if not context.has_partition_key_range and not context.has_partition_key:
+        raise dg.Failure(description=(
+            f"{CHECK} judges the d1 partitions of its run, and the run has none: launch it with bars_d1 "
+            "over a partition or a range (UI: Materialize, or a backfill; CLI: --partition or --partition-range)"))
     key_range = context.op_execution_context.partition_key_range
     (first_symbol, first), (last_symbol, last) = (parse_partition_key(k, calendar) for k in (key_range.start, key_range.end))
     if first_symbol == last_symbol:

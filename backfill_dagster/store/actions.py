@@ -69,16 +69,19 @@ class ActionStore:
     ) -> Recorded:
         """Keep `provider`'s answer for `symbols` over ex-dates checked_from..checked_through:
         its reports, its check of each symbol, and the actions (new ones get their first sight and,
-        for splits, the instant from which stored bars are on the new basis)."""
+        for splits, the instant from which stored bars are on the new basis). A split in the first
+        answers about a symbol — no provider was asked about it before `now` — is history."""
         unasked = sorted({r.symbol for r in records} - set(symbols))
         if unasked:
             raise ValueError(f"{provider} reported actions of {', '.join(unasked)}, which it was not asked about")
         today = pd.Timestamp(now).tz_convert(NEW_YORK).date()
         out = Recorded(reports=len(records))
         with self.engine.begin() as conn:
-            known = set(conn.execute(sa.select(checks.c.symbol).where(
-                checks.c.provider == provider, checks.c.symbol.in_(list(symbols)))).scalars())
-            out.first_checks = [s for s in symbols if s not in known]
+            asked = conn.execute(sa.select(checks.c.symbol, checks.c.provider, checks.c.first_checked_at).where(
+                checks.c.symbol.in_(list(symbols)))).all()
+            # Asked before this refresh, by any provider: a split first reported now is news.
+            known = {symbol for symbol, _, first in asked if first < now}
+            out.first_checks = [s for s in symbols if (s, provider) not in {(a, p) for a, p, _ in asked}]
             if symbols:
                 insert = self._insert(checks)
                 conn.execute(

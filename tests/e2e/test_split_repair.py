@@ -51,18 +51,20 @@ EX = SESSIONS[40]
 BACKFILLED_AT = CAL.close(SESSIONS[-1]) + pd.Timedelta(days=1)  # the fake's clock during the backfill
 LATER = CAL.next_session(CAL.next_session(SESSIONS[-1]))  # the session the split becomes known
 ASSETS = [dg.AssetKey(t.asset_name) for t in Timeframe]
+HISTORY_START = date(2023, 1, 1)
 
 
 def code_location() -> dg.Definitions:
     """The project's assets, jobs, checks and resources on Alpaca (the fakes), with the sensors and
-    the schedule of the cycle under test."""
-    history_start = date.fromisoformat(os.environ["SPLIT_TEST_HISTORY_START"])
-    settings = Settings(data_dir=os.environ["SPLIT_TEST_DATA_DIR"], database_url=os.environ["SPLIT_TEST_URL"],
-                        history_start=history_start, providers=("alpaca",), rate_limits={})
-    base = build_definitions(settings)
+    the schedule of the cycle under test. The store's URL and the fakes' reach the resources as
+    environment variables, read when a run or tick uses them: Dagster keeps an in-process code
+    location loaded once per process, across tests."""
+    settings = Settings(data_dir=os.environ["SPLIT_TEST_DATA_DIR"], database_url=os.environ["BACKFILL_DATABASE_URL"],
+                        history_start=HISTORY_START, providers=("alpaca",), rate_limits={})
+    base = build_definitions(settings, env_has_database_url=True)
     return dg.Definitions(
         assets=base.assets, asset_checks=base.asset_checks, jobs=base.jobs, resources=base.resources,
-        sensors=[watchlist_sync, build_split_repair_sensor(history_start, minimum_interval_seconds=30)],
+        sensors=[watchlist_sync, build_split_repair_sensor(HISTORY_START, minimum_interval_seconds=30)],
         schedules=[build_corporate_actions_schedule()], executor=dg.in_process_executor,
     )
 
@@ -105,15 +107,14 @@ class Daemons:
 
 
 @contextlib.contextmanager
-def deployment(pg_url, tmp_path, monkeypatch, registry, history_start=date(2024, 1, 1), fake_now=BACKFILLED_AT):
+def deployment(pg_url, tmp_path, monkeypatch, registry, fake_now=BACKFILLED_AT):
     from dagster._core.remote_origin import InProcessCodeLocationOrigin
     from dagster._core.test_utils import create_test_daemon_workspace_context
     from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
     from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
 
     clock = [fake_now]
-    monkeypatch.setenv("SPLIT_TEST_HISTORY_START", history_start.isoformat())
-    monkeypatch.setenv("SPLIT_TEST_URL", pg_url)
+    monkeypatch.setenv("BACKFILL_DATABASE_URL", pg_url)
     monkeypatch.setenv("SPLIT_TEST_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("BACKFILL_HTTP_BACKOFF_SECONDS", "0.01")
     config = FakeConfig(now=lambda: clock[0], corporate_actions=registry)
@@ -274,7 +275,7 @@ def test_repairing_two_years_costs_no_more_than_a_fresh_backfill(pg_url, tmp_pat
     split_at = two_years[400]
     registry = CorporateActions(splits=[Split("AAPL", split_at, 4, 1, date(2099, 1, 1))])
     after = CAL.close(two_years[-1]) + pd.Timedelta(days=1)
-    with deployment(pg_url, tmp_path, monkeypatch, registry, history_start=date(2023, 1, 1), fake_now=after) as (
+    with deployment(pg_url, tmp_path, monkeypatch, registry, fake_now=after) as (
         fakes, clock, instance, daemons
     ):
         Watchlist(shared_engine(pg_url)).add(["AAPL"])

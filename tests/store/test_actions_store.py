@@ -111,3 +111,17 @@ def test_a_repair_moves_through_its_states(actions):
     (done,) = actions.splits(states=[RepairState.REPAIRED])
     assert done.backfill_id == "bf1" and done.attempts == 1
     assert actions.actions(["AAPL"]).iloc[0].repaired_at == T1
+
+
+def test_a_split_is_history_only_in_the_first_answers_about_its_symbol(actions):
+    """Asked before (by any provider), a symbol's new split is news even from a provider asked for
+    the first time: the bars stored came from the first one, which did not know it."""
+    old = date(2020, 8, 31)
+    record(actions, "alpaca", ["AAPL", "MSFT"], [], T0)
+    out = record(actions, "polygon", ["AAPL"], [split_record("AAPL", old, "polygon", 1, 4)], T1)
+    assert out.first_checks == ["AAPL"]  # polygon's first answer...
+    assert actions.actions(["AAPL"]).iloc[0].basis_since == T1  # ...but AAPL was asked about before
+    # Two providers answering about a new symbol in the same refresh: both first answers.
+    for provider in ("alpaca", "polygon"):
+        record(actions, provider, ["NVDA"], [split_record("NVDA", old, provider, 1, 4)], T1)
+    assert actions.actions(["NVDA"]).iloc[0].basis_since == ex_date_start(old)
