@@ -184,8 +184,8 @@ CREATE TABLE IF NOT EXISTS corporate_action_sources (
     last_seen    timestamptz      NOT NULL,
     PRIMARY KEY (symbol, kind, ex_date, provider)
 );
--- When each provider was last asked about each symbol, and over which ex-dates: a split in a
--- provider's first answer on a symbol is history to it, not news.
+-- When each provider was last asked about each symbol, and over which ex-dates: a split in the
+-- first answers about a symbol is history, not news.
 CREATE TABLE IF NOT EXISTS corporate_action_checks (
     symbol            text        NOT NULL,
     provider          text        NOT NULL,
