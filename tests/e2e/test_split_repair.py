@@ -17,7 +17,7 @@ import contextlib
 import logging
 import math
 import os
-from datetime import date, timedelta
+from datetime import date
 
 import dagster as dg
 import numpy as np

@@ -5,7 +5,6 @@ effective, the new one after — and Alpaca's and Polygon's corporate-action end
 from __future__ import annotations
 
 from datetime import date
-from fractions import Fraction
 
 import httpx
 import numpy as np
@@ -15,7 +14,6 @@ import pytest
 from backfill_dagster.calendar import xnys
 from backfill_dagster.fakes import FakeConfig, FakeProviders
 from backfill_dagster.fakes.actions import CashDividend, CorporateActions, Split
-from backfill_dagster.providers.demo import day_values
 from tests.conftest import aggregate_day
 
 from .conftest import BROWSER, alpaca_headers, epoch_s

@@ -6,7 +6,6 @@ from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 import pandas as pd
-import pytest
 import sqlalchemy as sa
 from dagster._core.execution.backfill import BulkActionStatus
 
