@@ -3,6 +3,7 @@
     backfill-dagster watchlist add|remove SYMBOL...   edit the watchlist and the symbol partitions
     backfill-dagster watchlist list
     backfill-dagster coverage [--symbol S] [--timeframe TF]
+    backfill-dagster corporate-actions SYMBOL            splits and dividends known, per provider, and repairs
     backfill-dagster demo [--symbols ...] [--sessions N]   a real Dagster run on the embedded default
     backfill-dagster ensure-coverage SYMBOL... [--timeframe m15] [--sessions 30] [--wait [--timeout S]]
                                                         backfill what is missing, as a Dagster backfill
@@ -33,6 +34,7 @@ from backfill_dagster.store import (
     redact,
     shared_engine,
 )
+from backfill_dagster.store.actions import ActionStore
 from backfill_dagster.store.coverage import coverage_detail, coverage_summary
 from backfill_dagster.symbols import InvalidSymbolError, normalize_symbols, respelled_symbols, respelling_notice
 from backfill_dagster.timeframes import Timeframe, UnknownTimeframeError
@@ -163,9 +165,18 @@ def cmd_coverage(args: argparse.Namespace, settings: Settings) -> int:
     if args.symbol and args.detail:
         symbol = normalize_symbols([args.symbol])[0]
         print(format_detail(coverage_detail(engine, symbol, timeframe), symbol))
+        print(format_repairs(ActionStore(engine), [symbol]), end="")
         return 0
     symbols = normalize_symbols([args.symbol]) if args.symbol else None
     print(summary_with_sessions(coverage_summary(engine, symbols=symbols, timeframe=timeframe), settings))
+    print(format_repairs(ActionStore(engine), symbols), end="")
+    return 0
+
+
+def cmd_corporate_actions(args: argparse.Namespace, settings: Settings) -> int:
+    symbol = user_symbols([args.symbol])[0]
+    store = ActionStore(shared_engine(settings.resolved_database_url))
+    print(format_actions(store.actions([symbol]), store.sources([symbol]), store.checks([symbol]), symbol))
     return 0
 
 
@@ -351,6 +362,61 @@ def format_detail(frame: pd.DataFrame, symbol: str) -> str:
     return "\n".join(lines)
 
 
+def format_repairs(store: ActionStore, symbols: Sequence[str] | None) -> str:
+    """A line per split whose history is being repaired (or whose repair failed), for `coverage`."""
+    from backfill_dagster.corporate_actions import OPEN_REPAIRS, RepairState
+
+    splits = store.splits(states=[*OPEN_REPAIRS, RepairState.FAILED], symbols=symbols)
+    if not splits:
+        return ""
+    lines = ["", "history being repaired after a split (backfill-dagster corporate-actions SYMBOL):"]
+    for split in splits:
+        backfill = f", backfill {split.backfill_id}" if split.backfill_id else ""
+        lines.append(f"  {split.describe()}: {split.state.value}{backfill}: {split.note or ''}".rstrip(": "))
+    return "\n".join(lines) + "\n"
+
+
+def format_actions(actions: pd.DataFrame, sources: pd.DataFrame, checks: pd.DataFrame, symbol: str) -> str:
+    """Every action known for one symbol, each provider's report of it, and when each was asked."""
+    from fractions import Fraction
+
+    from backfill_dagster.corporate_actions import ratio_text
+
+    asked = ", ".join(f"{r.provider} {pd.Timestamp(r.last_checked_at):%Y-%m-%d %H:%M}Z"
+                      f" (ex-dates {_d(r.checked_from)}..{_d(r.checked_through)})" for r in checks.itertuples())
+    if actions.empty:
+        if checks.empty:
+            return (f"no corporate actions known for {symbol}: no provider was asked yet (the corporate_actions "
+                    "asset asks alpaca, polygon and yahoo, whichever BACKFILL_PROVIDERS lists)")
+        return f"no corporate actions known for {symbol}; asked: {asked}"
+
+    def figures(r) -> str:
+        if r.kind == "split":
+            return f"split {ratio_text(Fraction(int(r.split_to), int(r.split_from)))}"
+        return f"dividend {r.cash_amount:g}"
+
+    lines = [f"{'ex-date':<10} {'action':<16} {'first seen (UTC)':<16} repair"]
+    for r in actions.itertuples():
+        seen = f"{pd.Timestamp(r.first_seen):%Y-%m-%d %H:%M}"
+        repair = "-" if r.repair_state is None or pd.isna(r.repair_state) else r.repair_state
+        if r.kind == "split":
+            if r.repair_backfill_id:
+                repair += f" (backfill {r.repair_backfill_id}, {int(r.repair_attempts)} launched)"
+            if r.repair_note:
+                repair += f": {r.repair_note}"
+            if r.basis_since is not None and not pd.isna(r.basis_since):
+                repair += f"; bars fetched before {pd.Timestamp(r.basis_since):%Y-%m-%d %H:%M}Z were on the old basis"
+        lines.append(f"{_d(r.ex_date):<10} {figures(r):<16} {seen:<16} {repair}")
+        reports = sources[(sources.kind == r.kind) & (sources.ex_date == r.ex_date)]
+        for s in reports.itertuples():
+            mark = "*" if s.provider == r.source else " "
+            ident = f" id {s.provider_id}" if s.provider_id else ""
+            lines.append(f"  {mark} {s.provider:<8} {figures(s):<16} first seen {pd.Timestamp(s.first_seen):%Y-%m-%d %H:%M}Z, "
+                         f"last {pd.Timestamp(s.last_seen):%Y-%m-%d %H:%M}Z{ident}")
+    lines.append(f"\n* the provider whose figures stand for the action; asked: {asked or 'never'}")
+    return "\n".join(lines)
+
+
 def _d(value) -> str:
     return "-" if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)[:10]
 
@@ -393,6 +459,10 @@ def build_parser() -> argparse.ArgumentParser:
     cov.add_argument("--timeframe", help="only this timeframe (m15, h1, h4, d1)")
     cov.add_argument("--detail", action="store_true", help="per-session rows (needs --symbol)")
     cov.set_defaults(func=cmd_coverage)
+
+    actions = sub.add_parser("corporate-actions", help="splits and dividends known for a symbol, per provider, and repairs")
+    actions.add_argument("symbol", metavar="SYMBOL")
+    actions.set_defaults(func=cmd_corporate_actions)
 
     demo = sub.add_parser("demo", help="backfill a few symbols on the embedded default and show coverage")
     demo.add_argument("--symbols", nargs="+", default=list(DEMO_SYMBOLS), metavar="SYMBOL")

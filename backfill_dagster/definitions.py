@@ -12,14 +12,22 @@ from backfill_dagster.gaps import GapPolicy
 from backfill_dagster.orchestration.assets import bar_assets
 from backfill_dagster.orchestration.bookkeeping import batch_dagster_events
 from backfill_dagster.orchestration.checks import bar_checks
+from backfill_dagster.orchestration.corporate_actions import (
+    build_corporate_actions_asset,
+    build_corporate_actions_schedule,
+    corporate_actions_job,
+)
 from backfill_dagster.orchestration.gap_sensor import build_gap_sensor
 from backfill_dagster.orchestration.jobs import all_bars_job
 from backfill_dagster.orchestration.partitions import bar_partitions
 from backfill_dagster.orchestration.resources import providers_resource, store_resource
 from backfill_dagster.orchestration.schedules import DEFAULT_EOD_DELAY, build_schedules, end_of_day_delay_from_env
 from backfill_dagster.orchestration.sensors import watchlist_sync
+from backfill_dagster.orchestration.split_checks import suspected_split_check
+from backfill_dagster.orchestration.split_repair import build_split_repair_sensor
 from backfill_dagster.providers.registry import check_provider_names
 from backfill_dagster.settings import Settings
+from backfill_dagster.timeframes import Timeframe
 
 
 def build_definitions(
@@ -33,11 +41,17 @@ def build_definitions(
     partitions_def = bar_partitions(settings.history_start, xnys())
     assets = bar_assets(partitions_def, settings.providers)
     return dg.Definitions(
-        assets=list(assets.values()),
-        asset_checks=bar_checks(assets, settings.completeness_warn_below),
-        jobs=[all_bars_job],
-        sensors=[watchlist_sync, build_gap_sensor(settings.history_start, gap_policy)],
-        schedules=build_schedules(end_of_day_delay),
+        assets=[*assets.values(), build_corporate_actions_asset(settings.history_start)],
+        asset_checks=[
+            *bar_checks(assets, settings.completeness_warn_below),
+            suspected_split_check(assets[Timeframe.D1]),
+        ],
+        jobs=[all_bars_job, corporate_actions_job],
+        sensors=[
+            watchlist_sync, build_gap_sensor(settings.history_start, gap_policy),
+            build_split_repair_sensor(settings.history_start),
+        ],
+        schedules=[*build_schedules(end_of_day_delay), build_corporate_actions_schedule()],
         resources={
             "store": store_resource(settings, env_has_database_url),
             "providers": providers_resource(settings),

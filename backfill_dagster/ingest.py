@@ -93,9 +93,11 @@ def fetch_partitions(
     run_id: str | None = None,
     log: Log = lambda _msg: None,
     allow_fewer: bool = False,
+    rewrite_reason: str | None = None,
 ) -> IngestReport:
     """Fetch, validate and store the bars of the given partitions of a fetched timeframe.
-    `allow_fewer`: a final answer with fewer bars may replace final stored ones (never none)."""
+    `allow_fewer`: a final answer with fewer bars may replace final stored ones (never none);
+    `rewrite_reason`: why this run rewrites them, recorded in the ledger (a split repair)."""
     if not timeframe.is_fetched:
         raise ValueError(f"{timeframe.value} is derived from {timeframe.source.value}, not fetched")
     calendar = router.calendar
@@ -126,7 +128,9 @@ def fetch_partitions(
             )
             log(f"{provider.name}: {len(assigned)} partition(s) of {timeframe.value} in {len(requests)} request(s)")
             for request in requests:
-                outcome = _fetch_and_store(request, provider, router, store, report, clock, run_id, log, allow_fewer)
+                outcome = _fetch_and_store(
+                    request, provider, router, store, report, clock, run_id, log, allow_fewer, rewrite_reason
+                )
                 refused.update(outcome.refused)
                 for partition, error in outcome.failed.items():
                     errors[partition].append(error)
@@ -163,6 +167,7 @@ def _fetch_and_store(
     run_id: str | None,
     log: Log,
     allow_fewer: bool,
+    rewrite_reason: str | None = None,
 ) -> _Outcome:
     """Fetch one request, validate its bars and write the partitions they may replace."""
     calendar, timeframe = router.calendar, request.timeframe
@@ -202,6 +207,7 @@ def _fetch_and_store(
     written = store.replace_partitions(
         timeframe, valid, coverage, provider=provider.provenance,
         adjustment=router.adjustment.value, fetched_at=requested_at, run_id=run_id, allow_fewer=allow_fewer,
+        rewrite_reason=rewrite_reason,
     )
     report.bars_written += written.bars
     report.written.extend(written.written)
@@ -259,8 +265,10 @@ def derive_partitions(
     clock: Clock = utcnow,
     run_id: str | None = None,
     log: Log = lambda _msg: None,
+    rewrite_reason: str | None = None,
 ) -> IngestReport:
-    """Resample stored m15 bars into h1/h4 for the given partitions and store them."""
+    """Resample stored m15 bars into h1/h4 for the given partitions and store them
+    (`rewrite_reason`: as for `fetch_partitions`)."""
     source = timeframe.source
     if source is None:
         raise ValueError(f"{timeframe.value} is fetched, not derived")
@@ -274,7 +282,7 @@ def derive_partitions(
     for i in range(0, len(symbols), DERIVE_SYMBOLS_PER_CHUNK):
         chunk_symbols = set(symbols[i : i + DERIVE_SYMBOLS_PER_CHUNK])
         chunk = [p for p in wanted if p[0] in chunk_symbols]
-        _derive_chunk(chunk, timeframe, store, extended, clock, run_id, report)
+        _derive_chunk(chunk, timeframe, store, extended, clock, run_id, report, rewrite_reason)
     if report.failures:
         store.record_failures(
             timeframe, report.failures, expected=_expected_by_session(report.failures, timeframe, calendar, extended),
@@ -292,6 +300,7 @@ def _derive_chunk(
     clock: Clock,
     run_id: str | None,
     report: IngestReport,
+    rewrite_reason: str | None = None,
 ) -> None:
     """Derive one chunk of symbols in one transaction that holds m15 still (BarStore.derivation):
     the h1/h4 written are the resample of exactly the m15 stored, and record which m15 fetch."""
@@ -311,7 +320,7 @@ def _derive_chunk(
             else:
                 ready.append(partition)
         if ready:
-            _derive_ready(tx, ready, status, timeframe, store.calendar, extended, clock, run_id, report)
+            _derive_ready(tx, ready, status, timeframe, store.calendar, extended, clock, run_id, report, rewrite_reason)
 
 
 def _derive_ready(
@@ -324,6 +333,7 @@ def _derive_ready(
     clock: Clock,
     run_id: str | None,
     report: IngestReport,
+    rewrite_reason: str | None = None,
 ) -> None:
     m15 = tx.read_source(ready)
     derived = resample_bars(m15, timeframe, calendar, extended=extended)
@@ -359,7 +369,7 @@ def _derive_ready(
     for label, entries in groups.items():
         members = [(e.symbol, e.session) for e in entries]
         result = tx.replace(valid[keys.isin(members)], entries, provider=label, adjustment=adjustment,
-                            fetched_at=now, run_id=run_id)
+                            fetched_at=now, run_id=run_id, rewrite_reason=rewrite_reason)
         report.bars_written += result.bars
         report.written.extend(result.written)
         report.served_by[label] += len(result.written)

@@ -17,6 +17,8 @@ from enum import StrEnum
 # How an operator lets fewer bars replace final ones: a run tag (UI backfill, CLI) or the setting.
 REPLACE_FEWER_TAG = "backfill/replace_fewer_bars"
 REPLACE_FEWER_SETTING = "BACKFILL_REPLACE_FEWER_BARS"
+# Why a run rewrites partitions on purpose (e.g. a split repair): recorded in bar_coverage.rewrite_reason.
+REWRITE_REASON_TAG = "backfill/rewrite_reason"
 
 
 class LedgerStatus(StrEnum):

@@ -43,6 +43,8 @@ CREATE TABLE IF NOT EXISTS ohlc_bars (
 -- answer never replaces stored bars, so bars/expected always describe the bars stored.
 -- attempts counts consecutive attempts that ended in this status. source_fetched_at (h1/h4): the
 -- fetched_at of the m15 row they were derived from; m15 fetched later makes them stale.
+-- rewrite_reason: why the partition's bars were last rewritten on purpose (a run's
+-- backfill/rewrite_reason tag, e.g. a split repair); ordinary fetches leave it as it is.
 CREATE TABLE IF NOT EXISTS bar_coverage (
     symbol          text        NOT NULL,
     timeframe       text        NOT NULL CHECK (timeframe IN ('m15', 'h1', 'h4', 'd1')),
@@ -60,10 +62,20 @@ CREATE TABLE IF NOT EXISTS bar_coverage (
     run_id          text,
     updated_at      timestamptz NOT NULL,
     source_fetched_at timestamptz,
+    rewrite_reason  text,
     PRIMARY KEY (symbol, timeframe, session)
 );
--- Databases made before the 'empty' status and source_fetched_at existed.
+-- Databases made before the 'empty' status, source_fetched_at and rewrite_reason existed.
 ALTER TABLE bar_coverage ADD COLUMN IF NOT EXISTS source_fetched_at timestamptz;
+-- Checked first: ALTER TABLE locks the ledger exclusively even when the column is there already.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                   WHERE table_schema = current_schema() AND table_name = 'bar_coverage'
+                     AND column_name = 'rewrite_reason') THEN
+        ALTER TABLE bar_coverage ADD COLUMN IF NOT EXISTS rewrite_reason text;
+    END IF;
+END $$;
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'bar_coverage_status_check'
@@ -129,3 +141,57 @@ CREATE TABLE IF NOT EXISTS provider_requests (
     sent_at   double precision  NOT NULL
 );
 CREATE INDEX IF NOT EXISTS provider_requests_idx ON provider_requests (provider, sent_at);
+
+-- Corporate actions (backfill_dagster/corporate_actions.py). One row per action, deduplicated across
+-- providers by (symbol, kind, ex_date); its figures are the preferred provider's (`source`). A split
+-- keeps its ratio exactly: split_to new shares for split_from old ones, reduced (4-for-1: 1 and 4).
+-- basis_since: bars of sessions before the ex-date fetched earlier are on the old share basis (the
+-- split repair re-fetches them). repair_*: the repair's state, the Dagster backfill doing it, how
+-- many were launched, and what it found. Cash dividends are recorded only (no repair): the store is
+-- adjusted for splits, never for dividends.
+CREATE TABLE IF NOT EXISTS corporate_actions (
+    symbol              text             NOT NULL,
+    kind                text             NOT NULL CHECK (kind IN ('split', 'cash_dividend')),
+    ex_date             date             NOT NULL,
+    split_from          bigint           CHECK (split_from > 0),
+    split_to            bigint           CHECK (split_to > 0),
+    cash_amount         double precision CHECK (cash_amount > 0 AND cash_amount < 'Infinity'),
+    source              text             NOT NULL,
+    first_seen          timestamptz      NOT NULL,
+    basis_since         timestamptz,
+    repair_state        text             CHECK (repair_state IN ('pending', 'repairing', 'repaired', 'not_needed', 'failed')),
+    repair_backfill_id  text,
+    repair_attempts     integer          NOT NULL DEFAULT 0,
+    repair_note         text,
+    repaired_at         timestamptz,
+    updated_at          timestamptz      NOT NULL,
+    PRIMARY KEY (symbol, kind, ex_date),
+    CONSTRAINT corporate_actions_figures CHECK (
+        (kind = 'split' AND split_from IS NOT NULL AND split_to IS NOT NULL AND repair_state IS NOT NULL)
+        OR (kind = 'cash_dividend' AND cash_amount IS NOT NULL))
+);
+-- Each provider's own report of an action (provenance: two providers disagreeing stay visible).
+CREATE TABLE IF NOT EXISTS corporate_action_sources (
+    symbol       text             NOT NULL,
+    kind         text             NOT NULL CHECK (kind IN ('split', 'cash_dividend')),
+    ex_date      date             NOT NULL,
+    provider     text             NOT NULL,
+    provider_id  text,
+    split_from   bigint           CHECK (split_from > 0),
+    split_to     bigint           CHECK (split_to > 0),
+    cash_amount  double precision CHECK (cash_amount > 0 AND cash_amount < 'Infinity'),
+    first_seen   timestamptz      NOT NULL,
+    last_seen    timestamptz      NOT NULL,
+    PRIMARY KEY (symbol, kind, ex_date, provider)
+);
+-- When each provider was last asked about each symbol, and over which ex-dates: a split in the
+-- first answers about a symbol is history, not news.
+CREATE TABLE IF NOT EXISTS corporate_action_checks (
+    symbol            text        NOT NULL,
+    provider          text        NOT NULL,
+    first_checked_at  timestamptz NOT NULL,
+    last_checked_at   timestamptz NOT NULL,
+    checked_from      date        NOT NULL,
+    checked_through   date        NOT NULL,
+    PRIMARY KEY (symbol, provider)
+);

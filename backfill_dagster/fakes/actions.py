@@ -1,8 +1,9 @@
 """Corporate actions the fake providers know: cash dividends and splits, per symbol.
 
 One registry (`FakeConfig.corporate_actions`) serves every fake, so each API's view of a symbol's
-actions tells the same story: today Yahoo's chart `events`; Alpaca's and Polygon's corporate-action
-endpoints are to be served from it too. Symbols are in the store's spelling (BRK.B), like the bars.
+actions tells the same story: Yahoo's chart `events`, Alpaca's `/v1/corporate-actions`, Polygon's
+`/stocks/v1/splits` and `/stocks/v1/dividends`, and the split-adjusted bars of all four. Symbols
+are in the store's spelling (BRK.B), like the bars.
 
 By default two symbols in three (chosen by a hash of the symbol, so any symbol works) pay a
 deterministic quarterly cash dividend, and nothing splits. Explicit actions replace the default
@@ -12,21 +13,35 @@ schedule of their symbol:
         splits=[Split("NVDA", ex_date=date(2024, 6, 10), numerator=10, denominator=1,
                       announced=date(2024, 5, 22))]))
 
-An action is known from its `announced` date on; asked earlier, a fake does not list it. The
-served bars are NOT adjusted for any of these yet (reference/corporate_actions.md §5 has the
-arithmetic for when they are).
+An action is known from its `announced` date on — which may be after its ex-date, as a feed that
+lists a split late does; asked earlier, a fake does not list it.
+
+The bars (fakes/data.py) model the series adjusted for every split of the registry; what a fake
+serves is that series times `price_factor` (volume divided by it), reference/corporate_actions.md
+§5.2: raw answers carry every split after the session (pre-split prices are higher by the ratio),
+split-adjusted answers leave out the splits a provider has applied — announced and effective
+(ex-date reached) by the day asked. So before a split is announced a provider serves the history on
+the old basis, as a real one does, and once it is, the new basis.
+
+A `PriceGap` is not a corporate action but a move of the market (an earnings gap): every price
+from its session on is multiplied by its factor, in raw and adjusted answers alike, volume
+unchanged, and no endpoint lists it. Tests use it to tell a split from news.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
+from fractions import Fraction
 
 from backfill_dagster.calendar import SessionCalendar, xnys
 from backfill_dagster.providers.demo import _seed
 
 ANNOUNCED_DAYS_BEFORE = 28  # the default dividends are declared four weeks before their ex-date
+PAYABLE_DAYS_AFTER = 14  # and paid two weeks after it
+ONE = Fraction(1)
 
 
 @dataclass(frozen=True)
@@ -41,13 +56,20 @@ class CashDividend:
     def __post_init__(self):
         if not self.amount > 0:
             raise ValueError(f"dividend of {self.symbol} on {self.ex_date}: amount must be positive, not {self.amount}")
-        _announced_in_time(self.symbol, self.ex_date, self.announced)
+
+    @property
+    def payable(self) -> date:
+        return self.ex_date + timedelta(days=PAYABLE_DAYS_AFTER)
+
+    @property
+    def id(self) -> str:
+        return _id("dividend", self.symbol, self.ex_date)
 
 
 @dataclass(frozen=True)
 class Split:
     """`numerator` new shares for `denominator` old ones from `ex_date` on (4-for-1: 4 and 1; a
-    1-for-10 reverse split: 1 and 10)."""
+    1-for-10 reverse split: 1 and 10). `announced` may come after the ex-date (a late listing)."""
 
     symbol: str
     ex_date: date
@@ -60,17 +82,48 @@ class Split:
             raise ValueError(
                 f"split of {self.symbol} on {self.ex_date}: numerator and denominator must be positive"
             )
-        _announced_in_time(self.symbol, self.ex_date, self.announced)
 
     @property
     def ratio(self) -> float:
         """New shares per old share: prices before the ex-date divide by it."""
         return self.numerator / self.denominator
 
+    @property
+    def fraction(self) -> Fraction:
+        """The ratio exactly (3-for-2 is 3/2)."""
+        return Fraction(str(self.numerator)) / Fraction(str(self.denominator))
 
-def _announced_in_time(symbol: str, ex_date: date, announced: date) -> None:
-    if announced > ex_date:
-        raise ValueError(f"action of {symbol} on {ex_date} is announced after its ex-date ({announced})")
+    @property
+    def id(self) -> str:
+        return _id("split", self.symbol, self.ex_date)
+
+    def applied_on(self, day: date) -> bool:
+        """Whether a split-adjusting provider has re-based the history by `day`: it knows the split
+        (announced) and the split is effective (its ex-date has come)."""
+        return self.announced <= day and self.ex_date <= day
+
+    @property
+    def booked(self) -> date:
+        """Alpaca's process_date: the ex-date, or the day the split was listed if later."""
+        return max(self.ex_date, self.announced)
+
+
+@dataclass(frozen=True)
+class PriceGap:
+    """Prices from `session` on are `factor` times the model's (1.3: a 30% gap up overnight)."""
+
+    symbol: str
+    session: date
+    factor: float
+
+    def __post_init__(self):
+        if not self.factor > 0:
+            raise ValueError(f"price gap of {self.symbol} on {self.session}: factor must be positive, not {self.factor}")
+
+
+def _id(kind: str, symbol: str, ex_date: date) -> str:
+    """A stable id per action, as the feeds give one (a UUID at Alpaca)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"backfill-dagster-fake/{kind}/{symbol}/{ex_date.isoformat()}"))
 
 
 def pays_default_dividends(symbol: str) -> bool:
@@ -86,12 +139,17 @@ class CorporateActions:
         dividends: Iterable[CashDividend] = (),
         splits: Iterable[Split] = (),
         *,
+        gaps: Iterable[PriceGap] = (),
         default_dividends: bool = True,
         calendar: SessionCalendar | None = None,
     ):
         self._calendar = calendar
         self._dividends = _by_symbol(dividends, self.calendar)
         self._splits = _by_symbol(splits, self.calendar)
+        self._gaps: dict[str, list[PriceGap]] = {}
+        for gap in gaps:
+            self.calendar.require_session(gap.session)
+            self._gaps.setdefault(gap.symbol, []).append(gap)
         self.default_dividends = default_dividends
 
     @property
@@ -113,6 +171,32 @@ class CorporateActions:
     def splits(self, symbol: str, first: date, last: date, *, known_on: date | None = None) -> list[Split]:
         """Splits of `symbol` with ex-dates first..last (inclusive), announced by `known_on`."""
         return _window(self._splits.get(symbol, []), first, last, known_on)
+
+    def split_symbols(self) -> list[str]:
+        """Symbols with explicit splits (a request that names no symbol lists theirs)."""
+        return sorted(self._splits)
+
+    def moves_prices(self, symbol: str) -> bool:
+        """Whether `symbol` has splits or price gaps (the others are served as the model)."""
+        return symbol in self._splits or symbol in self._gaps
+
+    def gap_factor(self, symbol: str, session: date) -> Fraction:
+        """What the price gaps up to `session` multiply its prices by."""
+        factor = ONE
+        for gap in self._gaps.get(symbol, ()):
+            if gap.session <= session:
+                factor *= Fraction(str(gap.factor))
+        return factor
+
+    def price_factor(self, symbol: str, session: date, today: date, *, adjusted: bool) -> Fraction:
+        """What the model's prices of `session` are multiplied by when served on `today` (volume is
+        divided by it): every split after the session, less — for split-adjusted answers — those
+        applied by `today`."""
+        factor = ONE
+        for split in self._splits.get(symbol, ()):
+            if session < split.ex_date and not (adjusted and split.applied_on(today)):
+                factor *= split.fraction
+        return factor
 
 
 def _by_symbol(actions, calendar: SessionCalendar) -> dict[str, list]:

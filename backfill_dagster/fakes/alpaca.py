@@ -1,4 +1,5 @@
-"""Fake Alpaca Market Data v2 stock bars (providers.md §1).
+"""Fake Alpaca Market Data v2 stock bars (providers.md §1), and v1 corporate actions
+(fakes/alpaca_actions.py).
 
 - `GET /v2/stocks/bars?symbols=A,B` and `GET /v2/stocks/{symbol}/bars`; headers
   `APCA-API-KEY-ID` + `APCA-API-SECRET-KEY` (missing: 401, wrong: 403).
@@ -10,7 +11,8 @@
   now (15 minutes ago for SIP on the free plan, which is then served, not refused). Bars before 2016 do not exist. Unknown symbols (BRK-B too: Alpaca writes BRK.B) are simply
   absent.
 - m15 bars span 04:00-20:00 (no regular-hours filter); d1 bars are stamped 00:00 New York (04:00Z
-  or 05:00Z). `feed`, `adjustment`, `sort`, `asof`, `currency` are validated.
+  or 05:00Z). `feed`, `adjustment`, `sort`, `asof`, `currency` are validated. `adjustment=raw` (the
+  default) serves raw prices, `split` (or `all`) split-adjusted ones as of now (fakes/actions.py).
 - Free plan: SIP data of the latest 15 minutes is refused with 403 (`alpaca_sip_delay_s`).
 - `X-RateLimit-Limit/Remaining/Reset` (epoch s) on every response; gzip when asked and > 256 bytes.
 """
@@ -29,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from backfill_dagster.calendar import NEW_YORK
+from backfill_dagster.fakes import alpaca_actions
 from backfill_dagster.fakes.base import BadRequest, ProviderFake, Request, Response, json_response, rfc3339
 from backfill_dagster.fakes.control import WindowState
 from backfill_dagster.fakes.data import CLOSE, HIGH, LOW, OPEN, TRADES, VOLUME, VWAP, ny_date, ny_midnight_ns
@@ -54,6 +57,7 @@ class _Query:
     limit: int
     descending: bool
     after: tuple[str, int] | None  # (symbol, bar start ns) of the previous page's last bar
+    adjusted: bool = False  # adjustment=split or all: split-adjusted as of now
 
 
 def _error(status: int, code: int, message: str) -> BadRequest:
@@ -65,6 +69,7 @@ class AlpacaFake(ProviderFake):
     routes = (
         (re.compile(r"^/v2/stocks/bars$"), "multi_bars"),
         (re.compile(r"^/v2/stocks/(?P<symbol>[^/]+)/bars$"), "symbol_bars"),
+        (re.compile(r"^/v1/corporate-actions$"), "corporate_actions"),
     )
     rate_headers_always = True
 
@@ -117,6 +122,9 @@ class AlpacaFake(ProviderFake):
         # Empty answers carry `null` bars (clients must treat null and [] alike).
         return self._json(request, {"bars": rows or None, "symbol": symbol, "next_page_token": token})
 
+    def corporate_actions(self, request: Request) -> Response:
+        return self._json(request, alpaca_actions.answer(request, self.config.corporate_actions, self.data_symbol))
+
     # ------------------------------------------------------------------ parameters
     def _parse(self, request: Request, symbols: list[str]) -> _Query:
         q = request.query
@@ -146,13 +154,14 @@ class AlpacaFake(ProviderFake):
         sort = q.get("sort", "asc")
         if sort not in ("asc", "desc"):
             raise _error(422, 42210000, f"invalid sort: {sort!r} (use asc or desc)")
-        for part in q.get("adjustment", "raw").split(","):
-            if part.strip() not in ADJUSTMENTS:
-                raise _error(422, 42210000, f"invalid adjustment: {part!r}")
+        adjustments = {part.strip() for part in q.get("adjustment", "raw").split(",")}
+        for part in sorted(adjustments - set(ADJUSTMENTS)):
+            raise _error(422, 42210000, f"invalid adjustment: {part!r}")
         if sip_delay_ns and end_ns > now_ns - sip_delay_ns:
             raise BadRequest(json_response(403, {"message": "subscription does not permit querying recent SIP data"}))
         after = _decode_token(q["page_token"]) if q.get("page_token") else None
-        return _Query(sorted(set(symbols)), unit, start_ns, end_ns, limit, sort == "desc", after)
+        return _Query(sorted(set(symbols)), unit, start_ns, end_ns, limit, sort == "desc", after,
+                      adjusted=bool(adjustments & {"split", "all"}))
 
     # ------------------------------------------------------------------ paging
     def _page(self, query: _Query, now_ns: int) -> tuple[list[tuple[str, list[dict]]], str | None]:
@@ -190,11 +199,11 @@ class AlpacaFake(ProviderFake):
             return empty
         start_ns = max(query.start_ns, ny_midnight_ns(HISTORY_START))
         if query.unit == "D":
-            days = self.data.daily(symbol, ny_date(start_ns), ny_date(query.end_ns), now_ns)
+            days = self.data.daily(symbol, ny_date(start_ns), ny_date(query.end_ns), now_ns, adjusted=query.adjusted)
             keep = (days.midnight >= start_ns) & (days.midnight <= query.end_ns)
             return days.midnight[keep], days.values[keep]
         slots = self.data.m15(
-            symbol, start_ns, query.end_ns + 1, now_ns, no_trade_rate=self.config.no_trade_rate
+            symbol, start_ns, query.end_ns + 1, now_ns, no_trade_rate=self.config.no_trade_rate, adjusted=query.adjusted
         ).traded_only()
         return slots.ts, slots.values
 

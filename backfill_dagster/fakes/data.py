@@ -9,6 +9,11 @@ fetched from Polygon, Tradier or Yahoo (each in its own wire format):
   sessions; a test checks that both agree bar for bar.
 - d1: `demo.day_values` (the demo provider's d1 formula) of the session's *regular-hours* m15 bars.
 - Only bars that started before "now" exist: an open session is served up to the bar in progress.
+- Splits (fakes/actions.py): the model is the series adjusted for every split; a session's served
+  prices are multiplied by the registry's `price_factor` (raw, or split-adjusted as of the day asked)
+  and its volume divided by it, rounded as the model rounds (prices 2 decimals, vwap 4, volume
+  whole), so OHLC stays consistent; a price gap multiplies prices only. d1 bars are built from the
+  served m15 bars, so both agree.
 - Optionally a deterministic share of extended-hours slots has no trades (`no_trade_rate`): no bar
   at Alpaca/Polygon/Tradier, a row of nulls at Yahoo.
 """
@@ -19,12 +24,14 @@ import functools
 from collections.abc import Callable, Set
 from dataclasses import dataclass
 from datetime import date
+from fractions import Fraction
 
 import numpy as np
 import pandas as pd
 
 from backfill_dagster.bars import bars_frame, empty_bars
 from backfill_dagster.calendar import NEW_YORK, SessionCalendar, xnys
+from backfill_dagster.fakes.actions import ONE, CorporateActions
 from backfill_dagster.providers.demo import (
     CLOSE,
     HIGH,
@@ -80,14 +87,22 @@ class Days:
 class BarData:
     """Deterministic bars for any symbol and session of the XNYS calendar, cached."""
 
-    def __init__(self, calendar: SessionCalendar | None = None, withheld: Callable[[], Set] = frozenset):
-        """`withheld`: () -> the (symbol, session) pairs served without bars (FakeConfig.withheld)."""
+    def __init__(
+        self,
+        calendar: SessionCalendar | None = None,
+        withheld: Callable[[], Set] = frozenset,
+        actions: Callable[[], CorporateActions] | None = None,
+    ):
+        """`withheld`: () -> the (symbol, session) pairs served without bars (FakeConfig.withheld);
+        `actions`: () -> the corporate-actions registry whose splits the bars follow."""
         self.calendar = calendar or xnys()
         self._withheld = withheld
+        self._actions = actions
         # Per-instance caches (a calendar is not hashable into a module-level lru_cache key).
         self._grid = functools.lru_cache(maxsize=_CACHE_SESSIONS)(self._grid_uncached)
         self._session = functools.lru_cache(maxsize=_CACHE_SESSIONS)(self._generate)
         self._day = functools.lru_cache(maxsize=_CACHE_SESSIONS)(self._day_uncached)
+        self._scaled_day = functools.lru_cache(maxsize=_CACHE_SESSIONS)(self._scaled_day_uncached)
         self._no_trade_draws = functools.lru_cache(maxsize=_CACHE_SESSIONS)(self._draws_uncached)
 
     # ------------------------------------------------------------------ sessions
@@ -117,8 +132,10 @@ class BarData:
         *,
         regular_only: bool = False,
         no_trade_rate: float = 0.0,
+        adjusted: bool = True,
     ) -> Slots:
-        """All m15 slots with start_ns <= start < end_ns that started before now."""
+        """All m15 slots with start_ns <= start < end_ns that started before now (split-adjusted as
+        of now, or raw)."""
         end_ns = min(end_ns, now_ns)
         parts = []
         withheld = self._withheld()
@@ -126,6 +143,9 @@ class BarData:
             if (symbol, session) in withheld:
                 continue
             ts, values, regular = self._session(symbol, session)
+            basis = self.basis(symbol, session, now_ns, adjusted)
+            if basis != SAME:
+                values = scale(values, *basis)
             if regular_only:
                 ts, values = ts[regular], values[regular]
             traded = np.ones(len(ts), dtype=bool)
@@ -141,7 +161,7 @@ class BarData:
         return Slots(ts[keep], np.concatenate([p[1] for p in parts])[keep], np.concatenate([p[2] for p in parts])[keep])
 
     # ------------------------------------------------------------------ d1
-    def daily(self, symbol: str, first: date, last: date, now_ns: int) -> Days:
+    def daily(self, symbol: str, first: date, last: date, now_ns: int, *, adjusted: bool = True) -> Days:
         """d1 bars of the sessions first..last (inclusive) that have a regular bar by now."""
         sessions, midnights, opens, rows = [], [], [], []
         withheld = self._withheld()
@@ -152,7 +172,13 @@ class BarData:
             if (symbol, session) in withheld:
                 continue
             close_ns = self.calendar.close(session).value
-            row = self._day(symbol, session) if close_ns <= now_ns else self._partial_day(symbol, session, now_ns)
+            basis = self.basis(symbol, session, now_ns, adjusted)
+            if close_ns > now_ns:
+                row = self._partial_day(symbol, session, now_ns, basis)
+            elif basis != SAME:
+                row = self._scaled_day(symbol, session, basis)
+            else:
+                row = self._day(symbol, session)
             if row is None:
                 continue
             sessions.append(session)
@@ -176,18 +202,20 @@ class BarData:
         *,
         extended: bool = True,
         no_trade_rate: float = 0.0,
+        adjusted: bool = True,
     ) -> pd.DataFrame:
         """The bar frame served for one (symbol, session) partition."""
         timeframe = Timeframe.parse(timeframe)
         if not self.calendar.is_session(session):
             return empty_bars()
         if timeframe is Timeframe.D1:
-            days = self.daily(symbol, session, session, now_ns)
+            days = self.daily(symbol, session, session, now_ns, adjusted=adjusted)
             return to_frame(symbol, days.midnight, days.values)
         if timeframe is not Timeframe.M15:
             raise ValueError(f"the fakes serve m15 and d1 bars, not {timeframe.value}")
         lo, hi = self.calendar.served_window(session)
-        slots = self.m15(symbol, lo.value, hi.value, now_ns, regular_only=not extended, no_trade_rate=no_trade_rate)
+        slots = self.m15(symbol, lo.value, hi.value, now_ns, regular_only=not extended, no_trade_rate=no_trade_rate,
+                         adjusted=adjusted)
         slots = slots.traded_only()
         return to_frame(symbol, slots.ts, slots.values)
 
@@ -218,9 +246,40 @@ class BarData:
         _, values, regular = self._session(symbol, session)
         return aggregate(values[regular])
 
-    def _partial_day(self, symbol: str, session: date, now_ns: int) -> tuple[float, ...] | None:
+    def _scaled_day_uncached(self, symbol: str, session: date, basis: Basis) -> tuple[float, ...] | None:
+        _, values, regular = self._session(symbol, session)
+        return aggregate(scale(values[regular], *basis))
+
+    def _partial_day(self, symbol: str, session: date, now_ns: int, basis: Basis = (ONE, ONE)) -> tuple[float, ...] | None:
         ts, values, regular = self._session(symbol, session)
-        return aggregate(values[regular & (ts < now_ns)])
+        values = values[regular & (ts < now_ns)]
+        return aggregate(scale(values, *basis) if basis != SAME else values)
+
+    # ------------------------------------------------------------------ splits and gaps
+    def basis(self, symbol: str, session: date, now_ns: int, adjusted: bool) -> Basis:
+        """(price factor, volume divisor) of the session as served now: (1, 1) for most symbols."""
+        actions = self._actions() if self._actions is not None else None
+        if actions is None or not actions.moves_prices(symbol):
+            return SAME
+        split = actions.price_factor(symbol, session, ny_date(now_ns), adjusted=adjusted)
+        return split * actions.gap_factor(symbol, session), split
+
+
+Basis = tuple[Fraction, Fraction]
+SAME: Basis = (ONE, ONE)
+
+
+def scale(values: np.ndarray, price: Fraction, volume: Fraction) -> np.ndarray:
+    """Value rows (columns VALUE_COLUMNS) on another basis: prices times `price`, volume divided by
+    `volume` (a split's ratio moves both, a price gap only prices), rounded as the model rounds.
+    Rounding is monotone, so high >= open, close >= low still holds."""
+    out = values.copy()
+    p, q = price.numerator, price.denominator
+    for column in (OPEN, HIGH, LOW, CLOSE):
+        out[:, column] = np.maximum(np.round(values[:, column] * p / q, 2), 0.01)
+    out[:, VWAP] = np.round(values[:, VWAP] * p / q, 4)
+    out[:, VOLUME] = np.round(values[:, VOLUME] * volume.denominator / volume.numerator)
+    return out
 
 
 def aggregate_runs(keys: np.ndarray, values: np.ndarray, *, descending: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,5 @@
-"""Fake Polygon.io (Massive) aggregates v2 (providers.md §2).
+"""Fake Polygon.io (Massive) aggregates v2 (providers.md §2), and the splits and dividends of
+`/stocks/v1` (fakes/polygon_actions.py).
 
 - `GET /v2/aggs/ticker/{T}/range/{multiplier}/{timespan}/{from}/{to}`; auth by `apiKey` query
   parameter or `Authorization: Bearer` (missing or unknown key: 401 `{"status":"ERROR",...}`).
@@ -13,6 +14,8 @@
 - Free plan: ~2 years of history (`polygon_history_days`): a window entirely older is 403
   NOT_AUTHORIZED, one that merely starts earlier is silently clipped.
 - No rate-limit headers; 429 carries the JSON error body only.
+- `adjusted=true` (the default) serves split-adjusted bars as of now, `false` raw ones
+  (fakes/actions.py).
 
 The fake serves minute multiples of 15, any hour multiple and 1 day; other spans get a 400 saying so.
 """
@@ -31,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from backfill_dagster.calendar import NEW_YORK
+from backfill_dagster.fakes import polygon_actions
 from backfill_dagster.fakes.base import BadRequest, ProviderFake, Request, Response, json_response
 from backfill_dagster.fakes.control import WindowState
 from backfill_dagster.fakes.data import (
@@ -83,6 +87,8 @@ class PolygonFake(ProviderFake):
             ),
             "aggregates",
         ),
+        (re.compile(r"^/stocks/v1/splits$"), "splits"),
+        (re.compile(r"^/stocks/v1/dividends$"), "dividends"),
     )
 
     # ------------------------------------------------------------------ auth, limits, errors
@@ -115,7 +121,7 @@ class PolygonFake(ProviderFake):
         window = self._range(request)
         now_ns = request.now.value
         window = self._plan_window(window, now_ns)
-        ts, values = self._base_bars(window, now_ns)
+        ts, values = self._base_bars(window, now_ns, adjusted=params["adjusted"] == "true")
         descending = params["sort"] == "desc"
         if descending:
             ts, values = ts[::-1], values[::-1]
@@ -134,6 +140,12 @@ class PolygonFake(ProviderFake):
         if taken < len(ts):
             body["next_url"] = _next_url(request, window, params, int(keys[taken]), descending)
         return json_response(200, body)
+
+    def splits(self, request: Request) -> Response:
+        return json_response(200, polygon_actions.splits(request, self.config.corporate_actions, self.data_symbol))
+
+    def dividends(self, request: Request) -> Response:
+        return json_response(200, polygon_actions.dividends(request, self.config.corporate_actions, self.data_symbol))
 
     # ------------------------------------------------------------------ parameters
     def _range(self, request: Request) -> _Range:
@@ -179,16 +191,16 @@ class PolygonFake(ProviderFake):
             return replace(window, from_ns=plan_start)  # silently clipped
         return window
 
-    def _base_bars(self, window: _Range, now_ns: int) -> tuple[np.ndarray, np.ndarray]:
+    def _base_bars(self, window: _Range, now_ns: int, *, adjusted: bool) -> tuple[np.ndarray, np.ndarray]:
         symbol = self.data_symbol(window.ticker)
         if symbol is None or window.to_ns <= window.from_ns:
             return np.empty(0, np.int64), np.empty((0, 7))
         if window.timespan == "day":
-            days = self.data.daily(symbol, ny_date(window.from_ns), ny_date(window.to_ns - 1), now_ns)
+            days = self.data.daily(symbol, ny_date(window.from_ns), ny_date(window.to_ns - 1), now_ns, adjusted=adjusted)
             keep = (days.midnight >= window.from_ns) & (days.midnight < window.to_ns)
             return days.midnight[keep], days.values[keep]
         slots = self.data.m15(
-            symbol, window.from_ns, window.to_ns, now_ns, no_trade_rate=self.config.no_trade_rate
+            symbol, window.from_ns, window.to_ns, now_ns, no_trade_rate=self.config.no_trade_rate, adjusted=adjusted
         ).traded_only()
         return slots.ts, slots.values
 

@@ -49,7 +49,7 @@ class FakeProviders:
         self._config = config or FakeConfig()
         self.host = host
         self._requested_port = port
-        self._data = BarData(withheld=lambda: self._config.withheld)
+        self._data = BarData(withheld=lambda: self._config.withheld, actions=lambda: self._config.corporate_actions)
         self._fakes: dict[str, ProviderFake] = {cls.name: cls(self._config, self._data) for cls in FAKES}
         self._log = RequestLog()
         self._windows = RateWindows()
@@ -151,13 +151,16 @@ class FakeProviders:
         self._windows.clear()
         self._faults.clear()
 
-    def bars(self, timeframe: Timeframe | str, symbol: str, session: date, *, extended: bool = True) -> pd.DataFrame:
-        """The bar frame the fakes serve for one partition (m15: 04:00-20:00 unless extended=False)."""
+    def bars(
+        self, timeframe: Timeframe | str, symbol: str, session: date, *, extended: bool = True, adjusted: bool = True
+    ) -> pd.DataFrame:
+        """The bar frame the fakes serve for one partition now (m15: 04:00-20:00 unless extended=False;
+        split-adjusted as of now unless adjusted=False)."""
         if self._config.is_unknown(symbol):
             return empty_bars()
         return self._data.frame(
             timeframe, symbol, session, self._config.current_time().value,
-            extended=extended, no_trade_rate=self._config.no_trade_rate,
+            extended=extended, no_trade_rate=self._config.no_trade_rate, adjusted=adjusted,
         )
 
     # ------------------------------------------------------------------ one request

@@ -16,7 +16,7 @@ from backfill_dagster.orchestration.bookkeeping import hold_event_log_connection
 from backfill_dagster.orchestration.partitions import multi_partition_key
 from backfill_dagster.orchestration.resources import ProvidersResource, StoreResource
 from backfill_dagster.ingest import IngestReport, derive_partitions, fetch_partitions
-from backfill_dagster.ledger import REPLACE_FEWER_TAG
+from backfill_dagster.ledger import REPLACE_FEWER_TAG, REWRITE_REASON_TAG
 from backfill_dagster.timeframes import Timeframe
 
 GROUP = "bars"
@@ -121,6 +121,7 @@ def fetched_bars_asset(
                 partitions, timeframe, router, store.bar_store(calendar),
                 run_id=context.run.run_id, log=context.log.info,
                 allow_fewer=store.replace_fewer_bars or replace_fewer_requested(context.run.tags),
+                rewrite_reason=context.run.tags.get(REWRITE_REASON_TAG),
             )
         finally:
             router.close()
@@ -151,6 +152,7 @@ def derived_bars_asset(
         report = derive_partitions(
             partitions, timeframe, store.bar_store(calendar),
             extended=store.extended_hours, run_id=context.run.run_id, log=context.log.info,
+            rewrite_reason=context.run.tags.get(REWRITE_REASON_TAG),
         )
         yield from report_events(context, report)
 

@@ -13,12 +13,13 @@ import dagster as dg
 
 from backfill_dagster.calendar import SessionCalendar, xnys
 from backfill_dagster.ingest import utcnow
-from backfill_dagster.providers.base import Adjustment
+from backfill_dagster.providers.base import Adjustment, Provider
 from backfill_dagster.providers.ratelimit import DEFAULT_WINDOW_S, RateLimit, SharedBudget
 from backfill_dagster.providers.registry import build_providers
 from backfill_dagster.providers.router import Router
 from backfill_dagster.settings import Settings
 from backfill_dagster.store import BarStore, Watchlist
+from backfill_dagster.store.actions import ActionStore
 
 
 class StoreResource(dg.ConfigurableResource):
@@ -35,6 +36,10 @@ class StoreResource(dg.ConfigurableResource):
 
     def watchlist(self) -> Watchlist:
         return Watchlist(self.bar_store().engine)
+
+    def actions(self) -> ActionStore:
+        """The corporate-actions tables."""
+        return ActionStore(self.bar_store().engine)
 
 
 # The providers' environment variables (README, "Providers"). Each one that is set reaches the
@@ -75,6 +80,11 @@ class ProvidersResource(dg.ConfigurableResource):
             extended=store.extended_hours,
             adjustment=Adjustment.parse(store.adjustment),
         )
+
+    def action_sources(self, store: StoreResource, calendar: SessionCalendar | None = None) -> list[Provider]:
+        """The configured providers, in order of preference, with their shared budgets: those that
+        publish corporate actions answer `corporate_actions`. Close them when done."""
+        return build_providers(self.names, self.config(), calendar or xnys(), utcnow, budgets=self.budgets(store))
 
     def budgets(self, store: StoreResource) -> dict[str, SharedBudget]:
         """One shared budget per provider, kept in the store's database."""

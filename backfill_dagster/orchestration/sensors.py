@@ -1,7 +1,10 @@
-"""Sensors: keep the symbol partitions in step with the watchlist table."""
+"""Sensors: keep the symbol partitions in step with the watchlist table, and have the corporate
+actions of new symbols fetched."""
 
 import dagster as dg
 
+from backfill_dagster.orchestration.corporate_actions import JOB as CORPORATE_ACTIONS_JOB
+from backfill_dagster.orchestration.corporate_actions import refresh_run_config
 from backfill_dagster.orchestration.partitions import SYMBOL_PARTITIONS
 from backfill_dagster.orchestration.resources import StoreResource
 
@@ -10,10 +13,12 @@ from backfill_dagster.orchestration.resources import StoreResource
     name="watchlist_sync",
     description=(
         "Adds a symbol partition for every active watchlist symbol and removes those of symbols "
-        "no longer active, however the table was changed."
+        "no longer active, however the table was changed; requests the corporate actions of active "
+        "symbols no provider has been asked about yet."
     ),
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
+    job_name=CORPORATE_ACTIONS_JOB,
 )
 def watchlist_sync(context: dg.SensorEvaluationContext, store: StoreResource):
     active = store.watchlist().active()
@@ -22,12 +27,21 @@ def watchlist_sync(context: dg.SensorEvaluationContext, store: StoreResource):
     wanted = set(active)
     add = [s for s in active if s not in known]
     delete = [s for s in current if s not in wanted]
-    if not add and not delete:
+    # However a symbol was added (this sensor, the CLI, plain SQL): asked about by no provider yet.
+    checked = set(store.actions().checks(active)["symbol"]) if active else set()
+    unchecked = [s for s in active if s not in checked]
+    if not add and not delete and not unchecked:
         return dg.SkipReason(f"symbol partitions match the watchlist ({len(active)} active symbols)")
     requests = []
     if add:
         requests.append(SYMBOL_PARTITIONS.build_add_request(add))
     if delete:
         requests.append(SYMBOL_PARTITIONS.build_delete_request(delete))
-    context.log.info(f"watchlist sync: adding {add or 'none'}, removing {delete or 'none'}")
-    return dg.SensorResult(dynamic_partitions_requests=requests)
+    runs = []
+    if unchecked:
+        # One run per set of new symbols: a key Dagster has seen is not requested again.
+        runs.append(dg.RunRequest(run_key=f"corporate_actions:{','.join(unchecked)}",
+                                  run_config=refresh_run_config(unchecked)))
+    context.log.info(f"watchlist sync: adding {add or 'none'}, removing {delete or 'none'}; "
+                     f"corporate actions asked for {unchecked or 'none'}")
+    return dg.SensorResult(run_requests=runs, dynamic_partitions_requests=requests)

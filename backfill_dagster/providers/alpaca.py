@@ -11,18 +11,23 @@ plan may query SIP history except its latest 15 minutes, so with `sip` the query
 minutes behind the clock and the answer is final only up to then (`complete_through`): a bar ending
 later is cut, and a session stays partial until 15 minutes after its close. The open session is left
 to other providers. `ALPACA_FEED=iex` serves today too, at IEX's coverage.
+
+Corporate actions (splits, cash dividends) come from `/v1/corporate-actions` through the same client
+and budget: providers/alpaca_actions.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date
 from typing import Any
 
 import pandas as pd
 
 from backfill_dagster.calendar import SessionCalendar
+from backfill_dagster.providers import alpaca_actions
 from backfill_dagster.providers.base import (
+    ActionsResult,
     Adjustment,
     Capabilities,
     FetchRequest,
@@ -115,6 +120,7 @@ class AlpacaProvider(Provider):
     """Stock bars from Alpaca, many symbols a request."""
 
     name = "alpaca"
+    publishes_corporate_actions = True
 
     def __init__(
         self,
@@ -128,14 +134,18 @@ class AlpacaProvider(Provider):
         page_limit: int = PAGE_LIMIT,
         http: HttpClient | None = None,
         budget: Budget | None = None,
+        actions_page_limit: int = alpaca_actions.PAGE_LIMIT,
     ):
         """`budget` is used when `http` is not given (an HttpClient carries its own); `page_limit`
-        is the bars a page may hold (the API's maximum unless a test wants many pages)."""
+        and `actions_page_limit` are the bars and corporate actions a page may hold (the API's
+        maximums unless a test wants many pages)."""
         if feed not in FEEDS:
             raise ProviderConfigError(f"unknown Alpaca feed {feed!r} in ALPACA_FEED: use one of {', '.join(FEEDS)}")
         self._calendar = calendar
         self._clock = clock
         self._url = base_url.rstrip("/") + "/v2/stocks/bars"
+        self._actions_url = base_url.rstrip("/") + alpaca_actions.PATH
+        self._actions_page_limit = actions_page_limit
         self._credentials = Credentials(
             {"APCA-API-KEY-ID": key_id, "APCA-API-SECRET-KEY": secret_key},
             hint="ALPACA_API_KEY / ALPACA_API_SECRET",
@@ -227,6 +237,12 @@ class AlpacaProvider(Provider):
             raise ProviderError(self.name, f"more than {MAX_PAGES} pages for one request", request=request)
         bars = keep_requested(concat_bars(frames), request, complete_through, self._calendar)
         return FetchResult(bars=bars, api_calls=calls, complete_through=complete_through)
+
+    def corporate_actions(self, symbols: Sequence[str], first: date, last: date) -> ActionsResult:
+        return alpaca_actions.fetch_corporate_actions(
+            self._http, self._actions_url, self._credentials, list(symbols), first, last,
+            page_limit=self._actions_page_limit,
+        )
 
     def close(self) -> None:
         self._http.close()

@@ -3,18 +3,21 @@
 A provider turns one `FetchRequest` (some symbols x a contiguous run of sessions, one timeframe)
 into a bar frame, paging through the API as often as it must and counting its calls. It never
 touches the store; validation happens after it, so a provider only has to parse faithfully.
+Providers that publish corporate actions (Alpaca, Polygon, Yahoo) also answer `corporate_actions`
+with the same HTTP client, shared budget and retries as their bars.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from enum import StrEnum
 
 import pandas as pd
 
+from backfill_dagster.corporate_actions import ActionRecord
 from backfill_dagster.timeframes import Timeframe
 
 
@@ -94,6 +97,19 @@ class FetchResult:
     complete_through: pd.Timestamp | None = None
 
 
+@dataclass
+class ActionsResult:
+    """The splits and cash dividends a provider reports for some symbols, what it cost, and the
+    symbols it could not answer for (symbol -> why): their requests failed after the retries."""
+
+    records: list[ActionRecord] = field(default_factory=list)
+    api_calls: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def answered(self, symbols: Sequence[str]) -> list[str]:
+        return [s for s in symbols if s not in self.failed]
+
+
 class ProviderError(Exception):
     """A request that failed after the client's retries. Never carries credentials."""
 
@@ -124,6 +140,8 @@ class Provider(abc.ABC):
 
     name: str
     capabilities: Capabilities
+    # Whether `corporate_actions` answers (its API publishes splits and dividends).
+    publishes_corporate_actions: bool = False
 
     @property
     def provenance(self) -> str:
@@ -133,6 +151,11 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def fetch(self, request: FetchRequest) -> FetchResult:
         """All bars for the request (paging as needed), or ProviderError."""
+
+    def corporate_actions(self, symbols: Sequence[str], first: date, last: date) -> ActionsResult:
+        """Splits and cash dividends of `symbols` with ex-dates first..last (as the API filters;
+        a provider may return a little more), or ProviderError."""
+        raise ProviderError(self.name, "publishes no corporate actions")
 
     def close(self) -> None:
         """Release connections."""

@@ -6,11 +6,15 @@ read, not the bars returned: a page of 15-minute bars holds at most ~3,333 of th
 stops short carries `next_url`, which has no key in it: the key travels in the
 `Authorization: Bearer` header on every page, so it is never in a URL at all. Like the official
 client, only the path and query of `next_url` are used, against the configured host.
+
+Splits and cash dividends come from `/stocks/v1/splits` and `/stocks/v1/dividends` through the same
+client and budget: providers/polygon_actions.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from datetime import date
 from typing import Any
 from urllib.parse import quote
 
@@ -18,7 +22,9 @@ import httpx
 import pandas as pd
 
 from backfill_dagster.calendar import SessionCalendar
+from backfill_dagster.providers import polygon_actions
 from backfill_dagster.providers.base import (
+    ActionsResult,
     Adjustment,
     Capabilities,
     FetchRequest,
@@ -95,6 +101,7 @@ class PolygonProvider(Provider):
     """Aggregates from Polygon/Massive, one symbol a request."""
 
     name = "polygon"
+    publishes_corporate_actions = True
 
     def __init__(
         self,
@@ -107,6 +114,7 @@ class PolygonProvider(Provider):
         page_limit: int = PAGE_LIMIT,
         http: HttpClient | None = None,
         budget: Budget | None = None,
+        actions_page_limit: int = polygon_actions.PAGE_LIMIT,
     ):
         """`budget` is used when `http` is not given (an HttpClient carries its own); `page_limit`
         is the base aggregates a page may read (the API's maximum unless a test wants many pages)."""
@@ -115,6 +123,7 @@ class PolygonProvider(Provider):
         self._base = httpx.URL(base_url.rstrip("/"))
         self._credentials = Credentials({"Authorization": f"Bearer {api_key}"}, hint="POLYGON_API_KEY")
         self._page_limit = page_limit
+        self._actions_page_limit = actions_page_limit
         self._http = http or HttpClient(self.name, budget=budget)
         self.capabilities = Capabilities(
             timeframes=frozenset(_RANGES),
@@ -192,6 +201,12 @@ class PolygonProvider(Provider):
         except httpx.InvalidURL:
             raise ProviderError(self.name, "the API sent an invalid next_url") from None
         return str(self._base.copy_with(raw_path=parsed.raw_path))
+
+    def corporate_actions(self, symbols: Sequence[str], first: date, last: date) -> ActionsResult:
+        return polygon_actions.fetch_corporate_actions(
+            self._http, self._page_url, self._credentials, list(symbols), first, last,
+            page_limit=self._actions_page_limit,
+        )
 
     def close(self) -> None:
         self._http.close()

@@ -11,6 +11,10 @@ days for regular hours and ~18 with extended hours; older requests answer with n
 an error, so the capabilities declare 18 days and the router never asks beyond. Daily history is
 split-adjusted but not reliably dividend-adjusted, and there is no raw series: only split-adjusted
 stores may use Tradier.
+
+No corporate actions: the v1 market-data endpoints publish none (the beta fundamentals endpoints
+that do are for brokerage account holders only, reference/corporate_actions.md §4). With Tradier
+alone, splits are found by the suspected-split check on d1 bars, or from another provider.
 """
 
 from __future__ import annotations

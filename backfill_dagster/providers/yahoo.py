@@ -11,11 +11,15 @@ trailing live row at the latest trade time while the market is open (dropped: no
 clock), daily rows stamped at a time on the trading day (labelled 00:00 New York of that day), and
 Yahoo's '-' for share classes (BRK-B is the store's BRK.B; backfill_dagster.symbols translates).
 Requests without a browser-like User-Agent are refused, so the client sends one.
+
+Splits and cash dividends come from the chart's `events` (interval=1d&events=div,splits), through
+the same client and budget, one call per symbol: providers/yahoo_actions.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from datetime import date, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -24,7 +28,9 @@ import pandas as pd
 
 from backfill_dagster.bars import bars_frame, empty_bars
 from backfill_dagster.calendar import NEW_YORK, SessionCalendar
+from backfill_dagster.providers import yahoo_actions
 from backfill_dagster.providers.base import (
+    ActionsResult,
     Adjustment,
     Capabilities,
     FetchRequest,
@@ -33,7 +39,7 @@ from backfill_dagster.providers.base import (
     ProviderError,
 )
 from backfill_dagster.providers.config import setting_url
-from backfill_dagster.providers.http import Budget, HttpClient
+from backfill_dagster.providers.http import Budget, HttpClient, ProviderUnavailable
 from backfill_dagster.providers.payload import PayloadError, expect_list, expect_mapping, keep_requested
 from backfill_dagster.symbols import provider_symbol, store_symbol
 from backfill_dagster.timeframes import Timeframe
@@ -161,6 +167,7 @@ class YahooProvider(Provider):
     """Bars from Yahoo's chart API, one symbol a request, no key."""
 
     name = "yahoo"
+    publishes_corporate_actions = True
 
     def __init__(
         self,
@@ -221,6 +228,35 @@ class YahooProvider(Provider):
             raise ProviderError(self.name, str(exc), status=reply.status, request=request) from None
         bars = keep_requested(bars, request, now, self._calendar)
         return FetchResult(bars=bars, api_calls=reply.attempts, complete_through=now)
+
+    def corporate_actions(self, symbols: Sequence[str], first: date, last: date) -> ActionsResult:
+        """One chart call per symbol over first..last with `events=div,splits`."""
+        out = ActionsResult()
+        symbols = list(symbols)
+        for i, symbol in enumerate(symbols):
+            url = f"{self._base}/v8/finance/chart/{quote(provider_symbol(symbol, self.name), safe='-^=')}"
+            params = {
+                "interval": "1d",
+                "period1": self._calendar_midnight(first),
+                "period2": self._calendar_midnight(last + timedelta(days=1)),
+                "events": yahoo_actions.EVENTS,
+            }
+            try:
+                reply = self._http.get_json(url, params)
+                out.api_calls += reply.attempts
+                out.records += yahoo_actions.parse_events(reply.payload, symbol)
+            except ProviderUnavailable as exc:
+                out.failed.update({s: str(exc) for s in symbols[i:]})
+                break
+            except ProviderError as exc:
+                out.failed[symbol] = str(exc)
+            except PayloadError as exc:
+                out.failed[symbol] = str(ProviderError(self.name, f"corporate actions of {symbol}: {exc}"))
+        return out
+
+    @staticmethod
+    def _calendar_midnight(day: date) -> int:
+        return pd.Timestamp(day).tz_localize(NEW_YORK).value // 1_000_000_000
 
     def close(self) -> None:
         self._http.close()

@@ -91,17 +91,20 @@ class BarStore:
         fetched_at: pd.Timestamp,
         run_id: str | None = None,
         allow_fewer: bool = False,
+        rewrite_reason: str | None = None,
     ) -> WriteResult:
         """Replace the bars of the partitions in `coverage` with `bars` (valid bars of exactly
         those partitions) and record their coverage, in one transaction — each partition only if
         the ledger's rule lets this answer replace what is stored (`allow_fewer`: a final answer
-        with fewer bars may replace final ones)."""
+        with fewer bars may replace final ones). `rewrite_reason`: why the run rewrites them on
+        purpose (a split repair), kept in the ledger."""
         if not coverage:
             return WriteResult()
         with self.engine.begin() as conn:
             self._lock(conn, timeframe, {c.symbol for c in coverage})
             return self._replace(conn, timeframe, bars, coverage, provider=provider, adjustment=adjustment,
-                                 fetched_at=fetched_at, run_id=run_id, allow_fewer=allow_fewer)
+                                 fetched_at=fetched_at, run_id=run_id, allow_fewer=allow_fewer,
+                                 rewrite_reason=rewrite_reason)
 
     @contextmanager
     def derivation(self, source: Timeframe, target: Timeframe, symbols: Iterable[str]) -> Iterator[Derivation]:
@@ -239,6 +242,7 @@ class BarStore:
         run_id: str | None,
         allow_fewer: bool,
         follow_source: bool = False,
+        rewrite_reason: str | None = None,
     ) -> WriteResult:
         """The write itself, on a connection that already holds the timeframe's locks.
         `follow_source`: derived bars, written whatever is stored (they mirror their source)."""
@@ -284,6 +288,7 @@ class BarStore:
                 "error": None,
                 "run_id": run_id,
                 "updated_at": stamp,
+                "rewrite_reason": rewrite_reason[:500] if rewrite_reason else None,
             },
             replaced=_ON_SUCCESS,
         )
@@ -433,6 +438,9 @@ class BarStore:
             final = sa.and_(bar_coverage.c.session_closed, bar_coverage.c.bars > 0)
             new_status = sa.case((final, LedgerStatus.COMPLETE.value), else_=statement.excluded.status)
         updates = {c: statement.excluded[c] for c in replaced}
+        for c in _STICKY:
+            if c in updates:
+                updates[c] = sa.func.coalesce(statement.excluded[c], bar_coverage.c[c])
         updates["status"] = new_status
         updates["attempts"] = sa.case(
             (bar_coverage.c.status == new_status, bar_coverage.c.attempts + 1), else_=1
@@ -460,10 +468,11 @@ class Derivation:
         return self._store.coverage(self.source, symbols, conn=self._conn)
 
     def replace(self, bars: pd.DataFrame, coverage: Sequence[CoverageEntry], *, provider: str, adjustment: str,
-                fetched_at: pd.Timestamp, run_id: str | None = None) -> WriteResult:
+                fetched_at: pd.Timestamp, run_id: str | None = None, rewrite_reason: str | None = None) -> WriteResult:
         # Derived bars follow their source exactly: fewer bars, or none when m15 is empty.
         return self._store._replace(self._conn, self.target, bars, coverage, provider=provider, adjustment=adjustment,
-                                    fetched_at=fetched_at, run_id=run_id, allow_fewer=True, follow_source=True)
+                                    fetched_at=fetched_at, run_id=run_id, allow_fewer=True, follow_source=True,
+                                    rewrite_reason=rewrite_reason)
 
 
 def _written_status(entry: CoverageEntry) -> LedgerStatus:
@@ -489,8 +498,10 @@ def _sessions_of(rows: pd.DataFrame, calendar: SessionCalendar, timeframe: Timef
 
 _ON_SUCCESS = (
     "status", "bars", "expected", "provider", "fetched_at", "session_closed", "error", "run_id", "updated_at",
-    "source_fetched_at",
+    "source_fetched_at", "rewrite_reason",
 )
+# Kept when a write does not say: an ordinary fetch does not erase why a repair rewrote the bars.
+_STICKY = frozenset({"rewrite_reason"})
 # An attempt that wrote nothing keeps what the last success recorded (its bars are still stored).
 _ON_FAILURE = ("error", "run_id", "updated_at")
 
@@ -506,6 +517,7 @@ _PG_TYPES = {
     "symbol": "text", "timeframe": "text", "session": "date", "status": "text", "bars": "integer",
     "expected": "integer", "provider": "text", "fetched_at": "timestamptz", "session_closed": "boolean",
     "error": "text", "run_id": "text", "updated_at": "timestamptz", "source_fetched_at": "timestamptz",
+    "rewrite_reason": "text",
 }
 
 
@@ -534,7 +546,8 @@ def _pg_coverage_upsert(
     if keep_final:
         status = "CASE WHEN bar_coverage.session_closed AND bar_coverage.bars > 0 THEN 'complete' ELSE EXCLUDED.status END"
     sets = ", ".join(
-        [f"{c} = EXCLUDED.{c}" for c in replaced if c != "status"]
+        [f"{c} = COALESCE(EXCLUDED.{c}, bar_coverage.{c})" if c in _STICKY else f"{c} = EXCLUDED.{c}"
+         for c in replaced if c != "status"]
         + [f"status = {status}",
            f"attempts = CASE WHEN bar_coverage.status = {status} THEN bar_coverage.attempts + 1 ELSE 1 END"]
     )

@@ -101,6 +101,8 @@ bar_coverage = sa.Table(
     sa.Column("run_id", sa.Text),
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.Column("source_fetched_at", UtcDateTime),
+    # Why the bars were last rewritten on purpose (a run's backfill/rewrite_reason tag); sticky.
+    sa.Column("rewrite_reason", sa.Text),
     sa.Index(
         "bar_coverage_open_idx",
         "timeframe",
@@ -155,3 +157,59 @@ provider_requests = sa.Table(
 )
 
 BAR_STORE_COLUMNS = [c.name for c in ohlc_bars.columns]
+
+# Corporate actions (sql/schema.sql has the why): one row per action across providers, each
+# provider's report of it, and when each provider was last asked about each symbol.
+ACTION_KINDS_SQL = "kind IN ('split', 'cash_dividend')"
+REPAIR_STATES_SQL = "repair_state IN ('pending', 'repairing', 'repaired', 'not_needed', 'failed')"
+
+corporate_actions = sa.Table(
+    "corporate_actions",
+    metadata,
+    sa.Column("symbol", sa.Text, primary_key=True),
+    sa.Column("kind", sa.Text, sa.CheckConstraint(ACTION_KINDS_SQL), primary_key=True),
+    sa.Column("ex_date", sa.Date, primary_key=True),
+    sa.Column("split_from", sa.BigInteger, sa.CheckConstraint("split_from > 0")),
+    sa.Column("split_to", sa.BigInteger, sa.CheckConstraint("split_to > 0")),
+    sa.Column("cash_amount", sa.Float, sa.CheckConstraint("cash_amount > 0")),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("first_seen", UtcDateTime, nullable=False),
+    sa.Column("basis_since", UtcDateTime),
+    sa.Column("repair_state", sa.Text, sa.CheckConstraint(REPAIR_STATES_SQL)),
+    sa.Column("repair_backfill_id", sa.Text),
+    sa.Column("repair_attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("repair_note", sa.Text),
+    sa.Column("repaired_at", UtcDateTime),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.CheckConstraint(
+        "(kind = 'split' AND split_from IS NOT NULL AND split_to IS NOT NULL AND repair_state IS NOT NULL) "
+        "OR (kind = 'cash_dividend' AND cash_amount IS NOT NULL)",
+        name="corporate_actions_figures",
+    ),
+)
+
+corporate_action_sources = sa.Table(
+    "corporate_action_sources",
+    metadata,
+    sa.Column("symbol", sa.Text, primary_key=True),
+    sa.Column("kind", sa.Text, sa.CheckConstraint(ACTION_KINDS_SQL), primary_key=True),
+    sa.Column("ex_date", sa.Date, primary_key=True),
+    sa.Column("provider", sa.Text, primary_key=True),
+    sa.Column("provider_id", sa.Text),
+    sa.Column("split_from", sa.BigInteger, sa.CheckConstraint("split_from > 0")),
+    sa.Column("split_to", sa.BigInteger, sa.CheckConstraint("split_to > 0")),
+    sa.Column("cash_amount", sa.Float, sa.CheckConstraint("cash_amount > 0")),
+    sa.Column("first_seen", UtcDateTime, nullable=False),
+    sa.Column("last_seen", UtcDateTime, nullable=False),
+)
+
+corporate_action_checks = sa.Table(
+    "corporate_action_checks",
+    metadata,
+    sa.Column("symbol", sa.Text, primary_key=True),
+    sa.Column("provider", sa.Text, primary_key=True),
+    sa.Column("first_checked_at", UtcDateTime, nullable=False),
+    sa.Column("last_checked_at", UtcDateTime, nullable=False),
+    sa.Column("checked_from", sa.Date, nullable=False),
+    sa.Column("checked_through", sa.Date, nullable=False),
+)

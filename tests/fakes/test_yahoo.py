@@ -147,7 +147,7 @@ def test_events_are_served_when_asked_keyed_by_the_ex_dates_open(fakes, http, co
     }
     plain = _result(_chart(http, "BRK-B", **window))
     assert "events" not in plain  # only when asked
-    assert plain["indicators"] == result["indicators"]  # the bars are not adjusted (yet)
+    assert plain["indicators"] == result["indicators"]  # asking for events does not change the bars
     payload = {"chart": {"result": [result], "error": None}}
     bare = {"chart": {"result": [plain], "error": None}}
     pd.testing.assert_frame_equal(parse_chart(payload, "BRK.B", Timeframe.D1), parse_chart(bare, "BRK.B", Timeframe.D1))

@@ -21,8 +21,9 @@ def test_definitions_snapshot(tmp_path):
     defs = build_definitions(Settings(data_dir=tmp_path))
     graph = defs.resolve_asset_graph()
     keys = sorted(k.to_user_string() for k in graph.get_all_asset_keys())
-    assert keys == ["bars_d1", "bars_h1", "bars_h4", "bars_m15"]
-    for key in keys:
+    assert keys == ["bars_d1", "bars_h1", "bars_h4", "bars_m15", "corporate_actions"]
+    assert graph.get(dg.AssetKey("corporate_actions")).partitions_def is None  # one refresh for the watchlist
+    for key in keys[:4]:
         node = graph.get(dg.AssetKey(key))
         assert isinstance(node.partitions_def, dg.MultiPartitionsDefinition)
         assert [d.name for d in node.partitions_def.partitions_defs] == ["date", "symbol"]
@@ -30,23 +31,27 @@ def test_definitions_snapshot(tmp_path):
     assert graph.get(dg.AssetKey("bars_h1")).parent_keys == {dg.AssetKey("bars_m15")}
     assert graph.get(dg.AssetKey("bars_h4")).parent_keys == {dg.AssetKey("bars_m15")}
     assert not graph.get(dg.AssetKey("bars_d1")).parent_keys
-    assert [s.name for s in defs.sensors] == ["watchlist_sync", "coverage_gaps"]
+    assert [s.name for s in defs.sensors] == ["watchlist_sync", "coverage_gaps", "split_repair"]
     schedules = {s.name: (s.cron_schedule, s.execution_timezone) for s in defs.schedules}
     assert schedules == {
         "intraday_refresh": ("*/15 9-15 * * 1-5", "America/New_York"),
         "end_of_day": ("*/15 13-21 * * 1-5", "America/New_York"),
+        "corporate_actions_daily": ("0 8 * * 1-5", "America/New_York"),
     }
     for key in keys:  # launched by the sensors and schedules (h1/h4 with m15, or by the gap sweep)
         assert graph.get(dg.AssetKey(key)).automation_condition is None
     checks = sorted(k.to_user_string() for k in graph.asset_check_keys)
     assert checks == [
-        "bars_d1:bounds_m15", "bars_h1:matches_m15_resampled", "bars_h4:matches_m15_resampled",
-        "bars_m15:m15_completeness",
+        "bars_d1:bounds_m15", "bars_d1:no_unrecorded_split", "bars_h1:matches_m15_resampled",
+        "bars_h4:matches_m15_resampled", "bars_m15:m15_completeness", "corporate_actions:providers_agree",
+        "corporate_actions:splits_repaired",
     ]
     # unpartitioned: one result per run, so no Dagster code path grows with the checked partitions
     assert all(graph.get(key).partitions_def is None for key in graph.asset_check_keys)
     assert defs.resolve_sensor_def("watchlist_sync").default_status == dg.DefaultSensorStatus.RUNNING
     assert defs.resolve_job_def("all_bars").executor_def.name == "in_process"
+    assert defs.resolve_job_def("corporate_actions_job").executor_def.name == "in_process"
+    assert defs.resolve_sensor_def("split_repair").default_status == dg.DefaultSensorStatus.RUNNING
     assert set(defs.resources) == {"store", "providers"}
 
 

@@ -1,9 +1,13 @@
+from datetime import UTC, date, datetime
+
 import dagster as dg
 
+from backfill_dagster.orchestration.corporate_actions import refresh_run_config
 from backfill_dagster.orchestration.partitions import SYMBOLS_PARTITIONS_NAME
 from backfill_dagster.orchestration.resources import StoreResource
 from backfill_dagster.orchestration.sensors import watchlist_sync
 from backfill_dagster.store import Watchlist, shared_engine
+from backfill_dagster.store.actions import ActionStore
 
 
 def evaluate(instance, url):
@@ -20,6 +24,12 @@ def apply(instance, result):
                 instance.delete_dynamic_partition(request.partitions_def_name, key)
 
 
+def checked(url, symbols):
+    """What a corporate_actions run records: the provider was asked about these symbols."""
+    ActionStore(shared_engine(url)).record("alpaca", symbols, [], checked_from=date(2024, 1, 1),
+                                           checked_through=date(2024, 12, 31), now=datetime.now(UTC), preference=["alpaca"])
+
+
 def test_watchlist_sync_adds_and_removes_partitions(instance, store_url):
     wl = Watchlist(shared_engine(store_url))
     wl.add(["AAPL", "MSFT", "NVDA"])
@@ -27,6 +37,7 @@ def test_watchlist_sync_adds_and_removes_partitions(instance, store_url):
     (add,) = result.dynamic_partitions_requests
     assert isinstance(add, dg.AddDynamicPartitionsRequest) and list(add.partition_keys) == ["AAPL", "MSFT", "NVDA"]
     apply(instance, result)
+    checked(store_url, ["AAPL", "MSFT", "NVDA"])
     assert isinstance(evaluate(instance, store_url), dg.SkipReason)
 
     # Changed behind the system's back (plain SQL): one removed, one added.
@@ -38,3 +49,17 @@ def test_watchlist_sync_adds_and_removes_partitions(instance, store_url):
     assert kinds == {"AddDynamicPartitionsRequest": ["TSLA"], "DeleteDynamicPartitionsRequest": ["MSFT"]}
     apply(instance, result)
     assert instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME) == ["AAPL", "NVDA", "TSLA"]
+
+
+def test_watchlist_sync_asks_for_the_corporate_actions_of_symbols_never_asked_about(instance, store_url):
+    """However a symbol got on the watchlist — here with its partition already made, as the CLI's
+    watchlist add does — its corporate actions are requested once, for the symbols not yet asked."""
+    Watchlist(shared_engine(store_url)).add(["AAPL", "MSFT"])
+    instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, ["AAPL", "MSFT"])
+    checked(store_url, ["AAPL"])
+    result = evaluate(instance, store_url)
+    assert result.dynamic_partitions_requests == []
+    (run,) = result.run_requests
+    assert run.run_key == "corporate_actions:MSFT" and run.run_config == refresh_run_config(["MSFT"])
+    checked(store_url, ["MSFT"])
+    assert isinstance(evaluate(instance, store_url), dg.SkipReason)

@@ -224,3 +224,21 @@ def test_an_m15_writer_waits_while_a_derivation_reads_and_writes(pg_url, calenda
     deriver.join(10)
     assert finished.wait(10)
     writer.join(10)
+
+
+def test_the_ledger_keeps_why_a_partition_was_rewritten_until_another_reason_replaces_it(store):
+    """A repair run's reason is written with its bars; an ordinary fetch later does not erase it."""
+    day = [date(2024, 11, 26)]
+    write(store, "AAPL", day)
+    assert store.coverage(Timeframe.M15, ["AAPL"])["rewrite_reason"].tolist() == [None]
+
+    def rewrite(reason):
+        bars = m15(store.calendar, "AAPL", day)
+        entry = [CoverageEntry("AAPL", day[0], len(bars), 26, True)]
+        store.replace_partitions(Timeframe.M15, bars, entry, provider="demo:synthetic", adjustment="split",
+                                 fetched_at=NOW, run_id="r2", rewrite_reason=reason)
+        return store.coverage(Timeframe.M15, ["AAPL"])["rewrite_reason"].tolist()
+
+    assert rewrite("split 4:1 ex 2024-12-02") == ["split 4:1 ex 2024-12-02"]
+    assert rewrite(None) == ["split 4:1 ex 2024-12-02"]
+    assert rewrite("split 1:10 ex 2025-01-06") == ["split 1:10 ex 2025-01-06"]

@@ -27,7 +27,8 @@ def _shape(engine):
 def test_postgres_schema_file_matches_sqlalchemy_tables(pg_url, sqlite_url):
     pg, lite = _shape(shared_engine(pg_url)), _shape(shared_engine(sqlite_url))
     assert set(pg) == set(lite) == {
-        "watchlist", "ohlc_bars", "bar_coverage", "rejected_bars", "provider_budget", "provider_requests"
+        "watchlist", "ohlc_bars", "bar_coverage", "rejected_bars", "provider_budget", "provider_requests",
+        "corporate_actions", "corporate_action_sources", "corporate_action_checks",
     }
     for table in pg:
         pg_cols, pg_pk, pg_idx = pg[table]
@@ -82,7 +83,7 @@ def test_unreachable_database_is_a_clear_error_without_the_password():
 
 
 OLD_LEDGER = {
-    # bar_coverage as the first release made it: no 'empty' status, no source_fetched_at.
+    # bar_coverage as the first release made it: no 'empty' status, no source_fetched_at, no rewrite_reason.
     "sqlite": """CREATE TABLE bar_coverage (symbol TEXT NOT NULL, timeframe TEXT NOT NULL, session DATE NOT NULL,
         status TEXT NOT NULL CHECK (status IN ('complete', 'partial', 'failed')), bars INTEGER DEFAULT '0' NOT NULL,
         expected INTEGER DEFAULT '0' NOT NULL, provider TEXT, fetched_at DATETIME, session_closed BOOLEAN DEFAULT 0 NOT NULL,
@@ -106,8 +107,8 @@ def test_a_ledger_made_before_the_empty_status_is_migrated_with_its_rows(store_u
     apply_schema(engine)
     apply_schema(engine)  # idempotent
     with engine.begin() as conn:
-        conn.exec_driver_sql("INSERT INTO bar_coverage (symbol, timeframe, session, status, updated_at, source_fetched_at) "
-                             "VALUES ('AAPL', 'm15', '2024-11-27', 'empty', '2024-11-28 00:00:00+00', NULL)")
+        conn.exec_driver_sql("INSERT INTO bar_coverage (symbol, timeframe, session, status, updated_at, source_fetched_at, "
+                             "rewrite_reason) VALUES ('AAPL', 'm15', '2024-11-27', 'empty', '2024-11-28 00:00:00+00', NULL, NULL)")
         rows = conn.exec_driver_sql("SELECT session, status, bars FROM bar_coverage ORDER BY session").all()
     assert [(str(r[0])[:10], r[1], r[2]) for r in rows] == [("2024-11-26", "complete", 26), ("2024-11-27", "empty", 0)]
     engine.dispose()

@@ -1,0 +1,161 @@
+"""Massive (Polygon) `/stocks/v1/splits` and `/stocks/v1/dividends`: many tickers a request.
+
+(reference/corporate_actions.md §2.3; the `/v3/reference/*` endpoints are deprecated.) Quirks handled
+here:
+- `sort` defaults to the date *descending* and `limit` to 100: both are always sent (ascending, the
+  maximum 5000), and `next_url` is followed like the aggregates' (its path and query on the
+  configured host, the key in the `Authorization` header, never in a URL).
+- `ticker.any_of` takes a comma list; the date filters are `execution_date.gte/.lte` (splits) and
+  `ex_dividend_date.gte/.lte` (dividends).
+- A split is `split_to` new shares for `split_from` old ones, both floats (4-for-1: 1.0 and 4.0);
+  `execution_date` is the ex-date. Stock dividends are filed among the splits
+  (`adjustment_type=stock_dividend`): not asked for, the store adjusts for splits only.
+- Duplicate rows for one event are known (polygon-io/issues#311): the store dedupes by
+  symbol, kind and ex-date.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import date
+from typing import Any
+
+from backfill_dagster.corporate_actions import ActionError, ActionRecord, dividend_record, split_record
+from backfill_dagster.providers.base import ActionsResult, ProviderError
+from backfill_dagster.providers.http import Credentials, HttpClient, ProviderUnavailable
+from backfill_dagster.providers.payload import PayloadError, expect_list, expect_mapping
+from backfill_dagster.symbols import provider_symbol, store_symbol
+
+SPLITS_PATH = "/stocks/v1/splits"
+DIVIDENDS_PATH = "/stocks/v1/dividends"
+PAGE_LIMIT = 5000  # the API's maximum rows a page
+MAX_TICKERS = 100  # tickers in one ticker.any_of: a short URL, and a page holds 5,000 rows anyway
+MAX_PAGES = 1000
+SPLIT_TYPES = "forward_split,reverse_split"
+_OK_STATUSES = ("OK", "DELAYED")
+
+
+# ---------------------------------------------------------------------------- pure parsing
+def parse_splits(payload: Any) -> list[ActionRecord]:
+    out = []
+    for i, row in enumerate(_results(payload, "splits")):
+        where = f"polygon splits.results[{i}]"
+        symbol, ex_date, action_id = _common(row, where, "execution_date")
+        try:
+            out.append(split_record(symbol, ex_date, "polygon", _field(row, "split_from", where),
+                                    _field(row, "split_to", where), action_id))
+        except ActionError as exc:
+            raise PayloadError(f"{where}: {exc}") from None
+    return out
+
+
+def parse_dividends(payload: Any) -> list[ActionRecord]:
+    out = []
+    for i, row in enumerate(_results(payload, "dividends")):
+        where = f"polygon dividends.results[{i}]"
+        symbol, ex_date, action_id = _common(row, where, "ex_dividend_date")
+        try:
+            out.append(dividend_record(symbol, ex_date, "polygon", _field(row, "cash_amount", where), action_id))
+        except ActionError as exc:
+            raise PayloadError(f"{where}: {exc}") from None
+    return out
+
+
+def next_url(payload: Any) -> str | None:
+    url = expect_mapping(payload, "polygon page").get("next_url")
+    if url is None or url == "":
+        return None
+    if not isinstance(url, str):
+        raise PayloadError(f"polygon page: 'next_url' must be a string, got {type(url).__name__}")
+    return url
+
+
+def _results(payload: Any, what: str) -> list:
+    body = expect_mapping(payload, f"polygon {what}")
+    status = body.get("status")
+    if status is not None and status not in _OK_STATUSES:
+        raise PayloadError(f"polygon {what}: status {status!r} {body.get('error') or body.get('message') or ''}".rstrip())
+    results = body.get("results")
+    return [] if results is None else [expect_mapping(r, f"polygon {what}.results[]") for r in
+                                       expect_list(results, f"polygon {what}.results")]
+
+
+def _common(row, where: str, date_field: str) -> tuple[str, date, str | None]:
+    ticker = _field(row, "ticker", where)
+    if not isinstance(ticker, str) or not ticker:
+        raise PayloadError(f"{where}: field 'ticker' = {ticker!r} is not a ticker")
+    raw = _field(row, date_field, where)
+    try:
+        ex_date = date.fromisoformat(str(raw))
+    except ValueError:
+        raise PayloadError(f"{where}: field {date_field!r} = {raw!r} is not a date") from None
+    action_id = row.get("id")
+    return store_symbol(ticker, "polygon"), ex_date, None if action_id is None else str(action_id)
+
+
+def _field(row, name: str, where: str):
+    if row.get(name) is None:
+        raise PayloadError(f"{where}: field {name!r} is missing or null")
+    return row[name]
+
+
+# ---------------------------------------------------------------------------- the client
+def fetch_corporate_actions(
+    http: HttpClient,
+    url_for: Callable[[str], str],
+    credentials: Credentials,
+    symbols: Sequence[str],
+    first: date,
+    last: date,
+    *,
+    page_limit: int = PAGE_LIMIT,
+) -> ActionsResult:
+    """Splits and cash dividends of `symbols` with ex-dates first..last, MAX_TICKERS a request,
+    following `next_url`; `url_for` puts a path (and query) on the configured host. A batch whose
+    requests fail has its symbols in `failed`; once the provider is unavailable, the rest are not asked."""
+    out = ActionsResult()
+    for i in range(0, len(symbols), MAX_TICKERS):
+        batch = symbols[i : i + MAX_TICKERS]
+        try:
+            found = []
+            for path, parse, column, extra in (
+                (SPLITS_PATH, parse_splits, "execution_date", {"adjustment_type.any_of": SPLIT_TYPES}),
+                (DIVIDENDS_PATH, parse_dividends, "ex_dividend_date", {}),
+            ):
+                params = {
+                    "ticker.any_of": ",".join(provider_symbol(s, "polygon") for s in batch),
+                    f"{column}.gte": first.isoformat(), f"{column}.lte": last.isoformat(),
+                    "sort": f"{column}.asc", "limit": page_limit, **extra,
+                }
+                found += _pages(http, url_for, credentials, path, params, parse, out)
+            out.records += found
+        except ProviderUnavailable as exc:
+            out.failed.update({s: str(exc) for s in symbols[i:]})
+            break
+        except ProviderError as exc:
+            out.failed.update({s: str(exc) for s in batch})
+    return out
+
+
+def _pages(
+    http: HttpClient, url_for: Callable[[str], str], credentials: Credentials, path: str, params: dict[str, Any],
+    parse: Callable[[Any], list[ActionRecord]], out: ActionsResult,
+) -> list[ActionRecord]:
+    """Every page of one query (the calls are counted on `out` as they go)."""
+    records: list[ActionRecord] = []
+    url, query, seen = url_for(path), params, set()
+    for _ in range(MAX_PAGES):
+        reply = http.get_json(url, query, credentials=credentials)
+        out.api_calls += reply.attempts
+        try:
+            records += parse(reply.payload)
+            following = next_url(reply.payload)
+        except PayloadError as exc:
+            raise ProviderError("polygon", f"{path}: {exc}", status=reply.status) from None
+        if following is None:
+            return records
+        url, query = url_for(following), None  # the cursor carries the parameters
+        if url in seen:
+            raise ProviderError("polygon", f"{path}: the API repeated a next_url")
+        seen.add(url)
+    raise ProviderError("polygon", f"{path}: more than {MAX_PAGES} pages")
