@@ -16,8 +16,8 @@ from datetime import date, datetime, timedelta
 
 import pandas as pd
 
-from backfill_dagster.calendar import NEW_YORK
-from backfill_dagster.corporate_actions import Key
+from backfill_dagster.domain.calendar import NEW_YORK
+from backfill_dagster.domain.corporate_actions import Key
 from backfill_dagster.providers.base import Provider
 from backfill_dagster.store.actions import ActionStore
 

@@ -23,7 +23,7 @@ from datetime import date
 
 import pandas as pd
 
-from backfill_dagster.calendar import NotASessionError, SessionCalendar, SessionNotOpenError, xnys
+from backfill_dagster.domain.calendar import NotASessionError, SessionCalendar, SessionNotOpenError, xnys
 from backfill_dagster.gaps import GapPolicy, GapPolicyError, sessions_expected
 from backfill_dagster.providers.base import ProviderConfigError
 from backfill_dagster.settings import Settings, SettingsError
@@ -36,8 +36,8 @@ from backfill_dagster.store import (
 )
 from backfill_dagster.store.actions import ActionStore
 from backfill_dagster.store.coverage import coverage_detail, coverage_summary
-from backfill_dagster.symbols import InvalidSymbolError, normalize_symbols, respelled_symbols, respelling_notice
-from backfill_dagster.timeframes import Timeframe, UnknownTimeframeError
+from backfill_dagster.domain.symbols import InvalidSymbolError, normalize_symbols, respelled_symbols, respelling_notice
+from backfill_dagster.domain.timeframes import Timeframe, UnknownTimeframeError
 
 DEMO_SYMBOLS = ("AAPL", "MSFT", "NVDA")
 DEMO_SESSIONS = 15
@@ -364,7 +364,7 @@ def format_detail(frame: pd.DataFrame, symbol: str) -> str:
 
 def format_repairs(store: ActionStore, symbols: Sequence[str] | None) -> str:
     """A line per split whose history is being repaired (or whose repair failed), for `coverage`."""
-    from backfill_dagster.corporate_actions import OPEN_REPAIRS, RepairState
+    from backfill_dagster.domain.corporate_actions import OPEN_REPAIRS, RepairState
 
     splits = store.splits(states=[*OPEN_REPAIRS, RepairState.FAILED], symbols=symbols)
     if not splits:
@@ -380,7 +380,7 @@ def format_actions(actions: pd.DataFrame, sources: pd.DataFrame, checks: pd.Data
     """Every action known for one symbol, each provider's report of it, and when each was asked."""
     from fractions import Fraction
 
-    from backfill_dagster.corporate_actions import ratio_text
+    from backfill_dagster.domain.corporate_actions import ratio_text
 
     asked = ", ".join(f"{r.provider} {pd.Timestamp(r.last_checked_at):%Y-%m-%d %H:%M}Z"
                       f" (ex-dates {_d(r.checked_from)}..{_d(r.checked_through)})" for r in checks.itertuples())

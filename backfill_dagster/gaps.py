@@ -31,8 +31,8 @@ from enum import StrEnum
 
 import pandas as pd
 
-from backfill_dagster.calendar import NEW_YORK, SessionCalendar
-from backfill_dagster.timeframes import Timeframe
+from backfill_dagster.domain.calendar import NEW_YORK, SessionCalendar
+from backfill_dagster.domain.timeframes import Timeframe
 
 Partition = tuple[str, date]  # (symbol, session)
 

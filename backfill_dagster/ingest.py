@@ -4,7 +4,7 @@ This is the work a Dagster asset step does, as plain functions over the router a
 is testable without Dagster. A run's partitions become the fewest provider requests (planner); each
 response is validated; every partition is then written atomically with its coverage row, or — when
 any of its bars is invalid, its request failed, or the answer is worse than what is stored (no bars
-for a closed session, fewer than final stored bars: `backfill_dagster.ledger`) — offered to the
+for a closed session, fewer than final stored bars: `backfill_dagster.domain.ledger`) — offered to the
 next eligible provider, and at last recorded as failed or empty with the reason. One instant per
 request, read before it is sent (or the provider's own data cut-off, if earlier), decides both which
 bars are finished and whether the session had closed. Finished partitions are committed as they go,
@@ -20,15 +20,15 @@ from datetime import date
 
 import pandas as pd
 
-from backfill_dagster.bars import Validation, validate_bars
-from backfill_dagster.calendar import SessionCalendar
-from backfill_dagster.ledger import LedgerStatus, refusal_note
+from backfill_dagster.domain.bars import Validation, validate_bars
+from backfill_dagster.domain.calendar import SessionCalendar
+from backfill_dagster.domain.ledger import LedgerStatus, refusal_note
 from backfill_dagster.providers.base import FetchRequest, Provider, ProviderError
 from backfill_dagster.providers.planner import plan_requests
 from backfill_dagster.providers.router import Router
-from backfill_dagster.resample import resample_bars
+from backfill_dagster.domain.resample import resample_bars
 from backfill_dagster.store.bars import BarStore, CoverageEntry, Derivation
-from backfill_dagster.timeframes import Timeframe
+from backfill_dagster.domain.timeframes import Timeframe
 
 Partition = tuple[str, date]
 Clock = Callable[[], pd.Timestamp]

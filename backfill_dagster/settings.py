@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
-from backfill_dagster.calendar import CALENDAR_FIRST_DAY
+from backfill_dagster.domain.calendar import CALENDAR_FIRST_DAY
 from backfill_dagster.providers.base import Adjustment
 from backfill_dagster.providers.ratelimit import DEFAULT_RATE_LIMITS, DEFAULT_WINDOW_S
 

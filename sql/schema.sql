@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS ohlc_bars (
 
 -- The coverage ledger: one row per symbol x timeframe x session ever attempted, written in the same
 -- transaction as the bars. The gap sensor and the coverage report read this small table, never the
--- bars. status (backfill_dagster/ledger.py): complete = fetched after the session closed (as of the
+-- bars. status (backfill_dagster/domain/ledger.py): complete = fetched after the session closed (as of the
 -- provider's data cut-off), with bars; partial = fetched while it was still trading; empty = every
 -- provider answered without bars for the closed session; failed = the last attempt failed. A worse
 -- answer never replaces stored bars, so bars/expected always describe the bars stored.
@@ -142,7 +142,7 @@ CREATE TABLE IF NOT EXISTS provider_requests (
 );
 CREATE INDEX IF NOT EXISTS provider_requests_idx ON provider_requests (provider, sent_at);
 
--- Corporate actions (backfill_dagster/corporate_actions.py). One row per action, deduplicated across
+-- Corporate actions (backfill_dagster/domain/corporate_actions.py). One row per action, deduplicated across
 -- providers by (symbol, kind, ex_date); its figures are the preferred provider's (`source`). A split
 -- keeps its ratio exactly: split_to new shares for split_from old ones, reduced (4-for-1: 1 and 4).
 -- basis_since: bars of sessions before the ex-date fetched earlier are on the old share basis (the

@@ -5,7 +5,7 @@ from datetime import UTC, date, datetime
 import pytest
 
 from backfill_dagster.cli import main
-from backfill_dagster.corporate_actions import RepairState, dividend_record, split_record
+from backfill_dagster.domain.corporate_actions import RepairState, dividend_record, split_record
 from backfill_dagster.store import shared_engine
 from backfill_dagster.store.actions import ActionStore
 

@@ -19,7 +19,7 @@ from backfill_dagster.gaps import (
     sessions_expected,
     settled_sessions,
 )
-from backfill_dagster.timeframes import Timeframe
+from backfill_dagster.domain.timeframes import Timeframe
 
 M15, H1, H4, D1 = Timeframe.M15, Timeframe.H1, Timeframe.H4, Timeframe.D1
 MISSING = Gap(GapReason.MISSING)
@@ -48,7 +48,7 @@ def plan(gaps, pol=None, order=("AAPL", "MSFT", "NVDA"), now=NOW, **kw):
 
 
 def _calendar():
-    from backfill_dagster.calendar import xnys
+    from backfill_dagster.domain.calendar import xnys
 
     return xnys()
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from fractions import Fraction
 
-from backfill_dagster.calendar import SessionCalendar, xnys
+from backfill_dagster.domain.calendar import SessionCalendar, xnys
 from backfill_dagster.providers.demo import _seed
 
 ANNOUNCED_DAYS_BEFORE = 28  # the default dividends are declared four weeks before their ex-date

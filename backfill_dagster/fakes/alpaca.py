@@ -30,7 +30,7 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
-from backfill_dagster.calendar import NEW_YORK
+from backfill_dagster.domain.calendar import NEW_YORK
 from backfill_dagster.fakes import alpaca_actions
 from backfill_dagster.fakes.base import BadRequest, ProviderFake, Request, Response, json_response, rfc3339
 from backfill_dagster.fakes.control import WindowState

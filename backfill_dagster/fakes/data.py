@@ -29,8 +29,8 @@ from fractions import Fraction
 import numpy as np
 import pandas as pd
 
-from backfill_dagster.bars import bars_frame, empty_bars
-from backfill_dagster.calendar import NEW_YORK, SessionCalendar, xnys
+from backfill_dagster.domain.bars import bars_frame, empty_bars
+from backfill_dagster.domain.calendar import NEW_YORK, SessionCalendar, xnys
 from backfill_dagster.fakes.actions import ONE, CorporateActions
 from backfill_dagster.providers.demo import (
     CLOSE,
@@ -45,7 +45,7 @@ from backfill_dagster.providers.demo import (
     synthetic_values,
 )
 from backfill_dagster.providers.demo import day_values as aggregate
-from backfill_dagster.timeframes import Timeframe
+from backfill_dagster.domain.timeframes import Timeframe
 
 M15_NS = 15 * 60 * 1_000_000_000
 # 20 symbols x 504 sessions fit with room to spare (~5 KB a session).
@@ -296,7 +296,7 @@ def aggregate_runs(keys: np.ndarray, values: np.ndarray, *, descending: bool = F
 
 
 def to_frame(symbol: str, ts_ns: np.ndarray, values: np.ndarray) -> pd.DataFrame:
-    """A bar frame (backfill_dagster.bars) from bar starts and value rows."""
+    """A bar frame (backfill_dagster.domain.bars) from bar starts and value rows."""
     if len(ts_ns) == 0:
         return empty_bars()
     data = {"symbol": symbol, "ts": pd.to_datetime(np.asarray(ts_ns, dtype=np.int64), unit="ns", utc=True)}

@@ -33,7 +33,7 @@ from urllib.parse import parse_qsl, quote, urlencode
 import numpy as np
 import pandas as pd
 
-from backfill_dagster.calendar import NEW_YORK
+from backfill_dagster.domain.calendar import NEW_YORK
 from backfill_dagster.fakes import polygon_actions
 from backfill_dagster.fakes.base import BadRequest, ProviderFake, Request, Response, json_response
 from backfill_dagster.fakes.control import WindowState

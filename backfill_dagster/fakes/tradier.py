@@ -27,7 +27,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 import pandas as pd
 
-from backfill_dagster.calendar import NEW_YORK
+from backfill_dagster.domain.calendar import NEW_YORK
 from backfill_dagster.fakes.base import BadRequest, ProviderFake, Request, Response, json_response, text_response
 from backfill_dagster.fakes.control import WindowState
 from backfill_dagster.fakes.data import CLOSE, HIGH, LOW, OPEN, VOLUME, VWAP, ny_date, ny_midnight_ns

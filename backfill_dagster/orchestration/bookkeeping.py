@@ -15,7 +15,7 @@ from datetime import date
 import dagster as dg
 import sqlalchemy.pool
 
-from backfill_dagster.calendar import SessionCalendar
+from backfill_dagster.domain.calendar import SessionCalendar
 from backfill_dagster.orchestration.partitions import SYMBOLS_PARTITIONS_NAME, parse_partition_key
 
 # Planned and materialization events written in batches of this size (read per event by Dagster):

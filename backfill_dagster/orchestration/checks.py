@@ -1,6 +1,6 @@
 """Asset checks that summarise a run: one result per check and run, whatever its size.
 
-Each check judges every partition of its run with the pure rules of `backfill_dagster.quality`
+Each check judges every partition of its run with the pure rules of `backfill_dagster.domain.quality`
 and reports one unpartitioned result: passed only if every partition passed, the rule's severity,
 counts and the worst partitions by name in its metadata. Per-partition check results do not scale
 (DESIGN §8): each is its own event-log transaction, and the UI resolves every checked partition
@@ -16,13 +16,13 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
     AssetCheckEvaluationTargetMaterializationData,
 )
 
-from backfill_dagster import quality
-from backfill_dagster.calendar import xnys
+from backfill_dagster.domain import quality
+from backfill_dagster.domain.calendar import xnys
 from backfill_dagster.orchestration.bookkeeping import hold_event_log_connection
 from backfill_dagster.orchestration.bookkeeping import run_partitions as run_box
 from backfill_dagster.orchestration.partitions import Partition, partition_key
 from backfill_dagster.orchestration.resources import StoreResource
-from backfill_dagster.timeframes import Timeframe
+from backfill_dagster.domain.timeframes import Timeframe
 
 # Partition keys per query when looking for the newest materialization among a run's partitions.
 _LOOKUP_CHUNK = 1000

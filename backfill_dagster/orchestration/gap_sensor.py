@@ -16,7 +16,7 @@ import pandas as pd
 # Not exported by dagster: the statuses and filter of backfills (UI "Materialize partitions").
 from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
 
-from backfill_dagster.calendar import SessionCalendar, xnys
+from backfill_dagster.domain.calendar import SessionCalendar, xnys
 from backfill_dagster.gaps import (
     GapBox,
     GapPolicy,
@@ -36,7 +36,7 @@ from backfill_dagster.orchestration.partitions import (
 )
 from backfill_dagster.orchestration.resources import StoreResource
 from backfill_dagster.store.gaps import find_gaps
-from backfill_dagster.timeframes import Timeframe
+from backfill_dagster.domain.timeframes import Timeframe
 
 GAP_SENSOR_NAME = "coverage_gaps"
 REQUESTED_BY_TAG = "backfill/requested_by"

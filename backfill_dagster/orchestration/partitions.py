@@ -16,8 +16,8 @@ from datetime import date, datetime
 
 import dagster as dg
 
-from backfill_dagster.calendar import NEW_YORK, SessionCalendar, as_date
-from backfill_dagster.symbols import InvalidSymbolError, normalize_symbol
+from backfill_dagster.domain.calendar import NEW_YORK, SessionCalendar, as_date
+from backfill_dagster.domain.symbols import InvalidSymbolError, normalize_symbol
 
 SYMBOLS_PARTITIONS_NAME = "symbols"
 SYMBOL_PARTITIONS = dg.DynamicPartitionsDefinition(name=SYMBOLS_PARTITIONS_NAME)

@@ -5,7 +5,7 @@ alone, or a split the feeds missed).
 One result per run, whatever its size (the per-run summary shape every check here takes): it judges
 every session of the run against the stored session before it (a run of one session compares with
 the day before), and names the worst suspects by symbol, session and suspected ratio. A warning: the
-rule is in backfill_dagster/split_jumps.py.
+rule is in backfill_dagster/domain/split_jumps.py.
 """
 
 
@@ -13,12 +13,12 @@ from datetime import date
 
 import dagster as dg
 
-from backfill_dagster.calendar import xnys
-from backfill_dagster.corporate_actions import ratio_text
+from backfill_dagster.domain.calendar import xnys
+from backfill_dagster.domain.corporate_actions import ratio_text
 from backfill_dagster.orchestration.partitions import SYMBOLS_PARTITIONS_NAME, parse_partition_key
 from backfill_dagster.orchestration.resources import StoreResource
-from backfill_dagster.split_jumps import SPLIT_RATIOS, TOLERANCE, suspected_splits
-from backfill_dagster.timeframes import Timeframe
+from backfill_dagster.domain.split_jumps import SPLIT_RATIOS, TOLERANCE, suspected_splits
+from backfill_dagster.domain.timeframes import Timeframe
 
 CHECK = "no_unrecorded_split"
 WORST_NAMED = 20

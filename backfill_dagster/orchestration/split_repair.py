@@ -2,7 +2,7 @@
 Dagster backfill per split (Runs > Backfills in the UI), and follow it to the end.
 
 Each tick reads the splits whose repair is open (pending or repairing) and applies
-`backfill_dagster.split_repair.decide`. A backfill covers exactly the stale partitions, per asset
+`backfill_dagster.domain.split_repair.decide`. A backfill covers exactly the stale partitions, per asset
 (m15 and d1 from the providers, h1/h4 derived in the same runs), and carries the tags
 `backfill/replace_fewer_bars=true` (a provider may now serve fewer bars than the final ones
 stored) and `backfill/rewrite_reason` (written into the ledger's rewrite_reason). Its id is written
@@ -24,16 +24,16 @@ from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraph
 from dagster._core.execution.backfill import PartitionBackfill
 from dagster._core.utils import make_new_backfill_id
 
-from backfill_dagster.corporate_actions import RepairState, repair_reason
+from backfill_dagster.domain.corporate_actions import RepairState, repair_reason
 from backfill_dagster.ingest import utcnow
-from backfill_dagster.ledger import REPLACE_FEWER_TAG, REWRITE_REASON_TAG
+from backfill_dagster.domain.ledger import REPLACE_FEWER_TAG, REWRITE_REASON_TAG
 from backfill_dagster.orchestration.backfills import FINISHED
 from backfill_dagster.orchestration.gap_sensor import REQUESTED_BY_TAG
 from backfill_dagster.orchestration.partitions import SYMBOLS_PARTITIONS_NAME, partition_key
 from backfill_dagster.orchestration.resources import StoreResource
 from backfill_dagster.providers.base import Adjustment
-from backfill_dagster.split_repair import BackfillState, RecordedSplit, Step, decide
-from backfill_dagster.timeframes import Timeframe
+from backfill_dagster.domain.split_repair import BackfillState, RecordedSplit, Step, decide
+from backfill_dagster.domain.timeframes import Timeframe
 
 SENSOR = "split_repair"
 SPLIT_TAG = "backfill/split"

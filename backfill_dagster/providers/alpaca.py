@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from backfill_dagster.calendar import SessionCalendar
+from backfill_dagster.domain.calendar import SessionCalendar
 from backfill_dagster.providers import alpaca_actions
 from backfill_dagster.providers.base import (
     ActionsResult,
@@ -45,8 +45,8 @@ from backfill_dagster.providers.payload import (
     keep_requested,
     records_to_bars,
 )
-from backfill_dagster.symbols import provider_symbol, store_symbol
-from backfill_dagster.timeframes import Timeframe
+from backfill_dagster.domain.symbols import provider_symbol, store_symbol
+from backfill_dagster.domain.timeframes import Timeframe
 
 DEFAULT_URL = "https://data.alpaca.markets"
 FEEDS = ("sip", "iex", "delayed_sip", "boats", "overnight", "otc")

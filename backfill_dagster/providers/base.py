@@ -17,8 +17,8 @@ from enum import StrEnum
 
 import pandas as pd
 
-from backfill_dagster.corporate_actions import ActionRecord
-from backfill_dagster.timeframes import Timeframe
+from backfill_dagster.domain.corporate_actions import ActionRecord
+from backfill_dagster.domain.timeframes import Timeframe
 
 
 class Adjustment(StrEnum):
@@ -87,7 +87,7 @@ class FetchRequest:
 
 @dataclass
 class FetchResult:
-    bars: pd.DataFrame  # a bar frame (backfill_dagster.bars)
+    bars: pd.DataFrame  # a bar frame (backfill_dagster.domain.bars)
     api_calls: int
     # The instant the answer is final up to: it holds every bar that had ended by then, and no bar
     # ending later. A provider reads its clock once, before the request, and cuts unfinished bars

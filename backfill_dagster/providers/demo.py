@@ -21,8 +21,8 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
-from backfill_dagster.bars import bars_frame, empty_bars
-from backfill_dagster.calendar import SessionCalendar, epoch_ns
+from backfill_dagster.domain.bars import bars_frame, empty_bars
+from backfill_dagster.domain.calendar import SessionCalendar, epoch_ns
 from backfill_dagster.providers.base import (
     Adjustment,
     Capabilities,
@@ -30,7 +30,7 @@ from backfill_dagster.providers.base import (
     FetchResult,
     Provider,
 )
-from backfill_dagster.timeframes import Timeframe
+from backfill_dagster.domain.timeframes import Timeframe
 
 def _seed(*parts: object) -> int:
     return zlib.crc32("|".join(str(p) for p in parts).encode())

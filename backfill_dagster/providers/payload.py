@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from backfill_dagster.bars import bars_frame, empty_bars
-from backfill_dagster.calendar import NEW_YORK, SessionCalendar
+from backfill_dagster.domain.bars import bars_frame, empty_bars
+from backfill_dagster.domain.calendar import NEW_YORK, SessionCalendar
 from backfill_dagster.providers.base import FetchRequest
-from backfill_dagster.timeframes import Timeframe
+from backfill_dagster.domain.timeframes import Timeframe
 
 # An RFC 3339 timestamp must say its offset; a naive one would be silently read as UTC.
 _RFC3339_OFFSET = r"(?:[Zz]|[+-]\d{2}:?\d{2})$"

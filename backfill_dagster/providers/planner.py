@@ -13,9 +13,9 @@ from collections import defaultdict
 from collections.abc import Iterable
 from datetime import date
 
-from backfill_dagster.calendar import SessionCalendar, contiguous_runs
+from backfill_dagster.domain.calendar import SessionCalendar, contiguous_runs
 from backfill_dagster.providers.base import Adjustment, Capabilities, FetchRequest
-from backfill_dagster.timeframes import Timeframe
+from backfill_dagster.domain.timeframes import Timeframe
 
 
 def plan_requests(

@@ -21,7 +21,7 @@ from urllib.parse import quote
 import httpx
 import pandas as pd
 
-from backfill_dagster.calendar import SessionCalendar
+from backfill_dagster.domain.calendar import SessionCalendar
 from backfill_dagster.providers import polygon_actions
 from backfill_dagster.providers.base import (
     ActionsResult,
@@ -42,8 +42,8 @@ from backfill_dagster.providers.payload import (
     keep_requested,
     records_to_bars,
 )
-from backfill_dagster.symbols import provider_symbol, store_symbol
-from backfill_dagster.timeframes import Timeframe
+from backfill_dagster.domain.symbols import provider_symbol, store_symbol
+from backfill_dagster.domain.timeframes import Timeframe
 
 DEFAULT_URL = "https://api.polygon.io"
 PAGE_LIMIT = 50_000  # base aggregates per page, the API's maximum

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import pandas as pd
 
-from backfill_dagster.calendar import SessionCalendar
+from backfill_dagster.domain.calendar import SessionCalendar
 from backfill_dagster.providers.alpaca import AlpacaProvider
 from backfill_dagster.providers.base import Provider, ProviderConfigError
 from backfill_dagster.providers.demo import DemoProvider

@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from backfill_dagster.calendar import NEW_YORK, SessionCalendar
+from backfill_dagster.domain.calendar import NEW_YORK, SessionCalendar
 from backfill_dagster.providers.base import (
     Adjustment,
     Capabilities,
@@ -42,8 +42,8 @@ from backfill_dagster.providers.payload import (
     one_or_many,
     records_to_bars,
 )
-from backfill_dagster.symbols import provider_symbol
-from backfill_dagster.timeframes import Timeframe
+from backfill_dagster.domain.symbols import provider_symbol
+from backfill_dagster.domain.timeframes import Timeframe
 
 DEFAULT_URL = "https://api.tradier.com"
 # Calendar days back time & sales reach at 15 minutes: 40 for regular hours, 18 with extended

@@ -9,7 +9,7 @@ series: only split-adjusted stores may use Yahoo.
 Quirks handled here: OHLCV arrays hold null for an interval without trades (skipped, not a bar), a
 trailing live row at the latest trade time while the market is open (dropped: not finished by the
 clock), daily rows stamped at a time on the trading day (labelled 00:00 New York of that day), and
-Yahoo's '-' for share classes (BRK-B is the store's BRK.B; backfill_dagster.symbols translates).
+Yahoo's '-' for share classes (BRK-B is the store's BRK.B; backfill_dagster.domain.symbols translates).
 Requests without a browser-like User-Agent are refused, so the client sends one.
 
 Splits and cash dividends come from the chart's `events` (interval=1d&events=div,splits), through
@@ -26,8 +26,8 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
-from backfill_dagster.bars import bars_frame, empty_bars
-from backfill_dagster.calendar import NEW_YORK, SessionCalendar
+from backfill_dagster.domain.bars import bars_frame, empty_bars
+from backfill_dagster.domain.calendar import NEW_YORK, SessionCalendar
 from backfill_dagster.providers import yahoo_actions
 from backfill_dagster.providers.base import (
     ActionsResult,
@@ -41,8 +41,8 @@ from backfill_dagster.providers.base import (
 from backfill_dagster.providers.config import setting_url
 from backfill_dagster.providers.http import Budget, HttpClient, ProviderUnavailable
 from backfill_dagster.providers.payload import PayloadError, expect_list, expect_mapping, keep_requested
-from backfill_dagster.symbols import provider_symbol, store_symbol
-from backfill_dagster.timeframes import Timeframe
+from backfill_dagster.domain.symbols import provider_symbol, store_symbol
+from backfill_dagster.domain.timeframes import Timeframe
 
 DEFAULT_URL = "https://query2.finance.yahoo.com"
 BROWSER_USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) backfill-dagster/0.1"

@@ -17,10 +17,10 @@ from typing import Any
 
 import pandas as pd
 
-from backfill_dagster.calendar import NEW_YORK
-from backfill_dagster.corporate_actions import ActionError, ActionRecord, dividend_record, split_record
+from backfill_dagster.domain.calendar import NEW_YORK
+from backfill_dagster.domain.corporate_actions import ActionError, ActionRecord, dividend_record, split_record
 from backfill_dagster.providers.payload import PayloadError, expect_list, expect_mapping
-from backfill_dagster.symbols import store_symbol
+from backfill_dagster.domain.symbols import store_symbol
 
 EVENTS = "div,splits"
 

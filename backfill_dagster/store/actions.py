@@ -3,7 +3,7 @@ which stored partitions a split leaves on the old share basis (a query on the co
 
 Writing a provider's answer is one transaction: the provider's check of each symbol, its reports,
 and the actions they name (created on first sight, their figures taken from the preferred
-provider's report). The rules themselves are in backfill_dagster/corporate_actions.py.
+provider's report). The rules themselves are in backfill_dagster/domain/corporate_actions.py.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from backfill_dagster.calendar import NEW_YORK
-from backfill_dagster.corporate_actions import (
+from backfill_dagster.domain.calendar import NEW_YORK
+from backfill_dagster.domain.corporate_actions import (
     OPEN_REPAIRS,
     ActionKind,
     ActionRecord,
@@ -29,12 +29,12 @@ from backfill_dagster.corporate_actions import (
     key_of,
     preferred,
 )
-from backfill_dagster.split_repair import RecordedSplit
+from backfill_dagster.domain.split_repair import RecordedSplit
 from backfill_dagster.store.schema import bar_coverage as cov
 from backfill_dagster.store.schema import corporate_action_checks as checks
 from backfill_dagster.store.schema import corporate_action_sources as sources
 from backfill_dagster.store.schema import corporate_actions as actions
-from backfill_dagster.timeframes import Timeframe
+from backfill_dagster.domain.timeframes import Timeframe
 
 
 @dataclass

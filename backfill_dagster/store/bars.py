@@ -3,7 +3,7 @@
 A partition (symbol x timeframe x session) is replaced in one transaction: delete its bars, insert
 the new ones, upsert its coverage row. Re-running is idempotent and a crash leaves the old or the new
 bars, never a mix. Whether an answer may replace what is stored is decided inside that transaction
-(`backfill_dagster.ledger.judge`): a worse answer never replaces better stored bars. Concurrent
+(`backfill_dagster.domain.ledger.judge`): a worse answer never replaces better stored bars. Concurrent
 writers of the same symbol and timeframe are serialised by a transaction-scoped advisory lock (taken
 in sorted order, so they cannot deadlock); a derivation holds its source's lock shared while it reads
 m15 and writes h1/h4, so m15 cannot change between the two. On PostgreSQL the insert is a COPY.
@@ -23,13 +23,13 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from backfill_dagster.bars import BAR_COLUMNS, bars_frame, empty_bars
-from backfill_dagster.calendar import NEW_YORK, SessionCalendar, contiguous_runs, xnys
-from backfill_dagster.ledger import Decision, LedgerStatus, Stored, judge
+from backfill_dagster.domain.bars import BAR_COLUMNS, bars_frame, empty_bars
+from backfill_dagster.domain.calendar import NEW_YORK, SessionCalendar, contiguous_runs, xnys
+from backfill_dagster.domain.ledger import Decision, LedgerStatus, Stored, judge
 from backfill_dagster.store import pg_copy
 from backfill_dagster.store.database import shared_engine
 from backfill_dagster.store.schema import BAR_STORE_COLUMNS, bar_coverage, ohlc_bars, rejected_bars
-from backfill_dagster.timeframes import Timeframe
+from backfill_dagster.domain.timeframes import Timeframe
 
 Partition = tuple[str, date]  # (symbol, session)
 

@@ -12,7 +12,7 @@ covered. So, per evaluation:
    h1/h4 row is missing, failed, or derived from an m15 fetch replaced since (their m15 row's
    fetched_at is later than the one they recorded) — a run that wrote m15 alone leaves them so.
 A row that is none of these is 'complete', which the writer records only for a final answer with
-bars (backfill_dagster/ledger.py), so every other row is covered.
+bars (backfill_dagster/domain/ledger.py), so every other row is covered.
 bench/gap_sensor.py measures it against reading the ledger into pandas.
 """
 
@@ -26,9 +26,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from backfill_dagster.gaps import NEVER_COVERED, Gap, GapReason, Partition
-from backfill_dagster.ledger import LedgerStatus
+from backfill_dagster.domain.ledger import LedgerStatus
 from backfill_dagster.store.schema import bar_coverage as cov
-from backfill_dagster.timeframes import Timeframe
+from backfill_dagster.domain.timeframes import Timeframe
 
 # A literal, not a parameter: PostgreSQL uses the partial index only when it can prove the query's
 # condition implies the index's `status <> 'complete'`.

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.types import TypeDecorator
 
-from backfill_dagster.ledger import LEDGER_STATUSES
+from backfill_dagster.domain.ledger import LEDGER_STATUSES
 
 metadata = sa.MetaData()
 

@@ -11,7 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from backfill_dagster.store.schema import watchlist
-from backfill_dagster.symbols import normalize_symbols
+from backfill_dagster.domain.symbols import normalize_symbols
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from backfill_dagster.calendar import xnys
+from backfill_dagster.domain.calendar import xnys
 from backfill_dagster.store import shared_engine
 from tests.e2e.conftest import ROOT, BIN
 

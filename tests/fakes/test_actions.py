@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import pytest
 
-from backfill_dagster.calendar import xnys
+from backfill_dagster.domain.calendar import xnys
 from backfill_dagster.fakes.actions import CashDividend, CorporateActions, Split, pays_default_dividends
 
 SYMBOLS = ["AAPL", "MSFT", "NVDA", "XOM", "TSLA", "AMZN", "GOOG", "META", "NFLX", "BRK.B"]

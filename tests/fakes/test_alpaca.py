@@ -8,7 +8,7 @@ from datetime import date
 import pandas as pd
 import pytest
 
-from backfill_dagster.calendar import xnys
+from backfill_dagster.domain.calendar import xnys
 
 from .conftest import alpaca_headers
 

@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 import pandas as pd
 import pytest
 
-from backfill_dagster.calendar import xnys
+from backfill_dagster.domain.calendar import xnys
 from tests.conftest import aggregate_day
 
 SESSIONS = xnys().sessions(date(2024, 1, 2), date(2024, 1, 8))  # 5 sessions

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from backfill_dagster.calendar import xnys
+from backfill_dagster.domain.calendar import xnys
 from backfill_dagster.fakes import FakeConfig, FakeProviders
 from backfill_dagster.fakes.actions import CashDividend, CorporateActions, Split
 from tests.conftest import aggregate_day

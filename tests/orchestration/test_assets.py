@@ -12,7 +12,7 @@ from backfill_dagster.providers import registry
 from backfill_dagster.providers.base import FetchResult
 from backfill_dagster.providers.demo import DemoProvider
 from backfill_dagster.store import BarStore, shared_engine
-from backfill_dagster.timeframes import Timeframe
+from backfill_dagster.domain.timeframes import Timeframe
 from tests.orchestration.conftest import add_symbols
 
 ASSETS = ["bars_m15", "bars_h1", "bars_h4", "bars_d1"]
@@ -126,7 +126,7 @@ def _short_factory():
 
 def test_fewer_bars_replace_final_ones_only_when_the_run_asks(tmp_path, instance, store_url, calendar, monkeypatch):
     from backfill_dagster.definitions import build_definitions
-    from backfill_dagster.ledger import REPLACE_FEWER_TAG
+    from backfill_dagster.domain.ledger import REPLACE_FEWER_TAG
     from backfill_dagster.settings import Settings
 
     add_symbols(instance, store_url, ["AAPL"])

@@ -8,7 +8,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from backfill_dagster.calendar import xnys
+from backfill_dagster.domain.calendar import xnys
 from backfill_dagster.definitions import build_definitions
 from backfill_dagster.fakes import FakeConfig, FakeProviders
 from backfill_dagster.fakes.actions import CashDividend, CorporateActions, PriceGap, Split

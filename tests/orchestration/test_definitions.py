@@ -56,7 +56,7 @@ def test_definitions_snapshot(tmp_path):
 
 
 def test_date_partitions_are_exactly_the_xnys_sessions():
-    from backfill_dagster.calendar import xnys
+    from backfill_dagster.domain.calendar import xnys
 
     partitions = bar_partitions(date(2024, 1, 1), xnys()).partitions_defs[0].partitions_def
     keys = [k for k in partitions.get_partition_keys() if k <= "2026-12-31"]

@@ -18,7 +18,7 @@ from backfill_dagster.orchestration.schedules import (
     end_of_day_delay_from_env,
 )
 from backfill_dagster.store import BarStore, Watchlist, shared_engine
-from backfill_dagster.timeframes import Timeframe
+from backfill_dagster.domain.timeframes import Timeframe
 from tests.orchestration.conftest import add_symbols
 
 NY = "America/New_York"

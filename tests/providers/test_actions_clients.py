@@ -8,7 +8,7 @@ from datetime import date
 
 import pytest
 
-from backfill_dagster.corporate_actions import ActionKind, ActionRecord
+from backfill_dagster.domain.corporate_actions import ActionKind, ActionRecord
 from backfill_dagster.fakes import FakeConfig, FakeProviders
 from backfill_dagster.fakes.actions import CashDividend, CorporateActions, Split
 from backfill_dagster.providers.base import ProviderError

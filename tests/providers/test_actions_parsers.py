@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from backfill_dagster.corporate_actions import ActionKind, ActionRecord
+from backfill_dagster.domain.corporate_actions import ActionKind, ActionRecord
 from backfill_dagster.providers import alpaca_actions, polygon_actions, yahoo_actions
 from backfill_dagster.providers.payload import PayloadError
 

@@ -27,7 +27,7 @@ from backfill_dagster.providers.http import (
     redact,
     server_wait,
 )
-from backfill_dagster.timeframes import Timeframe
+from backfill_dagster.domain.timeframes import Timeframe
 from tests.providers.scripted import Answer, ScriptedServer
 
 SECRET = "sk-live-0123456789abcdef"

@@ -4,8 +4,8 @@ import pytest
 
 from backfill_dagster.store import CoverageEntry, Watchlist
 from backfill_dagster.store.coverage import coverage_detail, coverage_summary
-from backfill_dagster.symbols import InvalidSymbolError
-from backfill_dagster.timeframes import Timeframe
+from backfill_dagster.domain.symbols import InvalidSymbolError
+from backfill_dagster.domain.timeframes import Timeframe
 from tests.conftest import utc
 
 

@@ -22,8 +22,8 @@ from fractions import Fraction
 
 import pandas as pd
 
-from backfill_dagster.calendar import SessionCalendar
-from backfill_dagster.corporate_actions import ratio_text
+from backfill_dagster.domain.calendar import SessionCalendar
+from backfill_dagster.domain.corporate_actions import ratio_text
 
 FORWARD = (2, 3, 4, 5, 10, 20)
 SPLIT_RATIOS: tuple[Fraction, ...] = tuple(Fraction(n) for n in FORWARD) + tuple(Fraction(1, n) for n in FORWARD)

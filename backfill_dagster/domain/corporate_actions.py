@@ -20,7 +20,7 @@ from fractions import Fraction
 
 import pandas as pd
 
-from backfill_dagster.calendar import NEW_YORK
+from backfill_dagster.domain.calendar import NEW_YORK
 
 
 class ActionKind(StrEnum):

@@ -17,8 +17,8 @@ from datetime import date, datetime
 from enum import StrEnum
 from fractions import Fraction
 
-from backfill_dagster.corporate_actions import RepairState, ratio_text
-from backfill_dagster.timeframes import Timeframe
+from backfill_dagster.domain.corporate_actions import RepairState, ratio_text
+from backfill_dagster.domain.timeframes import Timeframe
 
 MAX_ATTEMPTS = 3  # backfills launched for one split before it is left `failed`
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from backfill_dagster.bars import bars_frame, empty_bars
-from backfill_dagster.calendar import SessionCalendar, epoch_ns
-from backfill_dagster.timeframes import Timeframe
+from backfill_dagster.domain.bars import bars_frame, empty_bars
+from backfill_dagster.domain.calendar import SessionCalendar, epoch_ns
+from backfill_dagster.domain.timeframes import Timeframe
 
 
 class ResampleError(ValueError):

@@ -7,7 +7,7 @@ from fractions import Fraction
 import pandas as pd
 import pytest
 
-from backfill_dagster.split_jumps import SPLIT_RATIOS, nearest_split, suspected_splits
+from backfill_dagster.domain.split_jumps import SPLIT_RATIOS, nearest_split, suspected_splits
 
 DAYS = [date(2024, 6, 4), date(2024, 6, 5), date(2024, 6, 6), date(2024, 6, 7), date(2024, 6, 10)]
 

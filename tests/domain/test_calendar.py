@@ -6,13 +6,13 @@ import exchange_calendars as xcals
 import pandas as pd
 import pytest
 
-from backfill_dagster.calendar import (
+from backfill_dagster.domain.calendar import (
     NEW_YORK,
     NotASessionError,
     SessionNotOpenError,
     contiguous_runs,
 )
-from backfill_dagster.timeframes import Timeframe
+from backfill_dagster.domain.timeframes import Timeframe
 from tests.conftest import utc
 
 HOLIDAYS = {

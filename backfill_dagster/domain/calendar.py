@@ -29,7 +29,7 @@ import exchange_calendars as xcals
 import numpy as np
 import pandas as pd
 
-from backfill_dagster.timeframes import Timeframe
+from backfill_dagster.domain.timeframes import Timeframe
 
 NEW_YORK = ZoneInfo("America/New_York")
 EXCHANGE = "XNYS"

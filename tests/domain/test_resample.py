@@ -1,4 +1,4 @@
-"""Resampling m15 -> h1/h4: golden sessions (tests/golden/resample), properties, errors."""
+"""Resampling m15 -> h1/h4: golden sessions (tests/domain/golden/resample), properties, errors."""
 
 import json
 from datetime import date
@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backfill_dagster.bars import validate_bars
-from backfill_dagster.resample import ResampleError, resample_bars
-from backfill_dagster.timeframes import Timeframe
+from backfill_dagster.domain.bars import validate_bars
+from backfill_dagster.domain.resample import ResampleError, resample_bars
+from backfill_dagster.domain.timeframes import Timeframe
 
 GOLDEN = Path(__file__).parent / "golden" / "resample"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "case.json").exists())
@@ -91,7 +91,7 @@ SESSIONS = [date(2024, 3, 8), date(2024, 3, 11), date(2024, 7, 3), date(2024, 11
 
 @st.composite
 def m15_sets(draw):
-    from backfill_dagster.calendar import xnys
+    from backfill_dagster.domain.calendar import xnys
 
     calendar = xnys()
     extended = draw(st.booleans())
@@ -112,7 +112,7 @@ def m15_sets(draw):
 @settings(max_examples=60, deadline=None)
 @given(m15_sets(), st.sampled_from([Timeframe.H1, Timeframe.H4]))
 def test_property_volumes_add_up_and_extremes_bound(case, timeframe):
-    from backfill_dagster.calendar import xnys
+    from backfill_dagster.domain.calendar import xnys
 
     calendar = xnys()
     extended, m15 = case

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from backfill_dagster.calendar import SessionCalendar, epoch_ns
-from backfill_dagster.timeframes import Timeframe
+from backfill_dagster.domain.calendar import SessionCalendar, epoch_ns
+from backfill_dagster.domain.timeframes import Timeframe
 
 PRICE_COLUMNS = ("open", "high", "low", "close")
 BAR_COLUMNS = ("symbol", "ts", *PRICE_COLUMNS, "volume", "vwap", "trade_count")

@@ -6,9 +6,9 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from backfill_dagster.corporate_actions import RepairState, ex_date_start
-from backfill_dagster.split_repair import BackfillState, RecordedSplit, Step, decide
-from backfill_dagster.timeframes import Timeframe
+from backfill_dagster.domain.corporate_actions import RepairState, ex_date_start
+from backfill_dagster.domain.split_repair import BackfillState, RecordedSplit, Step, decide
+from backfill_dagster.domain.timeframes import Timeframe
 
 EX = date(2024, 6, 10)
 SEEN = datetime(2024, 5, 22, 12, tzinfo=UTC)

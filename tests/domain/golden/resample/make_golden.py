@@ -6,7 +6,7 @@ close 100.5+i, volume 100*(i+1), vwap 100.25+i, trade_count 10+i. Expected h1/h4
 this file's own reference, written independently of backfill_dagster (plain wall-clock rules in
 America/New_York, one bucket at a time) — not from the code under test.
 
-    python tests/golden/resample/make_golden.py
+    python tests/domain/golden/resample/make_golden.py
 """
 
 import csv

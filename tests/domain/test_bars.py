@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from backfill_dagster.bars import bars_frame, validate_bars
-from backfill_dagster.timeframes import Timeframe
+from backfill_dagster.domain.bars import bars_frame, validate_bars
+from backfill_dagster.domain.timeframes import Timeframe
 from tests.conftest import utc
 
 
@@ -16,7 +16,7 @@ def bar(ts="2024-11-04 14:30Z", symbol="AAPL", o=10.0, h=11.0, l=9.5, c=10.5, v=
 
 
 def check(rows, timeframe=Timeframe.M15, **kw):
-    from backfill_dagster.calendar import xnys
+    from backfill_dagster.domain.calendar import xnys
 
     return validate_bars(pd.DataFrame(rows), timeframe, xnys(), **kw)
 

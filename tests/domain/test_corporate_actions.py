@@ -6,7 +6,7 @@ from fractions import Fraction
 
 import pytest
 
-from backfill_dagster.corporate_actions import (
+from backfill_dagster.domain.corporate_actions import (
     ActionError,
     ActionKind,
     basis_since,

@@ -1,8 +1,8 @@
 import pytest
 
-from backfill_dagster.calendar import xnys
+from backfill_dagster.domain.calendar import xnys
 from backfill_dagster.orchestration.partitions import PartitionKeyError, parse_partition_key
-from backfill_dagster.symbols import (
+from backfill_dagster.domain.symbols import (
     PROVIDER_CLASS_SEPARATORS,
     InvalidSymbolError,
     normalize_symbol,
@@ -12,7 +12,7 @@ from backfill_dagster.symbols import (
     respelling_notice,
     store_symbol,
 )
-from backfill_dagster.timeframes import Timeframe, UnknownTimeframeError
+from backfill_dagster.domain.timeframes import Timeframe, UnknownTimeframeError
 
 
 @pytest.mark.parametrize(

@@ -23,9 +23,9 @@ from enum import StrEnum
 import numpy as np
 import pandas as pd
 
-from backfill_dagster.calendar import SessionCalendar
-from backfill_dagster.resample import resample_bars
-from backfill_dagster.timeframes import Timeframe
+from backfill_dagster.domain.calendar import SessionCalendar
+from backfill_dagster.domain.resample import resample_bars
+from backfill_dagster.domain.timeframes import Timeframe
 
 Partition = tuple[str, date]
 
