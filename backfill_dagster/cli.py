@@ -24,6 +24,8 @@ from datetime import date
 import pandas as pd
 
 from backfill_dagster.domain.calendar import NotASessionError, SessionCalendar, SessionNotOpenError, xnys
+from backfill_dagster.domain.symbols import InvalidSymbolError, normalize_symbols, respelled_symbols, respelling_notice
+from backfill_dagster.domain.timeframes import Timeframe, UnknownTimeframeError
 from backfill_dagster.gaps import GapPolicy, GapPolicyError, sessions_expected
 from backfill_dagster.providers.base import ProviderConfigError
 from backfill_dagster.settings import Settings, SettingsError
@@ -36,8 +38,6 @@ from backfill_dagster.store import (
 )
 from backfill_dagster.store.actions import ActionStore
 from backfill_dagster.store.coverage import coverage_detail, coverage_summary
-from backfill_dagster.domain.symbols import InvalidSymbolError, normalize_symbols, respelled_symbols, respelling_notice
-from backfill_dagster.domain.timeframes import Timeframe, UnknownTimeframeError
 
 DEMO_SYMBOLS = ("AAPL", "MSFT", "NVDA")
 DEMO_SESSIONS = 15

@@ -8,6 +8,7 @@ from datetime import timedelta
 import dagster as dg
 
 from backfill_dagster.domain.calendar import xnys
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.gaps import GapPolicy
 from backfill_dagster.orchestration.assets import bar_assets
 from backfill_dagster.orchestration.bookkeeping import batch_dagster_events
@@ -27,7 +28,6 @@ from backfill_dagster.orchestration.split_checks import suspected_split_check
 from backfill_dagster.orchestration.split_repair import build_split_repair_sensor
 from backfill_dagster.providers.registry import check_provider_names
 from backfill_dagster.settings import Settings
-from backfill_dagster.domain.timeframes import Timeframe
 
 
 def build_definitions(

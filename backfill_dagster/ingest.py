@@ -23,12 +23,13 @@ import pandas as pd
 from backfill_dagster.domain.bars import Validation, validate_bars
 from backfill_dagster.domain.calendar import SessionCalendar
 from backfill_dagster.domain.ledger import LedgerStatus, refusal_note
-from backfill_dagster.providers.base import FetchRequest, Provider, ProviderError
+from backfill_dagster.domain.provider_errors import ProviderError
+from backfill_dagster.domain.resample import resample_bars
+from backfill_dagster.domain.timeframes import Timeframe
+from backfill_dagster.providers.base import FetchRequest, Provider
 from backfill_dagster.providers.planner import plan_requests
 from backfill_dagster.providers.router import Router
-from backfill_dagster.domain.resample import resample_bars
 from backfill_dagster.store.bars import BarStore, CoverageEntry, Derivation
-from backfill_dagster.domain.timeframes import Timeframe
 
 Partition = tuple[str, date]
 Clock = Callable[[], pd.Timestamp]

@@ -29,9 +29,10 @@ from pathlib import Path
 
 import dagster as dg
 
+from backfill_dagster.definitions import build_definitions
 from backfill_dagster.domain import quality
 from backfill_dagster.domain.calendar import xnys
-from backfill_dagster.definitions import build_definitions
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.ingest import fetch_partitions
 from backfill_dagster.orchestration import assets, checks
 from backfill_dagster.orchestration.bookkeeping import EVENT_BATCH_SIZE, hold_event_log_connection
@@ -40,7 +41,6 @@ from backfill_dagster.orchestration.partitions import SYMBOLS_PARTITIONS_NAME, r
 from backfill_dagster.orchestration.resources import ProvidersResource, StoreResource
 from backfill_dagster.settings import Settings
 from backfill_dagster.store import BarStore, Watchlist, shared_engine
-from backfill_dagster.domain.timeframes import Timeframe
 from pg_instance import EVENT_LOGS, PG, QUIET, fresh_pg_database, pg_instance
 
 def instance_for(kind: str, home: Path, event_log: str, synchronous_commit: str) -> dg.DagsterInstance:

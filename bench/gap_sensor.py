@@ -34,13 +34,13 @@ import pandas as pd
 import psycopg
 
 from backfill_dagster.domain.calendar import NEW_YORK, xnys
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.gaps import GapPolicy, horizons, ledger_horizons
 from backfill_dagster.orchestration.gap_sensor import build_gap_sensor
 from backfill_dagster.orchestration.partitions import SYMBOLS_PARTITIONS_NAME
 from backfill_dagster.orchestration.resources import StoreResource
 from backfill_dagster.store import Watchlist, create_engine, dispose_engine
 from backfill_dagster.store.gaps import find_gaps
-from backfill_dagster.domain.timeframes import Timeframe
 
 warnings.filterwarnings("ignore")
 

@@ -42,9 +42,10 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from backfill_dagster.definitions import build_definitions
 from backfill_dagster.domain import quality
 from backfill_dagster.domain.calendar import xnys
-from backfill_dagster.definitions import build_definitions
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.fakes import FakeConfig, FakeProviders
 from backfill_dagster.ingest import fetch_partitions
 from backfill_dagster.orchestration.bookkeeping import EVENT_BATCH_SIZE
@@ -54,7 +55,6 @@ from backfill_dagster.orchestration.resources import PROVIDER_ENV_VARS, Provider
 from backfill_dagster.providers import alpaca, polygon
 from backfill_dagster.settings import Settings
 from backfill_dagster.store import Watchlist, shared_engine
-from backfill_dagster.domain.timeframes import Timeframe
 from pg_instance import EVENT_LOGS, PG, QUIET, fresh_pg_database, pg_instance
 
 LAST_SESSION = date(2025, 12, 31)

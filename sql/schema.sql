@@ -113,7 +113,7 @@ CREATE TABLE IF NOT EXISTS rejected_bars (
 );
 CREATE INDEX IF NOT EXISTS rejected_bars_symbol_idx ON rejected_bars (symbol, timeframe, session);
 
--- Providers' shared request budgets (backfill_dagster/providers/ratelimit.py): every process books
+-- Providers' shared request budgets (backfill_dagster/store/budget.py): every process books
 -- a request here before sending it, so all runs together stay under a provider's rate limit. The
 -- budget row is locked while booking; a 429 sets paused_until for everyone (requests wait); a
 -- server wait too long to sit out (Retry-After: 3600) sets unavailable_until and its reason

@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from backfill_dagster.domain.calendar import xnys
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.ingest import fetch_partitions
 from backfill_dagster.orchestration.partitions import parse_partition_key
 from backfill_dagster.providers.base import Capabilities, FetchResult, Provider
@@ -20,7 +21,6 @@ from backfill_dagster.providers.registry import build_providers
 from backfill_dagster.providers.router import Router
 from backfill_dagster.settings import Settings
 from backfill_dagster.store import BarStore, Watchlist, create_engine, shared_engine
-from backfill_dagster.domain.timeframes import Timeframe
 from tests.conftest import fixed_clock
 
 DAY = date(2024, 11, 26)

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from backfill_dagster.domain.calendar import xnys
 from backfill_dagster.cli import main
+from backfill_dagster.domain.calendar import xnys
 from backfill_dagster.store import shared_engine
 
 BIN = Path(sys.executable).parent

@@ -11,10 +11,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.ingest import fetch_partitions
 from backfill_dagster.providers.demo import DemoProvider
 from backfill_dagster.providers.router import Router
-from backfill_dagster.domain.timeframes import Timeframe
 from tests.conftest import PG_ADMIN_URL, THANKSGIVING_WEEK, fixed_clock
 
 ROOT = Path(__file__).resolve().parents[1]

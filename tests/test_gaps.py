@@ -5,6 +5,7 @@ from datetime import date, timedelta
 import pandas as pd
 import pytest
 
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.gaps import (
     DEFAULT_HISTORY_DAYS,
     Gap,
@@ -19,7 +20,6 @@ from backfill_dagster.gaps import (
     sessions_expected,
     settled_sessions,
 )
-from backfill_dagster.domain.timeframes import Timeframe
 
 M15, H1, H4, D1 = Timeframe.M15, Timeframe.H1, Timeframe.H4, Timeframe.D1
 MISSING = Gap(GapReason.MISSING)

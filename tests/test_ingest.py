@@ -6,11 +6,12 @@ import pandas as pd
 import pytest
 
 from backfill_dagster.domain.calendar import SessionNotOpenError
+from backfill_dagster.domain.provider_errors import ProviderError
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.ingest import derive_partitions, fetch_partitions
-from backfill_dagster.providers.base import FetchResult, ProviderError
+from backfill_dagster.providers.base import FetchResult
 from backfill_dagster.providers.demo import DemoProvider
 from backfill_dagster.providers.router import Router
-from backfill_dagster.domain.timeframes import Timeframe
 from tests.conftest import THANKSGIVING_WEEK, fixed_clock, utc
 
 LATER = fixed_clock("2025-01-02 00:00")

@@ -31,6 +31,7 @@ import pandas as pd
 
 from backfill_dagster.domain.bars import bars_frame, empty_bars
 from backfill_dagster.domain.calendar import NEW_YORK, SessionCalendar, xnys
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.fakes.actions import ONE, CorporateActions
 from backfill_dagster.providers.demo import (
     CLOSE,
@@ -45,7 +46,6 @@ from backfill_dagster.providers.demo import (
     synthetic_values,
 )
 from backfill_dagster.providers.demo import day_values as aggregate
-from backfill_dagster.domain.timeframes import Timeframe
 
 M15_NS = 15 * 60 * 1_000_000_000
 # 20 symbols x 504 sessions fit with room to spare (~5 KB a session).

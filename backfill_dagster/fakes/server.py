@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import pandas as pd
 
 from backfill_dagster.domain.bars import empty_bars
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.fakes.alpaca import AlpacaFake
 from backfill_dagster.fakes.base import BadRequest, ProviderFake, Request, Response, json_response
 from backfill_dagster.fakes.config import FakeConfig
@@ -35,7 +36,6 @@ from backfill_dagster.fakes.data import BarData
 from backfill_dagster.fakes.polygon import PolygonFake
 from backfill_dagster.fakes.tradier import TradierFake
 from backfill_dagster.fakes.yahoo import YahooFake
-from backfill_dagster.domain.timeframes import Timeframe
 
 log = logging.getLogger(__name__)
 

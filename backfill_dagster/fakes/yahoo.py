@@ -30,10 +30,10 @@ import numpy as np
 import pandas as pd
 
 from backfill_dagster.domain.calendar import NEW_YORK
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.fakes.base import BadRequest, ProviderFake, Request, Response, json_response, text_response
 from backfill_dagster.fakes.control import WindowState
 from backfill_dagster.fakes.data import CLOSE, HIGH, LOW, OPEN, VOLUME, Slots, aggregate_runs, ny_date
-from backfill_dagster.domain.timeframes import Timeframe
 
 INTERVALS = ("1m", "2m", "5m", "15m", "30m", "60m", "90m", "1h", "1d", "5d", "1wk", "1mo", "3mo")
 SERVED = ("15m", "60m", "1h", "1d")

@@ -21,9 +21,9 @@ import pandas as pd
 from backfill_dagster.action_refresh import refresh_actions, refresh_window
 from backfill_dagster.domain.calendar import NEW_YORK, NotASessionError, SessionCalendar, xnys
 from backfill_dagster.domain.corporate_actions import RepairState, disagreements
+from backfill_dagster.domain.symbols import InvalidSymbolError, normalize_symbols
 from backfill_dagster.ingest import utcnow
 from backfill_dagster.orchestration.resources import ProvidersResource, StoreResource
-from backfill_dagster.domain.symbols import InvalidSymbolError, normalize_symbols
 
 ASSET = "corporate_actions"
 GROUP = "corporate_actions"

@@ -17,6 +17,7 @@ import pandas as pd
 from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
 
 from backfill_dagster.domain.calendar import SessionCalendar, xnys
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.gaps import (
     GapBox,
     GapPolicy,
@@ -36,7 +37,6 @@ from backfill_dagster.orchestration.partitions import (
 )
 from backfill_dagster.orchestration.resources import StoreResource
 from backfill_dagster.store.gaps import find_gaps
-from backfill_dagster.domain.timeframes import Timeframe
 
 GAP_SENSOR_NAME = "coverage_gaps"
 REQUESTED_BY_TAG = "backfill/requested_by"

@@ -14,12 +14,13 @@ import dagster as dg
 from backfill_dagster.domain.calendar import SessionCalendar, xnys
 from backfill_dagster.ingest import utcnow
 from backfill_dagster.providers.base import Adjustment, Provider
-from backfill_dagster.providers.ratelimit import DEFAULT_WINDOW_S, RateLimit, SharedBudget
+from backfill_dagster.providers.ratelimit import DEFAULT_WINDOW_S, RateLimit
 from backfill_dagster.providers.registry import build_providers
 from backfill_dagster.providers.router import Router
 from backfill_dagster.settings import Settings
 from backfill_dagster.store import BarStore, Watchlist
 from backfill_dagster.store.actions import ActionStore
+from backfill_dagster.store.budget import SharedBudget
 
 
 class StoreResource(dg.ConfigurableResource):

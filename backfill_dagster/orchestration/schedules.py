@@ -18,12 +18,12 @@ import dagster as dg
 import pandas as pd
 
 from backfill_dagster.domain.calendar import NEW_YORK, NotASessionError, SessionCalendar, xnys
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.ingest import utcnow
 from backfill_dagster.orchestration.gap_sensor import IN_FLIGHT_STATUSES, PRIORITY_TAG, REQUESTED_BY_TAG
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
 from backfill_dagster.orchestration.partitions import SYMBOLS_PARTITIONS_NAME, range_tags, symbol_blocks
 from backfill_dagster.orchestration.resources import StoreResource
-from backfill_dagster.domain.timeframes import Timeframe
 
 INTRADAY_REFRESH = "intraday_refresh"
 END_OF_DAY = "end_of_day"

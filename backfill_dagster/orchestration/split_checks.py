@@ -15,10 +15,10 @@ import dagster as dg
 
 from backfill_dagster.domain.calendar import xnys
 from backfill_dagster.domain.corporate_actions import ratio_text
-from backfill_dagster.orchestration.partitions import SYMBOLS_PARTITIONS_NAME, parse_partition_key
-from backfill_dagster.orchestration.resources import StoreResource
 from backfill_dagster.domain.split_jumps import SPLIT_RATIOS, TOLERANCE, suspected_splits
 from backfill_dagster.domain.timeframes import Timeframe
+from backfill_dagster.orchestration.partitions import SYMBOLS_PARTITIONS_NAME, parse_partition_key
+from backfill_dagster.orchestration.resources import StoreResource
 
 CHECK = "no_unrecorded_split"
 WORST_NAMED = 20

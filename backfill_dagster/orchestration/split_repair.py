@@ -25,15 +25,15 @@ from dagster._core.execution.backfill import PartitionBackfill
 from dagster._core.utils import make_new_backfill_id
 
 from backfill_dagster.domain.corporate_actions import RepairState, repair_reason
-from backfill_dagster.ingest import utcnow
 from backfill_dagster.domain.ledger import REPLACE_FEWER_TAG, REWRITE_REASON_TAG
+from backfill_dagster.domain.split_repair import BackfillState, RecordedSplit, Step, decide
+from backfill_dagster.domain.timeframes import Timeframe
+from backfill_dagster.ingest import utcnow
 from backfill_dagster.orchestration.backfills import FINISHED
 from backfill_dagster.orchestration.gap_sensor import REQUESTED_BY_TAG
 from backfill_dagster.orchestration.partitions import SYMBOLS_PARTITIONS_NAME, partition_key
 from backfill_dagster.orchestration.resources import StoreResource
 from backfill_dagster.providers.base import Adjustment
-from backfill_dagster.domain.split_repair import BackfillState, RecordedSplit, Step, decide
-from backfill_dagster.domain.timeframes import Timeframe
 
 SENSOR = "split_repair"
 SPLIT_TAG = "backfill/split"

@@ -25,6 +25,9 @@ from typing import Any
 import pandas as pd
 
 from backfill_dagster.domain.calendar import SessionCalendar
+from backfill_dagster.domain.provider_errors import ProviderError
+from backfill_dagster.domain.symbols import provider_symbol, store_symbol
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.providers import alpaca_actions
 from backfill_dagster.providers.base import (
     ActionsResult,
@@ -34,7 +37,6 @@ from backfill_dagster.providers.base import (
     FetchResult,
     Provider,
     ProviderConfigError,
-    ProviderError,
 )
 from backfill_dagster.providers.config import setting_secret, setting_url
 from backfill_dagster.providers.http import Budget, Credentials, HttpClient
@@ -45,8 +47,6 @@ from backfill_dagster.providers.payload import (
     keep_requested,
     records_to_bars,
 )
-from backfill_dagster.domain.symbols import provider_symbol, store_symbol
-from backfill_dagster.domain.timeframes import Timeframe
 
 DEFAULT_URL = "https://data.alpaca.markets"
 FEEDS = ("sip", "iex", "delayed_sip", "boats", "overnight", "otc")

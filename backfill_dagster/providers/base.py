@@ -18,6 +18,7 @@ from enum import StrEnum
 import pandas as pd
 
 from backfill_dagster.domain.corporate_actions import ActionRecord
+from backfill_dagster.domain.provider_errors import ProviderError
 from backfill_dagster.domain.timeframes import Timeframe
 
 
@@ -108,27 +109,6 @@ class ActionsResult:
 
     def answered(self, symbols: Sequence[str]) -> list[str]:
         return [s for s in symbols if s not in self.failed]
-
-
-class ProviderError(Exception):
-    """A request that failed after the client's retries. Never carries credentials."""
-
-    def __init__(
-        self,
-        provider: str,
-        message: str,
-        *,
-        status: int | None = None,
-        request: FetchRequest | None = None,
-        retryable: bool = False,
-    ):
-        self.provider = provider
-        self.status = status
-        self.request = request
-        self.retryable = retryable
-        where = f" for {request.describe()}" if request else ""
-        code = f" (last HTTP status {status})" if status is not None else ""
-        super().__init__(f"{provider}{where}: {message}{code}")
 
 
 class ProviderConfigError(ValueError):

@@ -23,6 +23,7 @@ import pandas as pd
 
 from backfill_dagster.domain.bars import bars_frame, empty_bars
 from backfill_dagster.domain.calendar import SessionCalendar, epoch_ns
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.providers.base import (
     Adjustment,
     Capabilities,
@@ -30,7 +31,6 @@ from backfill_dagster.providers.base import (
     FetchResult,
     Provider,
 )
-from backfill_dagster.domain.timeframes import Timeframe
 
 def _seed(*parts: object) -> int:
     return zlib.crc32("|".join(str(p) for p in parts).encode())

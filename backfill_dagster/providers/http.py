@@ -40,7 +40,14 @@ from typing import Any, Protocol
 import httpx
 import tenacity
 
-from backfill_dagster.providers.base import FetchRequest, ProviderError
+from backfill_dagster.domain.provider_errors import (
+    BudgetWaitExceeded,
+    ProviderError,
+    ProviderUnavailable,
+    Unavailability,
+    utc_text,
+)
+from backfill_dagster.providers.base import FetchRequest
 from backfill_dagster.providers.server_wait import ServerWait, server_wait
 
 log = logging.getLogger(__name__)
@@ -57,63 +64,6 @@ _SECRET_PARAM = re.compile(
 # Authorization-like header values written out in text.
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
 REDACTED = "***"
-
-
-@dataclass(frozen=True)
-class Unavailability:
-    """Until when a provider refuses to serve (UTC), and why, in the server's words."""
-
-    until: datetime
-    reason: str  # e.g. "HTTP 429 with Retry-After 3600 s: quota exhausted"
-
-
-def utc_text(moment: datetime) -> str:
-    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
-
-
-class ProviderUnavailable(ProviderError):
-    """The provider asked for a longer wait than a retry may take: its requests fail at once, not
-    retried, until `until`, in every process sharing its budget (the router falls back meanwhile)."""
-
-    def __init__(
-        self,
-        provider: str,
-        unavailability: Unavailability,
-        *,
-        sent: bool,
-        status: int | None = None,
-        request: FetchRequest | None = None,
-    ):
-        self.unavailability = unavailability
-        self.sent = sent  # False: refused by the budget, nothing went out
-        tail = "" if sent else "; not sent"
-        super().__init__(
-            provider,
-            f"unavailable until {utc_text(unavailability.until)}: {unavailability.reason}{tail}",
-            status=status,
-            request=request,
-            retryable=False,
-        )
-
-    @property
-    def until(self) -> datetime:
-        return self.unavailability.until
-
-    def for_request(self, request: FetchRequest | None) -> ProviderUnavailable:
-        return ProviderUnavailable(
-            self.provider, self.unavailability, sent=self.sent, status=self.status, request=request
-        )
-
-
-class BudgetWaitExceeded(ProviderError):
-    """A request waited for its provider's shared budget as long as it may; nothing was sent."""
-
-    def __init__(self, provider: str, detail: str, *, request: FetchRequest | None = None):
-        self.detail = detail
-        super().__init__(provider, detail, request=request, retryable=True)
-
-    def for_request(self, request: FetchRequest | None) -> BudgetWaitExceeded:
-        return BudgetWaitExceeded(self.provider, self.detail, request=request)
 
 
 class Budget(Protocol):
@@ -475,16 +425,12 @@ def _shorten(text: str, limit: int = 300) -> str:
 
 __all__ = [
     "Budget",
-    "BudgetWaitExceeded",
     "Credentials",
     "HttpClient",
-    "ProviderUnavailable",
     "Reply",
     "RetryPolicy",
     "ServerWait",
-    "Unavailability",
     "Unlimited",
     "redact",
     "server_wait",
-    "utc_text",
 ]

@@ -16,8 +16,8 @@ import pandas as pd
 
 from backfill_dagster.domain.bars import bars_frame, empty_bars
 from backfill_dagster.domain.calendar import NEW_YORK, SessionCalendar
-from backfill_dagster.providers.base import FetchRequest
 from backfill_dagster.domain.timeframes import Timeframe
+from backfill_dagster.providers.base import FetchRequest
 
 # An RFC 3339 timestamp must say its offset; a naive one would be silently read as UTC.
 _RFC3339_OFFSET = r"(?:[Zz]|[+-]\d{2}:?\d{2})$"

@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from datetime import date
 
 from backfill_dagster.domain.calendar import SessionCalendar, contiguous_runs
-from backfill_dagster.providers.base import Adjustment, Capabilities, FetchRequest
 from backfill_dagster.domain.timeframes import Timeframe
+from backfill_dagster.providers.base import Adjustment, Capabilities, FetchRequest
 
 
 def plan_requests(

@@ -22,6 +22,9 @@ import httpx
 import pandas as pd
 
 from backfill_dagster.domain.calendar import SessionCalendar
+from backfill_dagster.domain.provider_errors import ProviderError
+from backfill_dagster.domain.symbols import provider_symbol, store_symbol
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.providers import polygon_actions
 from backfill_dagster.providers.base import (
     ActionsResult,
@@ -31,7 +34,6 @@ from backfill_dagster.providers.base import (
     FetchResult,
     Provider,
     ProviderConfigError,
-    ProviderError,
 )
 from backfill_dagster.providers.config import setting_secret, setting_url
 from backfill_dagster.providers.http import Budget, Credentials, HttpClient
@@ -42,8 +44,6 @@ from backfill_dagster.providers.payload import (
     keep_requested,
     records_to_bars,
 )
-from backfill_dagster.domain.symbols import provider_symbol, store_symbol
-from backfill_dagster.domain.timeframes import Timeframe
 
 DEFAULT_URL = "https://api.polygon.io"
 PAGE_LIMIT = 50_000  # base aggregates per page, the API's maximum

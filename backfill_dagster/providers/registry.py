@@ -10,8 +10,8 @@ from backfill_dagster.domain.calendar import SessionCalendar
 from backfill_dagster.providers.alpaca import AlpacaProvider
 from backfill_dagster.providers.base import Provider, ProviderConfigError
 from backfill_dagster.providers.demo import DemoProvider
-from backfill_dagster.providers.polygon import PolygonProvider
 from backfill_dagster.providers.http import Budget
+from backfill_dagster.providers.polygon import PolygonProvider
 from backfill_dagster.providers.tradier import TradierProvider
 from backfill_dagster.providers.yahoo import YahooProvider
 

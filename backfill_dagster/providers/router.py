@@ -14,8 +14,8 @@ from datetime import date
 import pandas as pd
 
 from backfill_dagster.domain.calendar import NEW_YORK, SessionCalendar
-from backfill_dagster.providers.base import Adjustment, Provider, ProviderConfigError
 from backfill_dagster.domain.timeframes import Timeframe
+from backfill_dagster.providers.base import Adjustment, Provider, ProviderConfigError
 
 
 class Router:

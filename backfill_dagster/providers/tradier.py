@@ -25,14 +25,10 @@ from typing import Any
 import pandas as pd
 
 from backfill_dagster.domain.calendar import NEW_YORK, SessionCalendar
-from backfill_dagster.providers.base import (
-    Adjustment,
-    Capabilities,
-    FetchRequest,
-    FetchResult,
-    Provider,
-    ProviderError,
-)
+from backfill_dagster.domain.provider_errors import ProviderError
+from backfill_dagster.domain.symbols import provider_symbol
+from backfill_dagster.domain.timeframes import Timeframe
+from backfill_dagster.providers.base import Adjustment, Capabilities, FetchRequest, FetchResult, Provider
 from backfill_dagster.providers.config import setting_secret, setting_url
 from backfill_dagster.providers.http import Budget, Credentials, HttpClient
 from backfill_dagster.providers.payload import (
@@ -42,8 +38,6 @@ from backfill_dagster.providers.payload import (
     one_or_many,
     records_to_bars,
 )
-from backfill_dagster.domain.symbols import provider_symbol
-from backfill_dagster.domain.timeframes import Timeframe
 
 DEFAULT_URL = "https://api.tradier.com"
 # Calendar days back time & sales reach at 15 minutes: 40 for regular hours, 18 with extended

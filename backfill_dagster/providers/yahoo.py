@@ -28,6 +28,10 @@ import pandas as pd
 
 from backfill_dagster.domain.bars import bars_frame, empty_bars
 from backfill_dagster.domain.calendar import NEW_YORK, SessionCalendar
+from backfill_dagster.domain.provider_errors import ProviderError
+from backfill_dagster.domain.provider_errors import ProviderUnavailable
+from backfill_dagster.domain.symbols import provider_symbol, store_symbol
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.providers import yahoo_actions
 from backfill_dagster.providers.base import (
     ActionsResult,
@@ -36,13 +40,10 @@ from backfill_dagster.providers.base import (
     FetchRequest,
     FetchResult,
     Provider,
-    ProviderError,
 )
 from backfill_dagster.providers.config import setting_url
-from backfill_dagster.providers.http import Budget, HttpClient, ProviderUnavailable
+from backfill_dagster.providers.http import Budget, HttpClient
 from backfill_dagster.providers.payload import PayloadError, expect_list, expect_mapping, keep_requested
-from backfill_dagster.domain.symbols import provider_symbol, store_symbol
-from backfill_dagster.domain.timeframes import Timeframe
 
 DEFAULT_URL = "https://query2.finance.yahoo.com"
 BROWSER_USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) backfill-dagster/0.1"

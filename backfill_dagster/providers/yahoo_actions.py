@@ -19,8 +19,8 @@ import pandas as pd
 
 from backfill_dagster.domain.calendar import NEW_YORK
 from backfill_dagster.domain.corporate_actions import ActionError, ActionRecord, dividend_record, split_record
-from backfill_dagster.providers.payload import PayloadError, expect_list, expect_mapping
 from backfill_dagster.domain.symbols import store_symbol
+from backfill_dagster.providers.payload import PayloadError, expect_list, expect_mapping
 
 EVENTS = "div,splits"
 

@@ -30,11 +30,11 @@ from backfill_dagster.domain.corporate_actions import (
     preferred,
 )
 from backfill_dagster.domain.split_repair import RecordedSplit
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.store.schema import bar_coverage as cov
 from backfill_dagster.store.schema import corporate_action_checks as checks
 from backfill_dagster.store.schema import corporate_action_sources as sources
 from backfill_dagster.store.schema import corporate_actions as actions
-from backfill_dagster.domain.timeframes import Timeframe
 
 
 @dataclass

@@ -134,7 +134,7 @@ rejected_bars = sa.Table(
     sa.Index("rejected_bars_symbol_idx", "symbol", "timeframe", "session"),
 )
 
-# Providers' shared request budgets (backfill_dagster.providers.ratelimit): one row per provider,
+# Providers' shared request budgets (backfill_dagster.store.budget): one row per provider,
 # locked while a request is booked, and the booked requests of the current window. Times are the
 # database clock in epoch seconds, so every process on every machine uses the same clock.
 # paused_until: a 429's pause (requests wait); unavailable_until: a server wait too long to sit out

@@ -10,8 +10,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from backfill_dagster.store.schema import watchlist
 from backfill_dagster.domain.symbols import normalize_symbols
+from backfill_dagster.store.schema import watchlist
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,6 @@
 import pytest
 
 from backfill_dagster.domain.calendar import xnys
-from backfill_dagster.orchestration.partitions import PartitionKeyError, parse_partition_key
 from backfill_dagster.domain.symbols import (
     PROVIDER_CLASS_SEPARATORS,
     InvalidSymbolError,
@@ -13,6 +12,7 @@ from backfill_dagster.domain.symbols import (
     store_symbol,
 )
 from backfill_dagster.domain.timeframes import Timeframe, UnknownTimeframeError
+from backfill_dagster.orchestration.partitions import PartitionKeyError, parse_partition_key
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,9 @@ import pytest
 import sqlalchemy as sa
 
 from backfill_dagster.domain.calendar import xnys
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.providers.demo import synthetic_session_m15
 from backfill_dagster.store import shared_engine
-from backfill_dagster.domain.timeframes import Timeframe
 from tests.conftest import PG_ADMIN_URL
 from tests.e2e.conftest import BIN, ROOT
 

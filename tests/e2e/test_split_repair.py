@@ -25,10 +25,12 @@ import pandas as pd
 import pytest
 from dagster._core.events import DagsterEventType
 
+from backfill_dagster.definitions import build_definitions
 from backfill_dagster.domain.bars import BAR_COLUMNS
 from backfill_dagster.domain.calendar import xnys
 from backfill_dagster.domain.corporate_actions import RepairState
-from backfill_dagster.definitions import build_definitions
+from backfill_dagster.domain.resample import resample_bars
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.fakes import FakeConfig, FakeProviders
 from backfill_dagster.fakes.actions import CorporateActions, Split
 from backfill_dagster.orchestration.backfills import FINISHED, SUCCEEDED, launch_backfill
@@ -36,11 +38,9 @@ from backfill_dagster.orchestration.corporate_actions import build_corporate_act
 from backfill_dagster.orchestration.partitions import SYMBOLS_PARTITIONS_NAME, partition_key
 from backfill_dagster.orchestration.sensors import watchlist_sync
 from backfill_dagster.orchestration.split_repair import build_split_repair_sensor
-from backfill_dagster.domain.resample import resample_bars
 from backfill_dagster.settings import Settings
 from backfill_dagster.store import BarStore, Watchlist, shared_engine
 from backfill_dagster.store.actions import ActionStore
-from backfill_dagster.domain.timeframes import Timeframe
 
 pytestmark = pytest.mark.postgres
 

@@ -9,9 +9,9 @@ import httpx
 import pandas as pd
 import pytest
 
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.fakes.actions import CashDividend, CorporateActions, Split, pays_default_dividends
 from backfill_dagster.providers.yahoo import parse_chart
-from backfill_dagster.domain.timeframes import Timeframe
 
 from .conftest import epoch_s
 

@@ -6,13 +6,13 @@ import dagster as dg
 import pandas as pd
 import pytest
 
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
 from backfill_dagster.orchestration.partitions import range_tags
 from backfill_dagster.providers import registry
 from backfill_dagster.providers.base import FetchResult
 from backfill_dagster.providers.demo import DemoProvider
 from backfill_dagster.store import BarStore, shared_engine
-from backfill_dagster.domain.timeframes import Timeframe
 from tests.orchestration.conftest import add_symbols
 
 ASSETS = ["bars_m15", "bars_h1", "bars_h4", "bars_d1"]

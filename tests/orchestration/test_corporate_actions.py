@@ -8,8 +8,8 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from backfill_dagster.domain.calendar import xnys
 from backfill_dagster.definitions import build_definitions
+from backfill_dagster.domain.calendar import xnys
 from backfill_dagster.fakes import FakeConfig, FakeProviders
 from backfill_dagster.fakes.actions import CashDividend, CorporateActions, PriceGap, Split
 from backfill_dagster.orchestration.corporate_actions import (

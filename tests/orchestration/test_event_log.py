@@ -19,9 +19,9 @@ from dagster_postgres.run_storage import PostgresRunStorage
 
 from backfill_dagster.orchestration import event_json, event_log
 from backfill_dagster.orchestration.event_log import POOL_SIZE, BulkPostgresEventLogStorage, storage_yaml
-from backfill_dagster.orchestration.run_storage import PooledPostgresRunStorage
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
 from backfill_dagster.orchestration.partitions import range_tags
+from backfill_dagster.orchestration.run_storage import PooledPostgresRunStorage
 from backfill_dagster.providers import registry
 from backfill_dagster.settings import Settings
 from tests.conftest import _admin, _pg_url

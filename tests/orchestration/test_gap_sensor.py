@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from backfill_dagster.domain.calendar import xnys
 from backfill_dagster.definitions import build_definitions
+from backfill_dagster.domain.calendar import xnys
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.gaps import GapPolicy, horizons
 from backfill_dagster.orchestration.gap_sensor import GAP_SENSOR_NAME, REQUESTED_BY_TAG, build_gap_sensor
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
@@ -21,7 +22,6 @@ from backfill_dagster.orchestration.partitions import SYMBOLS_PARTITIONS_NAME, p
 from backfill_dagster.orchestration.resources import StoreResource
 from backfill_dagster.settings import Settings
 from backfill_dagster.store import BarStore, CoverageEntry, Watchlist, shared_engine
-from backfill_dagster.domain.timeframes import Timeframe
 from tests.conftest import utc
 from tests.orchestration.conftest import add_symbols
 

@@ -11,12 +11,13 @@ import pandas as pd
 import pytest
 
 from backfill_dagster.domain.calendar import xnys
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.fakes import FakeConfig, FakeProviders
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
 from backfill_dagster.orchestration.partitions import range_tags
-from backfill_dagster.providers.ratelimit import RateLimit, SharedBudget
+from backfill_dagster.providers.ratelimit import RateLimit
 from backfill_dagster.store import BarStore, shared_engine
-from backfill_dagster.domain.timeframes import Timeframe
+from backfill_dagster.store.budget import SharedBudget
 from tests.orchestration.conftest import add_symbols
 from tests.orchestration.test_provider_runs import provider_defs
 

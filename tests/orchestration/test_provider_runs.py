@@ -13,17 +13,18 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from backfill_dagster.domain.calendar import xnys
 from backfill_dagster.definitions import build_definitions
+from backfill_dagster.domain.calendar import xnys
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.fakes import FakeConfig, FakeProviders
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
 from backfill_dagster.orchestration.partitions import range_tags
 from backfill_dagster.providers.alpaca import AlpacaProvider
 from backfill_dagster.providers.base import FetchRequest
-from backfill_dagster.providers.ratelimit import RateLimit, SharedBudget
+from backfill_dagster.providers.ratelimit import RateLimit
 from backfill_dagster.settings import Settings
 from backfill_dagster.store import BarStore, create_engine, shared_engine
-from backfill_dagster.domain.timeframes import Timeframe
+from backfill_dagster.store.budget import SharedBudget
 from tests.orchestration.conftest import add_symbols
 
 NOW = pd.Timestamp("2025-03-03 15:00", tz="UTC")

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from backfill_dagster.definitions import build_definitions
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.settings import Settings
 from backfill_dagster.store import BarStore, shared_engine
-from backfill_dagster.domain.timeframes import Timeframe
 from tests.orchestration.conftest import add_symbols
 
 NY = "America/New_York"

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from dagster._utils.schedules import cron_string_iterator
 
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.orchestration.gap_sensor import REQUESTED_BY_TAG, build_gap_sensor
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
 from backfill_dagster.orchestration.resources import StoreResource
@@ -18,7 +19,6 @@ from backfill_dagster.orchestration.schedules import (
     end_of_day_delay_from_env,
 )
 from backfill_dagster.store import BarStore, Watchlist, shared_engine
-from backfill_dagster.domain.timeframes import Timeframe
 from tests.orchestration.conftest import add_symbols
 
 NY = "America/New_York"

@@ -11,6 +11,7 @@ from dagster._core.execution.backfill import BulkActionStatus
 
 from backfill_dagster.domain.corporate_actions import RepairState, split_record
 from backfill_dagster.domain.ledger import REPLACE_FEWER_TAG, REWRITE_REASON_TAG
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
 from backfill_dagster.orchestration.partitions import range_tags
 from backfill_dagster.orchestration.resources import StoreResource
@@ -18,7 +19,6 @@ from backfill_dagster.orchestration.split_repair import SPLIT_TAG, build_split_r
 from backfill_dagster.store import BarStore, shared_engine
 from backfill_dagster.store.actions import ActionStore
 from backfill_dagster.store.schema import bar_coverage
-from backfill_dagster.domain.timeframes import Timeframe
 from tests.orchestration.conftest import add_symbols
 
 EX = date(2024, 11, 27)

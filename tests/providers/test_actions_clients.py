@@ -9,9 +9,9 @@ from datetime import date
 import pytest
 
 from backfill_dagster.domain.corporate_actions import ActionKind, ActionRecord
+from backfill_dagster.domain.provider_errors import ProviderError
 from backfill_dagster.fakes import FakeConfig, FakeProviders
 from backfill_dagster.fakes.actions import CashDividend, CorporateActions, Split
-from backfill_dagster.providers.base import ProviderError
 from tests.providers.test_clients import clock, make
 
 FIRST, LAST = date(2023, 1, 1), date(2024, 5, 31)  # NOW is 2024-03-01

@@ -15,16 +15,17 @@ import pandas as pd
 import pytest
 
 from backfill_dagster.domain.bars import bars_frame
+from backfill_dagster.domain.provider_errors import ProviderError
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.fakes import FakeConfig, FakeProviders
 from backfill_dagster.providers.alpaca import AlpacaProvider
-from backfill_dagster.providers.base import Adjustment, ProviderError
+from backfill_dagster.providers.base import Adjustment
 from backfill_dagster.providers.http import HttpClient, RetryPolicy
 from backfill_dagster.providers.planner import plan_requests
 from backfill_dagster.providers.polygon import PolygonProvider
 from backfill_dagster.providers.registry import FACTORIES
 from backfill_dagster.providers.tradier import TradierProvider
 from backfill_dagster.providers.yahoo import YahooProvider
-from backfill_dagster.domain.timeframes import Timeframe
 from tests.conftest import utc
 
 NOW = utc("2024-03-01 17:00")  # a Friday, mid-session

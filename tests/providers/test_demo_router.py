@@ -6,11 +6,11 @@ import pandas as pd
 import pytest
 
 from backfill_dagster.domain.bars import validate_bars
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.providers.base import Adjustment, Capabilities, FetchRequest, ProviderConfigError
 from backfill_dagster.providers.demo import DemoProvider
 from backfill_dagster.providers.planner import plan_requests
 from backfill_dagster.providers.router import Router
-from backfill_dagster.domain.timeframes import Timeframe
 from tests.conftest import THANKSGIVING_WEEK, aggregate_day, fixed_clock, utc
 
 LATER = fixed_clock("2025-06-01 00:00")

@@ -14,20 +14,20 @@ from datetime import UTC, datetime
 
 import pytest
 
-from backfill_dagster.providers.base import FetchRequest, ProviderConfigError, ProviderError
+from backfill_dagster.domain.provider_errors import ProviderError
+from backfill_dagster.domain.provider_errors import ProviderUnavailable, Unavailability
+from backfill_dagster.domain.timeframes import Timeframe
+from backfill_dagster.providers.base import FetchRequest, ProviderConfigError
 from backfill_dagster.providers.config import setting_secret, setting_url
 from backfill_dagster.providers.http import (
     Credentials,
     HttpClient,
-    ProviderUnavailable,
     RetryPolicy,
     ServerWait,
-    Unavailability,
     Unlimited,
     redact,
     server_wait,
 )
-from backfill_dagster.domain.timeframes import Timeframe
 from tests.providers.scripted import Answer, ScriptedServer
 
 SECRET = "sk-live-0123456789abcdef"

@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 
 from backfill_dagster.domain.bars import BAR_COLUMNS, bars_frame, validate_bars
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.providers import alpaca, polygon, tradier, yahoo
 from backfill_dagster.providers.base import FetchRequest
 from backfill_dagster.providers.payload import PayloadError, keep_requested
-from backfill_dagster.domain.timeframes import Timeframe
 from tests.conftest import utc
 
 PAYLOADS = Path(__file__).parent / "payloads"

@@ -2,9 +2,9 @@
 
 from datetime import date
 
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.providers.base import Adjustment, Capabilities
 from backfill_dagster.providers.planner import plan_requests
-from backfill_dagster.domain.timeframes import Timeframe
 from tests.conftest import THANKSGIVING_WEEK, utc
 
 SINGLE = Capabilities(timeframes=frozenset(Timeframe), adjustments=frozenset(Adjustment))

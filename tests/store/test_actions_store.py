@@ -7,10 +7,10 @@ import pytest
 import sqlalchemy as sa
 
 from backfill_dagster.domain.corporate_actions import ActionKind, RepairState, dividend_record, ex_date_start, split_record
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.store import shared_engine
 from backfill_dagster.store.actions import ActionStore
 from backfill_dagster.store.schema import bar_coverage
-from backfill_dagster.domain.timeframes import Timeframe
 
 EX = date(2024, 6, 10)
 T0 = datetime(2024, 5, 1, 12, tzinfo=UTC)  # first asked

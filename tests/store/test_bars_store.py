@@ -9,10 +9,10 @@ import pytest
 import sqlalchemy as sa
 
 from backfill_dagster.domain.ledger import Decision
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.providers.demo import synthetic_session_m15
 from backfill_dagster.store import BarStore, CoverageEntry, shared_engine
 from backfill_dagster.store.schema import ohlc_bars
-from backfill_dagster.domain.timeframes import Timeframe
 from tests.conftest import THANKSGIVING_WEEK, utc
 
 NOW = utc("2025-01-01 00:00")

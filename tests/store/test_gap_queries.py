@@ -4,10 +4,10 @@ from datetime import date
 
 import sqlalchemy as sa
 
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.gaps import Gap, GapReason
 from backfill_dagster.store import CoverageEntry
 from backfill_dagster.store.gaps import find_gaps, open_gaps, row_counts, uncovered_sessions
-from backfill_dagster.domain.timeframes import Timeframe
 from tests.conftest import utc
 
 M15, H1, D1 = Timeframe.M15, Timeframe.H1, Timeframe.D1

@@ -2,10 +2,10 @@ from datetime import date
 
 import pytest
 
-from backfill_dagster.store import CoverageEntry, Watchlist
-from backfill_dagster.store.coverage import coverage_detail, coverage_summary
 from backfill_dagster.domain.symbols import InvalidSymbolError
 from backfill_dagster.domain.timeframes import Timeframe
+from backfill_dagster.store import CoverageEntry, Watchlist
+from backfill_dagster.store.coverage import coverage_detail, coverage_summary
 from tests.conftest import utc
 
 

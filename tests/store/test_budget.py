@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from backfill_dagster.providers.base import ProviderError
+from backfill_dagster.domain.provider_errors import ProviderError
 from backfill_dagster.providers.http import HttpClient, RetryPolicy
-from backfill_dagster.providers.ratelimit import RateLimit, SharedBudget
+from backfill_dagster.providers.ratelimit import RateLimit
 from backfill_dagster.store import create_engine, shared_engine
+from backfill_dagster.store.budget import SharedBudget
 from backfill_dagster.store.database import apply_schema
 from tests.providers.scripted import Answer, ScriptedServer
 
@@ -239,7 +240,7 @@ def test_a_long_wait_is_logged_at_its_start_and_every_half_minute(store_url, cap
             raise WaitedTooLong
 
     waiting = SharedBudget(engine, "polygon", RateLimit(limit=1, window_s=70), sleep=sleep, max_wait_s=600)
-    with caplog.at_level(logging.WARNING, logger="backfill_dagster.providers.ratelimit"):
+    with caplog.at_level(logging.WARNING, logger="backfill_dagster.store.budget"):
         with pytest.raises(WaitedTooLong):
             waiting.acquire()
     waits = [r.getMessage() for r in caplog.records if "waiting for its shared request budget" in r.getMessage()]
