@@ -19,8 +19,8 @@ import pandas as pd
 
 from backfill_dagster.domain.calendar import xnys
 from backfill_dagster.domain.resample import resample_bars
+from backfill_dagster.domain.synthetic import synthetic_session_m15
 from backfill_dagster.domain.timeframes import Timeframe
-from backfill_dagster.providers.demo import synthetic_session_m15
 
 
 def build_frame(symbols, sessions, calendar) -> pd.DataFrame:

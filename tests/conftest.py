@@ -117,7 +117,7 @@ THANKSGIVING_WEEK = [date(2024, 11, 25), date(2024, 11, 26), date(2024, 11, 27),
 
 def aggregate_day(m15: pd.DataFrame, symbol: str, label: pd.Timestamp) -> pd.DataFrame:
     """The d1 bar of a session's m15 bars, written the plain pandas way: the tests' reference for
-    the numpy d1 rows the demo provider and the fake servers build (`demo.day_values`)."""
+    the numpy d1 rows the demo provider and the fake servers build (`synthetic.day_values`)."""
     from backfill_dagster.domain.bars import bars_frame, empty_bars
 
     if m15.empty:

@@ -12,11 +12,11 @@ import pytest
 import sqlalchemy as sa
 
 from backfill_dagster.domain.calendar import xnys
+from backfill_dagster.domain.synthetic import synthetic_session_m15
 from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.ingest import fetch_partitions
 from backfill_dagster.orchestration.partitions import parse_partition_key
 from backfill_dagster.providers.base import Capabilities, FetchResult, Provider
-from backfill_dagster.providers.demo import synthetic_session_m15
 from backfill_dagster.providers.registry import build_providers
 from backfill_dagster.providers.router import Router
 from backfill_dagster.settings import Settings

@@ -37,7 +37,7 @@ from datetime import date, timedelta
 from fractions import Fraction
 
 from backfill_dagster.domain.calendar import SessionCalendar, xnys
-from backfill_dagster.providers.demo import _seed
+from backfill_dagster.domain.synthetic import seed
 
 ANNOUNCED_DAYS_BEFORE = 28  # the default dividends are declared four weeks before their ex-date
 PAYABLE_DAYS_AFTER = 14  # and paid two weeks after it
@@ -128,7 +128,7 @@ def _id(kind: str, symbol: str, ex_date: date) -> str:
 
 def pays_default_dividends(symbol: str) -> bool:
     """Whether `symbol` pays the default quarterly dividend (two symbols in three)."""
-    return _seed(symbol, "dividends") % 3 != 0
+    return seed(symbol, "dividends") % 3 != 0
 
 
 class CorporateActions:
@@ -216,10 +216,10 @@ def _window(actions: list, first: date, last: date, known_on: date | None) -> li
 def _quarterly_dividends(symbol: str, first: date, last: date, calendar: SessionCalendar) -> list[CashDividend]:
     """One dividend a quarter, in the symbol's own months (Jan/Apr/Jul/Oct, Feb/May/... or
     Mar/Jun/...), on the first session from its own day of the month, of its own amount."""
-    seed = _seed(symbol, "dividends")
-    months = [seed // 3 % 3 + 1 + 3 * q for q in range(4)]
-    day = 1 + seed // 9 % 20
-    amount = round(0.05 + seed // 180 % 96 / 100, 2)
+    drawn = seed(symbol, "dividends")
+    months = [drawn // 3 % 3 + 1 + 3 * q for q in range(4)]
+    day = 1 + drawn // 9 % 20
+    amount = round(0.05 + drawn // 180 % 96 / 100, 2)
     out = []
     for year in range(first.year, last.year + 1):
         for month in months:

@@ -3,11 +3,11 @@
 Every provider fake answers from the same data, so a bar fetched from Alpaca equals the one
 fetched from Polygon, Tradier or Yahoo (each in its own wire format):
 
-- m15: exactly `demo.synthetic_session_m15(symbol, session, xnys())`, the whole served day
-  (04:00-20:00, early closes included, as the real APIs serve it), from the same numpy model (`demo.synthetic_values`) without building a
+- m15: exactly `synthetic.synthetic_session_m15(symbol, session, xnys())`, the whole served day
+  (04:00-20:00, early closes included, as the real APIs serve it), from the same numpy model (`synthetic.synthetic_values`) without building a
   DataFrame per session, which costs ~5 ms a session when a benchmark asks for 20 symbols x 504
   sessions; a test checks that both agree bar for bar.
-- d1: `demo.day_values` (the demo provider's d1 formula) of the session's *regular-hours* m15 bars.
+- d1: `synthetic.day_values` (the model's d1 formula) of the session's *regular-hours* m15 bars.
 - Only bars that started before "now" exist: an open session is served up to the bar in progress.
 - Splits (fakes/actions.py): the model is the series adjusted for every split; a session's served
   prices are multiplied by the registry's `price_factor` (raw, or split-adjusted as of the day asked)
@@ -31,9 +31,7 @@ import pandas as pd
 
 from backfill_dagster.domain.bars import bars_frame, empty_bars
 from backfill_dagster.domain.calendar import NEW_YORK, SessionCalendar, xnys
-from backfill_dagster.domain.timeframes import Timeframe
-from backfill_dagster.fakes.actions import ONE, CorporateActions
-from backfill_dagster.providers.demo import (
+from backfill_dagster.domain.synthetic import (
     CLOSE,
     HIGH,
     LOW,
@@ -42,10 +40,12 @@ from backfill_dagster.providers.demo import (
     VALUE_COLUMNS,
     VOLUME,
     VWAP,
-    _seed,
+    seed,
     synthetic_values,
 )
-from backfill_dagster.providers.demo import day_values as aggregate
+from backfill_dagster.domain.synthetic import day_values as aggregate
+from backfill_dagster.domain.timeframes import Timeframe
+from backfill_dagster.fakes.actions import ONE, CorporateActions
 
 M15_NS = 15 * 60 * 1_000_000_000
 # 20 symbols x 504 sessions fit with room to spare (~5 KB a session).
@@ -240,7 +240,7 @@ class BarData:
     def _draws_uncached(self, symbol: str, session: date) -> np.ndarray:
         # A separate stream, so switching no-trade slots on never changes the bars themselves.
         n = len(self._grid(session)[0])
-        return np.random.default_rng(_seed(symbol, session.isoformat(), "no-trade")).random(n)
+        return np.random.default_rng(seed(symbol, session.isoformat(), "no-trade")).random(n)
 
     def _day_uncached(self, symbol: str, session: date) -> tuple[float, ...] | None:
         _, values, regular = self._session(symbol, session)

@@ -7,8 +7,8 @@ import pytest
 
 from backfill_dagster.domain import quality
 from backfill_dagster.domain.resample import resample_bars
+from backfill_dagster.domain.synthetic import synthetic_session_m15
 from backfill_dagster.domain.timeframes import Timeframe
-from backfill_dagster.providers.demo import synthetic_session_m15
 from tests.conftest import aggregate_day
 
 DAY = date(2024, 11, 21)

@@ -13,8 +13,8 @@ import pytest
 import sqlalchemy as sa
 
 from backfill_dagster.domain.calendar import xnys
+from backfill_dagster.domain.synthetic import synthetic_session_m15
 from backfill_dagster.domain.timeframes import Timeframe
-from backfill_dagster.providers.demo import synthetic_session_m15
 from backfill_dagster.store import shared_engine
 from tests.conftest import PG_ADMIN_URL
 from tests.e2e.conftest import BIN, ROOT

@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 
 from backfill_dagster.domain.calendar import xnys
+from backfill_dagster.domain.synthetic import synthetic_session_m15
 from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.fakes.data import BarData
-from backfill_dagster.providers.demo import DemoProvider, synthetic_session_m15
+from backfill_dagster.providers.demo import DemoProvider
 from backfill_dagster.providers.planner import plan_requests
 from tests.conftest import aggregate_day
 

@@ -9,8 +9,8 @@ import pytest
 import sqlalchemy as sa
 
 from backfill_dagster.domain.ledger import Decision
+from backfill_dagster.domain.synthetic import synthetic_session_m15
 from backfill_dagster.domain.timeframes import Timeframe
-from backfill_dagster.providers.demo import synthetic_session_m15
 from backfill_dagster.store import BarStore, CoverageEntry, shared_engine
 from backfill_dagster.store.schema import ohlc_bars
 from tests.conftest import THANKSGIVING_WEEK, utc
