@@ -34,8 +34,8 @@ from backfill_dagster.domain import quality
 from backfill_dagster.domain.calendar import xnys
 from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.ingest import fetch_partitions
+from backfill_dagster.instance.event_log_tuning import EVENT_BATCH_SIZE, hold_event_log_connection
 from backfill_dagster.orchestration import assets, checks
-from backfill_dagster.orchestration.bookkeeping import EVENT_BATCH_SIZE, hold_event_log_connection
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
 from backfill_dagster.orchestration.partitions import SYMBOLS_PARTITIONS_NAME, range_tags
 from backfill_dagster.orchestration.resources import ProvidersResource, StoreResource

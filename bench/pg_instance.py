@@ -14,7 +14,7 @@ from pathlib import Path
 import dagster as dg
 import psycopg
 
-from backfill_dagster.orchestration.event_log import storage_yaml
+from backfill_dagster.instance.event_log import storage_yaml
 
 # The project's definitions use beta parameters (backfill_policy); that warning is not a figure.
 warnings.filterwarnings("ignore", message=".*is currently in beta.*")

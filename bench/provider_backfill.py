@@ -48,7 +48,7 @@ from backfill_dagster.domain.calendar import xnys
 from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.fakes import FakeConfig, FakeProviders
 from backfill_dagster.ingest import fetch_partitions
-from backfill_dagster.orchestration.bookkeeping import EVENT_BATCH_SIZE
+from backfill_dagster.instance.event_log_tuning import EVENT_BATCH_SIZE
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
 from backfill_dagster.orchestration.partitions import SYMBOLS_PARTITIONS_NAME, range_tags
 from backfill_dagster.orchestration.resources import PROVIDER_ENV_VARS, ProvidersResource, StoreResource

@@ -40,10 +40,10 @@ from backfill_dagster.domain.synthetic import (
     VALUE_COLUMNS,
     VOLUME,
     VWAP,
+    day_values as aggregate,
     seed,
     synthetic_values,
 )
-from backfill_dagster.domain.synthetic import day_values as aggregate
 from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.fakes.actions import ONE, CorporateActions
 

@@ -15,8 +15,8 @@ from backfill_dagster.domain.calendar import xnys
 from backfill_dagster.domain.ledger import REPLACE_FEWER_TAG, REWRITE_REASON_TAG
 from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.ingest import IngestReport, derive_partitions, fetch_partitions
-from backfill_dagster.orchestration.bookkeeping import hold_event_log_connection, run_partitions
-from backfill_dagster.orchestration.partitions import multi_partition_key
+from backfill_dagster.instance.event_log_tuning import hold_event_log_connection
+from backfill_dagster.orchestration.partitions import multi_partition_key, run_partitions
 from backfill_dagster.orchestration.resources import ProvidersResource, StoreResource
 
 GROUP = "bars"

@@ -110,3 +110,26 @@ def symbol_blocks(symbols: Sequence[str], partition_order: Sequence[str]) -> lis
         else:
             blocks.append([symbol])
     return blocks
+
+
+def run_partitions(
+    context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext, calendar: SessionCalendar
+) -> list[tuple[str, date]]:
+    """The run's (symbol, session) partitions, as `context.partition_keys` names them, in its order.
+
+    The same box (sessions start..end x symbols start..end in the dynamic partitions' order, dates
+    outermost) without Dagster's one MultiPartitionKey object per partition and the parse back:
+    ~45 us a partition, twice per run. Raises Dagster's error for a run without partitions.
+    """
+    key_range = context.op_execution_context.partition_key_range
+    (first_symbol, first_session), (last_symbol, last_session) = (
+        parse_partition_key(key, calendar) for key in (key_range.start, key_range.end)
+    )
+    if (first_symbol, first_session) == (last_symbol, last_session):
+        return [(first_symbol, first_session)]
+    order = list(context.instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
+    if first_symbol not in order or last_symbol not in order:
+        missing = first_symbol if first_symbol not in order else last_symbol
+        raise dg.DagsterUnknownPartitionError(f"symbol {missing!r} is not a symbol partition")
+    symbols = order[order.index(first_symbol) : order.index(last_symbol) + 1]
+    return [(symbol, session) for session in calendar.sessions(first_session, last_session) for symbol in symbols]

@@ -21,8 +21,7 @@ from datetime import date
 from typing import Any
 
 from backfill_dagster.domain.corporate_actions import ActionError, ActionRecord, dividend_record, split_record
-from backfill_dagster.domain.provider_errors import ProviderError
-from backfill_dagster.domain.provider_errors import ProviderUnavailable
+from backfill_dagster.domain.provider_errors import ProviderError, ProviderUnavailable
 from backfill_dagster.domain.symbols import provider_symbol, store_symbol
 from backfill_dagster.providers.base import ActionsResult
 from backfill_dagster.providers.http import Credentials, HttpClient

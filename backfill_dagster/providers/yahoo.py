@@ -28,8 +28,7 @@ import pandas as pd
 
 from backfill_dagster.domain.bars import bars_frame, empty_bars
 from backfill_dagster.domain.calendar import NEW_YORK, SessionCalendar
-from backfill_dagster.domain.provider_errors import ProviderError
-from backfill_dagster.domain.provider_errors import ProviderUnavailable
+from backfill_dagster.domain.provider_errors import ProviderError, ProviderUnavailable
 from backfill_dagster.domain.symbols import provider_symbol, store_symbol
 from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.providers import yahoo_actions

@@ -184,9 +184,9 @@ def test_a_check_launched_without_partitions_fails_saying_how_to_launch_it(defs,
     (("AAPL", "2024-11-22"), ("AAPL", "2024-11-22")),
 ])
 def test_run_partitions_are_the_keys_dagster_names(defs, instance, store_url, calendar, first, last):
-    """The steps compute a run's box themselves (bookkeeping.run_partitions), without Dagster's
+    """The steps compute a run's box themselves (partitions.run_partitions), without Dagster's
     object per key: it must be exactly `context.partition_keys`, in its order."""
-    from backfill_dagster.orchestration.bookkeeping import run_partitions
+    from backfill_dagster.orchestration.partitions import run_partitions
     from backfill_dagster.orchestration.partitions import parse_partition_keys
 
     add_symbols(instance, store_url, ["AAPL", "MSFT", "NVDA"])

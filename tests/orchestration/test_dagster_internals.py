@@ -1,11 +1,11 @@
 """The Dagster internals this project overrides or relies on, pinned by the hash of their source.
 
-BulkPostgresEventLogStorage (orchestration/event_log.py) and PooledPostgresRunStorage
-(orchestration/run_storage.py) override dagster-postgres methods and call private ones; it expands Dagster's subset planned event into the rows Dagster's readers
+BulkPostgresEventLogStorage (instance/event_log.py) and PooledPostgresRunStorage
+(instance/run_storage.py) override dagster-postgres methods and call private ones; it expands Dagster's subset planned event into the rows Dagster's readers
 expect; the checks count on how the UI decides that a result is current; the steps compute a
 run's partition box as Dagster does. Any of these may change in a Dagster release without notice,
 so a changed source fails here, naming what to re-check. After re-checking (and running
-tests/orchestration/test_event_log.py and test_checks.py), record the new hashes with
+tests/instance/test_event_log.py and test_checks.py), record the new hashes with
 `python -m tests.orchestration.test_dagster_internals`.
 """
 
@@ -67,7 +67,7 @@ INTERNALS: dict[str, tuple[str, str]] = {
     "dagster._core.storage.event_log.sql_event_log.SqlEventLogStorage._get_asset_entry_values":
         ("bb3b9df2c6c371fe", "a planned event only sets last_run_id and the timestamp on the asset-key row"),
     "dagster_postgres.event_log.event_log.PostgresEventLogStorage.optimize_for_webserver":
-        ("c084cd79114d5e5e", "bookkeeping.hold_event_log_connection pools the stock storage through it"),
+        ("c084cd79114d5e5e", "event_log_tuning.hold_event_log_connection pools the stock storage through it"),
     "dagster_postgres.utils.create_pg_connection": ("fb9aac022adfba2f", "the held transaction's connection"),
     "dagster_postgres.utils.create_pg_engine": ("8bb1e695cf505994", "pooled_engine's arguments"),
     # the planned events the storage expands, and who reads the rows it writes
@@ -88,7 +88,7 @@ INTERNALS: dict[str, tuple[str, str]] = {
         ("61122bdf7037b2c1", "when the UI shows a run summary as the check's current result (checks.newest_materialization)"),
     "dagster._core.execution.plan.execute_step._process_user_event":
         ("bbcdc6b3e8d0a590", "a check yields its Output then its AssetCheckEvaluation, as Dagster does for AssetCheckResult"),
-    # the steps' own partition box (bookkeeping.run_partitions)
+    # the steps' own partition box (partitions.run_partitions)
     "dagster._core.definitions.partitions.definition.multi.MultiPartitionsDefinition.get_partition_keys_in_range":
         ("2f624885278f0d3b", "a range run's keys: the box of each dimension's range, dates outermost"),
 }

@@ -14,8 +14,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from backfill_dagster.domain.provider_errors import ProviderError
-from backfill_dagster.domain.provider_errors import ProviderUnavailable, Unavailability
+from backfill_dagster.domain.provider_errors import ProviderError, ProviderUnavailable, Unavailability
 from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.providers.base import FetchRequest, ProviderConfigError
 from backfill_dagster.providers.config import setting_secret, setting_url

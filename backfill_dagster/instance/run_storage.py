@@ -18,7 +18,7 @@ from dagster._serdes import ConfigurableClassData
 from dagster_postgres.run_storage import PostgresRunStorage
 from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
 
-from backfill_dagster.orchestration.event_log import pooled_engine
+from backfill_dagster.instance.event_log import pooled_engine
 
 
 class PooledPostgresRunStorage(PostgresRunStorage):

@@ -24,7 +24,7 @@ the instance — webserver, daemon, run workers, CLI — since batches are what 
 Commits wait for the WAL flush (`synchronous_commit` stays on): turning it off saved ~0.02 s of a
 3.2 s, 5,000-partition run (bench/bookkeeping.py --synchronous-commit off), not worth losing the
 last events in a crash. bench/bookkeeping.py measures it against the stock storage;
-tests/orchestration/test_event_log.py shows both give the same statuses, and
+tests/instance/test_event_log.py shows both give the same statuses, and
 tests/orchestration/test_dagster_internals.py fails if a Dagster method it relies on changes.
 """
 
@@ -58,8 +58,8 @@ from dagster_postgres.utils import (
     pg_url_from_config,
 )
 
-from backfill_dagster.orchestration.bookkeeping import batch_dagster_events
-from backfill_dagster.orchestration.event_json import serialize_events
+from backfill_dagster.instance.event_json import serialize_events
+from backfill_dagster.instance.event_log_tuning import batch_dagster_events
 
 # Connections kept per process: Dagster's storage opens a second one inside some writes (an index
 # transaction while an insert's connection is still held). Beyond these, connections are opened
@@ -360,7 +360,7 @@ def storage_yaml(postgres_url: str, event_log: str = "bulk") -> str:
     return "".join(
         f"{kind}:\n  module: {module}\n  class: {cls}\n  config:\n    postgres_url: {postgres_url}\n"
         for kind, module, cls in [
-            ("run_storage", "backfill_dagster.orchestration.run_storage", "PooledPostgresRunStorage"),
+            ("run_storage", "backfill_dagster.instance.run_storage", "PooledPostgresRunStorage"),
             ("event_log_storage", __name__, BulkPostgresEventLogStorage.__name__),
             ("schedule_storage", "dagster_postgres.schedule_storage", "PostgresScheduleStorage"),
         ]

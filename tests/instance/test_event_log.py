@@ -1,4 +1,4 @@
-"""The bulk PostgreSQL event log (orchestration/event_log.py): what Dagster reads back from it is
+"""The bulk PostgreSQL event log (instance/event_log.py): what Dagster reads back from it is
 what it reads back from its stock storage, and its pooled connections are safe across a fork."""
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from dagster._core.storage.asset_check_execution_record import AssetCheckExecuti
 from backfill_dagster.definitions import build_definitions
 from dagster_postgres.run_storage import PostgresRunStorage
 
-from backfill_dagster.orchestration import event_json, event_log
-from backfill_dagster.orchestration.event_log import POOL_SIZE, BulkPostgresEventLogStorage, storage_yaml
+from backfill_dagster.instance import event_json, event_log
+from backfill_dagster.instance.event_log import POOL_SIZE, BulkPostgresEventLogStorage, storage_yaml
+from backfill_dagster.instance.run_storage import PooledPostgresRunStorage
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
 from backfill_dagster.orchestration.partitions import range_tags
-from backfill_dagster.orchestration.run_storage import PooledPostgresRunStorage
 from backfill_dagster.providers import registry
 from backfill_dagster.settings import Settings
 from tests.conftest import _admin, _pg_url

@@ -7,7 +7,7 @@ Here an event is packed once with those three fields masked, the JSON split arou
 and each event of the same shape is the pieces with its own three values JSON-encoded in between.
 An event is only rendered from a template it equals once masked, and each template's first event
 is checked against `serialize_value`; anything else goes through `serialize_value`.
-tests/orchestration/test_event_log.py compares every event of real runs with `serialize_value`.
+tests/instance/test_event_log.py compares every event of real runs with `serialize_value`.
 """
 
 from __future__ import annotations
