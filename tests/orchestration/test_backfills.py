@@ -33,3 +33,30 @@ def test_waiting_gives_up_after_its_timeout(defs, instance, store_url):
                                   [dg.AssetKey("bars_m15")], title="t")
     progress = wait_for_backfill(instance, backfill_id, timeout_s=0.05, interval_s=0.01)
     assert not progress.finished  # nobody runs it here: no daemon
+
+
+def test_the_backfill_log_summarises_a_whole_market_subset(defs, instance, store_url):
+    # Dagster writes every key of each subset into each backfill iteration's log lines: ~5 MB per
+    # subset at 252,000 partitions. The project's event log (loaded by the daemon) bounds them.
+    from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
+    from dagster._core.definitions.events import AssetKeyPartitionKey
+    from dagster._core.execution import asset_backfill
+
+    import backfill_dagster.orchestration.event_log  # noqa: F401  (installs the summary, as in the daemon)
+    from backfill_dagster.orchestration.backfill_log import partition_subset_summary
+
+    symbols = [f"S{i:03d}" for i in range(300)]
+    add_symbols(instance, store_url, symbols)
+    graph = defs.resolve_asset_graph()
+    m15 = dg.AssetKey("bars_m15")
+    partitions_def = graph.get(m15).partitions_def
+    keys = [f"{day}|{s}" for s in symbols for day in ("2024-11-25", "2024-11-26", "2024-11-27")]
+    subset = AssetGraphSubset.from_asset_partition_set(
+        {AssetKeyPartitionKey(m15, k) for k in keys}, graph)
+    text = asset_backfill._asset_graph_subset_to_str(subset, graph)
+    assert text == "- bars_m15: {900 partitions: 2024-11-25|S000 .. 2024-11-27|S299}"
+    # Small subsets stay listed in full, as Dagster lists them.
+    few = partitions_def.empty_subset().with_partition_keys(keys[:2])
+    assert partition_subset_summary(few, partitions_def) == "2 partitions: 2024-11-25|S000, 2024-11-26|S000"
+    one = partitions_def.empty_subset().with_partition_keys(keys[:1])
+    assert partition_subset_summary(one, partitions_def) == "1 partition: 2024-11-25|S000"
