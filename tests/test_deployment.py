@@ -54,7 +54,7 @@ def test_production_dagster_yaml_loads_on_postgres(tmp_path, pg_template):
         assert out.stdout.split() == [
             "PooledPostgresRunStorage", "BulkPostgresEventLogStorage", "PostgresScheduleStorage", "QueuedRunCoordinator",
             "True", "True", "8",
-            "FAILURE=30", "SKIPPED=1", "STARTED=30", "SUCCESS=14", "backfill_dagster.orchestration.backfill_log",
+            "FAILURE=30", "SKIPPED=1", "STARTED=30", "SUCCESS=14", "backfill_dagster.instance.backfill_log",
         ]
     finally:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:

@@ -59,7 +59,7 @@ from dagster_postgres.utils import (
 )
 
 # The daemon loads this storage: bound its backfill log lines there too (imported for its effect).
-from backfill_dagster.orchestration import backfill_log  # noqa: F401
+from backfill_dagster.instance import backfill_log  # noqa: F401
 from backfill_dagster.instance.event_json import serialize_events
 from backfill_dagster.instance.event_log_tuning import batch_dagster_events
 

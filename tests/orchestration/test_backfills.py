@@ -51,8 +51,8 @@ def test_the_backfill_log_summarises_a_whole_market_subset(defs, instance, store
     from dagster._core.definitions.events import AssetKeyPartitionKey
     from dagster._core.execution import asset_backfill
 
-    import backfill_dagster.orchestration.event_log  # noqa: F401  (installs the summary, as in the daemon)
-    from backfill_dagster.orchestration.backfill_log import partition_subset_summary
+    import backfill_dagster.instance.event_log  # noqa: F401  (installs the summary, as in the daemon)
+    from backfill_dagster.instance.backfill_log import partition_subset_summary
 
     symbols = [f"S{i:03d}" for i in range(300)]
     add_symbols(instance, store_url, symbols)

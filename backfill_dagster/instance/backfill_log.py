@@ -7,7 +7,7 @@ For partitions Dagster cannot summarise as time windows (ours are multi-partitio
 the count and the first and last keys instead; time-window subsets keep Dagster's own summary.
 
 Installed in every process that opens the project's PostgreSQL instance: the daemon loads the
-event log storage (`orchestration/event_log.py`), which imports this module.
+event log storage (`instance/event_log.py`), which imports this module.
 """
 
 from __future__ import annotations
