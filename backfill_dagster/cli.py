@@ -24,9 +24,9 @@ from datetime import date
 import pandas as pd
 
 from backfill_dagster.domain.calendar import NotASessionError, SessionCalendar, SessionNotOpenError, xnys
+from backfill_dagster.domain.gap_policy import GapPolicy, GapPolicyError, sessions_expected
 from backfill_dagster.domain.symbols import InvalidSymbolError, normalize_symbols, respelled_symbols, respelling_notice
 from backfill_dagster.domain.timeframes import Timeframe, UnknownTimeframeError
-from backfill_dagster.gaps import GapPolicy, GapPolicyError, sessions_expected
 from backfill_dagster.providers.base import ProviderConfigError
 from backfill_dagster.settings import Settings, SettingsError
 from backfill_dagster.store import (

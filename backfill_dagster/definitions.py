@@ -8,8 +8,8 @@ from datetime import timedelta
 import dagster as dg
 
 from backfill_dagster.domain.calendar import xnys
+from backfill_dagster.domain.gap_policy import GapPolicy
 from backfill_dagster.domain.timeframes import Timeframe
-from backfill_dagster.gaps import GapPolicy
 from backfill_dagster.instance.event_log_tuning import batch_dagster_events
 from backfill_dagster.orchestration.assets import bar_assets
 from backfill_dagster.orchestration.checks import bar_checks

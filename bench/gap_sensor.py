@@ -34,8 +34,8 @@ import pandas as pd
 import psycopg
 
 from backfill_dagster.domain.calendar import NEW_YORK, xnys
+from backfill_dagster.domain.gap_policy import GapPolicy, horizons, ledger_horizons
 from backfill_dagster.domain.timeframes import Timeframe
-from backfill_dagster.gaps import GapPolicy, horizons, ledger_horizons
 from backfill_dagster.orchestration.gap_sensor import build_gap_sensor
 from backfill_dagster.orchestration.partitions import SYMBOLS_PARTITIONS_NAME
 from backfill_dagster.orchestration.resources import StoreResource

@@ -1,5 +1,5 @@
 """The gap sensor: request range runs for every partition the coverage ledger says is missing,
-partial-and-now-closed or failed, inside each timeframe's history horizon (backfill_dagster.gaps).
+partial-and-now-closed or failed, inside each timeframe's history horizon (backfill_dagster.domain.gap_planning).
 
 Nobody has to launch anything: a symbol added to the watchlist becomes a partition (watchlist_sync)
 and then a gap here, filled newest sessions first, a few runs per tick. Work is never requested
@@ -17,16 +17,9 @@ import pandas as pd
 from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
 
 from backfill_dagster.domain.calendar import SessionCalendar, xnys
+from backfill_dagster.domain.gap_planning import GapBox, InFlight, plan_gap_runs
+from backfill_dagster.domain.gap_policy import GapPolicy, horizons, ledger_horizons, settled_sessions
 from backfill_dagster.domain.timeframes import Timeframe
-from backfill_dagster.gaps import (
-    GapBox,
-    GapPolicy,
-    InFlight,
-    horizons,
-    ledger_horizons,
-    plan_gap_runs,
-    settled_sessions,
-)
 from backfill_dagster.ingest import utcnow
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
 from backfill_dagster.orchestration.partitions import (

@@ -25,9 +25,9 @@ from datetime import date
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from backfill_dagster.domain.gap_planning import NEVER_COVERED, Gap, GapReason, Partition
 from backfill_dagster.domain.ledger import LedgerStatus
 from backfill_dagster.domain.timeframes import Timeframe
-from backfill_dagster.gaps import NEVER_COVERED, Gap, GapReason, Partition
 from backfill_dagster.store.schema import bar_coverage as cov
 
 # A literal, not a parameter: PostgreSQL uses the partial index only when it can prove the query's

@@ -14,8 +14,8 @@ import sqlalchemy as sa
 
 from backfill_dagster.definitions import build_definitions
 from backfill_dagster.domain.calendar import xnys
+from backfill_dagster.domain.gap_policy import GapPolicy, horizons
 from backfill_dagster.domain.timeframes import Timeframe
-from backfill_dagster.gaps import GapPolicy, horizons
 from backfill_dagster.orchestration.gap_sensor import GAP_SENSOR_NAME, REQUESTED_BY_TAG, build_gap_sensor
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
 from backfill_dagster.orchestration.partitions import SYMBOLS_PARTITIONS_NAME, partition_key

@@ -4,8 +4,8 @@ from datetime import date
 
 import sqlalchemy as sa
 
+from backfill_dagster.domain.gap_planning import Gap, GapReason
 from backfill_dagster.domain.timeframes import Timeframe
-from backfill_dagster.gaps import Gap, GapReason
 from backfill_dagster.store import CoverageEntry
 from backfill_dagster.store.gaps import find_gaps, open_gaps, row_counts, uncovered_sessions
 from tests.conftest import utc

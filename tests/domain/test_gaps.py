@@ -5,21 +5,17 @@ from datetime import date, timedelta
 import pandas as pd
 import pytest
 
-from backfill_dagster.domain.timeframes import Timeframe
-from backfill_dagster.gaps import (
+from backfill_dagster.domain.gap_planning import Gap, GapReason, InFlight, RunKind, plan_gap_runs
+from backfill_dagster.domain.gap_policy import (
     DEFAULT_HISTORY_DAYS,
-    Gap,
     GapPolicy,
     GapPolicyError,
-    GapReason,
-    InFlight,
-    RunKind,
     horizons,
     ledger_horizons,
-    plan_gap_runs,
     sessions_expected,
     settled_sessions,
 )
+from backfill_dagster.domain.timeframes import Timeframe
 
 M15, H1, H4, D1 = Timeframe.M15, Timeframe.H1, Timeframe.H4, Timeframe.D1
 MISSING = Gap(GapReason.MISSING)

@@ -1,7 +1,8 @@
 """Coverage gaps: which partitions still need a run, and the fewest range runs that fill them.
 
-Pure planning over plain values (the calendar, ledger facts, the symbol partitions' order); the
-ledger queries live in store/gaps.py and the Dagster sensor in orchestration/gap_sensor.py.
+Pure planning over plain values (the calendar, ledger facts, the symbol partitions' order); how far
+back and how much at once is the policy (domain/gap_policy.py), the ledger queries live in
+store/gaps.py and the Dagster sensor in orchestration/gap_sensor.py.
 
 A partition (symbol x session x timeframe) inside its timeframe's history horizon is a *gap* when:
 - it was never covered (no ledger row);
@@ -22,193 +23,19 @@ in an m15 run (or, when m15 is already covered, a derive-only run that calls no 
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from dataclasses import dataclass
+from datetime import date, datetime
 from enum import StrEnum
 
 import pandas as pd
 
-from backfill_dagster.domain.calendar import NEW_YORK, SessionCalendar
+from backfill_dagster.domain.calendar import NEW_YORK
+from backfill_dagster.domain.gap_policy import GapPolicy, as_utc
 from backfill_dagster.domain.timeframes import Timeframe
 
 Partition = tuple[str, date]  # (symbol, session)
-
-# The old system's windows (seeds: 30 days for 15m, 90 for 1h/4h) and a year of daily bars.
-DEFAULT_HISTORY_DAYS: Mapping[Timeframe, int] = {
-    Timeframe.M15: 30,
-    Timeframe.H1: 90,
-    Timeframe.H4: 90,
-    Timeframe.D1: 365,
-}
-
-
-class GapPolicyError(ValueError):
-    """A gap-sensor setting that cannot be used."""
-
-
-@dataclass(frozen=True)
-class GapPolicy:
-    """How far back the gap sensor keeps each timeframe covered, and how much it asks for at once.
-
-    | variable                                | default            | meaning                        |
-    |-----------------------------------------|--------------------|--------------------------------|
-    | BACKFILL_GAP_DAYS_M15 / _H1 / _H4 / _D1 | 30 / 90 / 90 / 365 | calendar days back from today  |
-    | BACKFILL_GAP_MAX_SESSIONS_PER_RUN       | 64                 | sessions in one run's box      |
-    | BACKFILL_GAP_MAX_PARTITIONS_PER_RUN     | 2000               | symbols x sessions in one box  |
-    | BACKFILL_GAP_MAX_RUNS_PER_TICK          | 10                 | runs one evaluation requests   |
-    | BACKFILL_GAP_MAX_ASSET_PARTITIONS_PER_TICK | 12000           | asset partitions (partitions x |
-    |                                         |                    | assets) one evaluation requests|
-    | BACKFILL_GAP_MAX_RUNS_IN_FLIGHT         | 20                 | the sensor's unfinished runs   |
-    | BACKFILL_GAP_SETTLE_MINUTES             | EOD delay + 30     | a closed session is left to    |
-    |                                         |                    | end_of_day this long           |
-    | BACKFILL_GAP_RETRY_FAILED_MINUTES       | 15                 | a failure waits this long      |
-    | BACKFILL_GAP_EMPTY_ATTEMPTS             | 3                  | answers without bars before an |
-    |                                         |                    | empty session is left alone    |
-    | BACKFILL_GAP_RETRY_EMPTY_MINUTES        | 240                | between two of those answers   |
-    """
-
-    history_days: Mapping[Timeframe, int] = field(default_factory=lambda: dict(DEFAULT_HISTORY_DAYS))
-    max_sessions_per_run: int = 64
-    # Dagster writes events per partition of a run (DESIGN §4): a few thousand keeps a run minutes.
-    max_partitions_per_run: int = 2000
-    max_runs_per_tick: int = 10
-    # The daemon creates a tick's runs inside the tick, and a run's creation costs per asset
-    # partition it targets (planned events, the run's partition subset): bounding the asset
-    # partitions keeps a tick of 500 new symbols well under the daemon's 60 s limit; the rest is
-    # requested by the next ticks. A single box larger than this is still requested alone.
-    max_asset_partitions_per_tick: int = 12_000
-    max_runs_in_flight: int = 20
-    # Longer than the end_of_day schedule's delay (BACKFILL_EOD_DELAY_MINUTES, 30 min by default),
-    # so the sensor never fetches a session the schedule is about to finalize.
-    settle: timedelta = timedelta(minutes=60)
-    retry_failed_after: timedelta = timedelta(minutes=15)
-    # An empty answer is often a provider that has not published the session yet; after a few,
-    # hours apart, it is a halted or delisted symbol: say so in `coverage`, stop asking.
-    empty_attempts: int = 3
-    retry_empty_after: timedelta = timedelta(hours=4)
-
-    def __post_init__(self) -> None:
-        missing = [t.value for t in Timeframe if t not in self.history_days]
-        if missing:
-            raise GapPolicyError(f"history_days has no value for {', '.join(missing)}")
-        for timeframe, days in self.history_days.items():
-            if int(days) < 1:
-                raise GapPolicyError(f"history days for {Timeframe.parse(timeframe).value} must be at least 1, not {days}")
-        for name in ("max_sessions_per_run", "max_partitions_per_run", "max_runs_per_tick", "max_runs_in_flight",
-                     "max_asset_partitions_per_tick", "empty_attempts"):
-            if getattr(self, name) < 1:
-                raise GapPolicyError(f"{name} must be at least 1, not {getattr(self, name)}")
-        if min(self.settle, self.retry_failed_after, self.retry_empty_after) < timedelta(0):
-            raise GapPolicyError("settle, retry_failed_after and retry_empty_after cannot be negative")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> GapPolicy:
-        env = os.environ if env is None else env
-        # The sensor leaves a closed session to the end_of_day schedule (orchestration/schedules.py,
-        # same variable) for its delay and half an hour more, so the two never fetch it both.
-        eod_delay = _whole(env, "BACKFILL_EOD_DELAY_MINUTES", 30, minimum=0)
-        return cls(
-            history_days={
-                t: _whole(env, f"BACKFILL_GAP_DAYS_{t.value.upper()}", DEFAULT_HISTORY_DAYS[t], minimum=1)
-                for t in Timeframe
-            },
-            max_sessions_per_run=_whole(env, "BACKFILL_GAP_MAX_SESSIONS_PER_RUN", 64, minimum=1),
-            max_partitions_per_run=_whole(env, "BACKFILL_GAP_MAX_PARTITIONS_PER_RUN", 2000, minimum=1),
-            max_runs_per_tick=_whole(env, "BACKFILL_GAP_MAX_RUNS_PER_TICK", 10, minimum=1),
-            max_asset_partitions_per_tick=_whole(env, "BACKFILL_GAP_MAX_ASSET_PARTITIONS_PER_TICK", 12_000, minimum=1),
-            max_runs_in_flight=_whole(env, "BACKFILL_GAP_MAX_RUNS_IN_FLIGHT", 20, minimum=1),
-            settle=timedelta(minutes=_whole(env, "BACKFILL_GAP_SETTLE_MINUTES", eod_delay + 30, minimum=0)),
-            retry_failed_after=timedelta(minutes=_whole(env, "BACKFILL_GAP_RETRY_FAILED_MINUTES", 15, minimum=0)),
-            empty_attempts=_whole(env, "BACKFILL_GAP_EMPTY_ATTEMPTS", 3, minimum=1),
-            retry_empty_after=timedelta(minutes=_whole(env, "BACKFILL_GAP_RETRY_EMPTY_MINUTES", 240, minimum=0)),
-        )
-
-
-def _whole(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise GapPolicyError(f"{name}={raw!r} is not a whole number (default {default})") from None
-    if value < minimum:
-        raise GapPolicyError(f"{name}={raw!r} must be at least {minimum} (default {default})")
-    return value
-
-
-# ---------------------------------------------------------------------------------- horizons
-def settled_sessions(
-    calendar: SessionCalendar,
-    first: date,
-    now: pd.Timestamp,
-    *,
-    settle: timedelta = timedelta(0),
-    extended: bool = False,
-) -> list[date]:
-    """Sessions from `first` whose hours ended at least `settle` before now, ascending."""
-    now = _aware(now)
-    today = now.tz_convert(NEW_YORK).date()
-    days = calendar.sessions(first, today) if first <= today else []
-    while days and calendar.window(days[-1], extended)[1] + settle > now:
-        days.pop()
-    return days
-
-
-def horizons(
-    policy: GapPolicy,
-    calendar: SessionCalendar,
-    now: pd.Timestamp,
-    history_start: date,
-    *,
-    extended: bool = False,
-) -> dict[Timeframe, list[date]]:
-    """Per timeframe, the settled sessions the sensor keeps covered: from `history_days` calendar
-    days before today (never before the partitions' history start) to the last settled session."""
-    today = _aware(now).tz_convert(NEW_YORK).date()
-    settled = settled_sessions(
-        calendar, min(history_start, today), now, settle=policy.settle, extended=extended
-    )
-    out = {}
-    for timeframe in Timeframe:
-        first = max(history_start, today - timedelta(days=int(policy.history_days[timeframe])))
-        out[timeframe] = [d for d in settled if d >= first]
-    return out
-
-
-def sessions_expected(
-    coverage: pd.DataFrame,
-    policy: GapPolicy,
-    calendar: SessionCalendar,
-    now: pd.Timestamp,
-    history_start: date,
-) -> list[int]:
-    """Per row of a coverage summary (columns timeframe, since): how many closed sessions that
-    symbol x timeframe should hold by now. They run from the earlier of its first ledger session
-    (`since`; a backfill may reach further back than the sensor) and its timeframe's horizon start
-    (`history_days` back, never before `history_start`) to the last closed session."""
-    if coverage.empty:
-        return []
-    today = _aware(now).tz_convert(NEW_YORK).date()
-    starts = {
-        t.value: max(history_start, today - timedelta(days=int(policy.history_days[t]))) for t in Timeframe
-    }
-    firsts = [min(starts[tf], since) if since is not None else starts[tf]
-              for tf, since in zip(coverage["timeframe"], coverage["since"], strict=True)]
-    closed = pd.Index(settled_sessions(calendar, min(firsts), now))
-    return [int(len(closed) - closed.searchsorted(first)) for first in firsts]
-
-
-def ledger_horizons(wanted: Mapping[Timeframe, Sequence[date]]) -> dict[Timeframe, list[date]]:
-    """The sessions to read from the ledger per timeframe: m15 over every intraday horizon, because
-    an h1/h4 gap needs m15 for its session (stored or fetched in the same run)."""
-    out = {t: list(days) for t, days in wanted.items()}
-    intraday = sorted({d for t in (Timeframe.M15, Timeframe.H1, Timeframe.H4) for d in wanted.get(t, ())})
-    out[Timeframe.M15] = intraday
-    return out
 
 
 # ---------------------------------------------------------------------------------- gaps
@@ -382,7 +209,7 @@ def plan_gap_runs(
     gaps beyond m15's own horizon are fetched only for that). Gaps that unfinished work covers are
     left alone, and so are failed partitions until `policy.retry_failed_after` has passed.
     """
-    now = _aware(now)
+    now = as_utc(now)
     in_flight = in_flight or InFlight()
     horizon = {t: set(wanted.get(t, ())) for t in Timeframe}
     counts: dict[Timeframe, dict[GapReason, int]] = {t: defaultdict(int) for t in Timeframe}
@@ -482,8 +309,8 @@ def _m15_ready(partition: Partition, gap: Gap, in_flight: InFlight, policy: GapP
     if gap.reason is GapReason.EMPTY:
         if gap.attempts >= policy.empty_attempts:
             return False
-        return not (gap.stamp and now - _aware(gap.stamp) < policy.retry_empty_after)
-    return not (gap.reason is GapReason.FAILED and gap.stamp and now - _aware(gap.stamp) < policy.retry_failed_after)
+        return not (gap.stamp and now - as_utc(gap.stamp) < policy.retry_empty_after)
+    return not (gap.reason is GapReason.FAILED and gap.stamp and now - as_utc(gap.stamp) < policy.retry_failed_after)
 
 
 def _boxes(
@@ -529,7 +356,7 @@ def _box(kind: RunKind, symbols: list[str], days: tuple[date, ...], age: int, ga
     # The key hashes the gaps' state, and the day: a box whose run died without writing anything
     # keeps its state, and Dagster refuses a run key it has seen, so such a box is retried once a
     # day at most (instance run_retries handle crashed runs sooner).
-    state = [_aware(now).tz_convert(NEW_YORK).date().isoformat()]
+    state = [as_utc(now).tz_convert(NEW_YORK).date().isoformat()]
     reasons: dict[str, int] = defaultdict(int)
     for timeframe in kind.timeframes:
         table = gaps.get(timeframe, {})
@@ -541,10 +368,3 @@ def _box(kind: RunKind, symbols: list[str], days: tuple[date, ...], age: int, ga
                     state.append(f"{timeframe}|{symbol}|{day}|{gap.reason}|{gap.stamp}")
     digest = hashlib.sha1(";".join(state).encode()).hexdigest()[:16]
     return GapBox(kind, tuple(symbols), days, digest, age, dict(reasons))
-
-
-def _aware(value) -> pd.Timestamp:
-    ts = pd.Timestamp(value)
-    if ts.tzinfo is None:
-        raise ValueError(f"naive timestamp {ts!s}: pass a timezone-aware time")
-    return ts.tz_convert("UTC")
