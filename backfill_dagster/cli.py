@@ -24,11 +24,11 @@ from datetime import date
 import pandas as pd
 
 from backfill_dagster.domain.calendar import NotASessionError, SessionCalendar, SessionNotOpenError, xnys
-from backfill_dagster.domain.gap_policy import GapPolicy, GapPolicyError, sessions_expected
+from backfill_dagster.domain.gap_policy import GapPolicyError, sessions_expected
 from backfill_dagster.domain.symbols import InvalidSymbolError, normalize_symbols, respelled_symbols, respelling_notice
 from backfill_dagster.domain.timeframes import Timeframe, UnknownTimeframeError
 from backfill_dagster.providers.base import ProviderConfigError
-from backfill_dagster.settings import Settings, SettingsError
+from backfill_dagster.settings import Settings, SettingsError, database_url_is_set, provider_config
 from backfill_dagster.store import (
     StoreConfigError,
     StoreUnavailableError,
@@ -89,31 +89,22 @@ def sync_symbol_partitions(instance, add: Sequence[str] = (), remove: Sequence[s
 
 def checked_definitions(settings: Settings):
     """The definitions as the code location builds them from this environment. Every setting the
-    daemon's runs would refuse (providers, gap policy, end-of-day delay) refuses here, so a command
-    can call this before it writes anything."""
+    daemon's runs would refuse (providers; the settings were checked as they were read) refuses
+    here, so a command can call this before it writes anything."""
     from backfill_dagster.definitions import build_definitions
-    from backfill_dagster.orchestration.schedules import ScheduleConfigError, end_of_day_delay_from_env
 
-    try:
-        end_of_day_delay = end_of_day_delay_from_env()
-    except ScheduleConfigError as exc:  # not in USER_ERRORS: that would import Dagster for every command
-        raise CommandError(str(exc)) from None
-    return build_definitions(
-        settings,
-        env_has_database_url=bool(os.environ.get("BACKFILL_DATABASE_URL")),
-        gap_policy=GapPolicy.from_env(),
-        end_of_day_delay=end_of_day_delay,
-    )
+    return build_definitions(settings, env_has_database_url=database_url_is_set())
 
 
 def check_provider_config(settings: Settings, calendar: SessionCalendar) -> None:
     """Build the providers from this process's environment: a missing key or bad URL refuses here.
     Only for runs in this process; a daemon's runs read the daemon's environment."""
     from backfill_dagster.ingest import utcnow
-    from backfill_dagster.orchestration.resources import PROVIDER_ENV_VARS
+    from backfill_dagster.providers.http import RetryPolicy
     from backfill_dagster.providers.registry import build_providers
 
-    build_providers(settings.providers, {n: os.environ.get(n) for n in PROVIDER_ENV_VARS}, calendar, utcnow)
+    policy = RetryPolicy(attempts=settings.http_attempts, backoff_s=settings.http_backoff_s)
+    build_providers(settings.providers, provider_config(), calendar, utcnow, policy=policy)
 
 
 def recent_sessions(calendar: SessionCalendar, count: int, settings: Settings, *, closed_only: bool) -> list[date]:
@@ -363,7 +354,7 @@ def format_summary(frame: pd.DataFrame, due: Sequence[int] | None = None) -> str
 def summary_with_sessions(frame: pd.DataFrame, settings: Settings) -> str:
     """`format_summary` with the closed sessions each row should hold by now (gaps.sessions_expected,
     the gap sensor's horizons from BACKFILL_GAP_DAYS_*)."""
-    policy = GapPolicy.from_env()
+    policy = settings.gap_policy
     due = sessions_expected(frame, policy, xnys(), pd.Timestamp.now(tz="UTC"), settings.history_start)
     text = format_summary(frame, due)
     if len(frame) and frame["empty"].sum():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 import dagster as dg
@@ -22,12 +21,12 @@ from backfill_dagster.orchestration.gap_sensor import build_gap_sensor
 from backfill_dagster.orchestration.jobs import all_bars_job
 from backfill_dagster.orchestration.partitions import bar_partitions
 from backfill_dagster.orchestration.resources import providers_resource, store_resource
-from backfill_dagster.orchestration.schedules import DEFAULT_EOD_DELAY, build_schedules, end_of_day_delay_from_env
+from backfill_dagster.orchestration.schedules import build_schedules
 from backfill_dagster.orchestration.sensors import watchlist_sync
 from backfill_dagster.orchestration.split_checks import suspected_split_check
 from backfill_dagster.orchestration.split_repair import build_split_repair_sensor
 from backfill_dagster.providers.registry import check_provider_names
-from backfill_dagster.settings import Settings
+from backfill_dagster.settings import Settings, database_url_is_set
 
 
 def build_definitions(
@@ -35,8 +34,10 @@ def build_definitions(
     *,
     env_has_database_url: bool = False,
     gap_policy: GapPolicy | None = None,
-    end_of_day_delay: timedelta = DEFAULT_EOD_DELAY,
+    end_of_day_delay: timedelta | None = None,
 ) -> dg.Definitions:
+    gap_policy = settings.gap_policy if gap_policy is None else gap_policy
+    end_of_day_delay = settings.end_of_day_delay if end_of_day_delay is None else end_of_day_delay
     check_provider_names(settings.providers)
     partitions_def = bar_partitions(settings.history_start, xnys())
     assets = bar_assets(partitions_def, settings.providers)
@@ -64,9 +65,4 @@ def build_definitions(
 @dg.definitions
 def defs() -> dg.Definitions:
     batch_dagster_events()  # this process's runs, when it is a run worker
-    return build_definitions(
-        Settings.from_env(),
-        env_has_database_url=bool(os.environ.get("BACKFILL_DATABASE_URL")),
-        gap_policy=GapPolicy.from_env(),
-        end_of_day_delay=end_of_day_delay_from_env(),
-    )
+    return build_definitions(Settings.from_env(), env_has_database_url=database_url_is_set())

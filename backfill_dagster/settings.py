@@ -1,33 +1,77 @@
-"""Deployment settings, read from the environment when definitions load (never at import).
-
-| variable                  | default                                   | meaning                                  |
-|---------------------------|-------------------------------------------|------------------------------------------|
-| BACKFILL_DATABASE_URL     | sqlite:///<data dir>/backfill.sqlite      | the store (postgresql://... in production)|
-| BACKFILL_DATA_DIR         | <project>/data                            | embedded database, demo Dagster home     |
-| BACKFILL_HISTORY_START    | 2024-01-01                                | first date of the session partitions     |
-| BACKFILL_EXTENDED_HOURS   | false                                     | include 04:00-09:30 and post-close bars   |
-| BACKFILL_PROVIDERS        | demo                                      | providers in order of preference         |
-| BACKFILL_ADJUSTMENT       | split                                     | split-adjusted or raw prices, store-wide |
-| BACKFILL_COMPLETENESS_WARN_BELOW | 0.9                                | m15 completeness check warns below this  |
-| BACKFILL_REPLACE_FEWER_BARS | false                                   | final answers with fewer bars may replace final stored ones |
-| <PROVIDER>_RATE_LIMIT     | alpaca 200, polygon 5, tradier 120, yahoo 60 | requests per window, shared (0: none) |
-| BACKFILL_RATE_WINDOW_SECONDS | 60                                     | the rate limits' window                  |
+"""Deployment settings: every environment variable the project reads, read here, once, when the
+definitions load (never at import), with one numeric parser and one error style. The README's
+"Configuration" table lists them all (tests/test_settings.py keeps the two in step).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 from backfill_dagster.domain.calendar import CALENDAR_FIRST_DAY
+from backfill_dagster.domain.gap_policy import DEFAULT_HISTORY_DAYS, GapPolicy, GapPolicyError
+from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.providers.base import Adjustment
 from backfill_dagster.providers.ratelimit import DEFAULT_RATE_LIMITS, DEFAULT_WINDOW_S
 
 DEFAULT_HISTORY_START = date(2024, 1, 1)
 DEFAULT_PROVIDERS = ("demo",)
+# The end_of_day schedule runs this long after each close (BACKFILL_EOD_DELAY_MINUTES, 0-180); the
+# gap sensor leaves a closed session alone for as long and half an hour more, so the two never
+# fetch it both.
+DEFAULT_EOD_DELAY = timedelta(minutes=30)
+MAX_EOD_DELAY = timedelta(hours=3)
+# The HTTP client's retries (providers/http.py RetryPolicy) and a request's longest wait for its
+# provider's shared budget (store/budget.py).
+DEFAULT_HTTP_ATTEMPTS = 6
+DEFAULT_HTTP_BACKOFF_S = 1.0
+DEFAULT_RATE_MAX_WAIT_S = 600.0
+
+# The providers' variables (README, "Providers"): each one that is set reaches the providers
+# resource as a Dagster EnvVar, so the UI and the run config show its name, never its value.
+PROVIDER_ENV_VARS = (
+    "ALPACA_API_KEY", "ALPACA_API_SECRET", "ALPACA_DATA_URL", "ALPACA_FEED",
+    "POLYGON_API_KEY", "POLYGON_API_URL", "POLYGON_HISTORY_DAYS",
+    "TRADIER_API_TOKEN", "TRADIER_API_URL",
+    "YAHOO_CHART_URL",
+)
+# Dagster's own variables the project reads or sets (cli.py, instance/event_log_tuning.py).
+DAGSTER_ENV_VARS = ("DAGSTER_HOME", "DAGSTER_EVENT_BATCH_SIZE")
+
+
+def env_variables() -> tuple[str, ...]:
+    """Every environment variable the project reads, as the README's configuration table lists them."""
+    return (
+        "BACKFILL_DATABASE_URL", "BACKFILL_DATA_DIR", "BACKFILL_HISTORY_START", "BACKFILL_EXTENDED_HOURS",
+        "BACKFILL_PROVIDERS", "BACKFILL_ADJUSTMENT", "BACKFILL_COMPLETENESS_WARN_BELOW",
+        "BACKFILL_REPLACE_FEWER_BARS",
+        *(f"{name.upper()}_RATE_LIMIT" for name in DEFAULT_RATE_LIMITS),
+        "BACKFILL_RATE_WINDOW_SECONDS", "BACKFILL_RATE_MAX_WAIT_SECONDS",
+        "BACKFILL_HTTP_ATTEMPTS", "BACKFILL_HTTP_BACKOFF_SECONDS", "BACKFILL_EOD_DELAY_MINUTES",
+        *(f"BACKFILL_GAP_DAYS_{t.value.upper()}" for t in Timeframe),
+        *_GAP_COUNTS, *_GAP_MINUTES,
+        *PROVIDER_ENV_VARS, *DAGSTER_ENV_VARS,
+    )
+
+
+# GapPolicy field -> its variable (whole numbers >= 1; minutes >= 0)
+_GAP_COUNTS = {
+    "BACKFILL_GAP_MAX_SESSIONS_PER_RUN": "max_sessions_per_run",
+    "BACKFILL_GAP_MAX_PARTITIONS_PER_RUN": "max_partitions_per_run",
+    "BACKFILL_GAP_MAX_RUNS_PER_TICK": "max_runs_per_tick",
+    "BACKFILL_GAP_MAX_ASSET_PARTITIONS_PER_TICK": "max_asset_partitions_per_tick",
+    "BACKFILL_GAP_MAX_RUNS_IN_FLIGHT": "max_runs_in_flight",
+    "BACKFILL_GAP_EMPTY_ATTEMPTS": "empty_attempts",
+}
+_GAP_MINUTES = {
+    "BACKFILL_GAP_SETTLE_MINUTES": "settle",
+    "BACKFILL_GAP_RETRY_FAILED_MINUTES": "retry_failed_after",
+    "BACKFILL_GAP_RETRY_EMPTY_MINUTES": "retry_empty_after",
+}
 
 
 class SettingsError(ValueError):
@@ -59,6 +103,11 @@ class Settings:
     replace_fewer_bars: bool = False
     rate_limits: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
     rate_window_s: float = DEFAULT_WINDOW_S
+    rate_max_wait_s: float = DEFAULT_RATE_MAX_WAIT_S
+    http_attempts: int = DEFAULT_HTTP_ATTEMPTS
+    http_backoff_s: float = DEFAULT_HTTP_BACKOFF_S
+    end_of_day_delay: timedelta = DEFAULT_EOD_DELAY
+    gap_policy: GapPolicy = field(default_factory=GapPolicy)
 
     @property
     def resolved_database_url(self) -> str:
@@ -72,6 +121,10 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
+        end_of_day_delay = timedelta(minutes=_whole(
+            env, "BACKFILL_EOD_DELAY_MINUTES", int(DEFAULT_EOD_DELAY.total_seconds() // 60), minimum=0,
+            maximum=int(MAX_EOD_DELAY.total_seconds() // 60), rule="is out of range: the end-of-day delay must be between 0 and 180 minutes",
+        ))
         data_dir = Path(env["BACKFILL_DATA_DIR"]).expanduser() if env.get("BACKFILL_DATA_DIR") else default_data_dir()
         return cls(
             data_dir=data_dir.resolve(),
@@ -87,6 +140,12 @@ class Settings:
                 for name, default in DEFAULT_RATE_LIMITS.items()
             },
             rate_window_s=_seconds(env, "BACKFILL_RATE_WINDOW_SECONDS", DEFAULT_WINDOW_S),
+            rate_max_wait_s=_seconds(env, "BACKFILL_RATE_MAX_WAIT_SECONDS", DEFAULT_RATE_MAX_WAIT_S),
+            http_attempts=_whole(env, "BACKFILL_HTTP_ATTEMPTS", DEFAULT_HTTP_ATTEMPTS, minimum=1),
+            http_backoff_s=_number(env, "BACKFILL_HTTP_BACKOFF_SECONDS", DEFAULT_HTTP_BACKOFF_S, float,
+                                   lambda v: 0 <= v < math.inf, "a number of seconds", "must be 0 seconds or more"),
+            end_of_day_delay=end_of_day_delay,
+            gap_policy=_gap_policy(env, end_of_day_delay),
         )
 
 
@@ -160,5 +219,55 @@ def _count(env: Mapping[str, str], name: str, default: int) -> int:
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    return _number(env, name, default, float, lambda v: v > 0,
+    return _number(env, name, default, float, lambda v: 0 < v < math.inf,
                    "a number of seconds", "must be more than 0 seconds")
+
+
+def _whole(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int | None = None,
+           rule: str | None = None) -> int:
+    """A whole-number setting, at least `minimum` (and at most `maximum`)."""
+    if rule is None:
+        rule = f"must be at least {minimum} (default {default})"
+    return _number(env, name, default, lambda raw: int(raw.strip()),
+                   lambda v: v >= minimum and (maximum is None or v <= maximum),
+                   f"a whole number (default {default})", rule)
+
+
+def _gap_policy(env: Mapping[str, str], end_of_day_delay: timedelta) -> GapPolicy:
+    """The gap sensor's policy; a closed session is left to the end_of_day schedule for its delay and
+    half an hour more unless BACKFILL_GAP_SETTLE_MINUTES says otherwise."""
+    defaults = GapPolicy()
+    minutes = {
+        name: _whole(env, name, int(getattr(defaults, attr).total_seconds() // 60), minimum=0)
+        for name, attr in _GAP_MINUTES.items() if name != "BACKFILL_GAP_SETTLE_MINUTES"
+    }
+    settle = _whole(env, "BACKFILL_GAP_SETTLE_MINUTES", int(end_of_day_delay.total_seconds() // 60) + 30, minimum=0)
+    try:
+        return GapPolicy(
+            history_days={
+                t: _whole(env, f"BACKFILL_GAP_DAYS_{t.value.upper()}", DEFAULT_HISTORY_DAYS[t], minimum=1)
+                for t in Timeframe
+            },
+            **{attr: _whole(env, name, getattr(defaults, attr), minimum=1) for name, attr in _GAP_COUNTS.items()},
+            settle=timedelta(minutes=settle),
+            **{_GAP_MINUTES[name]: timedelta(minutes=value) for name, value in minutes.items()},
+        )
+    except GapPolicyError as exc:
+        raise SettingsError(str(exc)) from None
+
+
+def database_url_is_set(env: Mapping[str, str] | None = None) -> bool:
+    """Whether BACKFILL_DATABASE_URL is set: then it reaches Dagster by name (it may hold a password)."""
+    env = os.environ if env is None else env
+    return bool(env.get("BACKFILL_DATABASE_URL"))
+
+
+def provider_config(env: Mapping[str, str] | None = None) -> dict[str, str | None]:
+    """The providers' settings by variable name, as their factories read them (values: secrets)."""
+    env = os.environ if env is None else env
+    return {name: env.get(name) for name in PROVIDER_ENV_VARS}
+
+
+def provider_variables_set(env: Mapping[str, str] | None = None) -> list[str]:
+    """The providers' variables that are set (names only)."""
+    return [name for name, value in provider_config(env).items() if value]

@@ -5,7 +5,6 @@ makes its horizons. Pure; its settings are read in settings.py.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -31,23 +30,8 @@ class GapPolicyError(ValueError):
 
 @dataclass(frozen=True)
 class GapPolicy:
-    """How far back the gap sensor keeps each timeframe covered, and how much it asks for at once.
-
-    | variable                                | default            | meaning                        |
-    |-----------------------------------------|--------------------|--------------------------------|
-    | BACKFILL_GAP_DAYS_M15 / _H1 / _H4 / _D1 | 30 / 90 / 90 / 365 | calendar days back from today  |
-    | BACKFILL_GAP_MAX_SESSIONS_PER_RUN       | 64                 | sessions in one run's box      |
-    | BACKFILL_GAP_MAX_PARTITIONS_PER_RUN     | 2000               | symbols x sessions in one box  |
-    | BACKFILL_GAP_MAX_RUNS_PER_TICK          | 10                 | runs one evaluation requests   |
-    | BACKFILL_GAP_MAX_ASSET_PARTITIONS_PER_TICK | 12000           | asset partitions (partitions x |
-    |                                         |                    | assets) one evaluation requests|
-    | BACKFILL_GAP_MAX_RUNS_IN_FLIGHT         | 20                 | the sensor's unfinished runs   |
-    | BACKFILL_GAP_SETTLE_MINUTES             | EOD delay + 30     | a closed session is left to    |
-    |                                         |                    | end_of_day this long           |
-    | BACKFILL_GAP_RETRY_FAILED_MINUTES       | 15                 | a failure waits this long      |
-    | BACKFILL_GAP_EMPTY_ATTEMPTS             | 3                  | answers without bars before an |
-    |                                         |                    | empty session is left alone    |
-    | BACKFILL_GAP_RETRY_EMPTY_MINUTES        | 240                | between two of those answers   |
+    """How far back the gap sensor keeps each timeframe covered, and how much it asks for at once
+    (BACKFILL_GAP_*: settings.py, the README's configuration table).
     """
 
     history_days: Mapping[Timeframe, int] = field(default_factory=lambda: dict(DEFAULT_HISTORY_DAYS))
@@ -83,41 +67,6 @@ class GapPolicy:
                 raise GapPolicyError(f"{name} must be at least 1, not {getattr(self, name)}")
         if min(self.settle, self.retry_failed_after, self.retry_empty_after) < timedelta(0):
             raise GapPolicyError("settle, retry_failed_after and retry_empty_after cannot be negative")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> GapPolicy:
-        env = os.environ if env is None else env
-        # The sensor leaves a closed session to the end_of_day schedule (orchestration/schedules.py,
-        # same variable) for its delay and half an hour more, so the two never fetch it both.
-        eod_delay = _whole(env, "BACKFILL_EOD_DELAY_MINUTES", 30, minimum=0)
-        return cls(
-            history_days={
-                t: _whole(env, f"BACKFILL_GAP_DAYS_{t.value.upper()}", DEFAULT_HISTORY_DAYS[t], minimum=1)
-                for t in Timeframe
-            },
-            max_sessions_per_run=_whole(env, "BACKFILL_GAP_MAX_SESSIONS_PER_RUN", 64, minimum=1),
-            max_partitions_per_run=_whole(env, "BACKFILL_GAP_MAX_PARTITIONS_PER_RUN", 2000, minimum=1),
-            max_runs_per_tick=_whole(env, "BACKFILL_GAP_MAX_RUNS_PER_TICK", 10, minimum=1),
-            max_asset_partitions_per_tick=_whole(env, "BACKFILL_GAP_MAX_ASSET_PARTITIONS_PER_TICK", 12_000, minimum=1),
-            max_runs_in_flight=_whole(env, "BACKFILL_GAP_MAX_RUNS_IN_FLIGHT", 20, minimum=1),
-            settle=timedelta(minutes=_whole(env, "BACKFILL_GAP_SETTLE_MINUTES", eod_delay + 30, minimum=0)),
-            retry_failed_after=timedelta(minutes=_whole(env, "BACKFILL_GAP_RETRY_FAILED_MINUTES", 15, minimum=0)),
-            empty_attempts=_whole(env, "BACKFILL_GAP_EMPTY_ATTEMPTS", 3, minimum=1),
-            retry_empty_after=timedelta(minutes=_whole(env, "BACKFILL_GAP_RETRY_EMPTY_MINUTES", 240, minimum=0)),
-        )
-
-
-def _whole(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise GapPolicyError(f"{name}={raw!r} is not a whole number (default {default})") from None
-    if value < minimum:
-        raise GapPolicyError(f"{name}={raw!r} must be at least {minimum} (default {default})")
-    return value
 
 
 # ---------------------------------------------------------------------------------- horizons

@@ -6,7 +6,6 @@ name, never its value.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 import dagster as dg
@@ -14,10 +13,18 @@ import dagster as dg
 from backfill_dagster.domain.calendar import SessionCalendar, xnys
 from backfill_dagster.ingest import utcnow
 from backfill_dagster.providers.base import Adjustment, Provider
+from backfill_dagster.providers.http import RetryPolicy
 from backfill_dagster.providers.ratelimit import DEFAULT_WINDOW_S, RateLimit
 from backfill_dagster.providers.registry import build_providers
 from backfill_dagster.providers.router import Router
-from backfill_dagster.settings import Settings
+from backfill_dagster.settings import (
+    DEFAULT_HTTP_ATTEMPTS,
+    DEFAULT_HTTP_BACKOFF_S,
+    DEFAULT_RATE_MAX_WAIT_S,
+    PROVIDER_ENV_VARS,
+    Settings,
+    provider_variables_set,
+)
 from backfill_dagster.store import BarStore, Watchlist
 from backfill_dagster.store.actions import ActionStore
 from backfill_dagster.store.budget import SharedBudget
@@ -43,16 +50,6 @@ class StoreResource(dg.ConfigurableResource):
         return ActionStore(self.bar_store().engine)
 
 
-# The providers' environment variables (README, "Providers"). Each one that is set reaches the
-# resource as an EnvVar: the UI and the run config show its name, never its value.
-PROVIDER_ENV_VARS = (
-    "ALPACA_API_KEY", "ALPACA_API_SECRET", "ALPACA_DATA_URL", "ALPACA_FEED",
-    "POLYGON_API_KEY", "POLYGON_API_URL", "POLYGON_HISTORY_DAYS",
-    "TRADIER_API_TOKEN", "TRADIER_API_URL",
-    "YAHOO_CHART_URL",
-)
-
-
 class ProvidersResource(dg.ConfigurableResource):
     """Market-data providers in order of preference (BACKFILL_PROVIDERS), their keys and endpoints
     (from the environment), and the request budget each one shares across all runs."""
@@ -70,11 +67,16 @@ class ProvidersResource(dg.ConfigurableResource):
     yahoo_chart_url: str | None = None
     rate_limits: dict[str, int] = {}
     rate_window_s: float = DEFAULT_WINDOW_S
+    rate_max_wait_s: float = DEFAULT_RATE_MAX_WAIT_S
+    http_attempts: int = DEFAULT_HTTP_ATTEMPTS
+    http_backoff_s: float = DEFAULT_HTTP_BACKOFF_S
 
     def router(self, store: StoreResource, calendar: SessionCalendar | None = None) -> Router:
         calendar = calendar or xnys()
         budgets = self.budgets(store)
-        providers = build_providers(self.names, self.config(), calendar, utcnow, budgets=budgets)
+        providers = build_providers(
+            self.names, self.config(), calendar, utcnow, budgets=budgets, policy=self.retry_policy()
+        )
         return Router(
             providers,
             calendar,
@@ -85,15 +87,24 @@ class ProvidersResource(dg.ConfigurableResource):
     def action_sources(self, store: StoreResource, calendar: SessionCalendar | None = None) -> list[Provider]:
         """The configured providers, in order of preference, with their shared budgets: those that
         publish corporate actions answer `corporate_actions`. Close them when done."""
-        return build_providers(self.names, self.config(), calendar or xnys(), utcnow, budgets=self.budgets(store))
+        return build_providers(
+            self.names, self.config(), calendar or xnys(), utcnow, budgets=self.budgets(store),
+            policy=self.retry_policy(),
+        )
 
     def budgets(self, store: StoreResource) -> dict[str, SharedBudget]:
         """One shared budget per provider, kept in the store's database."""
         engine = store.bar_store().engine
         return {
-            name: SharedBudget(engine, name, RateLimit(self.rate_limits.get(name, 0), self.rate_window_s))
+            name: SharedBudget(
+                engine, name, RateLimit(self.rate_limits.get(name, 0), self.rate_window_s),
+                max_wait_s=self.rate_max_wait_s,
+            )
             for name in self.names
         }
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(attempts=self.http_attempts, backoff_s=self.http_backoff_s)
 
     def config(self) -> dict[str, str | None]:
         """The provider settings by their environment variable names, as the factories read them."""
@@ -112,10 +123,12 @@ def store_resource(settings: Settings, env_has_database_url: bool) -> StoreResou
 
 
 def providers_resource(settings: Settings, env: Mapping[str, str] | None = None) -> ProvidersResource:
-    env = os.environ if env is None else env
     return ProvidersResource(
         names=list(settings.providers),
         rate_limits=dict(settings.rate_limits),
         rate_window_s=settings.rate_window_s,
-        **{name.lower(): dg.EnvVar(name) for name in PROVIDER_ENV_VARS if env.get(name)},
+        rate_max_wait_s=settings.rate_max_wait_s,
+        http_attempts=settings.http_attempts,
+        http_backoff_s=settings.http_backoff_s,
+        **{name.lower(): dg.EnvVar(name) for name in provider_variables_set(env)},
     )

@@ -10,8 +10,7 @@ DESIGN §7), and skips with a reason whenever there is nothing to do.
 | BACKFILL_EOD_DELAY_MINUTES  | 30      | end_of_day runs this long after the close (0 to 180)       |
 """
 
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import date, timedelta
 
 import dagster as dg
@@ -24,6 +23,7 @@ from backfill_dagster.orchestration.gap_sensor import IN_FLIGHT_STATUSES, PRIORI
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
 from backfill_dagster.orchestration.partitions import SYMBOLS_PARTITIONS_NAME, range_tags, symbol_blocks
 from backfill_dagster.orchestration.resources import StoreResource
+from backfill_dagster.settings import DEFAULT_EOD_DELAY, MAX_EOD_DELAY
 
 INTRADAY_REFRESH = "intraday_refresh"
 END_OF_DAY = "end_of_day"
@@ -34,8 +34,6 @@ TIMEZONE = str(NEW_YORK)
 # completes at :00/:15/:30/:45, so the ticks from 09:45 on each bring new bars.
 INTRADAY_CRON = "*/15 9-15 * * 1-5"
 INTRADAY_ASSETS = (Timeframe.M15, Timeframe.H1, Timeframe.H4)  # h1/h4 derived in the same run
-DEFAULT_EOD_DELAY = timedelta(minutes=30)
-MAX_EOD_DELAY = timedelta(hours=3)
 EARLIEST_CLOSE_MIN = 13 * 60  # early closes, in minutes after midnight New York
 LATEST_END_MIN = 20 * 60  # the post-market's end, when extended hours are kept
 
@@ -44,18 +42,6 @@ Clock = Callable[[], pd.Timestamp]
 
 class ScheduleConfigError(ValueError):
     """A schedule setting that cannot be used."""
-
-
-def end_of_day_delay_from_env(env: Mapping[str, str] | None = None) -> timedelta:
-    env = os.environ if env is None else env
-    raw = env.get("BACKFILL_EOD_DELAY_MINUTES")
-    if raw is None or raw.strip() == "":
-        return DEFAULT_EOD_DELAY
-    try:
-        minutes = int(raw.strip())
-    except ValueError:
-        raise ScheduleConfigError(f"BACKFILL_EOD_DELAY_MINUTES={raw!r} is not a whole number of minutes") from None
-    return _checked_delay(timedelta(minutes=minutes), f"BACKFILL_EOD_DELAY_MINUTES={raw!r}")
 
 
 def _checked_delay(delay: timedelta, what: str) -> timedelta:

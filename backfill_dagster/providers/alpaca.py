@@ -39,7 +39,7 @@ from backfill_dagster.providers.base import (
     ProviderConfigError,
 )
 from backfill_dagster.providers.config import setting_secret, setting_url
-from backfill_dagster.providers.http import Budget, Credentials, HttpClient
+from backfill_dagster.providers.http import Budget, Credentials, HttpClient, RetryPolicy
 from backfill_dagster.providers.payload import (
     PayloadError,
     concat_bars,
@@ -134,9 +134,10 @@ class AlpacaProvider(Provider):
         page_limit: int = PAGE_LIMIT,
         http: HttpClient | None = None,
         budget: Budget | None = None,
+        policy: RetryPolicy | None = None,
         actions_page_limit: int = alpaca_actions.PAGE_LIMIT,
     ):
-        """`budget` is used when `http` is not given (an HttpClient carries its own); `page_limit`
+        """`budget` and `policy` are used when `http` is not given (an HttpClient carries its own); `page_limit`
         and `actions_page_limit` are the bars and corporate actions a page may hold (the API's
         maximums unless a test wants many pages)."""
         if feed not in FEEDS:
@@ -152,7 +153,7 @@ class AlpacaProvider(Provider):
         )
         self.feed = feed
         self._page_limit = page_limit
-        self._http = http or HttpClient(self.name, budget=budget)
+        self._http = http or HttpClient(self.name, budget=budget, policy=policy)
         today = clock().tz_convert("America/New_York").date()
         history = (today - HISTORY_START).days + 1
         self.capabilities = Capabilities(
@@ -174,6 +175,7 @@ class AlpacaProvider(Provider):
         calendar: SessionCalendar,
         clock: Callable[[], pd.Timestamp],
         budget: Budget | None = None,
+        policy: RetryPolicy | None = None,
     ) -> AlpacaProvider:
         return cls(
             calendar,
@@ -183,6 +185,7 @@ class AlpacaProvider(Provider):
             secret_key=setting_secret(config, "ALPACA_API_SECRET", cls.name),
             feed=(config.get("ALPACA_FEED") or "").strip().lower() or DEFAULT_FEED,
             budget=budget,
+            policy=policy,
         )
 
     def __repr__(self) -> str:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import re
 import time
@@ -102,7 +101,8 @@ class Unlimited:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often and how long to retry; tests use tiny waits."""
+    """How often and how long to retry (BACKFILL_HTTP_ATTEMPTS, BACKFILL_HTTP_BACKOFF_SECONDS: settings.py);
+    tests use tiny waits."""
 
     attempts: int = 6  # total tries per request, the first included
     backoff_s: float = 1.0  # first back-off; doubles each retry (plus up to this much jitter)
@@ -114,21 +114,6 @@ class RetryPolicy:
     def __post_init__(self):
         if self.attempts < 1 or self.backoff_s < 0 or self.max_backoff_s < 0 or self.max_server_wait_s < 0:
             raise ValueError(f"invalid retry policy {self}")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> RetryPolicy:
-        """BACKFILL_HTTP_ATTEMPTS and BACKFILL_HTTP_BACKOFF_SECONDS override the defaults."""
-        env = os.environ if env is None else env
-        try:
-            return cls(
-                attempts=int(env.get("BACKFILL_HTTP_ATTEMPTS") or cls.attempts),
-                backoff_s=float(env.get("BACKFILL_HTTP_BACKOFF_SECONDS") or cls.backoff_s),
-            )
-        except ValueError:
-            raise ValueError(
-                "BACKFILL_HTTP_ATTEMPTS must be a whole number >= 1 and BACKFILL_HTTP_BACKOFF_SECONDS a "
-                "number of seconds >= 0"
-            ) from None
 
 
 @dataclass(frozen=True, repr=False)
@@ -221,7 +206,7 @@ class HttpClient:
     ):
         self.provider = provider
         self.budget: Budget = budget or Unlimited()
-        self.policy = policy or RetryPolicy.from_env()
+        self.policy = policy or RetryPolicy()
         self._sleep = sleep
         self._clock = clock
         self._backoff = tenacity.wait_exponential_jitter(

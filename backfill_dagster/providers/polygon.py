@@ -36,7 +36,7 @@ from backfill_dagster.providers.base import (
     ProviderConfigError,
 )
 from backfill_dagster.providers.config import setting_secret, setting_url
-from backfill_dagster.providers.http import Budget, Credentials, HttpClient
+from backfill_dagster.providers.http import Budget, Credentials, HttpClient, RetryPolicy
 from backfill_dagster.providers.payload import (
     PayloadError,
     concat_bars,
@@ -114,9 +114,10 @@ class PolygonProvider(Provider):
         page_limit: int = PAGE_LIMIT,
         http: HttpClient | None = None,
         budget: Budget | None = None,
+        policy: RetryPolicy | None = None,
         actions_page_limit: int = polygon_actions.PAGE_LIMIT,
     ):
-        """`budget` is used when `http` is not given (an HttpClient carries its own); `page_limit`
+        """`budget` and `policy` are used when `http` is not given (an HttpClient carries its own); `page_limit`
         is the base aggregates a page may read (the API's maximum unless a test wants many pages)."""
         self._calendar = calendar
         self._clock = clock
@@ -124,7 +125,7 @@ class PolygonProvider(Provider):
         self._credentials = Credentials({"Authorization": f"Bearer {api_key}"}, hint="POLYGON_API_KEY")
         self._page_limit = page_limit
         self._actions_page_limit = actions_page_limit
-        self._http = http or HttpClient(self.name, budget=budget)
+        self._http = http or HttpClient(self.name, budget=budget, policy=policy)
         self.capabilities = Capabilities(
             timeframes=frozenset(_RANGES),
             adjustments=frozenset({Adjustment.SPLIT, Adjustment.RAW}),  # adjusted=true|false
@@ -144,6 +145,7 @@ class PolygonProvider(Provider):
         calendar: SessionCalendar,
         clock: Callable[[], pd.Timestamp],
         budget: Budget | None = None,
+        policy: RetryPolicy | None = None,
     ) -> PolygonProvider:
         return cls(
             calendar,
@@ -152,6 +154,7 @@ class PolygonProvider(Provider):
             api_key=setting_secret(config, "POLYGON_API_KEY", cls.name),
             history_days=_history_days(config.get("POLYGON_HISTORY_DAYS")),
             budget=budget,
+            policy=policy,
         )
 
     def __repr__(self) -> str:

@@ -10,18 +10,20 @@ from backfill_dagster.domain.calendar import SessionCalendar
 from backfill_dagster.providers.alpaca import AlpacaProvider
 from backfill_dagster.providers.base import Provider, ProviderConfigError
 from backfill_dagster.providers.demo import DemoProvider
-from backfill_dagster.providers.http import Budget
+from backfill_dagster.providers.http import Budget, RetryPolicy
 from backfill_dagster.providers.polygon import PolygonProvider
 from backfill_dagster.providers.tradier import TradierProvider
 from backfill_dagster.providers.yahoo import YahooProvider
 
 Clock = Callable[[], pd.Timestamp]
-# (config by environment variable name, calendar, clock, the provider's shared request budget)
-Factory = Callable[[Mapping[str, str | None], SessionCalendar, Clock, Budget | None], Provider]
+# (config by environment variable name, calendar, clock, the provider's shared request budget, the
+# HTTP client's retry policy)
+Factory = Callable[[Mapping[str, str | None], SessionCalendar, Clock, Budget | None, RetryPolicy | None], Provider]
 
 
 def _demo(
-    _config: Mapping[str, str | None], calendar: SessionCalendar, clock: Clock, _budget: Budget | None = None
+    _config: Mapping[str, str | None], calendar: SessionCalendar, clock: Clock, _budget: Budget | None = None,
+    _policy: RetryPolicy | None = None,
 ) -> Provider:
     return DemoProvider(calendar, clock)  # local and free: no budget to spend
 
@@ -52,8 +54,9 @@ def build_providers(
     calendar: SessionCalendar,
     clock: Clock,
     budgets: Mapping[str, Budget] | None = None,
+    policy: RetryPolicy | None = None,
 ) -> list[Provider]:
     """Providers in order of preference; a missing key or bad URL fails here, at run start."""
     check_provider_names(names)
     budgets = budgets or {}
-    return [FACTORIES[name](config, calendar, clock, budgets.get(name)) for name in names]
+    return [FACTORIES[name](config, calendar, clock, budgets.get(name), policy) for name in names]

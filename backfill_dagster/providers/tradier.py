@@ -30,7 +30,7 @@ from backfill_dagster.domain.symbols import provider_symbol
 from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.providers.base import Adjustment, Capabilities, FetchRequest, FetchResult, Provider
 from backfill_dagster.providers.config import setting_secret, setting_url
-from backfill_dagster.providers.http import Budget, Credentials, HttpClient
+from backfill_dagster.providers.http import Budget, Credentials, HttpClient, RetryPolicy
 from backfill_dagster.providers.payload import (
     PayloadError,
     expect_mapping,
@@ -125,14 +125,15 @@ class TradierProvider(Provider):
         token: str,
         http: HttpClient | None = None,
         budget: Budget | None = None,
+        policy: RetryPolicy | None = None,
     ):
-        """`base_url` is the host root; `budget` is used when `http` is not given."""
+        """`base_url` is the host root; `budget` and `policy` are used when `http` is not given."""
         self._calendar = calendar
         self._clock = clock
         self._base = base_url.rstrip("/")
         # HttpClient always sends `Accept: application/json`, which Tradier needs (else XML).
         self._credentials = Credentials({"Authorization": f"Bearer {token}"}, hint="TRADIER_API_TOKEN")
-        self._http = http or HttpClient(self.name, budget=budget)
+        self._http = http or HttpClient(self.name, budget=budget, policy=policy)
         self.capabilities = Capabilities(
             timeframes=frozenset({Timeframe.M15, Timeframe.D1}),
             adjustments=frozenset({Adjustment.SPLIT}),
@@ -151,6 +152,7 @@ class TradierProvider(Provider):
         calendar: SessionCalendar,
         clock: Callable[[], pd.Timestamp],
         budget: Budget | None = None,
+        policy: RetryPolicy | None = None,
     ) -> TradierProvider:
         return cls(
             calendar,
@@ -158,6 +160,7 @@ class TradierProvider(Provider):
             base_url=setting_url(config, "TRADIER_API_URL", DEFAULT_URL),
             token=setting_secret(config, "TRADIER_API_TOKEN", cls.name),
             budget=budget,
+            policy=policy,
         )
 
     def __repr__(self) -> str:

@@ -41,7 +41,7 @@ from backfill_dagster.providers.base import (
     Provider,
 )
 from backfill_dagster.providers.config import setting_url
-from backfill_dagster.providers.http import Budget, HttpClient
+from backfill_dagster.providers.http import Budget, HttpClient, RetryPolicy
 from backfill_dagster.providers.payload import PayloadError, expect_list, expect_mapping, keep_requested
 
 DEFAULT_URL = "https://query2.finance.yahoo.com"
@@ -177,12 +177,13 @@ class YahooProvider(Provider):
         base_url: str = DEFAULT_URL,
         http: HttpClient | None = None,
         budget: Budget | None = None,
+        policy: RetryPolicy | None = None,
     ):
-        """`base_url` is the host root; `budget` is used when `http` is not given."""
+        """`base_url` is the host root; `budget` and `policy` are used when `http` is not given."""
         self._calendar = calendar
         self._clock = clock
         self._base = base_url.rstrip("/")
-        self._http = http or HttpClient(self.name, budget=budget, user_agent=BROWSER_USER_AGENT)
+        self._http = http or HttpClient(self.name, budget=budget, policy=policy, user_agent=BROWSER_USER_AGENT)
         self.capabilities = Capabilities(
             timeframes=frozenset(_INTERVALS),
             adjustments=frozenset({Adjustment.SPLIT}),
@@ -201,8 +202,10 @@ class YahooProvider(Provider):
         calendar: SessionCalendar,
         clock: Callable[[], pd.Timestamp],
         budget: Budget | None = None,
+        policy: RetryPolicy | None = None,
     ) -> YahooProvider:
-        return cls(calendar, clock, base_url=setting_url(config, "YAHOO_CHART_URL", DEFAULT_URL), budget=budget)
+        return cls(calendar, clock, base_url=setting_url(config, "YAHOO_CHART_URL", DEFAULT_URL), budget=budget,
+                   policy=policy)
 
     def __repr__(self) -> str:
         return f"YahooProvider({self._base!r})"

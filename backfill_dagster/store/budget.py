@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -30,7 +29,8 @@ from backfill_dagster.store.schema import provider_budget, provider_requests
 log = logging.getLogger(__name__)
 
 # Longest a request waits for its slot before failing (a full window is at most a minute, a 429's
-# pause at most RetryPolicy.max_server_wait_s; ten minutes means something is wrong).
+# pause at most RetryPolicy.max_server_wait_s; ten minutes means something is wrong). The setting
+# is read in settings.py and reaches the budget through the providers resource.
 MAX_WAIT_SETTING = "BACKFILL_RATE_MAX_WAIT_SECONDS"
 DEFAULT_MAX_WAIT_S = 600.0
 # A wait at least this long is logged as a warning, then again every LOG_EVERY_S while it lasts.
@@ -39,21 +39,6 @@ LOG_EVERY_S = 30.0
 
 # Longest single sleep while waiting, so a freed slot or a lifted pause is noticed promptly.
 MAX_SLEEP_S = 2.0
-
-
-def max_wait_from_env(env: Mapping[str, str] | None = None) -> float:
-    """BACKFILL_RATE_MAX_WAIT_SECONDS, or the default."""
-    env = os.environ if env is None else env
-    raw = env.get(MAX_WAIT_SETTING)
-    if raw is None or not raw.strip():
-        return DEFAULT_MAX_WAIT_S
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{MAX_WAIT_SETTING}={raw!r} is not a number of seconds") from None
-    if not 0 < value < math.inf:
-        raise ValueError(f"{MAX_WAIT_SETTING}={raw!r} must be a number of seconds above 0")
-    return value
 
 
 class Rate(Protocol):
@@ -86,7 +71,7 @@ class SharedBudget:
         self.provider = provider
         self.rate = rate
         self.sleep = sleep
-        self.max_wait_s = max_wait_from_env() if max_wait_s is None else max_wait_s
+        self.max_wait_s = DEFAULT_MAX_WAIT_S if max_wait_s is None else max_wait_s
         if not 0 < self.max_wait_s < math.inf:
             raise ValueError(f"max_wait_s must be a number of seconds above 0, not {self.max_wait_s}")
         self.waited_s = 0.0  # total time this process spent waiting for a slot (reported)

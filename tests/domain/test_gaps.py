@@ -16,6 +16,7 @@ from backfill_dagster.domain.gap_policy import (
     settled_sessions,
 )
 from backfill_dagster.domain.timeframes import Timeframe
+from backfill_dagster.settings import Settings
 
 M15, H1, H4, D1 = Timeframe.M15, Timeframe.H1, Timeframe.H4, Timeframe.D1
 MISSING = Gap(GapReason.MISSING)
@@ -50,28 +51,8 @@ def _calendar():
 
 
 # ------------------------------------------------------------------------------------ policy
-def test_policy_defaults_are_the_seeds_windows_and_env_overrides_them():
+def test_policy_defaults_are_the_seeds_windows():
     assert GapPolicy().history_days == DEFAULT_HISTORY_DAYS == {M15: 30, H1: 90, H4: 90, D1: 365}
-    loaded = GapPolicy.from_env({"BACKFILL_GAP_DAYS_M15": "10", "BACKFILL_GAP_DAYS_D1": " 730 ",
-                                 "BACKFILL_GAP_MAX_RUNS_PER_TICK": "3", "BACKFILL_GAP_SETTLE_MINUTES": "0"})
-    assert loaded.history_days == {M15: 10, H1: 90, H4: 90, D1: 730}
-    assert loaded.max_runs_per_tick == 3 and loaded.settle == timedelta(0)
-    assert GapPolicy.from_env({}) == GapPolicy()
-    # The sensor stays clear of the end_of_day schedule's delay, whatever it is set to.
-    assert GapPolicy.from_env({"BACKFILL_EOD_DELAY_MINUTES": "90"}).settle == timedelta(minutes=120)
-
-
-@pytest.mark.parametrize(
-    "env, message",
-    [
-        ({"BACKFILL_GAP_DAYS_H1": "ninety"}, "BACKFILL_GAP_DAYS_H1='ninety' is not a whole number"),
-        ({"BACKFILL_GAP_DAYS_H4": "0"}, "BACKFILL_GAP_DAYS_H4='0' must be at least 1"),
-        ({"BACKFILL_GAP_MAX_RUNS_PER_TICK": "-2"}, "must be at least 1"),
-    ],
-)
-def test_policy_env_errors_name_the_variable(env, message):
-    with pytest.raises(GapPolicyError, match=message):
-        GapPolicy.from_env(env)
 
 
 def test_policy_refuses_incomplete_history_days():
@@ -166,7 +147,7 @@ def test_asset_partitions_per_tick_bound_what_one_tick_requests(calendar):
     # A box larger than the budget still goes, alone: the sensor never stalls.
     alone, _ = plan(gaps, policy(max_partitions_per_run=6, max_asset_partitions_per_tick=5), order=symbols)
     assert alone.boxes == unbounded.boxes[:1] and alone.later == 2
-    assert GapPolicy.from_env({"BACKFILL_GAP_MAX_ASSET_PARTITIONS_PER_TICK": "500"}).max_asset_partitions_per_tick == 500
+    assert Settings.from_env({"BACKFILL_GAP_MAX_ASSET_PARTITIONS_PER_TICK": "500"}).gap_policy.max_asset_partitions_per_tick == 500
     with pytest.raises(GapPolicyError, match="max_asset_partitions_per_tick"):
         GapPolicy(max_asset_partitions_per_tick=0)
 

@@ -60,7 +60,7 @@ def code_location() -> dg.Definitions:
     environment variables, read when a run or tick uses them: Dagster keeps an in-process code
     location loaded once per process, across tests."""
     settings = Settings(data_dir=os.environ["SPLIT_TEST_DATA_DIR"], database_url=os.environ["BACKFILL_DATABASE_URL"],
-                        history_start=HISTORY_START, providers=("alpaca",), rate_limits={})
+                        history_start=HISTORY_START, providers=("alpaca",), rate_limits={}, http_backoff_s=0.01)
     base = build_definitions(settings, env_has_database_url=True)
     return dg.Definitions(
         assets=base.assets, asset_checks=base.asset_checks, jobs=base.jobs, resources=base.resources,
@@ -116,7 +116,6 @@ def deployment(pg_url, tmp_path, monkeypatch, registry, fake_now=BACKFILLED_AT):
     clock = [fake_now]
     monkeypatch.setenv("BACKFILL_DATABASE_URL", pg_url)
     monkeypatch.setenv("SPLIT_TEST_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("BACKFILL_HTTP_BACKOFF_SECONDS", "0.01")
     config = FakeConfig(now=lambda: clock[0], corporate_actions=registry)
     origin = InProcessCodeLocationOrigin(LoadableTargetOrigin(module_name=__name__, attribute="split_defs"),
                                          location_name="splits")

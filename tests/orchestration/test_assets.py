@@ -79,7 +79,7 @@ def _flaky_factory(bad_session):
             bars.loc[bars.index[day & (bars.symbol == "MSFT")], "volume"] = -1.0
             return FetchResult(bars=bars, api_calls=1)
 
-    return lambda _config, calendar, clock, _budget: Flaky(calendar, clock)
+    return lambda _config, calendar, clock, _budget, _policy=None: Flaky(calendar, clock)
 
 
 def test_a_partly_failed_run_reports_true_per_partition_status(tmp_path, instance, store_url, calendar, monkeypatch):
@@ -121,7 +121,7 @@ def _short_factory():
             result = super().fetch(request)
             return FetchResult(bars=result.bars.iloc[:-2], api_calls=1)
 
-    return lambda _config, calendar, clock, _budget: Short(calendar, clock)
+    return lambda _config, calendar, clock, _budget, _policy=None: Short(calendar, clock)
 
 
 def test_fewer_bars_replace_final_ones_only_when_the_run_asks(tmp_path, instance, store_url, calendar, monkeypatch):

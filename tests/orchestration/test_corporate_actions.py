@@ -38,7 +38,6 @@ def registry(**extra):
 
 @pytest.fixture
 def fakes(monkeypatch):
-    monkeypatch.setenv("BACKFILL_HTTP_BACKOFF_SECONDS", "0.01")
     with FakeProviders(FakeConfig(now=lambda: NOW, corporate_actions=registry())) as running:
         for name, value in running.env().items():
             monkeypatch.setenv(name, value)
@@ -47,7 +46,7 @@ def fakes(monkeypatch):
 
 def provider_defs(tmp_path, store_url, providers):
     return build_definitions(Settings(data_dir=tmp_path, database_url=store_url, history_start=date(2024, 1, 1),
-                                      providers=tuple(providers), rate_limits={}))
+                                      providers=tuple(providers), rate_limits={}, http_backoff_s=0.01))
 
 
 def refresh(defs, instance, symbols=None):

@@ -34,9 +34,6 @@ SYMBOLS = ["AAPL", "MSFT", "NVDA"]
 
 @pytest.fixture
 def fakes(monkeypatch):
-    # Short back-offs: the retry logic is the same, the test does not wait seconds per fault.
-    monkeypatch.setenv("BACKFILL_HTTP_BACKOFF_SECONDS", "0.02")
-    monkeypatch.setenv("BACKFILL_HTTP_ATTEMPTS", "6")
     with FakeProviders(FakeConfig(now=lambda: NOW, timeout_sleep_s=0.2, seed=3)) as fakes:
         for name, value in fakes.env().items():
             monkeypatch.setenv(name, value)
@@ -45,8 +42,10 @@ def fakes(monkeypatch):
 
 def provider_defs(tmp_path, store_url, providers, **settings):
     return build_definitions(
+        # Short back-offs: the retry logic is the same, the test does not wait seconds per fault.
         Settings(data_dir=tmp_path, database_url=store_url, history_start=date(2024, 1, 1),
-                 providers=tuple(providers), rate_limits={}, **settings)  # the fakes are unmetered
+                 providers=tuple(providers), rate_limits={}, http_attempts=6, http_backoff_s=0.02,
+                 **settings)  # the fakes are unmetered
     )
 
 

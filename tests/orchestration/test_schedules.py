@@ -13,10 +13,8 @@ from backfill_dagster.orchestration.gap_sensor import REQUESTED_BY_TAG, build_ga
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
 from backfill_dagster.orchestration.resources import StoreResource
 from backfill_dagster.orchestration.schedules import (
-    ScheduleConfigError,
     build_schedules,
     end_of_day_cron,
-    end_of_day_delay_from_env,
 )
 from backfill_dagster.store import BarStore, Watchlist, shared_engine
 from tests.orchestration.conftest import add_symbols
@@ -144,13 +142,7 @@ def test_end_of_day_after_the_post_market_when_extended_hours_are_kept(schedules
     assert tick(schedules["eod"], instance, store_url, "2024-12-04 20:30", extended_hours=True).run_requests
 
 
-def test_end_of_day_delay_and_cron():
-    assert end_of_day_delay_from_env({}) == timedelta(minutes=30)
-    assert end_of_day_delay_from_env({"BACKFILL_EOD_DELAY_MINUTES": "45"}) == timedelta(minutes=45)
-    with pytest.raises(ScheduleConfigError, match="between 0 and 180 minutes"):
-        end_of_day_delay_from_env({"BACKFILL_EOD_DELAY_MINUTES": "600"})
-    with pytest.raises(ScheduleConfigError, match="not a whole number"):
-        end_of_day_delay_from_env({"BACKFILL_EOD_DELAY_MINUTES": "soon"})
+def test_end_of_day_cron():
     # Ticks cover an early close + delay through the post-market's end + delay.
     assert end_of_day_cron(timedelta(minutes=30)) == "*/15 13-21 * * 1-5"
     assert end_of_day_cron(timedelta(0)) == "*/15 13-21 * * 1-5"

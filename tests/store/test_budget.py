@@ -15,6 +15,7 @@ from backfill_dagster.domain.provider_errors import ProviderError
 from backfill_dagster.providers.http import HttpClient, RetryPolicy
 from backfill_dagster.providers.ratelimit import RateLimit
 from backfill_dagster.store import create_engine, shared_engine
+from backfill_dagster.settings import Settings
 from backfill_dagster.store.budget import SharedBudget
 from backfill_dagster.store.database import apply_schema
 from tests.providers.scripted import Answer, ScriptedServer
@@ -218,7 +219,9 @@ def test_acquire_gives_up_past_its_bound_naming_the_setting(store_url, monkeypat
     monkeypatch.setenv("BACKFILL_RATE_MAX_WAIT_SECONDS", "45")
     engine = shared_engine(store_url)
     slept = []
-    budget = SharedBudget(engine, "polygon", RateLimit(limit=100, window_s=60), sleep=slept.append)
+    max_wait_s = Settings.from_env().rate_max_wait_s  # as the providers resource hands it over
+    budget = SharedBudget(engine, "polygon", RateLimit(limit=100, window_s=60), sleep=slept.append,
+                          max_wait_s=max_wait_s)
     budget.pause_for(80)  # a 429 paused everyone for longer than a request may wait
     with pytest.raises(ProviderError) as raised:
         budget.acquire()
@@ -264,7 +267,10 @@ def test_a_bad_wait_bound_is_refused_naming_the_setting(store_url, monkeypatch):
     for bad in ("soon", "0", "-5", "inf"):
         monkeypatch.setenv("BACKFILL_RATE_MAX_WAIT_SECONDS", bad)
         with pytest.raises(ValueError, match="BACKFILL_RATE_MAX_WAIT_SECONDS"):
-            SharedBudget(engine, "alpaca", RateLimit(limit=5))
+            Settings.from_env()
+    for bad in (0, -5, float("inf")):
+        with pytest.raises(ValueError, match="max_wait_s"):
+            SharedBudget(engine, "alpaca", RateLimit(limit=5), max_wait_s=bad)
 
 
 # ---------------------------------------------------------------------------- a spent quota (issue 11, item 6)
