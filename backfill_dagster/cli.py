@@ -99,7 +99,7 @@ def checked_definitions(settings: Settings):
 def check_provider_config(settings: Settings, calendar: SessionCalendar) -> None:
     """Build the providers from this process's environment: a missing key or bad URL refuses here.
     Only for runs in this process; a daemon's runs read the daemon's environment."""
-    from backfill_dagster.ingest import utcnow
+    from backfill_dagster.domain.clock import utcnow
     from backfill_dagster.providers.http import RetryPolicy
     from backfill_dagster.providers.registry import build_providers
 

@@ -22,7 +22,8 @@ import pandas as pd
 
 from backfill_dagster.domain.bars import Validation, validate_bars
 from backfill_dagster.domain.calendar import SessionCalendar
-from backfill_dagster.domain.ledger import LedgerStatus, refusal_note
+from backfill_dagster.domain.clock import Clock, utcnow
+from backfill_dagster.domain.ledger import LedgerStatus, Partition, refusal_note
 from backfill_dagster.domain.provider_errors import ProviderError
 from backfill_dagster.domain.resample import resample_bars
 from backfill_dagster.domain.timeframes import Timeframe
@@ -31,15 +32,9 @@ from backfill_dagster.providers.planner import plan_requests
 from backfill_dagster.providers.router import Router
 from backfill_dagster.store.bars import BarStore, CoverageEntry, Derivation
 
-Partition = tuple[str, date]
-Clock = Callable[[], pd.Timestamp]
 Log = Callable[[str], None]
 
 DERIVE_SYMBOLS_PER_CHUNK = 25
-
-
-def utcnow() -> pd.Timestamp:
-    return pd.Timestamp.now(tz="UTC")
 
 
 @dataclass

@@ -53,8 +53,7 @@ from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
 from backfill_dagster.orchestration.partitions import SYMBOLS_PARTITIONS_NAME, range_tags
 from backfill_dagster.orchestration.resources import ProvidersResource, StoreResource
 from backfill_dagster.providers import alpaca, polygon
-from backfill_dagster.settings import PROVIDER_ENV_VARS
-from backfill_dagster.settings import Settings
+from backfill_dagster.settings import PROVIDER_ENV_VARS, Settings
 from backfill_dagster.store import Watchlist, shared_engine
 from pg_instance import EVENT_LOGS, PG, QUIET, fresh_pg_database, pg_instance
 

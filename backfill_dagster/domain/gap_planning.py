@@ -32,10 +32,10 @@ from enum import StrEnum
 import pandas as pd
 
 from backfill_dagster.domain.calendar import NEW_YORK
-from backfill_dagster.domain.gap_policy import GapPolicy, as_utc
+from backfill_dagster.domain.clock import as_utc
+from backfill_dagster.domain.gap_policy import GapPolicy
+from backfill_dagster.domain.ledger import Partition
 from backfill_dagster.domain.timeframes import Timeframe
-
-Partition = tuple[str, date]  # (symbol, session)
 
 
 # ---------------------------------------------------------------------------------- gaps

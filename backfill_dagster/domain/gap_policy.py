@@ -12,6 +12,7 @@ from datetime import date, timedelta
 import pandas as pd
 
 from backfill_dagster.domain.calendar import NEW_YORK, SessionCalendar
+from backfill_dagster.domain.clock import as_utc
 from backfill_dagster.domain.timeframes import Timeframe
 
 
@@ -138,10 +139,3 @@ def ledger_horizons(wanted: Mapping[Timeframe, Sequence[date]]) -> dict[Timefram
     intraday = sorted({d for t in (Timeframe.M15, Timeframe.H1, Timeframe.H4) for d in wanted.get(t, ())})
     out[Timeframe.M15] = intraday
     return out
-
-
-def as_utc(value) -> pd.Timestamp:
-    ts = pd.Timestamp(value)
-    if ts.tzinfo is None:
-        raise ValueError(f"naive timestamp {ts!s}: pass a timezone-aware time")
-    return ts.tz_convert("UTC")

@@ -12,7 +12,11 @@ Pure: plain values in, a decision out; the store applies it inside the write tra
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from enum import StrEnum
+
+# A (symbol, session) partition: the unit the ledger covers, a run fills and the checks judge.
+Partition = tuple[str, date]
 
 # How an operator lets fewer bars replace final ones: a run tag (UI backfill, CLI) or the setting.
 REPLACE_FEWER_TAG = "backfill/replace_fewer_bars"

@@ -17,17 +17,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date
 from enum import StrEnum
 
 import numpy as np
 import pandas as pd
 
 from backfill_dagster.domain.calendar import SessionCalendar
+from backfill_dagster.domain.ledger import Partition
 from backfill_dagster.domain.resample import resample_bars
 from backfill_dagster.domain.timeframes import Timeframe
 
-Partition = tuple[str, date]
 
 DEFAULT_COMPLETENESS_WARN_BELOW = 0.9
 # Prices are stored as float64 and resampling only picks values (max/min/first/last), so equality
@@ -206,10 +205,6 @@ def _with_partition(frame: pd.DataFrame, calendar: SessionCalendar, timeframe: T
         return out
     out["session"] = calendar.locate(out["ts"], timeframe, extended=True)["session"].to_numpy()
     return out
-
-
-def failed(verdicts: Sequence[Verdict]) -> list[Verdict]:
-    return [v for v in verdicts if not v.passed]
 
 
 # Failed partitions named in a summary; the rest are counted (per-partition detail: the ledger).

@@ -41,8 +41,6 @@ DESCRIPTIONS = {
 }
 
 
-
-
 def run_figures(report: IngestReport) -> dict[str, object]:
     """What a step did, about the whole run: written once per run, never into each partition."""
     return {

@@ -18,9 +18,10 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
 
 from backfill_dagster.domain import quality
 from backfill_dagster.domain.calendar import xnys
+from backfill_dagster.domain.ledger import Partition
 from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.instance.event_log_tuning import hold_event_log_connection
-from backfill_dagster.orchestration.partitions import Partition, partition_key, run_partitions as run_box
+from backfill_dagster.orchestration.partitions import partition_key, run_partitions as run_box
 from backfill_dagster.orchestration.resources import StoreResource
 
 # Partition keys per query when looking for the newest materialization among a run's partitions.

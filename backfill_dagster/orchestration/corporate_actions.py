@@ -13,16 +13,16 @@ watchlist_sync sensor asks for symbols no provider has been asked about yet (a n
 """
 
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import dagster as dg
 import pandas as pd
 
 from backfill_dagster.action_refresh import refresh_actions, refresh_window
 from backfill_dagster.domain.calendar import NEW_YORK, NotASessionError, SessionCalendar, xnys
+from backfill_dagster.domain.clock import Clock, utcnow
 from backfill_dagster.domain.corporate_actions import RepairState, disagreements
 from backfill_dagster.domain.symbols import InvalidSymbolError, normalize_symbols
-from backfill_dagster.ingest import utcnow
 from backfill_dagster.orchestration.resources import ProvidersResource, StoreResource
 
 ASSET = "corporate_actions"
@@ -33,8 +33,6 @@ SCHEDULE_CRON = "0 8 * * 1-5"
 PROVIDERS_AGREE = "providers_agree"
 SPLITS_REPAIRED = "splits_repaired"
 WORST_NAMED = 20  # items a check names in its metadata; the rest are counted
-
-Clock = Callable[[], pd.Timestamp]
 
 
 class RefreshConfig(dg.Config):

@@ -7,20 +7,18 @@ twice: partitions that any unfinished run will write are skipped, and each run's
 from its box and the ledger state that made it a gap, so Dagster refuses a repeated request.
 """
 
-from collections.abc import Callable
 from datetime import date
 
 import dagster as dg
-import pandas as pd
 
 # Not exported by dagster: the statuses and filter of backfills (UI "Materialize partitions").
 from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
 
 from backfill_dagster.domain.calendar import SessionCalendar, xnys
+from backfill_dagster.domain.clock import Clock, utcnow
 from backfill_dagster.domain.gap_planning import GapBox, InFlight, plan_gap_runs
 from backfill_dagster.domain.gap_policy import GapPolicy, horizons, ledger_horizons, settled_sessions
 from backfill_dagster.domain.timeframes import Timeframe
-from backfill_dagster.ingest import utcnow
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
 from backfill_dagster.orchestration.partitions import (
     SYMBOLS_PARTITIONS_NAME,
@@ -52,8 +50,6 @@ IN_FLIGHT_LIMIT = 1000  # unfinished runs read per evaluation
 UNFINISHED_BACKFILLS = [BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING, BulkActionStatus.FAILING]
 
 _TIMEFRAME_OF_ASSET = {dg.AssetKey(t.asset_name): t for t in Timeframe}
-
-Clock = Callable[[], pd.Timestamp]
 
 
 def in_flight_partitions(

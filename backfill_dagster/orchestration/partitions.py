@@ -17,13 +17,12 @@ from datetime import date, datetime
 import dagster as dg
 
 from backfill_dagster.domain.calendar import NEW_YORK, SessionCalendar, as_date
+from backfill_dagster.domain.ledger import Partition
 from backfill_dagster.domain.symbols import InvalidSymbolError, normalize_symbol
 
 SYMBOLS_PARTITIONS_NAME = "symbols"
 SYMBOL_PARTITIONS = dg.DynamicPartitionsDefinition(name=SYMBOLS_PARTITIONS_NAME)
 WEEKEND_EXCLUSIONS = ("0 0 * * 6", "0 0 * * 0")
-
-Partition = tuple[str, date]
 
 
 class PartitionKeyError(ValueError):

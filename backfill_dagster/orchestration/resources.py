@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import dagster as dg
 
 from backfill_dagster.domain.calendar import SessionCalendar, xnys
-from backfill_dagster.ingest import utcnow
+from backfill_dagster.domain.clock import utcnow
 from backfill_dagster.providers.base import Adjustment, Provider
 from backfill_dagster.providers.http import RetryPolicy
 from backfill_dagster.providers.ratelimit import DEFAULT_WINDOW_S, RateLimit

@@ -10,15 +10,14 @@ DESIGN §7), and skips with a reason whenever there is nothing to do.
 | BACKFILL_EOD_DELAY_MINUTES  | 30      | end_of_day runs this long after the close (0 to 180)       |
 """
 
-from collections.abc import Callable
 from datetime import date, timedelta
 
 import dagster as dg
 import pandas as pd
 
 from backfill_dagster.domain.calendar import NEW_YORK, NotASessionError, SessionCalendar, xnys
+from backfill_dagster.domain.clock import Clock, utcnow
 from backfill_dagster.domain.timeframes import Timeframe
-from backfill_dagster.ingest import utcnow
 from backfill_dagster.orchestration.gap_sensor import IN_FLIGHT_STATUSES, PRIORITY_TAG, REQUESTED_BY_TAG
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
 from backfill_dagster.orchestration.partitions import SYMBOLS_PARTITIONS_NAME, range_tags, symbol_blocks
@@ -36,8 +35,6 @@ INTRADAY_CRON = "*/15 9-15 * * 1-5"
 INTRADAY_ASSETS = (Timeframe.M15, Timeframe.H1, Timeframe.H4)  # h1/h4 derived in the same run
 EARLIEST_CLOSE_MIN = 13 * 60  # early closes, in minutes after midnight New York
 LATEST_END_MIN = 20 * 60  # the post-market's end, when extended hours are kept
-
-Clock = Callable[[], pd.Timestamp]
 
 
 class ScheduleConfigError(ValueError):

@@ -3,8 +3,7 @@ actions of new symbols fetched."""
 
 import dagster as dg
 
-from backfill_dagster.orchestration.corporate_actions import JOB as CORPORATE_ACTIONS_JOB
-from backfill_dagster.orchestration.corporate_actions import refresh_run_config
+from backfill_dagster.orchestration.corporate_actions import JOB as CORPORATE_ACTIONS_JOB, refresh_run_config
 from backfill_dagster.orchestration.partitions import SYMBOL_PARTITIONS
 from backfill_dagster.orchestration.resources import StoreResource
 

@@ -14,21 +14,19 @@ repair: a split never changes raw bars.
 
 
 import time
-from collections.abc import Callable
 from datetime import date
 
 import dagster as dg
-import pandas as pd
 from dagster._core.definitions.events import AssetKeyPartitionKey
 from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
 from dagster._core.execution.backfill import PartitionBackfill
 from dagster._core.utils import make_new_backfill_id
 
+from backfill_dagster.domain.clock import Clock, utcnow
 from backfill_dagster.domain.corporate_actions import RepairState, repair_reason
 from backfill_dagster.domain.ledger import REPLACE_FEWER_TAG, REWRITE_REASON_TAG
 from backfill_dagster.domain.split_repair import BackfillState, RecordedSplit, Step, decide
 from backfill_dagster.domain.timeframes import Timeframe
-from backfill_dagster.ingest import utcnow
 from backfill_dagster.orchestration.backfills import FINISHED
 from backfill_dagster.orchestration.gap_sensor import REQUESTED_BY_TAG
 from backfill_dagster.orchestration.partitions import SYMBOLS_PARTITIONS_NAME, partition_key
@@ -37,8 +35,6 @@ from backfill_dagster.providers.base import Adjustment
 
 SENSOR = "split_repair"
 SPLIT_TAG = "backfill/split"
-
-Clock = Callable[[], pd.Timestamp]
 
 
 def backfill_state(instance: dg.DagsterInstance, backfill_id: str | None) -> BackfillState:

@@ -8,13 +8,13 @@ are labelled ``demo:synthetic`` in the store: nobody should mistake them for mar
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date
 
 import numpy as np
 import pandas as pd
 
 from backfill_dagster.domain.bars import bars_frame, empty_bars
 from backfill_dagster.domain.calendar import SessionCalendar, epoch_ns
+from backfill_dagster.domain.clock import utcnow
 from backfill_dagster.domain.synthetic import VALUE_COLUMNS, day_values, synthetic_values
 from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.providers.base import (
@@ -24,10 +24,6 @@ from backfill_dagster.providers.base import (
     FetchResult,
     Provider,
 )
-
-
-def _utcnow() -> pd.Timestamp:
-    return pd.Timestamp.now(tz="UTC")
 
 
 class DemoProvider(Provider):
@@ -41,7 +37,7 @@ class DemoProvider(Provider):
         synthetic=True,
     )
 
-    def __init__(self, calendar: SessionCalendar, clock: Callable[[], pd.Timestamp] = _utcnow):
+    def __init__(self, calendar: SessionCalendar, clock: Callable[[], pd.Timestamp] = utcnow):
         self._calendar = calendar
         self._clock = clock
 

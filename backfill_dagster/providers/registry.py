@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-import pandas as pd
 
 from backfill_dagster.domain.calendar import SessionCalendar
+from backfill_dagster.domain.clock import Clock
 from backfill_dagster.providers.alpaca import AlpacaProvider
 from backfill_dagster.providers.base import Provider, ProviderConfigError
 from backfill_dagster.providers.demo import DemoProvider
@@ -15,7 +15,6 @@ from backfill_dagster.providers.polygon import PolygonProvider
 from backfill_dagster.providers.tradier import TradierProvider
 from backfill_dagster.providers.yahoo import YahooProvider
 
-Clock = Callable[[], pd.Timestamp]
 # (config by environment variable name, calendar, clock, the provider's shared request budget, the
 # HTTP client's retry policy)
 Factory = Callable[[Mapping[str, str | None], SessionCalendar, Clock, Budget | None, RetryPolicy | None], Provider]

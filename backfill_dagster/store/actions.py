@@ -31,10 +31,12 @@ from backfill_dagster.domain.corporate_actions import (
 )
 from backfill_dagster.domain.split_repair import RecordedSplit
 from backfill_dagster.domain.timeframes import Timeframe
-from backfill_dagster.store.schema import bar_coverage as cov
-from backfill_dagster.store.schema import corporate_action_checks as checks
-from backfill_dagster.store.schema import corporate_action_sources as sources
-from backfill_dagster.store.schema import corporate_actions as actions
+from backfill_dagster.store.schema import (
+    bar_coverage as cov,
+    corporate_action_checks as checks,
+    corporate_action_sources as sources,
+    corporate_actions as actions,
+)
 
 
 @dataclass

@@ -25,13 +25,12 @@ from sqlalchemy.engine import Connection, Engine
 
 from backfill_dagster.domain.bars import BAR_COLUMNS, bars_frame, empty_bars
 from backfill_dagster.domain.calendar import NEW_YORK, SessionCalendar, contiguous_runs, xnys
-from backfill_dagster.domain.ledger import Decision, LedgerStatus, Stored, judge
+from backfill_dagster.domain.ledger import Decision, LedgerStatus, Partition, Stored, judge
 from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.store import pg_copy
 from backfill_dagster.store.database import shared_engine
 from backfill_dagster.store.schema import BAR_STORE_COLUMNS, bar_coverage, ohlc_bars, rejected_bars
 
-Partition = tuple[str, date]  # (symbol, session)
 
 COVERAGE_STATUSES = tuple(s.value for s in LedgerStatus)
 

@@ -25,8 +25,8 @@ from datetime import date
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from backfill_dagster.domain.gap_planning import NEVER_COVERED, Gap, GapReason, Partition
-from backfill_dagster.domain.ledger import LedgerStatus
+from backfill_dagster.domain.gap_planning import Gap, GapReason, NEVER_COVERED
+from backfill_dagster.domain.ledger import LedgerStatus, Partition
 from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.store.schema import bar_coverage as cov
 

@@ -16,8 +16,7 @@ import pandas as pd
 import pytest
 
 from backfill_dagster.definitions import build_definitions
-from backfill_dagster.orchestration import assets as assets_module
-from backfill_dagster.orchestration import gap_sensor as gap_sensor_module
+from backfill_dagster.orchestration import assets as assets_module, gap_sensor as gap_sensor_module
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
 from backfill_dagster.orchestration.partitions import range_tags
 from backfill_dagster.orchestration.resources import StoreResource

@@ -4,8 +4,7 @@ import dagster as dg
 
 from backfill_dagster.definitions import build_definitions
 from backfill_dagster.orchestration.resources import ProvidersResource, providers_resource
-from backfill_dagster.settings import PROVIDER_ENV_VARS
-from backfill_dagster.settings import Settings
+from backfill_dagster.settings import PROVIDER_ENV_VARS, Settings
 
 SECRET = "sk-live-0123456789abcdef"
 

@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from backfill_dagster.domain.provider_errors import ProviderError
 from backfill_dagster.providers.http import HttpClient, RetryPolicy
 from backfill_dagster.providers.ratelimit import RateLimit
-from backfill_dagster.store import create_engine, shared_engine
 from backfill_dagster.settings import Settings
+from backfill_dagster.store import create_engine, shared_engine
 from backfill_dagster.store.budget import SharedBudget
 from backfill_dagster.store.database import apply_schema
 from tests.providers.scripted import Answer, ScriptedServer
