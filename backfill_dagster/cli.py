@@ -27,6 +27,7 @@ from backfill_dagster.domain.calendar import NotASessionError, SessionCalendar, 
 from backfill_dagster.domain.gap_policy import GapPolicyError, sessions_expected
 from backfill_dagster.domain.symbols import InvalidSymbolError, normalize_symbols, respelled_symbols, respelling_notice
 from backfill_dagster.domain.timeframes import Timeframe, UnknownTimeframeError
+from backfill_dagster.orchestration.tags import LAUNCHED_BY_TAG
 from backfill_dagster.providers.base import ProviderConfigError
 from backfill_dagster.settings import Settings, SettingsError, database_url_is_set, provider_config
 from backfill_dagster.store import (
@@ -276,7 +277,7 @@ def cmd_ensure_coverage(args: argparse.Namespace, settings: Settings) -> int:
             instance, asset_graph, keys, [dg.AssetKey(t.asset_name) for t in assets],
             title=f"ensure-coverage {_named(part)} {timeframe.value} x {len(sessions)} sessions{label}",
             description=f"{len(keys)} missing partition(s), launched by backfill-dagster ensure-coverage",
-            tags={"backfill_dagster/launched_by": "ensure-coverage"},
+            tags={LAUNCHED_BY_TAG: "ensure-coverage"},
         ))
     launched = backfill_ids[0] if len(backfill_ids) == 1 else f"{len(backfill_ids)} backfills ({', '.join(backfill_ids)})"
     print(f"launched {'backfill ' if len(backfill_ids) == 1 else ''}{launched}: {len(missing)} partition(s) of "

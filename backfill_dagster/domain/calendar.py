@@ -20,9 +20,10 @@ Everything here is vectorised over many sessions; nothing imports Dagster or the
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 import exchange_calendars as xcals
@@ -366,16 +367,24 @@ def xnys(last_year: int | None = None) -> SessionCalendar:
     return _calendar(CALENDAR_FIRST_DAY, date(last_year, 12, 31))
 
 
+T = TypeVar("T")
+
+
 def contiguous_runs(sessions: Iterable[date], calendar: SessionCalendar) -> list[list[date]]:
     """Split sessions into runs of consecutive sessions (no session of the calendar skipped)."""
-    ordered = sorted(set(sessions))
-    runs: list[list[date]] = []
-    last_index = None
-    for day in ordered:
-        i = calendar.session_index(day)
-        if last_index is not None and i == last_index + 1:
-            runs[-1].append(day)
+    return consecutive_runs(set(sessions), calendar.session_index)
+
+
+def consecutive_runs(items: Iterable[T], position: Callable[[T], int]) -> list[list[T]]:
+    """`items` in the order of their `position`, split wherever a position is not the previous one
+    plus one (sessions in the calendar, symbols in the partitions' order, plain integers)."""
+    runs: list[list[T]] = []
+    last = None
+    for item in sorted(items, key=position):
+        at = position(item)
+        if last is not None and at == last + 1:
+            runs[-1].append(item)
         else:
-            runs.append([day])
-        last_index = i
+            runs.append([item])
+        last = at
     return runs

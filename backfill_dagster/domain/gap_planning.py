@@ -31,7 +31,7 @@ from enum import StrEnum
 
 import pandas as pd
 
-from backfill_dagster.domain.calendar import NEW_YORK
+from backfill_dagster.domain.calendar import NEW_YORK, consecutive_runs
 from backfill_dagster.domain.clock import as_utc
 from backfill_dagster.domain.gap_policy import GapPolicy
 from backfill_dagster.domain.ledger import Partition
@@ -342,14 +342,8 @@ def _boxes(
 
 
 def _runs(values: Sequence[int]) -> list[tuple[int, int]]:
-    """Contiguous runs of sorted integers as (first, last) pairs."""
-    runs: list[tuple[int, int]] = []
-    for v in values:
-        if runs and v == runs[-1][1] + 1:
-            runs[-1] = (runs[-1][0], v)
-        else:
-            runs.append((v, v))
-    return runs
+    """Contiguous runs of integers as (first, last) pairs."""
+    return [(run[0], run[-1]) for run in consecutive_runs(values, int)]
 
 
 def _box(kind: RunKind, symbols: list[str], days: tuple[date, ...], age: int, gaps: LedgerGaps, now) -> GapBox:

@@ -24,6 +24,7 @@ from backfill_dagster.domain.clock import Clock, utcnow
 from backfill_dagster.domain.corporate_actions import RepairState, disagreements
 from backfill_dagster.domain.symbols import InvalidSymbolError, normalize_symbols
 from backfill_dagster.orchestration.resources import ProvidersResource, StoreResource
+from backfill_dagster.orchestration.tags import SESSION_TAG
 
 ASSET = "corporate_actions"
 GROUP = "corporate_actions"
@@ -189,6 +190,6 @@ def build_corporate_actions_schedule(
             return dg.SkipReason(f"{exc}: corporate actions are refreshed on sessions")
         if not store.watchlist().active():
             return dg.SkipReason("the watchlist has no active symbols")
-        return dg.RunRequest(run_key=f"{SCHEDULE}:{today.isoformat()}", tags={"backfill/session": today.isoformat()})
+        return dg.RunRequest(run_key=f"{SCHEDULE}:{today.isoformat()}", tags={SESSION_TAG: today.isoformat()})
 
     return corporate_actions_daily

@@ -27,16 +27,18 @@ from backfill_dagster.orchestration.partitions import (
     range_tags,
 )
 from backfill_dagster.orchestration.resources import StoreResource
+from backfill_dagster.orchestration.tags import (
+    GAPS_TAG,
+    GAP_KIND_TAG,
+    PARTITION_TAG,
+    PRIORITY_TAG,
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    REQUESTED_BY_TAG,
+)
 from backfill_dagster.store.gaps import find_gaps
 
 GAP_SENSOR_NAME = "coverage_gaps"
-REQUESTED_BY_TAG = "backfill/requested_by"
-GAP_KIND_TAG = "backfill/gap_kind"
-GAPS_TAG = "backfill/gaps"
-PRIORITY_TAG = "dagster/priority"
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
-PARTITION_TAG = "dagster/partition"
 
 # CANCELING too: a run being cancelled may still be writing its partitions.
 IN_FLIGHT_STATUSES = [

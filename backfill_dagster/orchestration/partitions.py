@@ -16,9 +16,10 @@ from datetime import date, datetime
 
 import dagster as dg
 
-from backfill_dagster.domain.calendar import NEW_YORK, SessionCalendar, as_date
+from backfill_dagster.domain.calendar import NEW_YORK, SessionCalendar, as_date, consecutive_runs
 from backfill_dagster.domain.ledger import Partition
 from backfill_dagster.domain.symbols import InvalidSymbolError, normalize_symbol
+from backfill_dagster.orchestration.tags import RANGE_END_TAG, RANGE_START_TAG
 
 SYMBOLS_PARTITIONS_NAME = "symbols"
 SYMBOL_PARTITIONS = dg.DynamicPartitionsDefinition(name=SYMBOLS_PARTITIONS_NAME)
@@ -86,8 +87,8 @@ def range_tags(first: Partition, last: Partition) -> dict[str, str]:
     """Run tags for a box of partitions: sessions first..last x symbols first..last in the
     dynamic partitions' insertion order (a 'reversed' symbol range selects nothing)."""
     return {
-        "dagster/asset_partition_range_start": partition_key(*first),
-        "dagster/asset_partition_range_end": partition_key(*last),
+        RANGE_START_TAG: partition_key(*first),
+        RANGE_END_TAG: partition_key(*last),
     }
 
 
@@ -101,14 +102,7 @@ def symbol_blocks(symbols: Sequence[str], partition_order: Sequence[str]) -> lis
             f"symbol(s) {', '.join(missing)} are not symbol partitions yet: add them to the "
             "watchlist (backfill-dagster watchlist add ...)"
         )
-    ordered = sorted(set(symbols), key=position.__getitem__)
-    blocks: list[list[str]] = []
-    for symbol in ordered:
-        if blocks and position[symbol] == position[blocks[-1][-1]] + 1:
-            blocks[-1].append(symbol)
-        else:
-            blocks.append([symbol])
-    return blocks
+    return consecutive_runs(set(symbols), position.__getitem__)
 
 
 def run_partitions(

@@ -18,15 +18,15 @@ import pandas as pd
 from backfill_dagster.domain.calendar import NEW_YORK, NotASessionError, SessionCalendar, xnys
 from backfill_dagster.domain.clock import Clock, utcnow
 from backfill_dagster.domain.timeframes import Timeframe
-from backfill_dagster.orchestration.gap_sensor import IN_FLIGHT_STATUSES, PRIORITY_TAG, REQUESTED_BY_TAG
+from backfill_dagster.orchestration.gap_sensor import IN_FLIGHT_STATUSES
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
 from backfill_dagster.orchestration.partitions import SYMBOLS_PARTITIONS_NAME, range_tags, symbol_blocks
 from backfill_dagster.orchestration.resources import StoreResource
+from backfill_dagster.orchestration.tags import PRIORITY_TAG, REQUESTED_BY_TAG, SESSION_TAG
 from backfill_dagster.settings import DEFAULT_EOD_DELAY, MAX_EOD_DELAY
 
 INTRADAY_REFRESH = "intraday_refresh"
 END_OF_DAY = "end_of_day"
-SESSION_TAG = "backfill/session"
 TIMEZONE = str(NEW_YORK)
 
 # Every 15 minutes from 09:00 to 15:45; the calendar keeps the ticks inside the session. A bar

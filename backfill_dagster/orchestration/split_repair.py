@@ -28,13 +28,12 @@ from backfill_dagster.domain.ledger import REPLACE_FEWER_TAG, REWRITE_REASON_TAG
 from backfill_dagster.domain.split_repair import BackfillState, RecordedSplit, Step, decide
 from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.orchestration.backfills import FINISHED
-from backfill_dagster.orchestration.gap_sensor import REQUESTED_BY_TAG
 from backfill_dagster.orchestration.partitions import SYMBOLS_PARTITIONS_NAME, partition_key
 from backfill_dagster.orchestration.resources import StoreResource
+from backfill_dagster.orchestration.tags import REQUESTED_BY_TAG, SPLIT_TAG
 from backfill_dagster.providers.base import Adjustment
 
 SENSOR = "split_repair"
-SPLIT_TAG = "backfill/split"
 
 
 def backfill_state(instance: dg.DagsterInstance, backfill_id: str | None) -> BackfillState:

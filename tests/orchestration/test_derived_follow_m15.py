@@ -6,10 +6,11 @@ from datetime import date
 import dagster as dg
 import pandas as pd
 
-from backfill_dagster.orchestration.gap_sensor import GAP_KIND_TAG, build_gap_sensor
+from backfill_dagster.orchestration.gap_sensor import build_gap_sensor
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
 from backfill_dagster.orchestration.partitions import range_tags
 from backfill_dagster.orchestration.resources import StoreResource
+from backfill_dagster.orchestration.tags import GAP_KIND_TAG
 from tests.orchestration.conftest import add_symbols
 
 NOW = pd.Timestamp("2024-12-06 20:00", tz="America/New_York").tz_convert("UTC")

@@ -16,10 +16,11 @@ from backfill_dagster.definitions import build_definitions
 from backfill_dagster.domain.calendar import xnys
 from backfill_dagster.domain.gap_policy import GapPolicy, horizons
 from backfill_dagster.domain.timeframes import Timeframe
-from backfill_dagster.orchestration.gap_sensor import GAP_SENSOR_NAME, REQUESTED_BY_TAG, build_gap_sensor
+from backfill_dagster.orchestration.gap_sensor import GAP_SENSOR_NAME, build_gap_sensor
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
 from backfill_dagster.orchestration.partitions import SYMBOLS_PARTITIONS_NAME, partition_key
 from backfill_dagster.orchestration.resources import StoreResource
+from backfill_dagster.orchestration.tags import REQUESTED_BY_TAG
 from backfill_dagster.settings import Settings
 from backfill_dagster.store import BarStore, CoverageEntry, Watchlist, shared_engine
 from tests.conftest import utc

@@ -9,13 +9,14 @@ import pytest
 from dagster._utils.schedules import cron_string_iterator
 
 from backfill_dagster.domain.timeframes import Timeframe
-from backfill_dagster.orchestration.gap_sensor import REQUESTED_BY_TAG, build_gap_sensor
+from backfill_dagster.orchestration.gap_sensor import build_gap_sensor
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
 from backfill_dagster.orchestration.resources import StoreResource
 from backfill_dagster.orchestration.schedules import (
     build_schedules,
     end_of_day_cron,
 )
+from backfill_dagster.orchestration.tags import REQUESTED_BY_TAG
 from backfill_dagster.store import BarStore, Watchlist, shared_engine
 from tests.orchestration.conftest import add_symbols
 

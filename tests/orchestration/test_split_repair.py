@@ -15,7 +15,8 @@ from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
 from backfill_dagster.orchestration.partitions import range_tags
 from backfill_dagster.orchestration.resources import StoreResource
-from backfill_dagster.orchestration.split_repair import SPLIT_TAG, build_split_repair_sensor
+from backfill_dagster.orchestration.split_repair import build_split_repair_sensor
+from backfill_dagster.orchestration.tags import SPLIT_TAG
 from backfill_dagster.store import BarStore, shared_engine
 from backfill_dagster.store.actions import ActionStore
 from backfill_dagster.store.schema import bar_coverage
