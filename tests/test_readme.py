@@ -1,4 +1,5 @@
-"""The README's quickstart stays two commands, and CI runs the README's test command verbatim."""
+"""The README's quickstart stays two commands, CI runs the README's test command verbatim, and the
+Layout lists the tree."""
 
 import re
 from pathlib import Path
@@ -22,3 +23,30 @@ def test_quickstart_is_two_commands_run_and_test():
 def test_ci_runs_the_readme_test_command():
     _, test = quickstart_commands()
     assert test in (ROOT / ".ci" / "run").read_text()
+
+
+def layout_entries(readme: str) -> set[str]:
+    """The paths the README's "Layout" lists under backfill_dagster/, from their indentation."""
+    block = readme.split("\n## Layout\n", 1)[1].split("```\n", 2)[1]
+    entries, stack = set(), []
+    for line in block.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        if not name:
+            continue
+        depth = (len(line) - len(line.lstrip())) // 2
+        stack[depth:] = [name]
+        path = "".join(stack)
+        if path.startswith("backfill_dagster/") and path != "backfill_dagster/":
+            entries.add(path)
+    return entries
+
+
+def test_the_layout_lists_every_module_and_folder_of_the_package_and_no_other():
+    listed = layout_entries((ROOT / "README.md").read_text())
+    package = ROOT / "backfill_dagster"
+    actual = {f"backfill_dagster/{p.relative_to(package).as_posix()}" for p in package.rglob("*.py")
+              if p.name != "__init__.py" and "__pycache__" not in p.parts}
+    actual |= {f"backfill_dagster/{p.relative_to(package).as_posix()}/" for p in package.iterdir()
+               if p.is_dir() and (p / "__init__.py").is_file()}
+    assert listed - actual == set(), "listed in the README's Layout, but not in the tree"
+    assert actual - listed == set(), "in the tree, missing from the README's Layout"
