@@ -76,18 +76,6 @@ def dagster_instance(settings: Settings):
     return DagsterInstance.get()
 
 
-def sync_symbol_partitions(instance, add: Sequence[str] = (), remove: Sequence[str] = ()) -> None:
-    from backfill_dagster.orchestration.partitions import SYMBOLS_PARTITIONS_NAME
-
-    existing = set(instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
-    new = [s for s in add if s not in existing]
-    if new:
-        instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, new)
-    for symbol in remove:
-        if symbol in existing:
-            instance.delete_dynamic_partition(SYMBOLS_PARTITIONS_NAME, symbol)
-
-
 def checked_definitions(settings: Settings):
     """The definitions as the code location builds them from this environment. Every setting the
     daemon's runs would refuse (providers; the settings were checked as they were read) refuses
@@ -138,6 +126,8 @@ def cmd_watchlist(args: argparse.Namespace, settings: Settings) -> int:
             state = "active" if e["active"] else "inactive"
             print(f"{e['symbol']:<10} {state:<8} added {e['added_at']:%Y-%m-%d %H:%M}Z")
         return 0
+    from backfill_dagster.orchestration.partitions import sync_symbol_partitions
+
     symbols = user_symbols(args.symbols)  # refuse bad input before touching anything
     instance = dagster_instance(settings)
     if args.action == "add":
@@ -181,6 +171,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         SYMBOLS_PARTITIONS_NAME,
         range_tags,
         symbol_blocks,
+        sync_symbol_partitions,
     )
 
     symbols = user_symbols(args.symbols)
@@ -232,7 +223,7 @@ def cmd_ensure_coverage(args: argparse.Namespace, settings: Settings) -> int:
 
     from backfill_dagster.cli_watch import DaemonWatch, LedgerProgress, ProgressBar
     from backfill_dagster.orchestration.backfills import launch_backfill, symbol_parts, wait_for_backfill
-    from backfill_dagster.orchestration.partitions import partition_key
+    from backfill_dagster.orchestration.partitions import partition_key, sync_symbol_partitions
     from backfill_dagster.store.coverage import missing_partitions
 
     symbols = user_symbols(args.symbols)

@@ -21,8 +21,8 @@ from backfill_dagster.domain.gap_policy import GapPolicy, horizons, ledger_horiz
 from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
 from backfill_dagster.orchestration.partitions import (
-    SYMBOLS_PARTITIONS_NAME,
     PartitionKeyError,
+    active_partition_symbols,
     parse_partition_key,
     range_tags,
 )
@@ -153,18 +153,10 @@ def build_gap_sensor(
     def coverage_gaps(context: dg.SensorEvaluationContext, store: StoreResource):
         cal = calendar or xnys()
         now = clock()
-        active = store.watchlist().active()
-        if not active:
-            return dg.SkipReason("the watchlist has no active symbols: nothing to cover")
-        order = list(context.instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
-        registered = set(order)
-        symbols = [s for s in active if s in registered]
-        pending = len(active) - len(symbols)
-        if not symbols:
-            return dg.SkipReason(
-                f"none of the {len(active)} active symbol(s) is a symbol partition yet: "
-                "the watchlist_sync sensor adds them"
-            )
+        found = active_partition_symbols(context.instance, store.watchlist().active(), "cover")
+        if isinstance(found, dg.SkipReason):
+            return found
+        symbols, order, pending = found.symbols, found.order, found.waiting
         wanted = horizons(policy, cal, now, history_start, extended=store.extended_hours)
         if not any(wanted.values()):
             return dg.SkipReason(f"no session has settled since the history start {history_start.isoformat()}")

@@ -12,6 +12,7 @@ Keys look like ``2026-01-05|AAPL`` (dimensions sorted by name: date, then symbol
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 
 import dagster as dg
@@ -90,6 +91,53 @@ def range_tags(first: Partition, last: Partition) -> dict[str, str]:
         RANGE_START_TAG: partition_key(*first),
         RANGE_END_TAG: partition_key(*last),
     }
+
+
+@dataclass(frozen=True)
+class PartitionSymbols:
+    """The active symbols that are symbol partitions (watchlist order), and the partitions' order."""
+
+    symbols: list[str]
+    order: list[str]
+    waiting: int  # active symbols whose partition watchlist_sync has not added yet
+
+
+def active_partition_symbols(
+    instance: dg.DagsterInstance, active: Sequence[str], nothing_to: str
+) -> PartitionSymbols | dg.SkipReason:
+    """The active symbols a schedule or sensor may request runs for: those that are symbol
+    partitions already; a SkipReason saying why when there are none (`nothing_to`: "fetch")."""
+    if not active:
+        return dg.SkipReason(f"the watchlist has no active symbols: nothing to {nothing_to}")
+    order = list(instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
+    registered = set(order)
+    symbols = [s for s in active if s in registered]
+    if not symbols:
+        return dg.SkipReason(
+            f"none of the {len(active)} active symbol(s) is a symbol partition yet: the watchlist_sync "
+            "sensor adds them"
+        )
+    return PartitionSymbols(symbols, order, len(active) - len(symbols))
+
+
+def symbol_partition_changes(
+    current: Sequence[str], add: Sequence[str] = (), remove: Sequence[str] = ()
+) -> tuple[list[str], list[str]]:
+    """The symbol partitions to add (of `add`, those not partitions yet) and to delete (of `remove`,
+    those that are), in their given order."""
+    existing = set(current)
+    new = list(dict.fromkeys(s for s in add if s not in existing))
+    gone = [s for s in dict.fromkeys(remove) if s in existing]
+    return new, gone
+
+
+def sync_symbol_partitions(instance: dg.DagsterInstance, add: Sequence[str] = (), remove: Sequence[str] = ()) -> None:
+    """Add and delete symbol partitions now (the CLI; the sensor requests the same changes)."""
+    new, gone = symbol_partition_changes(instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME), add, remove)
+    if new:
+        instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, new)
+    for symbol in gone:
+        instance.delete_dynamic_partition(SYMBOLS_PARTITIONS_NAME, symbol)
 
 
 def symbol_blocks(symbols: Sequence[str], partition_order: Sequence[str]) -> list[list[str]]:

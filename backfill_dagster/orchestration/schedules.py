@@ -20,7 +20,7 @@ from backfill_dagster.domain.clock import Clock, utcnow
 from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.orchestration.gap_sensor import IN_FLIGHT_STATUSES
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
-from backfill_dagster.orchestration.partitions import SYMBOLS_PARTITIONS_NAME, range_tags, symbol_blocks
+from backfill_dagster.orchestration.partitions import active_partition_symbols, range_tags, symbol_blocks
 from backfill_dagster.orchestration.resources import StoreResource
 from backfill_dagster.orchestration.tags import PRIORITY_TAG, REQUESTED_BY_TAG, SESSION_TAG
 from backfill_dagster.settings import DEFAULT_EOD_DELAY, MAX_EOD_DELAY
@@ -75,18 +75,10 @@ def _closes(calendar: SessionCalendar, day: date) -> str:
 
 def _blocks(context: dg.ScheduleEvaluationContext, store: StoreResource) -> list[list[str]] | dg.SkipReason:
     """Active symbols that are partitions, in blocks contiguous in the partitions' order."""
-    active = store.watchlist().active()
-    if not active:
-        return dg.SkipReason("the watchlist has no active symbols: nothing to fetch")
-    order = list(context.instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
-    registered = set(order)
-    symbols = [s for s in active if s in registered]
-    if not symbols:
-        return dg.SkipReason(
-            f"none of the {len(active)} active symbol(s) is a symbol partition yet: the watchlist_sync "
-            "sensor adds them"
-        )
-    return symbol_blocks(symbols, order)
+    found = active_partition_symbols(context.instance, store.watchlist().active(), "fetch")
+    if isinstance(found, dg.SkipReason):
+        return found
+    return symbol_blocks(found.symbols, found.order)
 
 
 def _requests(

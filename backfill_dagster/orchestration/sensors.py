@@ -4,7 +4,7 @@ actions of new symbols fetched."""
 import dagster as dg
 
 from backfill_dagster.orchestration.corporate_actions import JOB as CORPORATE_ACTIONS_JOB, refresh_run_config
-from backfill_dagster.orchestration.partitions import SYMBOL_PARTITIONS
+from backfill_dagster.orchestration.partitions import SYMBOL_PARTITIONS, symbol_partition_changes
 from backfill_dagster.orchestration.resources import StoreResource
 
 
@@ -22,10 +22,8 @@ from backfill_dagster.orchestration.resources import StoreResource
 def watchlist_sync(context: dg.SensorEvaluationContext, store: StoreResource):
     active = store.watchlist().active()
     current = context.instance.get_dynamic_partitions(SYMBOL_PARTITIONS.name)
-    known = set(current)
     wanted = set(active)
-    add = [s for s in active if s not in known]
-    delete = [s for s in current if s not in wanted]
+    add, delete = symbol_partition_changes(current, add=active, remove=[s for s in current if s not in wanted])
     # However a symbol was added (this sensor, the CLI, plain SQL): asked about by no provider yet.
     checked = set(store.actions().checks(active)["symbol"]) if active else set()
     unchecked = [s for s in active if s not in checked]
