@@ -34,7 +34,7 @@ from backfill_dagster.store import (
     StoreConfigError,
     StoreUnavailableError,
     Watchlist,
-    redact,
+    url_without_password,
     shared_engine,
 )
 from backfill_dagster.store.actions import ActionStore
@@ -190,7 +190,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     print(
         f"backfilling {', '.join(symbols)} x {len(sessions)} sessions "
         f"({sessions[0]} .. {sessions[-1]}), timeframes m15, h1, h4, d1, "
-        f"providers {', '.join(settings.providers)}, store {redact(settings.resolved_database_url)}"
+        f"providers {', '.join(settings.providers)}, store {url_without_password(settings.resolved_database_url)}"
     )
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     failed = 0
@@ -319,7 +319,7 @@ def cmd_ensure_coverage(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_db_init(_args: argparse.Namespace, settings: Settings) -> int:
     shared_engine(settings.resolved_database_url)  # connects and applies the schema
-    print(f"schema applied to {redact(settings.resolved_database_url)}")
+    print(f"schema applied to {url_without_password(settings.resolved_database_url)}")
     return 0
 
 
@@ -338,7 +338,7 @@ def format_summary(frame: pd.DataFrame, due: Sequence[int] | None = None) -> str
         sessions = "-" if row_due is None else f"{r.complete}/{row_due}"
         lines.append(
             f"{r.symbol:<8} {r.timeframe:<4} {sessions:>11} {r.complete:>8} {r.partial:>7} {r.empty:>5} {r.failed:>6} "
-            f"{r.bars:>9} {r.expected:>9}  {_d(r.first_session):<10} {_d(r.last_session):<10} {fetched}"
+            f"{r.bars:>9} {r.expected:>9}  {_day_text(r.first_session):<10} {_day_text(r.last_session):<10} {fetched}"
         )
     return "\n".join(lines)
 
@@ -365,7 +365,7 @@ def format_detail(frame: pd.DataFrame, symbol: str) -> str:
     for r in frame.itertuples(index=False):
         fetched = "-" if r.fetched_at is None or pd.isna(r.fetched_at) else f"{pd.Timestamp(r.fetched_at):%Y-%m-%d %H:%M}"
         lines.append(
-            f"{_d(r.session):<10} {r.timeframe:<4} {r.status:<8} {r.bars:>5}/{r.expected:<5} "
+            f"{_day_text(r.session):<10} {r.timeframe:<4} {r.status:<8} {r.bars:>5}/{r.expected:<5} "
             f"{(r.provider or '-'):<22} {fetched:<16} {r.error or ''}"
         )
     return "\n".join(lines)
@@ -392,7 +392,7 @@ def format_actions(actions: pd.DataFrame, sources: pd.DataFrame, checks: pd.Data
     from backfill_dagster.domain.corporate_actions import ratio_text
 
     asked = ", ".join(f"{r.provider} {pd.Timestamp(r.last_checked_at):%Y-%m-%d %H:%M}Z"
-                      f" (ex-dates {_d(r.checked_from)}..{_d(r.checked_through)})" for r in checks.itertuples())
+                      f" (ex-dates {_day_text(r.checked_from)}..{_day_text(r.checked_through)})" for r in checks.itertuples())
     if actions.empty:
         if checks.empty:
             return (f"no corporate actions known for {symbol}: no provider was asked yet (the corporate_actions "
@@ -415,7 +415,7 @@ def format_actions(actions: pd.DataFrame, sources: pd.DataFrame, checks: pd.Data
                 repair += f": {r.repair_note}"
             if r.basis_since is not None and not pd.isna(r.basis_since):
                 repair += f"; bars fetched before {pd.Timestamp(r.basis_since):%Y-%m-%d %H:%M}Z were on the old basis"
-        lines.append(f"{_d(r.ex_date):<10} {figures(r):<16} {seen:<16} {repair}")
+        lines.append(f"{_day_text(r.ex_date):<10} {figures(r):<16} {seen:<16} {repair}")
         reports = sources[(sources.kind == r.kind) & (sources.ex_date == r.ex_date)]
         for s in reports.itertuples():
             mark = "*" if s.provider == r.source else " "
@@ -426,7 +426,7 @@ def format_actions(actions: pd.DataFrame, sources: pd.DataFrame, checks: pd.Data
     return "\n".join(lines)
 
 
-def _d(value) -> str:
+def _day_text(value) -> str:
     return "-" if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)[:10]
 
 

@@ -121,7 +121,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        end_of_day_delay = timedelta(minutes=_whole(
+        end_of_day_delay = timedelta(minutes=_whole_number(
             env, "BACKFILL_EOD_DELAY_MINUTES", int(DEFAULT_EOD_DELAY.total_seconds() // 60), minimum=0,
             maximum=int(MAX_EOD_DELAY.total_seconds() // 60), rule="is out of range: the end-of-day delay must be between 0 and 180 minutes",
         ))
@@ -141,7 +141,7 @@ class Settings:
             },
             rate_window_s=_seconds(env, "BACKFILL_RATE_WINDOW_SECONDS", DEFAULT_WINDOW_S),
             rate_max_wait_s=_seconds(env, "BACKFILL_RATE_MAX_WAIT_SECONDS", DEFAULT_RATE_MAX_WAIT_S),
-            http_attempts=_whole(env, "BACKFILL_HTTP_ATTEMPTS", DEFAULT_HTTP_ATTEMPTS, minimum=1),
+            http_attempts=_whole_number(env, "BACKFILL_HTTP_ATTEMPTS", DEFAULT_HTTP_ATTEMPTS, minimum=1),
             http_backoff_s=_number(env, "BACKFILL_HTTP_BACKOFF_SECONDS", DEFAULT_HTTP_BACKOFF_S, float,
                                    lambda v: 0 <= v < math.inf, "a number of seconds", "must be 0 seconds or more"),
             end_of_day_delay=end_of_day_delay,
@@ -223,7 +223,7 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
                    "a number of seconds", "must be more than 0 seconds")
 
 
-def _whole(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int | None = None,
+def _whole_number(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int | None = None,
            rule: str | None = None) -> int:
     """A whole-number setting, at least `minimum` (and at most `maximum`)."""
     if rule is None:
@@ -238,17 +238,17 @@ def _gap_policy(env: Mapping[str, str], end_of_day_delay: timedelta) -> GapPolic
     half an hour more unless BACKFILL_GAP_SETTLE_MINUTES says otherwise."""
     defaults = GapPolicy()
     minutes = {
-        name: _whole(env, name, int(getattr(defaults, attr).total_seconds() // 60), minimum=0)
+        name: _whole_number(env, name, int(getattr(defaults, attr).total_seconds() // 60), minimum=0)
         for name, attr in _GAP_MINUTES.items() if name != "BACKFILL_GAP_SETTLE_MINUTES"
     }
-    settle = _whole(env, "BACKFILL_GAP_SETTLE_MINUTES", int(end_of_day_delay.total_seconds() // 60) + 30, minimum=0)
+    settle = _whole_number(env, "BACKFILL_GAP_SETTLE_MINUTES", int(end_of_day_delay.total_seconds() // 60) + 30, minimum=0)
     try:
         return GapPolicy(
             history_days={
-                t: _whole(env, f"BACKFILL_GAP_DAYS_{t.value.upper()}", DEFAULT_HISTORY_DAYS[t], minimum=1)
+                t: _whole_number(env, f"BACKFILL_GAP_DAYS_{t.value.upper()}", DEFAULT_HISTORY_DAYS[t], minimum=1)
                 for t in Timeframe
             },
-            **{attr: _whole(env, name, getattr(defaults, attr), minimum=1) for name, attr in _GAP_COUNTS.items()},
+            **{attr: _whole_number(env, name, getattr(defaults, attr), minimum=1) for name, attr in _GAP_COUNTS.items()},
             settle=timedelta(minutes=settle),
             **{_GAP_MINUTES[name]: timedelta(minutes=value) for name, value in minutes.items()},
         )

@@ -218,7 +218,7 @@ def plan_gap_runs(
     retry_before = (now - pd.Timedelta(policy.retry_failed_after)).to_pydatetime()
     empty_before = (now - pd.Timedelta(policy.retry_empty_after)).to_pydatetime()
 
-    def chasable(timeframe: Timeframe) -> dict[Partition, Gap]:
+    def gaps_to_request(timeframe: Timeframe) -> dict[Partition, Gap]:
         # Called on every gap of the horizon (a million for 500 new symbols): keep it lean.
         nonlocal busy, held, exhausted
         out = {}
@@ -247,8 +247,8 @@ def plan_gap_runs(
                 out[partition] = gap
         return out
 
-    m15 = chasable(Timeframe.M15)
-    derived_needs = set(chasable(Timeframe.H1)) | set(chasable(Timeframe.H4))
+    m15 = gaps_to_request(Timeframe.M15)
+    derived_needs = set(gaps_to_request(Timeframe.H1)) | set(gaps_to_request(Timeframe.H4))
     m15_gaps = gaps.get(Timeframe.M15, {})
     intraday = set(m15)
     derived: set[Partition] = set()
@@ -261,7 +261,7 @@ def plan_gap_runs(
             intraday.add(partition)  # m15 must be fetched first, in the same run
         else:
             waiting += 1
-    daily = set(chasable(Timeframe.D1))
+    daily = set(gaps_to_request(Timeframe.D1))
 
     sessions = sorted(set().union(*horizon.values()))
     index = {d: i for i, d in enumerate(sessions)}

@@ -20,8 +20,8 @@ The retry policy, in one place:
   every process sharing the budget holds off, not only this one.
 
 Secrets never leave: credentials travel in headers passed per request (`Credentials`), never in a
-URL, and every message built here is passed through `redact`, which blanks the credential values
-and any `apiKey=`/`token=`-like query parameter.
+URL, and every message built here is passed through `redact_secrets` (redaction.py), which blanks the
+credential values and any `apiKey=`/`token=`-like query parameter.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from backfill_dagster.domain.provider_errors import (
     utc_text,
 )
 from backfill_dagster.providers.base import FetchRequest
+from backfill_dagster.providers.redaction import REDACTED, redact_library_logs, redact_secrets
 from backfill_dagster.providers.server_wait import ServerWait, server_wait
 
 log = logging.getLogger(__name__)
@@ -56,13 +56,6 @@ DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
 # A 4xx that a retry can fix: 408 Request Timeout and 429 Too Many Requests.
 _RETRYABLE_4XX = frozenset({408, 429})
-# Query parameters whose values are secrets wherever they appear (Polygon's apiKey, OAuth tokens...).
-_SECRET_PARAM = re.compile(
-    r"(?i)\b(api[_-]?key|apikey|access[_-]?token|token|secret|key|password|signature)=([^&\s\"'#]+)"
-)
-# Authorization-like header values written out in text.
-_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
-REDACTED = "***"
 
 
 class Budget(Protocol):
@@ -147,38 +140,6 @@ class Reply:
     attempts: int  # requests sent for it, retries included: each one spends the rate budget
 
 
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """The text with every secret value and secret-looking query parameter blanked."""
-    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
-    text = _SECRET_PARAM.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
-    return _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
-
-
-class _RedactingFilter(logging.Filter):
-    """Blanks secret-looking query parameters in httpx's own "HTTP Request: GET <url>" lines.
-
-    Our clients never put a key in a URL; this guards the day someone configures one that does.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = redact(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, ()
-        return True
-
-
-_FILTER = _RedactingFilter()
-
-
-def _redact_library_logs() -> None:
-    for name in ("httpx", "httpcore"):
-        logger = logging.getLogger(name)
-        if _FILTER not in logger.filters:
-            logger.addFilter(_FILTER)
-
-
 class _Transient(Exception):
     """An attempt that failed in a way a retry may fix; `wait_s`: what the server asked for."""
 
@@ -212,7 +173,7 @@ class HttpClient:
         self._backoff = tenacity.wait_exponential_jitter(
             multiplier=self.policy.backoff_s, max=self.policy.max_backoff_s, jitter=self.policy.backoff_s
         )
-        _redact_library_logs()
+        redact_library_logs()
         self._client = httpx.Client(
             timeout=timeout,
             headers={"User-Agent": user_agent, "Accept": "application/json"},
@@ -295,10 +256,10 @@ class HttpClient:
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             # a configuration problem: no retry will fix it
             raise ProviderError(
-                self.provider, f"GET {where}: {redact(str(exc), secrets)}", request=request
+                self.provider, f"GET {where}: {redact_secrets(str(exc), secrets)}", request=request
             ) from None
         except (httpx.TransportError, httpx.DecodingError) as exc:  # timeouts, refused/reset, cut bodies
-            raise _Transient(f"{type(exc).__name__}: {redact(str(exc), secrets) or 'no detail'}") from None
+            raise _Transient(f"{type(exc).__name__}: {redact_secrets(str(exc), secrets) or 'no detail'}") from None
 
         status = response.status_code
         if status >= 500 or status in _RETRYABLE_4XX:
@@ -340,7 +301,7 @@ class HttpClient:
     def _unavailable(self, response, wait: ServerWait, where, request, secrets) -> ProviderUnavailable:
         """Mark the provider unavailable for as long as the server said, for every process."""
         status = response.status_code
-        detail = redact(_error_detail(response), secrets)
+        detail = redact_secrets(_error_detail(response), secrets)
         reason = f"HTTP {status} with {wait.said}" + (f": {detail}" if detail else "")
         unavailability = self.budget.unavailable_for(wait.seconds, reason)
         log.warning(
@@ -367,7 +328,7 @@ def _describe(url: str, secrets: Iterable[str]) -> str:
         path = httpx.URL(url).path
     except httpx.InvalidURL:
         path = url.split("?", 1)[0]
-    return redact(path, secrets)
+    return redact_secrets(path, secrets)
 
 
 def _status_text(response: httpx.Response, secrets: Iterable[str]) -> str:
@@ -376,7 +337,7 @@ def _status_text(response: httpx.Response, secrets: Iterable[str]) -> str:
     text = f"HTTP {response.status_code} {phrase}".rstrip()
     if not detail or detail.strip(" .").lower() == phrase.lower():
         return text
-    return f"{text}: {redact(detail, secrets)}"
+    return f"{text}: {redact_secrets(detail, secrets)}"
 
 
 def _error_detail(response: httpx.Response) -> str:
@@ -400,7 +361,7 @@ def _error_detail(response: httpx.Response) -> str:
 
 
 def _excerpt(body: bytes, secrets: Iterable[str]) -> str:
-    return redact(_shorten(body.decode("utf-8", "replace").strip()), secrets)
+    return redact_secrets(_shorten(body.decode("utf-8", "replace").strip()), secrets)
 
 
 def _shorten(text: str, limit: int = 300) -> str:
@@ -416,6 +377,5 @@ __all__ = [
     "RetryPolicy",
     "ServerWait",
     "Unlimited",
-    "redact",
     "server_wait",
 ]

@@ -10,7 +10,7 @@ from backfill_dagster.store.database import (
     create_engine,
     dispose_engine,
     parse_database_url,
-    redact,
+    url_without_password,
     shared_engine,
 )
 from backfill_dagster.store.watchlist import Watchlist, WatchlistChange
@@ -25,6 +25,6 @@ __all__ = [
     "create_engine",
     "dispose_engine",
     "parse_database_url",
-    "redact",
+    "url_without_password",
     "shared_engine",
 ]

@@ -57,7 +57,7 @@ def parse_database_url(url: str) -> URL:
     raise StoreConfigError(f"database {parsed.drivername!r} is not supported: use {SUPPORTED}")
 
 
-def redact(url: URL | str) -> str:
+def url_without_password(url: URL | str) -> str:
     url = url if isinstance(url, URL) else sa.engine.make_url(url)
     return url.render_as_string(hide_password=True)
 
@@ -89,7 +89,7 @@ def create_engine(url: str | URL) -> Engine:
     except sa.exc.OperationalError as exc:
         engine.dispose()
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        raise StoreUnavailableError(f"cannot reach the database {redact(parsed)}: {reason}") from None
+        raise StoreUnavailableError(f"cannot reach the database {url_without_password(parsed)}: {reason}") from None
     return engine
 
 

@@ -24,9 +24,9 @@ from backfill_dagster.providers.http import (
     RetryPolicy,
     ServerWait,
     Unlimited,
-    redact,
     server_wait,
 )
+from backfill_dagster.providers.redaction import redact_secrets
 from tests.providers.scripted import Answer, ScriptedServer
 
 SECRET = "sk-live-0123456789abcdef"
@@ -323,7 +323,7 @@ def test_server_wait_measures_absolute_times_on_the_servers_date_header():
 
 def test_redact_blanks_secrets_tokens_and_key_parameters():
     text = f"GET /x?apiKey=abc123&symbols=AAPL token={SECRET} Authorization: Bearer abcdefghijkl {KEY_ID}"
-    out = redact(text, [KEY_ID])
+    out = redact_secrets(text, [KEY_ID])
     assert "abc123" not in out and SECRET not in out and "abcdefghijkl" not in out and KEY_ID not in out
     assert "symbols=AAPL" in out
 
