@@ -35,7 +35,7 @@ from backfill_dagster.domain.calendar import xnys
 from backfill_dagster.domain.synthetic import synthetic_session_m15
 from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.store import BarStore, CoverageEntry, create_engine
-from backfill_dagster.store.bars import copy_frame
+from backfill_dagster.store.pg_copy import copy_frame
 from backfill_dagster.store.schema import BAR_STORE_COLUMNS
 
 

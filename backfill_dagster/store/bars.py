@@ -11,7 +11,6 @@ m15 and writes h1/h4, so m15 cannot change between the two. On PostgreSQL the in
 
 from __future__ import annotations
 
-import functools
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -27,8 +26,15 @@ from backfill_dagster.domain.bars import BAR_COLUMNS, bars_frame, empty_bars
 from backfill_dagster.domain.calendar import NEW_YORK, SessionCalendar, contiguous_runs, xnys
 from backfill_dagster.domain.ledger import Decision, LedgerStatus, Partition, Stored, judge
 from backfill_dagster.domain.timeframes import Timeframe
-from backfill_dagster.store import pg_copy
 from backfill_dagster.store.database import shared_engine
+from backfill_dagster.store.pg_copy import copy_frame
+from backfill_dagster.store.pg_statements import (
+    DELETE_BAR_RANGES,
+    LOCK_PARTITIONS,
+    LOCK_PARTITIONS_SHARED,
+    array_literal,
+    coverage_upsert,
+)
 from backfill_dagster.store.schema import BAR_STORE_COLUMNS, bar_coverage, ohlc_bars, rejected_bars
 
 
@@ -371,7 +377,7 @@ class BarStore:
     def _lock(self, conn: Connection, timeframe: Timeframe, symbols: set[str], *, shared: bool = False) -> None:
         if not self.is_postgres:
             return  # SQLite: BEGIN IMMEDIATE already holds the database's single write lock
-        statement = _PG_LOCK_SHARED if shared else _PG_LOCK
+        statement = LOCK_PARTITIONS_SHARED if shared else LOCK_PARTITIONS
         for symbol in sorted(symbols):
             conn.execute(statement, {"key": f"ohlc_bars|{symbol}|{timeframe.value}"})
 
@@ -380,7 +386,7 @@ class BarStore:
         if self.is_postgres:
             # One statement for any number of ranges.
             conn.execute(
-                _PG_DELETE,
+                DELETE_BAR_RANGES,
                 {
                     "symbols": [s for s, _, _ in ranges],
                     "los": [lo.to_pydatetime() for _, lo, _ in ranges],
@@ -428,8 +434,8 @@ class BarStore:
             # One statement whatever the row count: the varying columns travel as array literals
             # that unnest() turns back into rows (executemany would be a round trip per row).
             names = tuple(varying)
-            params = {c: _pg_array_literal(values) for c, values in varying.items()} | constant
-            conn.execute(_pg_coverage_upsert(names, tuple(constant), replaced, keep_final), params)
+            params = {c: array_literal(values) for c, values in varying.items()} | constant
+            conn.execute(coverage_upsert(names, tuple(constant), replaced, keep_final, _STICKY), params)
             return
         statement = sqlite.insert(bar_coverage)
         new_status = statement.excluded.status
@@ -503,85 +509,6 @@ _ON_SUCCESS = (
 _STICKY = frozenset({"rewrite_reason"})
 # An attempt that wrote nothing keeps what the last success recorded (its bars are still stored).
 _ON_FAILURE = ("error", "run_id", "updated_at")
-
-_PG_LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
-_PG_LOCK_SHARED = sa.text("SELECT pg_advisory_xact_lock_shared(hashtextextended(:key, 0))")
-_PG_DELETE = sa.text(
-    "DELETE FROM ohlc_bars b USING unnest(CAST(:symbols AS text[]), CAST(:los AS timestamptz[]), "
-    "CAST(:his AS timestamptz[])) AS r(symbol, lo, hi) "
-    "WHERE b.symbol = r.symbol AND b.timeframe = :timeframe AND b.ts >= r.lo AND b.ts < r.hi"
-)
-
-_PG_TYPES = {
-    "symbol": "text", "timeframe": "text", "session": "date", "status": "text", "bars": "integer",
-    "expected": "integer", "provider": "text", "fetched_at": "timestamptz", "session_closed": "boolean",
-    "error": "text", "run_id": "text", "updated_at": "timestamptz", "source_fetched_at": "timestamptz",
-    "rewrite_reason": "text",
-}
-
-
-def _pg_array_literal(values: list) -> str:
-    """A PostgreSQL array literal, e.g. '{2024-01-02,2024-01-03}': one text parameter instead of
-    thousands of elements for the driver to adapt one by one. Used for symbols (validated: no
-    separators or quotes), dates, numbers and booleans only; anything else is quoted."""
-    def item(v) -> str:
-        if v is None:
-            return "NULL"
-        if isinstance(v, bool):
-            return "t" if v else "f"
-        if isinstance(v, (int, float, date)) and not isinstance(v, datetime):
-            return v.isoformat() if isinstance(v, date) else repr(v)
-        text = str(v.isoformat() if isinstance(v, datetime) else v)
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-    return "{" + ",".join(item(v) for v in values) + "}"
-
-
-@functools.lru_cache(maxsize=64)
-def _pg_coverage_upsert(
-    varying: tuple[str, ...], constant: tuple[str, ...], replaced: tuple[str, ...], keep_final: bool = False
-) -> sa.TextClause:
-    status = "EXCLUDED.status"
-    if keep_final:
-        status = "CASE WHEN bar_coverage.session_closed AND bar_coverage.bars > 0 THEN 'complete' ELSE EXCLUDED.status END"
-    sets = ", ".join(
-        [f"{c} = COALESCE(EXCLUDED.{c}, bar_coverage.{c})" if c in _STICKY else f"{c} = EXCLUDED.{c}"
-         for c in replaced if c != "status"]
-        + [f"status = {status}",
-           f"attempts = CASE WHEN bar_coverage.status = {status} THEN bar_coverage.attempts + 1 ELSE 1 END"]
-    )
-    arrays = ", ".join(f"CAST(:{c} AS {_PG_TYPES[c]}[])" for c in varying)
-    scalars = "".join(f", CAST(:{c} AS {_PG_TYPES[c]})" for c in constant)
-    return sa.text(
-        f"INSERT INTO bar_coverage ({', '.join(varying + constant)}) "
-        f"SELECT u.*{scalars} FROM unnest({arrays}) AS u "
-        f"ON CONFLICT (symbol, timeframe, session) DO UPDATE SET {sets}"
-    )
-
-
-BAR_COPY_TYPES = {
-    "symbol": pg_copy.TEXT,
-    "timeframe": pg_copy.TEXT,
-    "ts": pg_copy.TIMESTAMPTZ,
-    "open": pg_copy.FLOAT8,
-    "high": pg_copy.FLOAT8,
-    "low": pg_copy.FLOAT8,
-    "close": pg_copy.FLOAT8,
-    "volume": pg_copy.FLOAT8,
-    "vwap": pg_copy.FLOAT8,
-    "trade_count": pg_copy.INT8,
-    "provider": pg_copy.TEXT,
-    "adjustment": pg_copy.TEXT,
-}
-
-
-def copy_frame(pg_connection, rows: pd.DataFrame, table: str = "ohlc_bars") -> None:
-    """COPY bar rows into a table over a psycopg 3 connection, in the binary format."""
-    data = pg_copy.encode(rows, BAR_COPY_TYPES)
-    with pg_connection.cursor() as cursor:
-        with cursor.copy(f"COPY {table} ({', '.join(BAR_COPY_TYPES)}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.write(data)
-
 
 def _ny_midnight(day: date) -> pd.Timestamp:
     return pd.Timestamp(day).tz_localize(NEW_YORK).tz_convert("UTC")

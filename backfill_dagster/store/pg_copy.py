@@ -78,3 +78,27 @@ def _encode_group(rows, columns, types, texts, nulls) -> bytes:
             else:
                 out[c] = epoch_ns(rows[c]) // 1000 - _PG_EPOCH_US
     return out.tobytes()
+
+
+BAR_COPY_TYPES = {
+    "symbol": TEXT,
+    "timeframe": TEXT,
+    "ts": TIMESTAMPTZ,
+    "open": FLOAT8,
+    "high": FLOAT8,
+    "low": FLOAT8,
+    "close": FLOAT8,
+    "volume": FLOAT8,
+    "vwap": FLOAT8,
+    "trade_count": INT8,
+    "provider": TEXT,
+    "adjustment": TEXT,
+}
+
+
+def copy_frame(pg_connection, rows: pd.DataFrame, table: str = "ohlc_bars") -> None:
+    """COPY bar rows into a table over a psycopg 3 connection, in the binary format."""
+    data = encode(rows, BAR_COPY_TYPES)
+    with pg_connection.cursor() as cursor:
+        with cursor.copy(f"COPY {table} ({', '.join(BAR_COPY_TYPES)}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.write(data)
