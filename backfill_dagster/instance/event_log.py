@@ -1,31 +1,14 @@
 """Dagster's PostgreSQL event log, writing a range run's per-partition events in bulk.
 
-Selected in `dagster.yaml` (`event_log_storage`). A run over N partitions makes Dagster write, per
-asset, a materialization-planned event and a materialization per partition, plus one
-check-planned event and one evaluation per check (the checks summarise the run: checks.py).
-dagster-postgres 1.13 writes them as if each were alone:
-
-- every statement on a new connection (NullPool: an idle instance holds none), ~5 ms each here;
-- planned events one at a time, each an insert plus a has-table query, a schema inspection and an
-  asset-key upsert, although Dagster hands them over in batches (`store_event_batch`);
-- a batch of materializations as a multi-row VALUES statement that SQLAlchemy compiles anew for
-  every batch, and their indexed tags with executemany;
-
-This subclass writes the same rows in far fewer round trips: pooled connections, kept per process
-(checked on checkout, never shared across a fork); each event (or batch) in one transaction
-instead of a commit per statement; the schema facts (a table or column exists) remembered once
-seen. It asks Dagster for one planned event per asset and run, naming the run's partitions as a
-subset (`supports_partition_subset_in_asset_materialization_planned_events`), and stores it as
-exactly the per-partition planned events Dagster writes otherwise, in one INSERT ... SELECT, so
-failed and in-progress partition status read the same rows. Materializations and their tags go in
-as arrays, one INSERT ... SELECT per table and batch. Reads and every other write are Dagster's own.
-It also turns on Dagster's event batching (`DAGSTER_EVENT_BATCH_SIZE`) in every process that opens
-the instance — webserver, daemon, run workers, CLI — since batches are what it makes cheap.
-Commits wait for the WAL flush (`synchronous_commit` stays on): turning it off saved ~0.02 s of a
-3.2 s, 5,000-partition run (bench/bookkeeping.py --synchronous-commit off), not worth losing the
-last events in a crash. bench/bookkeeping.py measures it against the stock storage;
-tests/instance/test_event_log.py shows both give the same statuses, and
-tests/orchestration/test_dagster_internals.py fails if a Dagster method it relies on changes.
+Selected in `dagster.yaml` (`event_log_storage`). A range run makes Dagster write a planned event
+and a materialization per partition and asset, and dagster-postgres writes each as if it were
+alone (a new connection, a transaction and schema inspections per statement). This subclass writes
+the same rows in a few round trips: pooled connections per process, one transaction per batch,
+schema facts remembered, one subset planned event per asset stored as the per-partition rows
+Dagster's readers expect, and materializations as arrays. Reads and other writes are Dagster's own.
+It turns on event batching in every process that opens the instance. Figures and what was not
+adopted: README, "Benchmarks"; same statuses as the stock storage: tests/instance/test_event_log.py;
+the Dagster internals it relies on: tests/orchestration/test_dagster_internals.py.
 """
 
 from __future__ import annotations

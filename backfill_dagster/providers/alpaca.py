@@ -56,11 +56,9 @@ PAGE_LIMIT = 10_000  # the API's maximum bars per page (all symbols together)
 # inside both, keeps the URL far below 8 KB, and since a page is 10,000 bars whatever the symbols,
 # batching more would save no calls, only make one failed request cost more.
 MAX_SYMBOLS = 100
-# About a year a request. A UI backfill gives one run per symbol, so a request is often one symbol:
-# 60 sessions (3,840 extended-hours m15 bars) would fill under 40% of a 10,000-bar page and cost
-# ~2.6x the fewest calls; 260 sessions (16,640 bars) fill their pages to within one part-filled
-# page (measured ~1.2x, bench/provider_backfill.py), while a request still holds a bounded number of
-# bars in memory and a request failing after its retries throws away at most a year of one batch.
+# About a year a request: long enough that one symbol's request fills its 10,000-bar pages (a UI
+# backfill often asks for one symbol), short enough that a failed request loses at most a year of
+# one batch (calls per floor: README, "Benchmarks").
 MAX_SESSIONS = 260
 HISTORY_START = date(2016, 1, 1)  # Alpaca's stock history begins here on every plan
 SIP_DELAY = pd.Timedelta(minutes=15)  # free plans may not query the latest 15 minutes of SIP
