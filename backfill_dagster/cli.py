@@ -344,7 +344,7 @@ def format_summary(frame: pd.DataFrame, due: Sequence[int] | None = None) -> str
 
 
 def summary_with_sessions(frame: pd.DataFrame, settings: Settings) -> str:
-    """`format_summary` with the closed sessions each row should hold by now (gaps.sessions_expected,
+    """`format_summary` with the closed sessions each row should hold by now (gap_policy.sessions_expected,
     the gap sensor's horizons from BACKFILL_GAP_DAYS_*)."""
     policy = settings.gap_policy
     due = sessions_expected(frame, policy, xnys(), pd.Timestamp.now(tz="UTC"), settings.history_start)

@@ -3,11 +3,8 @@
 Both tick by cron on weekdays (America/New_York) and decide from the NYSE calendar, so holidays,
 ad-hoc closures, early closes and DST changes need no cron of their own. Each asks for one range run
 over today x every active symbol (one per block of symbols contiguous in the partitions' order;
-DESIGN §7), and skips with a reason whenever there is nothing to do.
-
-| variable                    | default | meaning                                                    |
-|-----------------------------|---------|------------------------------------------------------------|
-| BACKFILL_EOD_DELAY_MINUTES  | 30      | end_of_day runs this long after the close (0 to 180)       |
+DESIGN §7), and skips with a reason whenever there is nothing to do. end_of_day runs
+BACKFILL_EOD_DELAY_MINUTES after the close (settings.py).
 """
 
 from datetime import date, timedelta
