@@ -39,6 +39,16 @@ def watchlist_sync(context: dg.SensorEvaluationContext, store: StoreResource):
         # One run per set of new symbols: a key Dagster has seen is not requested again.
         runs.append(dg.RunRequest(run_key=f"corporate_actions:{','.join(unchecked)}",
                                   run_config=refresh_run_config(unchecked)))
-    context.log.info(f"watchlist sync: adding {add or 'none'}, removing {delete or 'none'}; "
-                     f"corporate actions asked for {unchecked or 'none'}")
+    context.log.info(f"watchlist sync: adding {_listed(add)}, removing {_listed(delete)}; "
+                     f"corporate actions asked for {_listed(unchecked)}")
     return dg.SensorResult(run_requests=runs, dynamic_partitions_requests=requests)
+
+
+def _listed(symbols: list[str], shown: int = 10) -> str:
+    """Symbols for a log line: all of a few, the count and the first ones of many (500 symbols
+    added at once would make a 4 KB line in the daemon's log every time)."""
+    if not symbols:
+        return "none"
+    if len(symbols) <= shown:
+        return ", ".join(symbols)
+    return f"{len(symbols)} symbols ({', '.join(symbols[:shown])}, ...)"

@@ -63,3 +63,25 @@ def test_watchlist_sync_asks_for_the_corporate_actions_of_symbols_never_asked_ab
     assert run.run_key == "corporate_actions:MSFT" and run.run_config == refresh_run_config(["MSFT"])
     checked(store_url, ["MSFT"])
     assert isinstance(evaluate(instance, store_url), dg.SkipReason)
+
+
+def test_watchlist_sync_logs_a_whole_market_add_in_one_short_line(instance, store_url):
+    import logging
+
+    class Lines(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
+    symbols = [f"S{i:03d}" for i in range(500)]
+    Watchlist(shared_engine(store_url)).add(symbols)
+    context = dg.build_sensor_context(instance=instance, resources={"store": StoreResource(database_url=store_url)})
+    seen = Lines()
+    context.log.addHandler(seen)
+    watchlist_sync(context)
+    (line,) = [text for text in seen.lines if "watchlist sync:" in text]
+    assert "adding 500 symbols (S000, S001," in line and "S499" not in line
+    assert len(line) < 400
