@@ -57,6 +57,7 @@ class Deployment:
     workdir: Path
     history_start: str
     extra_env: dict[str, str] = field(default_factory=dict)
+    code_root: Path = ROOT  # the checkout whose package, dagster.yaml and workspace.yaml are deployed
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     webserver_url: str = ""
 
@@ -93,7 +94,7 @@ class Deployment:
             "BACKFILL_DATABASE_URL": self.store_url,
             "BACKFILL_DATA_DIR": str(self.workdir / "data"),
             "BACKFILL_HISTORY_START": self.history_start,
-            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "PYTHONPATH": str(self.code_root) + os.pathsep + os.environ.get("PYTHONPATH", ""),
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
         }
@@ -110,7 +111,7 @@ class Deployment:
         self.home.mkdir(parents=True)
         self.logs.mkdir(parents=True)
         (self.workdir / "data").mkdir()
-        shutil.copy(ROOT / "dagster.yaml", self.home / "dagster.yaml")
+        shutil.copy(self.code_root / "dagster.yaml", self.home / "dagster.yaml")
 
     def drop(self) -> None:
         drop_database(self.dagster_db)
@@ -130,7 +131,7 @@ class Deployment:
     def start(self, name: str, args: list[str]) -> subprocess.Popen:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = open(self.logs / f"{name}.log", "ab")
-        proc = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(args, cwd=self.code_root, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         self.processes[name] = proc
         return proc
@@ -172,7 +173,7 @@ class Deployment:
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
     def run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        return subprocess.run([str(a) for a in args], cwd=ROOT, env=self.env, capture_output=True, text=True,
+        return subprocess.run([str(a) for a in args], cwd=self.code_root, env=self.env, capture_output=True, text=True,
                               timeout=timeout)
 
     def graphql(self, query: str, variables: dict | None = None, timeout: float = 300) -> dict:

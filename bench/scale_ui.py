@@ -219,6 +219,13 @@ def report(rows: list[dict], limit_s: float) -> list[str]:
     return lines
 
 
+def git_head(root: Path) -> str:
+    import subprocess
+
+    out = subprocess.run(["git", "-C", str(root), "log", "-1", "--format=%h %s"], capture_output=True, text=True)
+    return out.stdout.strip()[:60]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--symbols", type=int, default=500)
@@ -233,7 +240,12 @@ def main() -> None:
     parser.add_argument("--no-daemon", action="store_true", help="webserver only")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_scale_ui"))
     parser.add_argument("--json", type=Path, help="write every request's row here")
+    parser.add_argument("--code-root", type=Path,
+                        help="deploy another checkout of the project (e.g. a `git worktree` of an earlier commit), "
+                             "for the earlier design's figures side by side")
     args = parser.parse_args()
+    code_root = (args.code_root or Path(__file__).resolve().parents[1]).resolve()
+    sys.path.insert(0, str(code_root))  # before the package is first imported
     if args.symbols < 1 or args.sessions < 1 or args.box < 1:
         parser.error("--symbols, --sessions and --box must be positive")
     assets = ASSETS if args.assets == "all" else [a.strip() for a in args.assets.split(",")]
@@ -243,11 +255,12 @@ def main() -> None:
 
     history_start, sessions = history_for(args.sessions)
     syms = symbol_names(args.symbols)
-    name = f"bench_scale_ui_{args.symbols}x{args.sessions}"
-    dep = Deployment(name, args.workdir / name, history_start)
+    name = f"bench_scale_ui_{args.symbols}x{args.sessions}" + ("_" + code_root.name.replace("-", "_") if args.code_root else "")
+    dep = Deployment(name, args.workdir / name, history_start, code_root=code_root)
     n = len(syms) * len(sessions)
     print(f"whole-market UI bench: {len(syms)} symbols x {len(sessions)} sessions "
           f"({sessions[0]}..{sessions[-1]}) = {n:,} partitions per asset; assets {','.join(assets)}; "
+          f"code {code_root} ({git_head(code_root)}); "
           f"load {load_average()}", flush=True)
     try:
         if args.keep and dep.exists() and populated(dep, assets, n):
