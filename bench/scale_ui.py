@@ -128,7 +128,8 @@ def checked_partitions(dep: Deployment) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------------------------- browser
-def time_pages(base_url: str, rounds: int, quiet_s: float, page_timeout: float) -> list[dict]:
+def time_pages(base_url: str, rounds: int, quiet_s: float, page_timeout: float,
+               only: list[str] | None = None) -> list[dict]:
     from playwright.sync_api import sync_playwright
 
     rows: list[dict] = []
@@ -140,6 +141,8 @@ def time_pages(base_url: str, rounds: int, quiet_s: float, page_timeout: float) 
             context = browser.new_context(viewport={"width": 1400, "height": 900})
             for round_ in range(1, rounds + 1):
                 for label, path in pages():
+                    if only and label not in only:
+                        continue
                     rows += time_one_page(context, base_url + path, label, round_, quiet_s, page_timeout)
         finally:
             browser.close()
@@ -206,6 +209,7 @@ def report(rows: list[dict], limit_s: float) -> list[str]:
     for r in rows:
         by_key[(r["page"], r["query"])].append(r)
     order = [label for label, _ in pages()]
+    order += sorted({r["page"] for r in rows} - set(order))
     lines = [f"{'page':<22} {'query':<44} {'n':>3} {'median s':>9} {'max s':>8}  flag"]
     for (page, query), rs in sorted(by_key.items(), key=lambda kv: (order.index(kv[0][0]), -max(r['seconds'] for r in kv[1]))):
         worst = max(r["seconds"] for r in rs)
@@ -240,6 +244,10 @@ def main() -> None:
     parser.add_argument("--no-daemon", action="store_true", help="webserver only")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_scale_ui"))
     parser.add_argument("--json", type=Path, help="write every request's row here")
+    parser.add_argument("--pages", help="only these pages, comma-separated labels as printed (e.g. 'bars_m15 overview')")
+    parser.add_argument("--cold-status-cache", action="store_true",
+                        help="clear Dagster's per-asset partition status cache (asset_keys.cached_status_data) before "
+                             "the pages load, as on an instance whose UI nobody opened while partitions were written")
     parser.add_argument("--code-root", type=Path,
                         help="deploy another checkout of the project (e.g. a `git worktree` of an earlier commit), "
                              "for the earlier design's figures side by side")
@@ -277,12 +285,23 @@ def main() -> None:
         total, tables = db_sizes(dep.dagster_db)
         print(f"  Dagster database {total / 1e6:.0f} MB: " + ", ".join(f"{t} {b / 1e6:.0f} MB" for t, b, _ in tables[:6]))
 
+        if args.cold_status_cache:
+            import psycopg
+
+            with psycopg.connect(dep.store_url.rsplit("/", 1)[0] + "/" + dep.dagster_db, autocommit=True) as conn:
+                cleared = conn.execute("UPDATE asset_keys SET cached_status_data = NULL "
+                                       "WHERE cached_status_data IS NOT NULL").rowcount
+            print(f"  cleared the partition status cache of {cleared} asset(s)")
         started = dep.start_webserver()
         print(f"webserver answered after {started:.1f} s; load {load_average()}", flush=True)
         if not args.no_daemon:
             dep.start_daemon()
             time.sleep(20)  # let the daemon's first sensor ticks happen, as on a live deployment
-        rows = time_pages(dep.webserver_url, args.rounds, args.quiet_s, args.page_timeout)
+        only = [p.strip() for p in args.pages.split(",")] if args.pages else None
+        if only and set(only) - {label for label, _ in pages()}:
+            parser.error(f"unknown page(s) {sorted(set(only) - {label for label, _ in pages()})}; "
+                         f"choose from {[label for label, _ in pages()]}")
+        rows = time_pages(dep.webserver_url, args.rounds, args.quiet_s, args.page_timeout, only)
         print()
         print(f"GraphQL per page, {n:,} checked partitions per asset, webserver{'' if args.no_daemon else ' + daemon'} "
               f"running, {args.rounds} round(s); load after: {load_average()}")
