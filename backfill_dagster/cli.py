@@ -228,13 +228,18 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failed else 0
 
 
+def _named(symbols: Sequence[str]) -> str:
+    """Symbols for a backfill's title: all of a few, the first and last of many."""
+    return " ".join(symbols) if len(symbols) <= 5 else f"{symbols[0]} .. {symbols[-1]} ({len(symbols)} symbols)"
+
+
 def cmd_ensure_coverage(args: argparse.Namespace, settings: Settings) -> int:
     """Make sure symbols have `--sessions` recent sessions of a timeframe: launch a Dagster backfill
     of exactly the missing partitions (the UI shows it), and with --wait follow it to the end."""
     import dagster as dg
 
-    from backfill_dagster.cli_watch import DaemonWatch, ProgressBar
-    from backfill_dagster.orchestration.backfills import launch_backfill, wait_for_backfill
+    from backfill_dagster.cli_watch import DaemonWatch, LedgerProgress, ProgressBar
+    from backfill_dagster.orchestration.backfills import launch_backfill, symbol_parts, wait_for_backfill
     from backfill_dagster.orchestration.partitions import partition_key
     from backfill_dagster.store.coverage import missing_partitions
 
@@ -267,34 +272,55 @@ def cmd_ensure_coverage(args: argparse.Namespace, settings: Settings) -> int:
         source_missing = missing_partitions(engine, timeframe.source.value, symbols, sessions, now, closes)
         if set(source_missing) & set(missing):
             assets = [timeframe.source, timeframe]
-    keys = [partition_key(s, d) for s, d in missing]
-    backfill_id = launch_backfill(
-        instance, asset_graph, keys, [dg.AssetKey(t.asset_name) for t in assets],
-        title=f"ensure-coverage {' '.join(symbols)} {timeframe.value} x {len(sessions)} sessions",
-        description=f"{len(missing)} missing partition(s), launched by backfill-dagster ensure-coverage",
-        tags={"backfill_dagster/launched_by": "ensure-coverage"},
-    )
-    print(f"launched backfill {backfill_id}: {len(missing)} partition(s) of "
+    # Parts of SYMBOLS_PER_BACKFILL symbols, each its own backfill: Dagster shows a backfill's
+    # progress only after an iteration has submitted all its runs (orchestration/backfills.py).
+    short = {s for s, _ in missing}
+    parts = symbol_parts([s for s in symbols if s in short])
+    backfill_ids = []
+    for i, part in enumerate(parts, 1):
+        chosen = set(part)
+        keys = [partition_key(s, d) for s, d in missing if s in chosen]
+        label = f" (part {i}/{len(parts)})" if len(parts) > 1 else ""
+        backfill_ids.append(launch_backfill(
+            instance, asset_graph, keys, [dg.AssetKey(t.asset_name) for t in assets],
+            title=f"ensure-coverage {_named(part)} {timeframe.value} x {len(sessions)} sessions{label}",
+            description=f"{len(keys)} missing partition(s), launched by backfill-dagster ensure-coverage",
+            tags={"backfill_dagster/launched_by": "ensure-coverage"},
+        ))
+    launched = backfill_ids[0] if len(backfill_ids) == 1 else f"{len(backfill_ids)} backfills ({', '.join(backfill_ids)})"
+    print(f"launched {'backfill ' if len(backfill_ids) == 1 else ''}{launched}: {len(missing)} partition(s) of "
           f"{', '.join(t.asset_name for t in assets)} (see it in the UI under Runs > Backfills)")
     if not args.wait:
         return 0
 
+    # The ledger is the truth about what is covered, and it moves as each run commits; Dagster's
+    # counts move only between the backfill daemon's iterations. Both are shown.
     bar = ProgressBar(sys.stdout)
     wanted = set(missing)
+    ledger = LedgerProgress(lambda: len(wanted) - len(wanted & set(missing_partitions(
+        engine, timeframe.value, symbols, sessions, pd.Timestamp.now(tz="UTC"), closes))), len(wanted))
 
-    def show(progress):
+    def show(progress, covered=None):
         frame = coverage_summary(engine, symbols=symbols, timeframe=timeframe.value)
         bars = int(frame["bars"].sum()) if len(frame) else 0
-        bar.show(progress, bars)
+        bar.show(progress, bars, covered or ledger.read())
 
-    watch = DaemonWatch(instance, backfill_id, bar)
+    watch = DaemonWatch(instance, ", ".join(backfill_ids), bar)
+
+    def poll(progress):
+        watch(progress)
+        covered = ledger.poll()
+        if covered is not None:
+            show(progress, covered)
+
     try:
-        progress = wait_for_backfill(instance, backfill_id, on_progress=show, on_poll=watch, timeout_s=args.timeout)
+        progress = wait_for_backfill(instance, backfill_ids, on_progress=show, on_poll=poll, timeout_s=args.timeout)
     except KeyboardInterrupt:
         bar.close()
-        print(f"stopped waiting; backfill {backfill_id} stays in the instance (Runs > Backfills)")
+        print(f"stopped waiting; backfill {', '.join(backfill_ids)} stays in the instance (Runs > Backfills)")
         return 130
     bar.close()
+    backfill_id = ", ".join(backfill_ids)
     if not progress.finished:
         goes_on = "it goes on in the daemon" if not watch.warned else "it stays queued and runs when a daemon starts"
         print(f"backfill {backfill_id} still {progress.status.value} after {args.timeout}s; {goes_on}")

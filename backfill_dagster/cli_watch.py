@@ -25,10 +25,17 @@ class ProgressBar:
         self.stream = stream
         self.tty = stream.isatty()
 
-    def show(self, progress, bars: int) -> None:
-        total = max(progress.total, 1)
-        filled = int(self.WIDTH * (progress.done + progress.failed) / total)
-        text = (f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {progress.done}/{progress.total} partitions"
+    def show(self, progress, bars: int, covered: tuple[int, int] | None = None) -> None:
+        """Filled by what the ledger says is covered when given (it moves as each run commits),
+        else by Dagster's counts (they move only between the backfill daemon's iterations)."""
+        if covered is not None:
+            done, total = covered
+            head = f"{done}/{total} covered in the ledger; Dagster: "
+        else:
+            done, total = progress.done + progress.failed, progress.total
+            head = ""
+        filled = int(self.WIDTH * done / max(total, 1))
+        text = (f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {head}{progress.done}/{progress.total} partitions"
                 f"{f', {progress.failed} failed' if progress.failed else ''}, {bars:,} bars, {progress.status.value}")
         self.stream.write(("\r" + text) if self.tty else text + "\n")
         self.stream.flush()
@@ -41,6 +48,32 @@ class ProgressBar:
 
     def close(self) -> None:
         self.break_line()
+
+
+class LedgerProgress:
+    """How many of the wanted partitions the ledger says are covered, read at most every
+    `interval_s` while waiting (each read is one query over the wanted symbols and sessions)."""
+
+    def __init__(self, count, total: int, *, interval_s: float = 5.0, clock=time.monotonic):
+        self.count = count
+        self.total = total
+        self.interval_s = interval_s
+        self.clock = clock
+        self.last_read = None
+        self.last = None
+
+    def poll(self) -> tuple[int, int] | None:
+        """A new reading if one is due and it differs from the last, else None."""
+        if self.last_read is not None and self.clock() - self.last_read < self.interval_s:
+            return None
+        before = self.last
+        reading = self.read()
+        return reading if reading != before else None
+
+    def read(self) -> tuple[int, int]:
+        self.last_read = self.clock()
+        self.last = (self.count(), self.total)
+        return self.last
 
 
 class DaemonWatch:

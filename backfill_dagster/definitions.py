@@ -25,6 +25,7 @@ from backfill_dagster.orchestration.schedules import DEFAULT_EOD_DELAY, build_sc
 from backfill_dagster.orchestration.sensors import watchlist_sync
 from backfill_dagster.orchestration.split_checks import suspected_split_check
 from backfill_dagster.orchestration.split_repair import build_split_repair_sensor
+from backfill_dagster.orchestration.status_cache import build_status_cache_sensor
 from backfill_dagster.providers.registry import check_provider_names
 from backfill_dagster.settings import Settings
 from backfill_dagster.timeframes import Timeframe
@@ -50,6 +51,7 @@ def build_definitions(
         sensors=[
             watchlist_sync, build_gap_sensor(settings.history_start, gap_policy),
             build_split_repair_sensor(settings.history_start),
+            build_status_cache_sensor(list(assets.values())),
         ],
         schedules=[*build_schedules(end_of_day_delay), build_corporate_actions_schedule()],
         resources={

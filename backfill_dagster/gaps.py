@@ -59,6 +59,8 @@ class GapPolicy:
     | BACKFILL_GAP_MAX_SESSIONS_PER_RUN       | 64                 | sessions in one run's box      |
     | BACKFILL_GAP_MAX_PARTITIONS_PER_RUN     | 2000               | symbols x sessions in one box  |
     | BACKFILL_GAP_MAX_RUNS_PER_TICK          | 10                 | runs one evaluation requests   |
+    | BACKFILL_GAP_MAX_ASSET_PARTITIONS_PER_TICK | 12000           | asset partitions (partitions x |
+    |                                         |                    | assets) one evaluation requests|
     | BACKFILL_GAP_MAX_RUNS_IN_FLIGHT         | 20                 | the sensor's unfinished runs   |
     | BACKFILL_GAP_SETTLE_MINUTES             | EOD delay + 30     | a closed session is left to    |
     |                                         |                    | end_of_day this long           |
@@ -73,6 +75,11 @@ class GapPolicy:
     # Dagster writes events per partition of a run (DESIGN §4): a few thousand keeps a run minutes.
     max_partitions_per_run: int = 2000
     max_runs_per_tick: int = 10
+    # The daemon creates a tick's runs inside the tick, and a run's creation costs per asset
+    # partition it targets (planned events, the run's partition subset): bounding the asset
+    # partitions keeps a tick of 500 new symbols well under the daemon's 60 s limit; the rest is
+    # requested by the next ticks. A single box larger than this is still requested alone.
+    max_asset_partitions_per_tick: int = 12_000
     max_runs_in_flight: int = 20
     # Longer than the end_of_day schedule's delay (BACKFILL_EOD_DELAY_MINUTES, 30 min by default),
     # so the sensor never fetches a session the schedule is about to finalize.
@@ -91,7 +98,7 @@ class GapPolicy:
             if int(days) < 1:
                 raise GapPolicyError(f"history days for {Timeframe.parse(timeframe).value} must be at least 1, not {days}")
         for name in ("max_sessions_per_run", "max_partitions_per_run", "max_runs_per_tick", "max_runs_in_flight",
-                     "empty_attempts"):
+                     "max_asset_partitions_per_tick", "empty_attempts"):
             if getattr(self, name) < 1:
                 raise GapPolicyError(f"{name} must be at least 1, not {getattr(self, name)}")
         if min(self.settle, self.retry_failed_after, self.retry_empty_after) < timedelta(0):
@@ -111,6 +118,7 @@ class GapPolicy:
             max_sessions_per_run=_whole(env, "BACKFILL_GAP_MAX_SESSIONS_PER_RUN", 64, minimum=1),
             max_partitions_per_run=_whole(env, "BACKFILL_GAP_MAX_PARTITIONS_PER_RUN", 2000, minimum=1),
             max_runs_per_tick=_whole(env, "BACKFILL_GAP_MAX_RUNS_PER_TICK", 10, minimum=1),
+            max_asset_partitions_per_tick=_whole(env, "BACKFILL_GAP_MAX_ASSET_PARTITIONS_PER_TICK", 12_000, minimum=1),
             max_runs_in_flight=_whole(env, "BACKFILL_GAP_MAX_RUNS_IN_FLIGHT", 20, minimum=1),
             settle=timedelta(minutes=_whole(env, "BACKFILL_GAP_SETTLE_MINUTES", eod_delay + 30, minimum=0)),
             retry_failed_after=timedelta(minutes=_whole(env, "BACKFILL_GAP_RETRY_FAILED_MINUTES", 15, minimum=0)),
@@ -439,17 +447,32 @@ def plan_gap_runs(
     ]
     planned.sort(key=lambda p: p[:3])
     slots = max(0, min(policy.max_runs_per_tick, policy.max_runs_in_flight - own_runs_in_flight))
+    now_boxes = _within_budget(planned[:slots], policy.max_asset_partitions_per_tick)
     return GapPlan(
         # Only the boxes requested now get their key computed: it reads every partition's state.
         boxes=[_box(kind, symbols, tuple(sessions[lo : hi + 1]), age, gaps, now)
-               for age, _, _, kind, symbols, lo, hi in planned[:slots]],
-        later=max(0, len(planned) - slots),
+               for age, _, _, kind, symbols, lo, hi in now_boxes],
+        later=len(planned) - len(now_boxes),
         gaps={t: dict(c) for t, c in counts.items()},
         in_flight=busy,
         held=held,
         waiting_for_m15=waiting,
         exhausted=exhausted,
     )
+
+
+def _within_budget(planned: list, budget: int) -> list:
+    """The leading boxes whose asset partitions (symbols x sessions x the kind's assets) fit in
+    `budget`, newest first as planned; the first box always goes, however large."""
+    taken, used = [], 0
+    for entry in planned:
+        kind, symbols, lo, hi = entry[3:]
+        size = len(symbols) * (hi - lo + 1) * len(kind.timeframes)
+        if taken and used + size > budget:
+            break
+        taken.append(entry)
+        used += size
+    return taken
 
 
 def _m15_ready(partition: Partition, gap: Gap, in_flight: InFlight, policy: GapPolicy, now) -> bool:

@@ -179,6 +179,22 @@ def test_ensure_coverage_says_when_history_start_clips_the_sessions(env, monkeyp
     assert "only" not in capsys.readouterr().out
 
 
+def test_ensure_coverage_launches_many_symbols_as_backfills_of_25(env, capsys):
+    # One backfill of 30 symbols would submit 30 runs before Dagster counted anything done.
+    symbols = [f"S{i:02d}" for i in range(30)]
+    assert main(["ensure-coverage", *symbols, "--timeframe", "d1", "--sessions", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "launched 2 backfills (" in out and "60 partition(s) of bars_d1" in out
+    backfills = sorted(dg.DagsterInstance.get().get_backfills(), key=lambda b: b.title)
+    assert [b.title for b in backfills] == [
+        "ensure-coverage S00 .. S24 (25 symbols) d1 x 2 sessions (part 1/2)",
+        "ensure-coverage S25 S26 S27 S28 S29 d1 x 2 sessions (part 2/2)",
+    ]
+    keys = [{k.partition_key for k in b.asset_backfill_data.target_subset.iterate_asset_partitions()} for b in backfills]
+    assert [len(k) for k in keys] == [50, 10] and not keys[0] & keys[1]
+    assert {k.split("|")[1] for k in keys[1]} == {"S25", "S26", "S27", "S28", "S29"}
+
+
 def test_demo_says_when_history_start_clips_the_sessions(env, monkeypatch, capsys):
     start = xnys().recent_sessions(2, pd.Timestamp.now(tz="UTC"))[0]  # two closed sessions since
     monkeypatch.setenv("BACKFILL_HISTORY_START", start.isoformat())

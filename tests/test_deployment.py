@@ -42,13 +42,19 @@ def test_production_dagster_yaml_loads_on_postgres(tmp_path, pg_template):
             "import dagster as dg; i = dg.DagsterInstance.get(); "
             "print(type(i.run_storage).__name__, type(i.event_log_storage).__name__, "
             "type(i.schedule_storage).__name__, type(i.run_coordinator).__name__, "
-            "i.run_monitoring_enabled, i.run_retries_enabled, i.get_concurrency_config().run_queue_config.max_concurrent_runs)"
+            "i.run_monitoring_enabled, i.run_retries_enabled, i.get_concurrency_config().run_queue_config.max_concurrent_runs); "
+            # the daemon's tick retention, and its backfill log lines bounded once the instance is open
+            "from dagster._core.definitions.run_request import InstigatorType; "
+            "from dagster._core.execution import asset_backfill; "
+            "r = i.get_tick_retention_settings(InstigatorType.SENSOR); "
+            "print(*sorted(f'{k.value}={v}' for k, v in r.items()), asset_backfill._partition_subset_str.__module__)"
         )
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         assert out.stdout.split() == [
             "PooledPostgresRunStorage", "BulkPostgresEventLogStorage", "PostgresScheduleStorage", "QueuedRunCoordinator",
             "True", "True", "8",
+            "FAILURE=30", "SKIPPED=1", "STARTED=30", "SUCCESS=14", "backfill_dagster.orchestration.backfill_log",
         ]
     finally:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:

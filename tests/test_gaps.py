@@ -154,6 +154,27 @@ def test_box_size_is_bounded_by_max_partitions(calendar):
     assert all(b.size <= 8 for b in result.boxes)
 
 
+def test_asset_partitions_per_tick_bound_what_one_tick_requests(calendar):
+    # 500 new symbols must not make one tick create runs for a million asset partitions: the
+    # daemon creates them inside the tick. Boxes go newest first until the budget is spent.
+    symbols = [f"S{i}" for i in range(6)]
+    days = [date(2024, 12, 4), date(2024, 12, 5), date(2024, 12, 6)]
+    gaps = {t: missing(symbols, days) for t in (M15, H1, H4)}
+    unbounded, _ = plan(gaps, policy(max_partitions_per_run=6, max_runs_per_tick=10), order=symbols)
+    # 3 boxes of 2 symbols x 3 sessions x 3 assets (m15, h1, h4) = 18 asset partitions each.
+    assert [b.size * len(b.kind.timeframes) for b in unbounded.boxes] == [18, 18, 18]
+    bounded, _ = plan(gaps, policy(max_partitions_per_run=6, max_runs_per_tick=10,
+                                   max_asset_partitions_per_tick=40), order=symbols)
+    assert bounded.boxes == unbounded.boxes[:2] and bounded.later == 1
+    assert "1 more run(s) left for later ticks" in bounded.summary()
+    # A box larger than the budget still goes, alone: the sensor never stalls.
+    alone, _ = plan(gaps, policy(max_partitions_per_run=6, max_asset_partitions_per_tick=5), order=symbols)
+    assert alone.boxes == unbounded.boxes[:1] and alone.later == 2
+    assert GapPolicy.from_env({"BACKFILL_GAP_MAX_ASSET_PARTITIONS_PER_TICK": "500"}).max_asset_partitions_per_tick == 500
+    with pytest.raises(GapPolicyError, match="max_asset_partitions_per_tick"):
+        GapPolicy(max_asset_partitions_per_tick=0)
+
+
 def test_in_flight_partitions_are_not_requested_again():
     day = date(2024, 12, 5)
     busy = InFlight()

@@ -2,6 +2,9 @@
 
 `backfill-dagster ensure-coverage` uses this: the backfill goes into the instance, shows on the
 UI's backfills page, and the daemon runs it (one run per symbol or per session, DESIGN §4).
+Many symbols are launched as several backfills of SYMBOLS_PER_BACKFILL each: Dagster counts a
+backfill's progress only between its iterations, and one iteration submits every run it can, so one
+backfill of 500 symbols would show nothing done until 500 runs were submitted.
 """
 
 from __future__ import annotations
@@ -27,6 +30,18 @@ FINISHED = {
     BulkActionStatus.CANCELED,
 }
 SUCCEEDED = {BulkActionStatus.COMPLETED, BulkActionStatus.COMPLETED_SUCCESS}
+
+# Symbols in one backfill launched from code: its first iteration submits at most this many runs
+# (one per symbol, DESIGN §4), the number Dagster submits between two updates of a backfill
+# (DAGSTER_ASSET_BACKFILL_RUN_CHUNK_SIZE, 25).
+SYMBOLS_PER_BACKFILL = 25
+
+
+def symbol_parts(symbols: Sequence[str], size: int = SYMBOLS_PER_BACKFILL) -> list[list[str]]:
+    """The symbols in the order given, cut into parts of at most `size`."""
+    if size < 1:
+        raise ValueError(f"size must be at least 1, not {size}")
+    return [list(symbols[i : i + size]) for i in range(0, len(symbols), size)]
 
 
 class BackfillNotFoundError(LookupError):
@@ -77,24 +92,34 @@ class Progress:
         return self.status in SUCCEEDED and self.failed == 0
 
 
-def backfill_progress(instance: dg.DagsterInstance, backfill_id: str) -> Progress:
-    backfill = instance.get_backfill(backfill_id)
-    if backfill is None:
-        raise BackfillNotFoundError(f"no backfill {backfill_id!r} in this Dagster instance")
-    data = backfill.asset_backfill_data
-    if data is None:
-        return Progress(backfill.status, 0, 0, 0)
-    return Progress(
-        status=backfill.status,
-        done=data.materialized_subset.num_partitions_and_non_partitioned_assets,
-        failed=data.failed_and_downstream_subset.num_partitions_and_non_partitioned_assets,
-        total=data.target_subset.num_partitions_and_non_partitioned_assets,
-    )
+def backfill_progress(instance: dg.DagsterInstance, backfill_ids: str | Sequence[str]) -> Progress:
+    """Progress of a backfill, or of several launched as parts of one request, summed: finished
+    when every part is, its status the first unfinished part's (or the worst finished one's)."""
+    ids = [backfill_ids] if isinstance(backfill_ids, str) else list(backfill_ids)
+    parts = []
+    for backfill_id in ids:
+        backfill = instance.get_backfill(backfill_id)
+        if backfill is None:
+            raise BackfillNotFoundError(f"no backfill {backfill_id!r} in this Dagster instance")
+        data = backfill.asset_backfill_data
+        if data is None:
+            parts.append(Progress(backfill.status, 0, 0, 0))
+            continue
+        parts.append(Progress(
+            status=backfill.status,
+            done=data.materialized_subset.num_partitions_and_non_partitioned_assets,
+            failed=data.failed_and_downstream_subset.num_partitions_and_non_partitioned_assets,
+            total=data.target_subset.num_partitions_and_non_partitioned_assets,
+        ))
+    unfinished = [p.status for p in parts if not p.finished]
+    unsuccessful = [p.status for p in parts if p.status not in SUCCEEDED]
+    status = (unfinished or unsuccessful or [parts[0].status])[0]
+    return Progress(status, sum(p.done for p in parts), sum(p.failed for p in parts), sum(p.total for p in parts))
 
 
 def wait_for_backfill(
     instance: dg.DagsterInstance,
-    backfill_id: str,
+    backfill_ids: str | Sequence[str],
     *,
     on_progress: Callable[[Progress], None] = lambda _p: None,
     on_poll: Callable[[Progress], None] = lambda _p: None,
@@ -102,12 +127,12 @@ def wait_for_backfill(
     interval_s: float = 1.0,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Progress:
-    """Poll until the backfill finishes (or the timeout passes), reporting each change to
-    `on_progress` and every poll to `on_poll`."""
+    """Poll until the backfill (every part of it) finishes or the timeout passes, reporting each
+    change to `on_progress` and every poll to `on_poll`."""
     started = time.monotonic()
     last = None
     while True:
-        progress = backfill_progress(instance, backfill_id)
+        progress = backfill_progress(instance, backfill_ids)
         if progress != last:
             on_progress(progress)
             last = progress

@@ -58,6 +58,8 @@ from dagster_postgres.utils import (
     pg_url_from_config,
 )
 
+# The daemon loads this storage: bound its backfill log lines there too (imported for its effect).
+from backfill_dagster.orchestration import backfill_log  # noqa: F401
 from backfill_dagster.orchestration.bookkeeping import batch_dagster_events
 from backfill_dagster.orchestration.event_json import serialize_events
 

@@ -138,7 +138,9 @@ def build_gap_sensor(
     *,
     clock: Clock = utcnow,
     calendar: SessionCalendar | None = None,
-    minimum_interval_seconds: int = 60,
+    # Every 30 s: each tick requests at most the policy's asset partitions per tick (the daemon
+    # creates the runs inside the tick), so a large gap is requested over several short ticks.
+    minimum_interval_seconds: int = 30,
 ) -> dg.SensorDefinition:
     """The `coverage_gaps` sensor over sessions from `history_start` (the partitions' start)."""
     policy = policy or GapPolicy()

@@ -88,6 +88,11 @@ INTERNALS: dict[str, tuple[str, str]] = {
         ("61122bdf7037b2c1", "when the UI shows a run summary as the check's current result (checks.newest_materialization)"),
     "dagster._core.execution.plan.execute_step._process_user_event":
         ("bbcdc6b3e8d0a590", "a check yields its Output then its AssetCheckEvaluation, as Dagster does for AssetCheckResult"),
+    # the backfill daemon's log lines (orchestration/backfill_log.py replaces the subset formatter)
+    "dagster._core.execution.asset_backfill._asset_graph_subset_to_str":
+        ("fefac79b733c94ee", "backfill logs format every subset through the module's _partition_subset_str"),
+    "backfill_dagster.orchestration.backfill_log._dagster_partition_subset_str":
+        ("409cbccdabfa6b41", "Dagster's own formatter (kept for time windows): its signature and what it writes"),
     # the steps' own partition box (bookkeeping.run_partitions)
     "dagster._core.definitions.partitions.definition.multi.MultiPartitionsDefinition.get_partition_keys_in_range":
         ("2f624885278f0d3b", "a range run's keys: the box of each dimension's range, dates outermost"),

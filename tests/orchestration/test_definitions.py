@@ -31,7 +31,7 @@ def test_definitions_snapshot(tmp_path):
     assert graph.get(dg.AssetKey("bars_h1")).parent_keys == {dg.AssetKey("bars_m15")}
     assert graph.get(dg.AssetKey("bars_h4")).parent_keys == {dg.AssetKey("bars_m15")}
     assert not graph.get(dg.AssetKey("bars_d1")).parent_keys
-    assert [s.name for s in defs.sensors] == ["watchlist_sync", "coverage_gaps", "split_repair"]
+    assert [s.name for s in defs.sensors] == ["watchlist_sync", "coverage_gaps", "split_repair", "partition_status_cache"]
     schedules = {s.name: (s.cron_schedule, s.execution_timezone) for s in defs.schedules}
     assert schedules == {
         "intraday_refresh": ("*/15 9-15 * * 1-5", "America/New_York"),

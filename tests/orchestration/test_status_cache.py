@@ -1,0 +1,59 @@
+"""The partition_status_cache sensor keeps Dagster's status cache current, within a tick budget."""
+
+import dagster as dg
+
+from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
+from backfill_dagster.orchestration.partitions import range_tags
+from backfill_dagster.orchestration.status_cache import SENSOR_NAME, build_status_cache_sensor
+from tests.orchestration.conftest import add_symbols
+
+ASSETS = [dg.AssetKey(a) for a in ("bars_m15", "bars_h1", "bars_h4", "bars_d1")]
+
+
+def cached(instance, key):
+    (record,) = instance.get_asset_records([key])
+    return record.asset_entry.cached_status
+
+
+def test_the_sensor_brings_the_cache_up_to_date_so_no_page_has_to(defs, instance, store_url, calendar):
+    add_symbols(instance, store_url, ["AAPL", "MSFT"])
+    sessions = calendar.sessions("2024-11-18", "2024-11-22")
+    job = defs.resolve_job_def(ALL_BARS_JOB)
+    assert job.execute_in_process(instance=instance, tags=range_tags(("AAPL", sessions[0]), ("MSFT", sessions[-1]))).success
+    assert all(cached(instance, k) is None for k in ASSETS)  # nothing has read it yet
+
+    sensor = defs.resolve_sensor_def(SENSOR_NAME)
+    result = sensor(dg.build_sensor_context(instance=instance))
+    assert isinstance(result, dg.SkipReason) and "bars_m15" in result.skip_message
+    graph = defs.resolve_asset_graph()
+    for key in ASSETS:
+        value = cached(instance, key)
+        (record,) = instance.get_asset_records([key])
+        assert value is not None and value.latest_storage_id == record.asset_entry.last_materialization_storage_id
+        materialized = value.deserialize_materialized_partition_subsets(graph.get(key).partitions_def)
+        assert set(materialized.get_partition_keys()) == {f"{d}|{s}" for d in sessions for s in ("AAPL", "MSFT")}
+
+    # A later run: the next tick reads only what is new, and the cache follows.
+    later = calendar.sessions("2024-11-25", "2024-11-26")
+    assert job.execute_in_process(instance=instance, tags=range_tags(("AAPL", later[0]), ("AAPL", later[-1]))).success
+    sensor(dg.build_sensor_context(instance=instance))
+    m15 = cached(instance, ASSETS[0]).deserialize_materialized_partition_subsets(graph.get(ASSETS[0]).partitions_def)
+    assert {f"{d}|AAPL" for d in later} <= set(m15.get_partition_keys())
+
+
+def test_a_tick_stops_at_its_budget_and_the_next_goes_on_from_there(defs, instance, store_url, calendar):
+    add_symbols(instance, store_url, ["AAPL"])
+    day = calendar.sessions("2024-11-18", "2024-11-18")[0]
+    assert defs.resolve_job_def(ALL_BARS_JOB).execute_in_process(
+        instance=instance, tags=range_tags(("AAPL", day), ("AAPL", day))).success
+    assets = [defs.resolve_assets_def(k) for k in ASSETS]
+    ticks = iter(range(1000))
+    sensor = build_status_cache_sensor(assets, budget_s=3.5, clock=lambda: float(next(ticks)))
+    context = dg.build_sensor_context(instance=instance)
+    first = sensor(context)
+    # Each clock reading moves it 1 s: two assets fit in 3.5 s, the rest wait for the next tick.
+    assert "2 asset(s) next tick" in first.skip_message
+    assert cached(instance, ASSETS[0]) is not None and cached(instance, ASSETS[2]) is None
+    second = sensor(dg.build_sensor_context(instance=instance, cursor=context.cursor))
+    assert second.skip_message.startswith("partition status cache brought up to date: bars_h4")
+    assert all(cached(instance, k) is not None for k in ASSETS)
