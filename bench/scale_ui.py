@@ -241,6 +241,8 @@ def main() -> None:
     parser.add_argument("--quiet-s", type=float, default=3.0)
     parser.add_argument("--page-timeout", type=float, default=600.0)
     parser.add_argument("--limit-s", type=float, default=3.0)
+    parser.add_argument("--settle-s", type=float, default=20.0,
+                        help="seconds the daemon runs before the pages load (its sensors tick meanwhile)")
     parser.add_argument("--no-daemon", action="store_true", help="webserver only")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_scale_ui"))
     parser.add_argument("--json", type=Path, help="write every request's row here")
@@ -296,7 +298,7 @@ def main() -> None:
         print(f"webserver answered after {started:.1f} s; load {load_average()}", flush=True)
         if not args.no_daemon:
             dep.start_daemon()
-            time.sleep(20)  # let the daemon's first sensor ticks happen, as on a live deployment
+            time.sleep(args.settle_s)  # let the daemon's sensors tick first, as on a live deployment
         only = [p.strip() for p in args.pages.split(",")] if args.pages else None
         if only and set(only) - {label for label, _ in pages()}:
             parser.error(f"unknown page(s) {sorted(set(only) - {label for label, _ in pages()})}; "
