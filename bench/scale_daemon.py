@@ -55,10 +55,12 @@ MB = 1e6
 
 
 def role(cmd: str) -> str:
-    if "execute_run" in cmd or "execute_step" in cmd or "resume_run" in cmd:
-        return "run worker"
-    if " grpc" in cmd or "code-server" in cmd or "code_server" in cmd:
+    """Which part of the daemon's tree a process is: its code server (`dagster api grpc`) starts each
+    run worker as a multiprocessing child (`spawn_main`)."""
+    if " api grpc" in cmd or "code-server" in cmd or "code_server" in cmd:
         return "code server"
+    if "spawn_main" in cmd or "execute_run" in cmd or "execute_step" in cmd or "resume_run" in cmd:
+        return "run worker"
     if "dagster-daemon" in cmd or "dagster_daemon" in cmd:
         return "daemon"
     return "other"
