@@ -7,8 +7,8 @@ store, dagster-webserver + dagster-daemon), its provider Alpaca pointed at the f
 loopback (served from this process) with Alpaca's limit of `--alpaca-rate` requests a minute
 enforced by the fake, and the client's own shared budget at the same figure. The symbols are added
 with `backfill-dagster watchlist add`; then all four assets over symbols x sessions are launched as
-the UI launches a backfill (GraphQL `launchPartitionBackfill` with the partition names) and the
-daemon runs it. Reported: wall time from launch to the backfill's end, Alpaca calls against the
+the UI launches a backfill (GraphQL `launchPartitionBackfill` with the partition names), and the
+daemon, started right after, runs it (its gap sensor leaves the backfill's partitions to it). Reported: wall time from launch to the backfill's end, Alpaca calls against the
 floor (ceil(bars the requests returned / 10,000 a page), m15 and d1), runs (the backfill's and
 any the gap sensor made), peak RSS of the daemon's tree and of the run workers (sampled every
 second), and the ledger's counts. Dagster's share is not separated here (no direct baseline):
@@ -99,11 +99,6 @@ def main() -> None:
             if out.returncode != 0:
                 raise SystemExit(f"watchlist add failed:\n{out.stdout}\n{out.stderr}")
             dep.start_webserver()
-            daemon = dep.start_daemon()
-            sampler = Sampler(daemon.pid)
-            sampler.start()
-            time.sleep(15)
-            fakes.reset()  # count only what the backfill (and the sensors meanwhile) ask
             began = time.monotonic()
             launched = dep.graphql(LAUNCH, {"params": {
                 "assetSelection": [{"path": [a]} for a in ASSETS], "partitionNames": keys,
@@ -113,6 +108,11 @@ def main() -> None:
                 raise SystemExit(f"launch refused: {launched}")
             backfill_id = launched["backfillId"]
             print(f"launched backfill {backfill_id} in {time.monotonic() - began:.1f} s", flush=True)
+            # The daemon starts after the launch, as when a user adds symbols and backfills them at
+            # once: the gap sensor then sees the unfinished backfill and leaves its partitions to it.
+            daemon = dep.start_daemon()
+            sampler = Sampler(daemon.pid)
+            sampler.start()
             status = None
             next_line = 0.0
             while time.monotonic() - began < args.timeout_min * 60:
