@@ -154,6 +154,8 @@ def main() -> None:
             m15_bars, d1_bars = returned("m15"), returned("d1")
             floor = math.ceil(m15_bars / 10_000) + math.ceil(d1_bars / 10_000)
             statuses = Counter(e.status for e in log if e.provider == "alpaca")
+            paths = Counter(e.path.rsplit("/", 1)[-1] if "/bars" not in e.path else "bars" for e in log
+                            if e.provider == "alpaca")
             with dep.instance() as instance:
                 records = instance.get_run_records()
             by = Counter((("backfill" if r.dagster_run.tags.get("dagster/backfill") == backfill_id else
@@ -170,7 +172,7 @@ def main() -> None:
             for s in (status or {}).get("assetBackfillData", {}).get("assetBackfillStatuses", []):
                 print(f"  {s['assetKey']['path'][0]:<9} targeted {s['numPartitionsTargeted']:>7,} "
                       f"materialized {s['numPartitionsMaterialized']:>7,} failed {s['numPartitionsFailed']:>5,}")
-            print(f"== Alpaca calls {calls:,} ({dict(statuses)}); floor {floor:,} "
+            print(f"== Alpaca calls {calls:,} ({dict(statuses)}; by endpoint {dict(paths)}); floor {floor:,} "
                   f"(m15 {m15_bars:,} + d1 {d1_bars:,} bars returned, 10,000 a page): {calls / floor:.2f}x floor; "
                   f"the rate limit alone needs {floor / args.alpaca_rate:.1f} min")
             print("== runs: " + ", ".join(f"{who} {st} {n}" for (who, st), n in sorted(by.items())))
