@@ -1,0 +1,195 @@
+"""A whole-market UI backfill (issue 13's third target), at a size this machine finishes.
+
+    python bench/scale_backfill.py [--symbols 100] [--sessions 504] [--alpaca-rate 200] [--timeout-min 60]
+
+A deployment as a user runs it (PostgreSQL instance with the project's dagster.yaml, PostgreSQL
+store, dagster-webserver + dagster-daemon), its provider Alpaca pointed at the fake servers on
+loopback (served from this process) with Alpaca's limit of `--alpaca-rate` requests a minute
+enforced by the fake, and the client's own shared budget at the same figure. The symbols are added
+with `backfill-dagster watchlist add`; then all four assets over symbols x sessions are launched as
+the UI launches a backfill (GraphQL `launchPartitionBackfill` with the partition names), and the
+daemon, started right after, runs it (its gap sensor leaves the backfill's partitions to it). Reported: wall time from launch to the backfill's end, Alpaca calls against the
+floor (ceil(bars the requests returned / 10,000 a page), m15 and d1), runs (the backfill's and
+any the gap sensor made), peak RSS of the daemon's tree and of the run workers (sampled every
+second), and the ledger's counts. Dagster's share is not separated here (no direct baseline):
+bench/provider_backfill.py measures it per partition.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scale_daemon import MB, Sampler, ledger  # noqa: E402
+from scale_deploy import BIN, Deployment, db_sizes, history_for, load_average, symbols as symbol_names  # noqa: E402
+
+warnings.filterwarnings("ignore", message=".*is currently in beta.*")
+
+ASSETS = ["bars_m15", "bars_h1", "bars_h4", "bars_d1"]
+LAUNCH = """
+mutation Launch($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on UnauthorizedError { message }
+    ... on PartitionSetNotFoundError { message }
+  }
+}
+"""
+STATUS = """
+query Status($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill {
+      status
+      assetBackfillData {
+        assetBackfillStatuses {
+          ... on AssetPartitionsStatusCounts {
+            assetKey { path } numPartitionsTargeted numPartitionsMaterialized numPartitionsFailed
+          }
+        }
+      }
+    }
+  }
+}
+"""
+DONE = ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--symbols", type=int, default=100)
+    parser.add_argument("--sessions", type=int, default=504)
+    parser.add_argument("--alpaca-rate", type=int, default=200, help="requests a minute (fake and client)")
+    parser.add_argument("--timeout-min", type=float, default=60.0)
+    parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_scale_backfill"))
+    args = parser.parse_args()
+    if args.symbols < 1 or args.sessions < 1 or args.alpaca_rate < 1:
+        parser.error("--symbols, --sessions and --alpaca-rate must be positive")
+
+    import numpy as np
+    import pandas as pd
+
+    from backfill_dagster.fakes import FakeConfig, FakeProviders
+    from backfill_dagster.timeframes import Timeframe
+
+    history_start, sessions = history_for(args.sessions)
+    syms = symbol_names(args.symbols)
+    keys = [f"{d.isoformat()}|{s}" for s in syms for d in sessions]
+    config = FakeConfig(rate_limits={"alpaca": args.alpaca_rate}, rate_window_s=60.0, polygon_history_days=None)
+    with FakeProviders(config) as fakes:
+        name = f"bench_scale_backfill_{args.symbols}x{args.sessions}"
+        dep = Deployment(name, args.workdir / name, history_start, extra_env={
+            **fakes.env(), "BACKFILL_PROVIDERS": "alpaca", "ALPACA_RATE_LIMIT": str(args.alpaca_rate),
+        })
+        print(f"whole-market backfill bench: {len(syms)} symbols x {len(sessions)} sessions "
+              f"({sessions[0]}..{sessions[-1]}) x {len(ASSETS)} assets = {len(keys) * len(ASSETS):,} asset partitions; "
+              f"Alpaca fake at {args.alpaca_rate}/min; load {load_average()}", flush=True)
+        dep.create()
+        try:
+            out = dep.run(BIN / "backfill-dagster", "watchlist", "add", *syms)
+            if out.returncode != 0:
+                raise SystemExit(f"watchlist add failed:\n{out.stdout}\n{out.stderr}")
+            dep.start_webserver()
+            began = time.monotonic()
+            launched = dep.graphql(LAUNCH, {"params": {
+                "assetSelection": [{"path": [a]} for a in ASSETS], "partitionNames": keys,
+                "fromFailure": False, "tags": [], "title": f"whole market {len(syms)}x{len(sessions)}",
+            }})["launchPartitionBackfill"]
+            if launched["__typename"] != "LaunchBackfillSuccess":
+                raise SystemExit(f"launch refused: {launched}")
+            backfill_id = launched["backfillId"]
+            print(f"launched backfill {backfill_id} in {time.monotonic() - began:.1f} s", flush=True)
+            # The daemon starts after the launch, as when a user adds symbols and backfills them at
+            # once: the gap sensor then sees the unfinished backfill and leaves its partitions to it.
+            daemon = dep.start_daemon()
+            sampler = Sampler(daemon.pid)
+            sampler.start()
+            status = None
+            next_line = 0.0
+            while time.monotonic() - began < args.timeout_min * 60:
+                status = dep.graphql(STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+                elapsed = time.monotonic() - began
+                if elapsed >= next_line or status["status"] in DONE:
+                    counts, _ = ledger(dep.store_url)
+                    done = {tf: counts.get((tf, "complete"), 0) for tf in ("m15", "h1", "h4", "d1")}
+                    print(f"  t+{elapsed:5.0f} s {status['status']:<10} ledger complete {done} "
+                          f"alpaca calls {fakes.calls('alpaca')}  daemon tree "
+                          f"{sampler.peak_total / MB:.0f} MB peak  load {load_average()}", flush=True)
+                    next_line += 60
+                if status["status"] in DONE:
+                    break
+                time.sleep(5)
+            wall = time.monotonic() - began
+            sampler.stop_event.set()
+            sampler.join()
+            calls = fakes.calls("alpaca")
+            log = list(fakes.log)
+
+            # The floor: bars the requests returned (each request's window, first page), 10,000 a page.
+            def returned(timeframe: str) -> int:
+                starts = {s: np.concatenate([pd.DatetimeIndex(fakes.bars(Timeframe.parse(timeframe), s, d)["ts"]).asi8
+                                             for d in sessions]) for s in syms}
+                total = 0
+                for entry in log:
+                    if entry.provider != "alpaca" or entry.status != 200 or "page_token" in entry.query:
+                        continue
+                    if entry.query.get("timeframe", "").lower() not in (("15min",) if timeframe == "m15" else ("1day",)):
+                        continue
+                    lo, hi = pd.Timestamp(entry.query["start"]).value, pd.Timestamp(entry.query["end"]).value
+                    for s in entry.query["symbols"].split(","):
+                        if s in starts:
+                            ts = starts[s]
+                            total += int(np.searchsorted(ts, hi, "right") - np.searchsorted(ts, lo, "left"))
+                return total
+
+            m15_bars, d1_bars = returned("m15"), returned("d1")
+            floor = math.ceil(m15_bars / 10_000) + math.ceil(d1_bars / 10_000)
+            statuses = Counter(e.status for e in log if e.provider == "alpaca")
+            paths = Counter(e.path.rsplit("/", 1)[-1] if "/bars" not in e.path else "bars" for e in log
+                            if e.provider == "alpaca")
+            with dep.instance() as instance:
+                records = instance.get_run_records()
+            by = Counter((("backfill" if r.dagster_run.tags.get("dagster/backfill") == backfill_id else
+                           r.dagster_run.tags.get("backfill/requested_by", "other")), r.dagster_run.status.value)
+                         for r in records)
+            walls = [r.end_time - r.start_time for r in records if r.start_time and r.end_time]
+            counts, bars = ledger(dep.store_url)
+            total_db, tables = db_sizes(dep.dagster_db)
+            dep.stop()
+
+            print()
+            print(f"== backfill {status['status'] if status else '?'} after {wall:.0f} s ({wall / 60:.1f} min); "
+                  f"{len(keys) * len(ASSETS):,} asset partitions")
+            for s in (status or {}).get("assetBackfillData", {}).get("assetBackfillStatuses", []):
+                print(f"  {s['assetKey']['path'][0]:<9} targeted {s['numPartitionsTargeted']:>7,} "
+                      f"materialized {s['numPartitionsMaterialized']:>7,} failed {s['numPartitionsFailed']:>5,}")
+            print(f"== Alpaca calls {calls:,} ({dict(statuses)}; by endpoint {dict(paths)}); floor {floor:,} "
+                  f"(m15 {m15_bars:,} + d1 {d1_bars:,} bars returned, 10,000 a page): {calls / floor:.2f}x floor; "
+                  f"the rate limit alone needs {floor / args.alpaca_rate:.1f} min")
+            print("== runs: " + ", ".join(f"{who} {st} {n}" for (who, st), n in sorted(by.items())))
+            if walls:
+                print(f"   run wall median {sorted(walls)[len(walls) // 2]:.1f} s, max {max(walls):.1f} s")
+            print(f"== peak RSS: daemon tree {sampler.peak_total / MB:.0f} MB; " + "; ".join(
+                f"{r} one {sampler.peak_by_role[r] / MB:.0f} MB, together {sampler.peak_sum_by_role[r] / MB:.0f} MB"
+                for r in ("daemon", "code server", "run worker", "other") if r in sampler.peak_by_role))
+            print("== ledger: " + ", ".join(f"{tf} {st} {n:,}" for (tf, st), n in sorted(counts.items())))
+            print(f"== Dagster database {total_db / MB:.0f} MB: " +
+                  ", ".join(f"{t} {b / MB:.0f} MB" for t, b, _ in tables[:4]))
+            print(f"load at end {load_average()}")
+        finally:
+            dep.stop()
+            if not args.keep:
+                dep.drop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""A whole-market deployment for the scale benchmarks (bench/scale_ui.py, bench/scale_daemon.py).
+
+The pattern of tests/e2e/conftest.py, made persistent: PostgreSQL databases for the Dagster
+instance (the project's dagster.yaml, copied into DAGSTER_HOME) and for the store, and
+dagster-webserver and dagster-daemon as real processes on loopback. Databases are named after the
+benchmark, so `--keep` can reuse a populated one instead of filling it again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PG = "postgresql://postgres@127.0.0.1:5432"
+START_TIMEOUT_S = 300
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def database_exists(name: str) -> bool:
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+
+
+def drop_database(name: str) -> None:
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def create_database(name: str) -> None:
+    drop_database(name)
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+@dataclass
+class Deployment:
+    """Databases `<name>_dagster` and `<name>_store`, a DAGSTER_HOME under `workdir`."""
+
+    name: str
+    workdir: Path
+    history_start: str
+    extra_env: dict[str, str] = field(default_factory=dict)
+    code_root: Path = ROOT  # the checkout whose package, dagster.yaml and workspace.yaml are deployed
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    webserver_url: str = ""
+
+    @property
+    def dagster_db(self) -> str:
+        return f"{self.name}_dagster"
+
+    @property
+    def store_db(self) -> str:
+        return f"{self.name}_store"
+
+    @property
+    def store_url(self) -> str:
+        return f"{PG}/{self.store_db}"
+
+    @property
+    def home(self) -> Path:
+        return self.workdir / "dagster_home"
+
+    @property
+    def logs(self) -> Path:
+        return self.workdir / "logs"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "DAGSTER_HOME": str(self.home),
+            "DAGSTER_PG_HOST": "127.0.0.1",
+            "DAGSTER_PG_PORT": "5432",
+            "DAGSTER_PG_DB": self.dagster_db,
+            "DAGSTER_PG_USER": "postgres",
+            "DAGSTER_PG_PASSWORD": "",
+            "BACKFILL_DATABASE_URL": self.store_url,
+            "BACKFILL_DATA_DIR": str(self.workdir / "data"),
+            "BACKFILL_HISTORY_START": self.history_start,
+            "PYTHONPATH": str(self.code_root) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
+        }
+
+    def exists(self) -> bool:
+        return database_exists(self.dagster_db) and database_exists(self.store_db) and (self.home / "dagster.yaml").exists()
+
+    def create(self) -> None:
+        """Fresh, empty databases and home (anything of the same name is dropped first)."""
+        create_database(self.dagster_db)
+        create_database(self.store_db)
+        if self.workdir.exists():
+            shutil.rmtree(self.workdir)
+        self.home.mkdir(parents=True)
+        self.logs.mkdir(parents=True)
+        (self.workdir / "data").mkdir()
+        shutil.copy(self.code_root / "dagster.yaml", self.home / "dagster.yaml")
+
+    def drop(self) -> None:
+        drop_database(self.dagster_db)
+        drop_database(self.store_db)
+
+    def use_in_this_process(self) -> None:
+        """Make DagsterInstance.get() and Settings.from_env() in this process see the deployment."""
+        os.environ.update({k: v for k, v in self.env.items() if k.startswith(("DAGSTER_", "BACKFILL_"))})
+
+    def instance(self):
+        import dagster as dg
+
+        self.use_in_this_process()
+        return dg.DagsterInstance.from_config(str(self.home))
+
+    # ------------------------------------------------------------------ processes
+    def start(self, name: str, args: list[str]) -> subprocess.Popen:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = open(self.logs / f"{name}.log", "ab")
+        proc = subprocess.Popen(args, cwd=self.code_root, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.processes[name] = proc
+        return proc
+
+    def start_webserver(self) -> float:
+        """Start dagster-webserver; seconds until it answers."""
+        port = free_port()
+        self.webserver_url = f"http://127.0.0.1:{port}"
+        began = time.monotonic()
+        self.start("webserver", [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-p", str(port)])
+        while time.monotonic() - began < START_TIMEOUT_S:
+            if self.processes["webserver"].poll() is not None:
+                raise RuntimeError(f"dagster-webserver exited:\n{self.log_tail('webserver')}")
+            try:
+                if httpx.get(f"{self.webserver_url}/server_info", timeout=2).status_code == 200:
+                    return time.monotonic() - began
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"dagster-webserver did not answer within {START_TIMEOUT_S}s")
+
+    def start_daemon(self) -> subprocess.Popen:
+        return self.start("daemon", [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"])
+
+    def stop(self) -> None:
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.processes.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        self.processes.clear()
+
+    def log_tail(self, name: str) -> str:
+        path = self.logs / f"{name}.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    def run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        return subprocess.run([str(a) for a in args], cwd=self.code_root, env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def graphql(self, query: str, variables: dict | None = None, timeout: float = 300) -> dict:
+        response = httpx.post(f"{self.webserver_url}/graphql", json={"query": query, "variables": variables or {}},
+                              timeout=timeout)
+        response.raise_for_status()
+        body = response.json()
+        if "errors" in body:
+            raise RuntimeError(body["errors"])
+        return body["data"]
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def symbols(count: int) -> list[str]:
+    """Ticker-like names in a fixed order (the demo provider makes bars for any symbol)."""
+    return [f"S{i:03d}" for i in range(count)]
+
+
+def history_for(sessions_wanted: int):
+    """(history start, the last `sessions_wanted` closed sessions before today): the partitions
+    definition then holds exactly these sessions (plus today's, which has not closed)."""
+    from backfill_dagster.calendar import xnys
+    from backfill_dagster.ingest import utcnow
+
+    calendar = xnys()
+    today = utcnow().date()
+    closed = [d for d in calendar.sessions("2018-01-01", today) if d < today]
+    sessions = closed[-sessions_wanted:]
+    return sessions[0].isoformat(), sessions
+
+
+def db_sizes(dbname: str) -> tuple[int, list[tuple[str, int, int]]]:
+    """(database bytes, [(table, total bytes incl. indexes and toast, rows estimate)] largest first)."""
+    with psycopg.connect(f"{PG}/{dbname}", autocommit=True) as conn:
+        total = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+        tables = conn.execute(
+            "SELECT c.relname, pg_total_relation_size(c.oid), c.reltuples::bigint FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND n.nspname = 'public' "
+            "ORDER BY 2 DESC"
+        ).fetchall()
+    return total, tables
+
+
+def process_tree_rss(pid: int) -> tuple[int, dict[int, tuple[str, int]]]:
+    """Total RSS bytes of `pid` and its descendants, and each one's (command, rss)."""
+    children: dict[int, list[int]] = {}
+    info: dict[int, tuple[str, int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        rest = stat[stat.rfind(")") + 2:].split()
+        ppid, rss_pages = int(rest[1]), int(rest[21])
+        children.setdefault(ppid, []).append(int(entry))
+        info[int(entry)] = (cmd, rss_pages * os.sysconf("SC_PAGE_SIZE"))
+    tree, todo = {}, [pid]
+    while todo:
+        p = todo.pop()
+        if p in info:
+            tree[p] = info[p]
+        todo.extend(children.get(p, []))
+    return sum(rss for _, rss in tree.values()), tree
