@@ -79,7 +79,7 @@ def main() -> None:
     import pandas as pd
 
     from backfill_dagster.fakes import FakeConfig, FakeProviders
-    from backfill_dagster.timeframes import Timeframe
+    from backfill_dagster.domain.timeframes import Timeframe
 
     history_start, sessions = history_for(args.sessions)
     syms = symbol_names(args.symbols)

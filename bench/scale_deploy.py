@@ -199,7 +199,7 @@ def symbols(count: int) -> list[str]:
 def history_for(sessions_wanted: int):
     """(history start, the last `sessions_wanted` closed sessions before today): the partitions
     definition then holds exactly these sessions (plus today's, which has not closed)."""
-    from backfill_dagster.calendar import xnys
+    from backfill_dagster.domain.calendar import xnys
     from backfill_dagster.ingest import utcnow
 
     calendar = xnys()

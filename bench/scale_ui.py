@@ -64,7 +64,7 @@ def populate(dep: Deployment, syms: list[str], sessions, box: int, assets: list[
     import dagster as dg
 
     from backfill_dagster.definitions import build_definitions
-    from backfill_dagster.orchestration.bookkeeping import batch_dagster_events
+    from backfill_dagster.instance.event_log_tuning import batch_dagster_events
     from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
     from backfill_dagster.orchestration.partitions import range_tags
     from backfill_dagster.settings import Settings
