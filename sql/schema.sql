@@ -17,6 +17,9 @@ CREATE TABLE IF NOT EXISTS watchlist (
 -- labelled 00:00 America/New_York of its session. Constraints repeat the validation rules so that
 -- not even a bug can store an invalid bar (x < 'Infinity' also refuses NaN, which PostgreSQL
 -- sorts above every number).
+-- provider (here and in bar_coverage): where the bars came from, as the provider client's
+-- provenance: its name, with the feed where it has several (`alpaca:sip`, `polygon`, `demo:synthetic`), or `resample:` and the
+-- m15 bars' provenance for h1/h4. The column keeps its name: operators' queries use it.
 CREATE TABLE IF NOT EXISTS ohlc_bars (
     symbol       text             NOT NULL,
     timeframe    text             NOT NULL CHECK (timeframe IN ('m15', 'h1', 'h4', 'd1')),
