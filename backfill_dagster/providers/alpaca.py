@@ -35,18 +35,12 @@ from backfill_dagster.providers.base import (
     Capabilities,
     FetchRequest,
     FetchResult,
-    Provider,
     ProviderConfigError,
 )
 from backfill_dagster.providers.config import setting_secret, setting_url
 from backfill_dagster.providers.http import Budget, Credentials, HttpClient, RetryPolicy
-from backfill_dagster.providers.payload import (
-    PayloadError,
-    concat_bars,
-    expect_mapping,
-    keep_requested,
-    records_to_bars,
-)
+from backfill_dagster.providers.http_provider import HttpProvider, Page, follow_pages
+from backfill_dagster.providers.payload import PayloadError, concat_bars, expect_mapping, records_to_bars
 
 DEFAULT_URL = "https://data.alpaca.markets"
 FEEDS = ("sip", "iex", "delayed_sip", "boats", "overnight", "otc")
@@ -114,7 +108,7 @@ def next_page_token(payload: Any) -> str | None:
 
 
 # ---------------------------------------------------------------------------- the client
-class AlpacaProvider(Provider):
+class AlpacaProvider(HttpProvider):
     """Stock bars from Alpaca, many symbols a request."""
 
     name = "alpaca"
@@ -130,18 +124,17 @@ class AlpacaProvider(Provider):
         secret_key: str,
         feed: str = DEFAULT_FEED,
         page_limit: int = PAGE_LIMIT,
+        actions_page_limit: int = alpaca_actions.PAGE_LIMIT,
         http: HttpClient | None = None,
         budget: Budget | None = None,
         policy: RetryPolicy | None = None,
-        actions_page_limit: int = alpaca_actions.PAGE_LIMIT,
     ):
         """`budget` and `policy` are used when `http` is not given (an HttpClient carries its own); `page_limit`
         and `actions_page_limit` are the bars and corporate actions a page may hold (the API's
         maximums unless a test wants many pages)."""
         if feed not in FEEDS:
             raise ProviderConfigError(f"unknown Alpaca feed {feed!r} in ALPACA_FEED: use one of {', '.join(FEEDS)}")
-        self._calendar = calendar
-        self._clock = clock
+        super().__init__(calendar, clock, http=http, budget=budget, policy=policy)
         self._url = base_url.rstrip("/") + "/v2/stocks/bars"
         self._actions_url = base_url.rstrip("/") + alpaca_actions.PATH
         self._actions_page_limit = actions_page_limit
@@ -151,7 +144,6 @@ class AlpacaProvider(Provider):
         )
         self.feed = feed
         self._page_limit = page_limit
-        self._http = http or HttpClient(self.name, budget=budget, policy=policy)
         today = clock().tz_convert("America/New_York").date()
         history = (today - HISTORY_START).days + 1
         self.capabilities = Capabilities(
@@ -167,24 +159,13 @@ class AlpacaProvider(Provider):
         )
 
     @classmethod
-    def from_config(
-        cls,
-        config: Mapping[str, str | None],
-        calendar: SessionCalendar,
-        clock: Callable[[], pd.Timestamp],
-        budget: Budget | None = None,
-        policy: RetryPolicy | None = None,
-    ) -> AlpacaProvider:
-        return cls(
-            calendar,
-            clock,
-            base_url=setting_url(config, "ALPACA_DATA_URL", DEFAULT_URL),
-            key_id=setting_secret(config, "ALPACA_API_KEY", cls.name),
-            secret_key=setting_secret(config, "ALPACA_API_SECRET", cls.name),
-            feed=(config.get("ALPACA_FEED") or "").strip().lower() or DEFAULT_FEED,
-            budget=budget,
-            policy=policy,
-        )
+    def settings(cls, config: Mapping[str, str | None]) -> dict[str, Any]:
+        return {
+            "base_url": setting_url(config, "ALPACA_DATA_URL", DEFAULT_URL),
+            "key_id": setting_secret(config, "ALPACA_API_KEY", cls.name),
+            "secret_key": setting_secret(config, "ALPACA_API_SECRET", cls.name),
+            "feed": (config.get("ALPACA_FEED") or "").strip().lower() or DEFAULT_FEED,
+        }
 
     def __repr__(self) -> str:
         return f"AlpacaProvider(feed={self.feed!r})"
@@ -214,39 +195,24 @@ class AlpacaProvider(Provider):
             "adjustment": request.adjustment.value,  # "raw" or "split", Alpaca's own words
             "sort": "asc",
         }
-        frames, calls, seen = [], 0, set()
-        token: str | None = None
-        for _ in range(MAX_PAGES):
-            page_params = {**params, "page_token": token} if token else params
-            reply = self._http.get_json(
-                self._url, page_params, credentials=self._credentials, request=request
-            )
-            calls += reply.attempts
-            try:
-                frames.append(parse_bars(reply.payload))
-                token = next_page_token(reply.payload)
-            except PayloadError as exc:
-                raise ProviderError(self.name, str(exc), status=reply.status, request=request) from None
-            if token is None:
-                break
-            if token in seen:
-                raise ProviderError(
-                    self.name, "the API repeated a next_page_token: paging would never end", request=request
-                )
-            seen.add(token)
-        else:
-            raise ProviderError(self.name, f"more than {MAX_PAGES} pages for one request", request=request)
-        bars = keep_requested(concat_bars(frames), request, complete_through, self._calendar)
-        return FetchResult(bars=bars, api_calls=calls, complete_through=complete_through)
+
+        def follow(payload: Any) -> Page | None:  # the same query with the page's token
+            token = next_page_token(payload)
+            return None if token is None else (self._url, {**params, "page_token": token})
+
+        attempts: list[int] = []
+        frames = follow_pages(
+            self._http, (self._url, params), parse=parse_bars, follow=follow, count=attempts.append,
+            provider=self.name, cursor="next_page_token", max_pages=MAX_PAGES,
+            credentials=self._credentials, request=request,
+        )
+        return self._result(request, concat_bars(frames), sum(attempts), complete_through)
 
     def corporate_actions(self, symbols: Sequence[str], first: date, last: date) -> ActionsResult:
         return alpaca_actions.fetch_corporate_actions(
             self._http, self._actions_url, self._credentials, list(symbols), first, last,
             page_limit=self._actions_page_limit,
         )
-
-    def close(self) -> None:
-        self._http.close()
 
 
 def _rfc3339(ts: pd.Timestamp) -> str:

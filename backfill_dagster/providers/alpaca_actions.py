@@ -24,6 +24,7 @@ from backfill_dagster.domain.provider_errors import ProviderError, ProviderUnava
 from backfill_dagster.domain.symbols import provider_symbol, store_symbol
 from backfill_dagster.providers.base import ActionsResult
 from backfill_dagster.providers.http import Credentials, HttpClient
+from backfill_dagster.providers.http_provider import Page, follow_pages
 from backfill_dagster.providers.payload import PayloadError, expect_list, expect_mapping
 
 PATH = "/v1/corporate-actions"
@@ -131,19 +132,16 @@ def _fetch_batch(
         "limit": page_limit,
         "sort": "asc",
     }
-    records: list[ActionRecord] = []
-    token, seen = None, set()
-    for _ in range(MAX_PAGES):
-        reply = http.get_json(url, {**params, "page_token": token} if token else params, credentials=credentials)
-        out.api_calls += reply.attempts
-        try:
-            records += parse_corporate_actions(reply.payload)
-            token = next_page_token(reply.payload)
-        except PayloadError as exc:
-            raise ProviderError("alpaca", f"corporate actions: {exc}", status=reply.status) from None
-        if token is None:
-            return records
-        if token in seen:
-            raise ProviderError("alpaca", "corporate actions: the API repeated a next_page_token")
-        seen.add(token)
-    raise ProviderError("alpaca", f"corporate actions: more than {MAX_PAGES} pages")
+
+    def follow(payload: Any) -> Page | None:  # the same query with the page's token
+        token = next_page_token(payload)
+        return None if token is None else (url, {**params, "page_token": token})
+
+    def count(attempts: int) -> None:
+        out.api_calls += attempts
+
+    pages = follow_pages(
+        http, (url, params), parse=parse_corporate_actions, follow=follow, count=count, provider="alpaca",
+        cursor="next_page_token", max_pages=MAX_PAGES, context="corporate actions: ", credentials=credentials,
+    )
+    return [record for page in pages for record in page]

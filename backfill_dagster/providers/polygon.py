@@ -32,18 +32,12 @@ from backfill_dagster.providers.base import (
     Capabilities,
     FetchRequest,
     FetchResult,
-    Provider,
     ProviderConfigError,
 )
 from backfill_dagster.providers.config import setting_secret, setting_url
 from backfill_dagster.providers.http import Budget, Credentials, HttpClient, RetryPolicy
-from backfill_dagster.providers.payload import (
-    PayloadError,
-    concat_bars,
-    expect_mapping,
-    keep_requested,
-    records_to_bars,
-)
+from backfill_dagster.providers.http_provider import HttpProvider, Page, follow_pages
+from backfill_dagster.providers.payload import PayloadError, concat_bars, expect_mapping, records_to_bars
 
 DEFAULT_URL = "https://api.polygon.io"
 PAGE_LIMIT = 50_000  # base aggregates per page, the API's maximum
@@ -97,7 +91,7 @@ def next_url(payload: Any) -> str | None:
 
 
 # ---------------------------------------------------------------------------- the client
-class PolygonProvider(Provider):
+class PolygonProvider(HttpProvider):
     """Aggregates from Polygon/Massive, one symbol a request."""
 
     name = "polygon"
@@ -119,13 +113,11 @@ class PolygonProvider(Provider):
     ):
         """`budget` and `policy` are used when `http` is not given (an HttpClient carries its own); `page_limit`
         is the base aggregates a page may read (the API's maximum unless a test wants many pages)."""
-        self._calendar = calendar
-        self._clock = clock
+        super().__init__(calendar, clock, http=http, budget=budget, policy=policy)
         self._base = httpx.URL(base_url.rstrip("/"))
         self._credentials = Credentials({"Authorization": f"Bearer {api_key}"}, hint="POLYGON_API_KEY")
         self._page_limit = page_limit
         self._actions_page_limit = actions_page_limit
-        self._http = http or HttpClient(self.name, budget=budget, policy=policy)
         self.capabilities = Capabilities(
             timeframes=frozenset(_RANGES),
             adjustments=frozenset({Adjustment.SPLIT, Adjustment.RAW}),  # adjusted=true|false
@@ -139,23 +131,12 @@ class PolygonProvider(Provider):
         )
 
     @classmethod
-    def from_config(
-        cls,
-        config: Mapping[str, str | None],
-        calendar: SessionCalendar,
-        clock: Callable[[], pd.Timestamp],
-        budget: Budget | None = None,
-        policy: RetryPolicy | None = None,
-    ) -> PolygonProvider:
-        return cls(
-            calendar,
-            clock,
-            base_url=setting_url(config, "POLYGON_API_URL", DEFAULT_URL),
-            api_key=setting_secret(config, "POLYGON_API_KEY", cls.name),
-            history_days=_history_days(config.get("POLYGON_HISTORY_DAYS")),
-            budget=budget,
-            policy=policy,
-        )
+    def settings(cls, config: Mapping[str, str | None]) -> dict[str, Any]:
+        return {
+            "base_url": setting_url(config, "POLYGON_API_URL", DEFAULT_URL),
+            "api_key": setting_secret(config, "POLYGON_API_KEY", cls.name),
+            "history_days": _history_days(config.get("POLYGON_HISTORY_DAYS")),
+        }
 
     def __repr__(self) -> str:
         return f"PolygonProvider({str(self._base)!r})"
@@ -172,30 +153,23 @@ class PolygonProvider(Provider):
         ticker = quote(provider_symbol(symbol, self.name), safe=".-")
         path = f"/v2/aggs/ticker/{ticker}/range/{_RANGES[request.timeframe]}/{first_ms}/{last_ms}"
         url: str = str(self._base.copy_with(raw_path=(self._base.raw_path.rstrip(b"/") + path.encode())))
-        params: dict[str, Any] | None = {
+        params: dict[str, Any] = {
             "adjusted": "true" if request.adjustment is Adjustment.SPLIT else "false",
             "sort": "asc",
             "limit": self._page_limit,
         }
-        frames, calls, seen = [], 0, set()
-        for _ in range(MAX_PAGES):
-            reply = self._http.get_json(url, params, credentials=self._credentials, request=request)
-            calls += reply.attempts
-            try:
-                frames.append(parse_aggs(reply.payload, symbol))
-                following = next_url(reply.payload)
-            except PayloadError as exc:
-                raise ProviderError(self.name, str(exc), status=reply.status, request=request) from None
-            if following is None:
-                break
-            url, params = self._page_url(following), None  # the cursor carries the other parameters
-            if url in seen:
-                raise ProviderError(self.name, "the API repeated a next_url: paging would never end", request=request)
-            seen.add(url)
-        else:
-            raise ProviderError(self.name, f"more than {MAX_PAGES} pages for one request", request=request)
-        bars = keep_requested(concat_bars(frames), request, now, self._calendar)
-        return FetchResult(bars=bars, api_calls=calls, complete_through=now)
+        attempts: list[int] = []
+        frames = follow_pages(
+            self._http, (url, params), parse=lambda payload: parse_aggs(payload, symbol), follow=self._follow,
+            count=attempts.append, provider=self.name, cursor="next_url", max_pages=MAX_PAGES,
+            credentials=self._credentials, request=request,
+        )
+        return self._result(request, concat_bars(frames), sum(attempts), now)
+
+    def _follow(self, payload: Any) -> Page | None:
+        """The page `next_url` names; the cursor carries the other parameters."""
+        following = next_url(payload)
+        return None if following is None else (self._page_url(following), None)
 
     def _page_url(self, following: str) -> str:
         """next_url's path and query on the configured host (as the official client does)."""
@@ -210,9 +184,6 @@ class PolygonProvider(Provider):
             self._http, self._page_url, self._credentials, list(symbols), first, last,
             page_limit=self._actions_page_limit,
         )
-
-    def close(self) -> None:
-        self._http.close()
 
 
 def _history_days(value: str | None) -> int | None:

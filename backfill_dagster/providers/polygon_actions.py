@@ -25,6 +25,7 @@ from backfill_dagster.domain.provider_errors import ProviderError, ProviderUnava
 from backfill_dagster.domain.symbols import provider_symbol, store_symbol
 from backfill_dagster.providers.base import ActionsResult
 from backfill_dagster.providers.http import Credentials, HttpClient
+from backfill_dagster.providers.http_provider import Page, follow_pages
 from backfill_dagster.providers.payload import PayloadError, expect_list, expect_mapping
 
 SPLITS_PATH = "/stocks/v1/splits"
@@ -143,20 +144,16 @@ def _pages(
     parse: Callable[[Any], list[ActionRecord]], out: ActionsResult,
 ) -> list[ActionRecord]:
     """Every page of one query (the calls are counted on `out` as they go)."""
-    records: list[ActionRecord] = []
-    url, query, seen = url_for(path), params, set()
-    for _ in range(MAX_PAGES):
-        reply = http.get_json(url, query, credentials=credentials)
-        out.api_calls += reply.attempts
-        try:
-            records += parse(reply.payload)
-            following = next_url(reply.payload)
-        except PayloadError as exc:
-            raise ProviderError("polygon", f"{path}: {exc}", status=reply.status) from None
-        if following is None:
-            return records
-        url, query = url_for(following), None  # the cursor carries the parameters
-        if url in seen:
-            raise ProviderError("polygon", f"{path}: the API repeated a next_url")
-        seen.add(url)
-    raise ProviderError("polygon", f"{path}: more than {MAX_PAGES} pages")
+
+    def follow(payload: Any) -> Page | None:  # the page `next_url` names; the cursor carries the parameters
+        following = next_url(payload)
+        return None if following is None else (url_for(following), None)
+
+    def count(attempts: int) -> None:
+        out.api_calls += attempts
+
+    pages = follow_pages(
+        http, (url_for(path), params), parse=parse, follow=follow, count=count, provider="polygon",
+        cursor="next_url", max_pages=MAX_PAGES, context=f"{path}: ", credentials=credentials,
+    )
+    return [record for page in pages for record in page]

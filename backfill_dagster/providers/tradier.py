@@ -28,16 +28,11 @@ from backfill_dagster.domain.calendar import NEW_YORK, SessionCalendar
 from backfill_dagster.domain.provider_errors import ProviderError
 from backfill_dagster.domain.symbols import provider_symbol
 from backfill_dagster.domain.timeframes import Timeframe
-from backfill_dagster.providers.base import Adjustment, Capabilities, FetchRequest, FetchResult, Provider
+from backfill_dagster.providers.base import Adjustment, Capabilities, FetchRequest, FetchResult
 from backfill_dagster.providers.config import setting_secret, setting_url
 from backfill_dagster.providers.http import Budget, Credentials, HttpClient, RetryPolicy
-from backfill_dagster.providers.payload import (
-    PayloadError,
-    expect_mapping,
-    keep_requested,
-    one_or_many,
-    records_to_bars,
-)
+from backfill_dagster.providers.http_provider import HttpProvider
+from backfill_dagster.providers.payload import PayloadError, expect_mapping, one_or_many, records_to_bars
 
 DEFAULT_URL = "https://api.tradier.com"
 # Calendar days back time & sales reach at 15 minutes: 40 for regular hours, 18 with extended
@@ -111,7 +106,7 @@ def _wall_clock_epoch(value: Any, where: str, i: int) -> int:
 
 
 # ---------------------------------------------------------------------------- the client
-class TradierProvider(Provider):
+class TradierProvider(HttpProvider):
     """Recent 15-minute bars and full daily history from Tradier, one symbol a request."""
 
     name = "tradier"
@@ -128,12 +123,10 @@ class TradierProvider(Provider):
         policy: RetryPolicy | None = None,
     ):
         """`base_url` is the host root; `budget` and `policy` are used when `http` is not given."""
-        self._calendar = calendar
-        self._clock = clock
+        super().__init__(calendar, clock, http=http, budget=budget, policy=policy)
         self._base = base_url.rstrip("/")
         # HttpClient always sends `Accept: application/json`, which Tradier needs (else XML).
         self._credentials = Credentials({"Authorization": f"Bearer {token}"}, hint="TRADIER_API_TOKEN")
-        self._http = http or HttpClient(self.name, budget=budget, policy=policy)
         self.capabilities = Capabilities(
             timeframes=frozenset({Timeframe.M15, Timeframe.D1}),
             adjustments=frozenset({Adjustment.SPLIT}),
@@ -146,22 +139,11 @@ class TradierProvider(Provider):
         )
 
     @classmethod
-    def from_config(
-        cls,
-        config: Mapping[str, str | None],
-        calendar: SessionCalendar,
-        clock: Callable[[], pd.Timestamp],
-        budget: Budget | None = None,
-        policy: RetryPolicy | None = None,
-    ) -> TradierProvider:
-        return cls(
-            calendar,
-            clock,
-            base_url=setting_url(config, "TRADIER_API_URL", DEFAULT_URL),
-            token=setting_secret(config, "TRADIER_API_TOKEN", cls.name),
-            budget=budget,
-            policy=policy,
-        )
+    def settings(cls, config: Mapping[str, str | None]) -> dict[str, Any]:
+        return {
+            "base_url": setting_url(config, "TRADIER_API_URL", DEFAULT_URL),
+            "token": setting_secret(config, "TRADIER_API_TOKEN", cls.name),
+        }
 
     def __repr__(self) -> str:
         return f"TradierProvider({self._base!r})"
@@ -192,16 +174,7 @@ class TradierProvider(Provider):
                 "end": request.sessions[-1].isoformat(),
             }
             parse = parse_history
-        reply = self._http.get_json(url, params, credentials=self._credentials, request=request)
-        try:
-            bars = parse(reply.payload, symbol)
-        except PayloadError as exc:
-            raise ProviderError(self.name, str(exc), status=reply.status, request=request) from None
-        bars = keep_requested(bars, request, now, self._calendar)
-        return FetchResult(bars=bars, api_calls=reply.attempts, complete_through=now)
-
-    def close(self) -> None:
-        self._http.close()
+        return self._fetch_one(request, url, params, lambda payload: parse(payload, symbol), now, self._credentials)
 
 
 def _wall_clock(ts: pd.Timestamp) -> str:

@@ -38,11 +38,11 @@ from backfill_dagster.providers.base import (
     Capabilities,
     FetchRequest,
     FetchResult,
-    Provider,
 )
 from backfill_dagster.providers.config import setting_url
 from backfill_dagster.providers.http import Budget, HttpClient, RetryPolicy
-from backfill_dagster.providers.payload import PayloadError, expect_list, expect_mapping, keep_requested
+from backfill_dagster.providers.http_provider import HttpProvider
+from backfill_dagster.providers.payload import PayloadError, expect_list, expect_mapping
 
 DEFAULT_URL = "https://query2.finance.yahoo.com"
 BROWSER_USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) backfill-dagster/0.1"
@@ -163,11 +163,12 @@ def _session_midnights(ts: pd.DatetimeIndex) -> pd.DatetimeIndex:
 
 
 # ---------------------------------------------------------------------------- the client
-class YahooProvider(Provider):
+class YahooProvider(HttpProvider):
     """Bars from Yahoo's chart API, one symbol a request, no key."""
 
     name = "yahoo"
     publishes_corporate_actions = True
+    user_agent = BROWSER_USER_AGENT  # Yahoo refuses requests without a browser-like one
 
     def __init__(
         self,
@@ -180,10 +181,8 @@ class YahooProvider(Provider):
         policy: RetryPolicy | None = None,
     ):
         """`base_url` is the host root; `budget` and `policy` are used when `http` is not given."""
-        self._calendar = calendar
-        self._clock = clock
+        super().__init__(calendar, clock, http=http, budget=budget, policy=policy)
         self._base = base_url.rstrip("/")
-        self._http = http or HttpClient(self.name, budget=budget, policy=policy, user_agent=BROWSER_USER_AGENT)
         self.capabilities = Capabilities(
             timeframes=frozenset(_INTERVALS),
             adjustments=frozenset({Adjustment.SPLIT}),
@@ -196,16 +195,8 @@ class YahooProvider(Provider):
         )
 
     @classmethod
-    def from_config(
-        cls,
-        config: Mapping[str, str | None],
-        calendar: SessionCalendar,
-        clock: Callable[[], pd.Timestamp],
-        budget: Budget | None = None,
-        policy: RetryPolicy | None = None,
-    ) -> YahooProvider:
-        return cls(calendar, clock, base_url=setting_url(config, "YAHOO_CHART_URL", DEFAULT_URL), budget=budget,
-                   policy=policy)
+    def settings(cls, config: Mapping[str, str | None]) -> dict[str, Any]:
+        return {"base_url": setting_url(config, "YAHOO_CHART_URL", DEFAULT_URL)}
 
     def __repr__(self) -> str:
         return f"YahooProvider({self._base!r})"
@@ -224,13 +215,7 @@ class YahooProvider(Provider):
             "period2": request.end.value // 1_000_000_000,
             "includePrePost": "true" if request.extended else "false",
         }
-        reply = self._http.get_json(url, params, request=request)
-        try:
-            bars = parse_chart(reply.payload, symbol, request.timeframe)
-        except PayloadError as exc:
-            raise ProviderError(self.name, str(exc), status=reply.status, request=request) from None
-        bars = keep_requested(bars, request, now, self._calendar)
-        return FetchResult(bars=bars, api_calls=reply.attempts, complete_through=now)
+        return self._fetch_one(request, url, params, lambda body: parse_chart(body, symbol, request.timeframe), now)
 
     def corporate_actions(self, symbols: Sequence[str], first: date, last: date) -> ActionsResult:
         """One chart call per symbol over first..last with `events=div,splits`."""
@@ -260,6 +245,3 @@ class YahooProvider(Provider):
     @staticmethod
     def _calendar_midnight(day: date) -> int:
         return pd.Timestamp(day).tz_localize(NEW_YORK).value // 1_000_000_000
-
-    def close(self) -> None:
-        self._http.close()
