@@ -25,7 +25,7 @@ from backfill_dagster.domain.symbols import provider_symbol, store_symbol
 from backfill_dagster.providers.base import ActionsResult
 from backfill_dagster.providers.http import Credentials, HttpClient
 from backfill_dagster.providers.http_provider import Page, follow_pages
-from backfill_dagster.providers.payload import PayloadError, expect_list, expect_mapping
+from backfill_dagster.providers.payload import PayloadError, expect_list, expect_mapping, required_field
 
 PATH = "/v1/corporate-actions"
 TYPES = ("forward_split", "reverse_split", "cash_dividend")
@@ -55,10 +55,10 @@ def parse_corporate_actions(payload: Any) -> list[ActionRecord]:
             symbol, ex_date, action_id = _common(row, where)
             try:
                 if group == "cash_dividends":
-                    out.append(dividend_record(symbol, ex_date, "alpaca", _field(row, "rate", where), action_id))
+                    out.append(dividend_record(symbol, ex_date, "alpaca", required_field(row, "rate", where), action_id))
                 else:
-                    out.append(split_record(symbol, ex_date, "alpaca", _field(row, "old_rate", where),
-                                            _field(row, "new_rate", where), action_id))
+                    out.append(split_record(symbol, ex_date, "alpaca", required_field(row, "old_rate", where),
+                                            required_field(row, "new_rate", where), action_id))
             except ActionError as exc:
                 raise PayloadError(f"{where}: {exc}") from None
     return out
@@ -74,10 +74,10 @@ def next_page_token(payload: Any) -> str | None:
 
 
 def _common(row: Any, where: str) -> tuple[str, date, str | None]:
-    symbol = _field(row, "symbol", where)
+    symbol = required_field(row, "symbol", where)
     if not isinstance(symbol, str) or not symbol:
         raise PayloadError(f"{where}: field 'symbol' = {symbol!r} is not a ticker")
-    raw = _field(row, "ex_date", where)
+    raw = required_field(row, "ex_date", where)
     try:
         ex_date = date.fromisoformat(str(raw))
     except ValueError:
@@ -85,11 +85,6 @@ def _common(row: Any, where: str) -> tuple[str, date, str | None]:
     action_id = row.get("id")
     return store_symbol(symbol, "alpaca"), ex_date, None if action_id is None else str(action_id)
 
-
-def _field(row, name: str, where: str):
-    if row.get(name) is None:
-        raise PayloadError(f"{where}: field {name!r} is missing or null")
-    return row[name]
 
 
 # ---------------------------------------------------------------------------- the client

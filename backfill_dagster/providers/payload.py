@@ -33,6 +33,23 @@ def expect_mapping(value: Any, where: str) -> Mapping:
     return value
 
 
+def required_field(row: Mapping, name: str, where: str) -> Any:
+    """A record's field that must be there and not null."""
+    if row.get(name) is None:
+        raise PayloadError(f"{where}: field {name!r} is missing or null")
+    return row[name]
+
+
+def next_url(payload: Any, where: str = "polygon page") -> str | None:
+    """A page's `next_url` (Polygon's cursor: the next page's URL), None on the last page."""
+    url = expect_mapping(payload, where).get("next_url")
+    if url is None or url == "":
+        return None
+    if not isinstance(url, str):
+        raise PayloadError(f"{where}: 'next_url' must be a string, got {type(url).__name__}")
+    return url
+
+
 def expect_list(value: Any, where: str) -> list:
     if not isinstance(value, list):
         raise PayloadError(f"{where}: expected a list, got {_kind(value)}")

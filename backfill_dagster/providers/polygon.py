@@ -37,7 +37,7 @@ from backfill_dagster.providers.base import (
 from backfill_dagster.providers.config import setting_secret, setting_url
 from backfill_dagster.providers.http import Budget, Credentials, HttpClient, RetryPolicy
 from backfill_dagster.providers.http_provider import HttpProvider, Page, follow_pages
-from backfill_dagster.providers.payload import PayloadError, concat_bars, expect_mapping, records_to_bars
+from backfill_dagster.providers.payload import PayloadError, concat_bars, expect_mapping, next_url, records_to_bars
 
 DEFAULT_URL = "https://api.polygon.io"
 PAGE_LIMIT = 50_000  # base aggregates per page, the API's maximum
@@ -79,15 +79,6 @@ def parse_aggs(payload: Any, symbol: str) -> pd.DataFrame:
         time_field="t",
         time_unit="ms",
     )
-
-
-def next_url(payload: Any) -> str | None:
-    url = expect_mapping(payload, "polygon page").get("next_url")
-    if url is None or url == "":
-        return None
-    if not isinstance(url, str):
-        raise PayloadError(f"polygon page: 'next_url' must be a string, got {type(url).__name__}")
-    return url
 
 
 # ---------------------------------------------------------------------------- the client

@@ -26,7 +26,7 @@ from backfill_dagster.domain.symbols import provider_symbol, store_symbol
 from backfill_dagster.providers.base import ActionsResult
 from backfill_dagster.providers.http import Credentials, HttpClient
 from backfill_dagster.providers.http_provider import Page, follow_pages
-from backfill_dagster.providers.payload import PayloadError, expect_list, expect_mapping
+from backfill_dagster.providers.payload import PayloadError, expect_list, expect_mapping, next_url, required_field
 
 SPLITS_PATH = "/stocks/v1/splits"
 DIVIDENDS_PATH = "/stocks/v1/dividends"
@@ -44,8 +44,8 @@ def parse_splits(payload: Any) -> list[ActionRecord]:
         where = f"polygon splits.results[{i}]"
         symbol, ex_date, action_id = _common(row, where, "execution_date")
         try:
-            out.append(split_record(symbol, ex_date, "polygon", _field(row, "split_from", where),
-                                    _field(row, "split_to", where), action_id))
+            out.append(split_record(symbol, ex_date, "polygon", required_field(row, "split_from", where),
+                                    required_field(row, "split_to", where), action_id))
         except ActionError as exc:
             raise PayloadError(f"{where}: {exc}") from None
     return out
@@ -57,19 +57,10 @@ def parse_dividends(payload: Any) -> list[ActionRecord]:
         where = f"polygon dividends.results[{i}]"
         symbol, ex_date, action_id = _common(row, where, "ex_dividend_date")
         try:
-            out.append(dividend_record(symbol, ex_date, "polygon", _field(row, "cash_amount", where), action_id))
+            out.append(dividend_record(symbol, ex_date, "polygon", required_field(row, "cash_amount", where), action_id))
         except ActionError as exc:
             raise PayloadError(f"{where}: {exc}") from None
     return out
-
-
-def next_url(payload: Any) -> str | None:
-    url = expect_mapping(payload, "polygon page").get("next_url")
-    if url is None or url == "":
-        return None
-    if not isinstance(url, str):
-        raise PayloadError(f"polygon page: 'next_url' must be a string, got {type(url).__name__}")
-    return url
 
 
 def _results(payload: Any, what: str) -> list:
@@ -83,10 +74,10 @@ def _results(payload: Any, what: str) -> list:
 
 
 def _common(row, where: str, date_field: str) -> tuple[str, date, str | None]:
-    ticker = _field(row, "ticker", where)
+    ticker = required_field(row, "ticker", where)
     if not isinstance(ticker, str) or not ticker:
         raise PayloadError(f"{where}: field 'ticker' = {ticker!r} is not a ticker")
-    raw = _field(row, date_field, where)
+    raw = required_field(row, date_field, where)
     try:
         ex_date = date.fromisoformat(str(raw))
     except ValueError:
@@ -94,11 +85,6 @@ def _common(row, where: str, date_field: str) -> tuple[str, date, str | None]:
     action_id = row.get("id")
     return store_symbol(ticker, "polygon"), ex_date, None if action_id is None else str(action_id)
 
-
-def _field(row, name: str, where: str):
-    if row.get(name) is None:
-        raise PayloadError(f"{where}: field {name!r} is missing or null")
-    return row[name]
 
 
 # ---------------------------------------------------------------------------- the client

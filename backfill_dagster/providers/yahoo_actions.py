@@ -20,7 +20,7 @@ import pandas as pd
 from backfill_dagster.domain.calendar import NEW_YORK
 from backfill_dagster.domain.corporate_actions import ActionError, ActionRecord, dividend_record, split_record
 from backfill_dagster.domain.symbols import store_symbol
-from backfill_dagster.providers.payload import PayloadError, expect_list, expect_mapping
+from backfill_dagster.providers.payload import PayloadError, expect_list, expect_mapping, required_field
 
 EVENTS = "div,splits"
 
@@ -50,14 +50,14 @@ def parse_events(payload: Any, symbol: str) -> list[ActionRecord]:
         row = expect_mapping(row, where)
         try:
             out.append(split_record(symbol, _ex_date(row, key, where), "yahoo",
-                                    _field(row, "denominator", where), _field(row, "numerator", where)))
+                                    required_field(row, "denominator", where), required_field(row, "numerator", where)))
         except ActionError as exc:
             raise PayloadError(f"{where}: {exc}") from None
     for key, row in expect_mapping(events.get("dividends") or {}, "yahoo events.dividends").items():
         where = f"yahoo events.dividends[{key!r}]"
         row = expect_mapping(row, where)
         try:
-            out.append(dividend_record(symbol, _ex_date(row, key, where), "yahoo", _field(row, "amount", where)))
+            out.append(dividend_record(symbol, _ex_date(row, key, where), "yahoo", required_field(row, "amount", where)))
         except ActionError as exc:
             raise PayloadError(f"{where}: {exc}") from None
     return sorted(out, key=lambda r: (r.ex_date, r.kind))
@@ -70,9 +70,3 @@ def _ex_date(row, key: str, where: str) -> date:
     except (TypeError, ValueError):
         raise PayloadError(f"{where}: 'date' = {stamp!r} is not Unix seconds") from None
     return pd.Timestamp(seconds, unit="s", tz="UTC").tz_convert(NEW_YORK).date()
-
-
-def _field(row, name: str, where: str):
-    if row.get(name) is None:
-        raise PayloadError(f"{where}: field {name!r} is missing or null")
-    return row[name]
