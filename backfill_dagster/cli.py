@@ -224,7 +224,7 @@ def cmd_ensure_coverage(args: argparse.Namespace, settings: Settings) -> int:
     from backfill_dagster.cli_watch import DaemonWatch, LedgerProgress, ProgressBar
     from backfill_dagster.orchestration.backfills import launch_backfill, symbol_parts, wait_for_backfill
     from backfill_dagster.orchestration.partitions import partition_key, sync_symbol_partitions
-    from backfill_dagster.store.coverage import missing_partitions
+    from backfill_dagster.store.gaps import requested_gaps
 
     symbols = user_symbols(args.symbols)
     timeframe = Timeframe.parse(args.timeframe)
@@ -244,17 +244,29 @@ def cmd_ensure_coverage(args: argparse.Namespace, settings: Settings) -> int:
     if added:
         print(f"added to the watchlist: {', '.join(added)}")
 
-    closes = {s: calendar.close(s) for s in sessions}
-    missing = missing_partitions(engine, timeframe.value, symbols, sessions, now, closes)
+    # The gap sensor's rule with an operator's request policy: asked again at once, no settle time,
+    # but sessions no provider had bars for `empty_attempts` times are left alone (domain/gap_policy.py).
+    policy = settings.gap_policy.on_request()
+    still_open = [s for s in sessions if not calendar.has_closed(s, now, settings.extended_hours)]
+    position = {s: i for i, s in enumerate(symbols)}
+
+    def missing_at(at: pd.Timestamp):
+        chosen = requested_gaps(engine, timeframe, symbols, sessions, policy=policy, now=at, still_open=still_open)
+        return chosen, sorted(chosen.partitions, key=lambda p: (position[p[0]], p[1]))
+
+    chosen, missing = missing_at(now)
+    if chosen.exhausted:
+        print(f"{chosen.exhausted} session(s) had no bars from any provider {policy.empty_attempts} times: left "
+              f"alone (halted or delisted?); see backfill-dagster coverage --symbol {symbols[0]} --detail")
     if not missing:
-        print(f"nothing to do: {', '.join(symbols)} have all {len(sessions)} {timeframe.value} sessions "
-              f"({sessions[0]} .. {sessions[-1]})")
+        span = f"{len(sessions)} {timeframe.value} sessions ({sessions[0]} .. {sessions[-1]})"
+        if chosen.exhausted:
+            print(f"nothing else to do: {', '.join(symbols)} have the others of the {span}")
+        else:
+            print(f"nothing to do: {', '.join(symbols)} have all {span}")
         return 0
-    assets = [timeframe]
-    if timeframe.source is not None:  # derived: fetch its source where that is missing too
-        source_missing = missing_partitions(engine, timeframe.source.value, symbols, sessions, now, closes)
-        if set(source_missing) & set(missing):
-            assets = [timeframe.source, timeframe]
+    # Derived: fetch its source too where that is a gap (stale or derive-only partitions need not).
+    assets = [timeframe.source, timeframe] if timeframe.source is not None and chosen.intraday else [timeframe]
     # Parts of SYMBOLS_PER_BACKFILL symbols, each its own backfill: Dagster shows a backfill's
     # progress only after an iteration has submitted all its runs (orchestration/backfills.py).
     short = {s for s, _ in missing}
@@ -280,8 +292,8 @@ def cmd_ensure_coverage(args: argparse.Namespace, settings: Settings) -> int:
     # counts move only between the backfill daemon's iterations. Both are shown.
     bar = ProgressBar(sys.stdout)
     wanted = set(missing)
-    ledger = LedgerProgress(lambda: len(wanted) - len(wanted & set(missing_partitions(
-        engine, timeframe.value, symbols, sessions, pd.Timestamp.now(tz="UTC"), closes))), len(wanted))
+    ledger = LedgerProgress(lambda: len(wanted) - len(wanted & set(missing_at(pd.Timestamp.now(tz="UTC"))[1])),
+                            len(wanted))
 
     def show(progress, covered=None):
         frame = coverage_summary(engine, symbols=symbols, timeframe=timeframe.value)
@@ -309,7 +321,7 @@ def cmd_ensure_coverage(args: argparse.Namespace, settings: Settings) -> int:
         print(f"backfill {backfill_id} still {progress.status.value} after {args.timeout}s; {goes_on}")
         return 1
     if progress.succeeded:
-        still = set(missing_partitions(engine, timeframe.value, symbols, sessions, pd.Timestamp.now(tz="UTC"), closes))
+        still = set(missing_at(pd.Timestamp.now(tz="UTC"))[1])
         print(f"backfill {backfill_id} {progress.status.value}: {len(wanted - still)} of {len(wanted)} partition(s) covered")
         return 0 if not (still & wanted) else 1
     print(f"backfill {backfill_id} {progress.status.value}: {progress.failed} asset partition(s) failed; "

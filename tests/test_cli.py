@@ -179,6 +179,33 @@ def test_ensure_coverage_says_when_history_start_clips_the_sessions(env, monkeyp
     assert "only" not in capsys.readouterr().out
 
 
+def test_ensure_coverage_leaves_sessions_no_provider_had_bars_for_alone_and_says_so(env, store_url, capsys):
+    # The gap sensor's rule (store.gaps.requested_gaps): a session every provider answered without
+    # bars three times is halted or delisted; a request does not ask a fourth time.
+    from backfill_dagster.domain.timeframes import Timeframe
+    from backfill_dagster.store import BarStore, CoverageEntry
+
+    cal = xnys()
+    now = pd.Timestamp.now(tz="UTC")
+    gone, done = cal.recent_sessions(2, now, closed_only=False)
+    store = BarStore(shared_engine(store_url), cal)
+    for hours in (30, 20, 10):
+        store.record_refusals(Timeframe.D1, {("TSLA", gone): "no bars"}, expected={gone: 1},
+                              at=now - pd.Timedelta(hours=hours))
+    store.replace_partitions(Timeframe.D1, store.read_bars(Timeframe.D1, []), [CoverageEntry("TSLA", done, 1, 1, True)],
+                             provider="demo", adjustment="split", fetched_at=now)
+    assert main(["ensure-coverage", "TSLA", "--timeframe", "d1", "--sessions", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "1 session(s) had no bars from any provider 3 times: left alone (halted or delisted?)" in out
+    assert f"nothing else to do: TSLA have the others of the 2 d1 sessions ({gone} .. {done})" in out
+    assert dg.DagsterInstance.get().get_backfills() == []
+    # One attempt fewer and it is asked again at once: a request does not wait out retry_empty_after.
+    with shared_engine(store_url).begin() as conn:
+        conn.exec_driver_sql("UPDATE bar_coverage SET attempts = 2 WHERE symbol = 'TSLA' AND status = 'empty'")
+    assert main(["ensure-coverage", "TSLA", "--timeframe", "d1", "--sessions", "2"]) == 0
+    assert "1 partition(s) of bars_d1" in capsys.readouterr().out
+
+
 def test_ensure_coverage_launches_many_symbols_as_backfills_of_25(env, capsys):
     # One backfill of 30 symbols would submit 30 runs before Dagster counted anything done.
     symbols = [f"S{i:02d}" for i in range(30)]

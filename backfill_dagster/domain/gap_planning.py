@@ -14,6 +14,9 @@ A partition (symbol x session x timeframe) inside its timeframe's history horizo
 A session fetched successfully after its close is covered, however few bars it holds: providers
 omit intervals without trades, and chasing them would fetch the same bars forever (DESIGN §2).
 Today's session belongs to the schedules until it has closed and settled (`GapPolicy.settle`).
+Which gaps are asked for now is one rule, `select_gaps`, for the sensor and `ensure-coverage`
+alike; only the policy differs, by name: an operator's request (`GapPolicy.on_request()`) asks
+again at once, with no retry delay and no settle time.
 
 Gaps become *boxes*: one contiguous range of sessions x symbols contiguous in the symbol
 partitions' order, each one range run (DESIGN §4). h1/h4 are derived from m15, so their gaps ride
@@ -192,22 +195,45 @@ class GapPlan:
         return "; ".join(parts)
 
 
-def plan_gap_runs(
+@dataclass(frozen=True)
+class GapSelection:
+    """The gaps to ask for now, by the kind of run that fills them, and why the others wait."""
+
+    intraday: set[Partition]  # fetch m15 (and derive h1/h4 from it, in the same run)
+    derived: set[Partition]  # m15 is covered: derive h1/h4 only
+    daily: set[Partition]  # fetch d1
+    gaps: Mapping[Timeframe, Mapping[GapReason, int]]  # every gap found, per timeframe and reason
+    in_flight: int  # gaps an unfinished run is already filling
+    held: int  # failed or empty partitions waiting for their retry delay
+    waiting_for_m15: int  # h1/h4 gaps whose m15 is in flight or held
+    exhausted: int  # empty partitions re-checked `empty_attempts` times: left alone
+
+    @property
+    def partitions(self) -> set[Partition]:
+        """Every partition asked for, whatever its run kind."""
+        return self.intraday | self.derived | self.daily
+
+    def of(self, kind: RunKind) -> set[Partition]:
+        return {RunKind.INTRADAY: self.intraday, RunKind.DERIVED: self.derived, RunKind.DAILY: self.daily}[kind]
+
+
+def select_gaps(
     gaps: LedgerGaps,
     wanted: Mapping[Timeframe, Sequence[date]],
-    partition_order: Sequence[str],
     *,
     policy: GapPolicy,
     now: pd.Timestamp,
     in_flight: InFlight | None = None,
-    own_runs_in_flight: int = 0,
-) -> GapPlan:
-    """Turn ledger gaps into the range runs to request now, newest sessions first.
+) -> GapSelection:
+    """THE rule for which gaps are asked for now, shared by the gap sensor and `ensure-coverage`
+    (`GapPolicy.on_request()`): what differs between them is only the policy's waits.
 
-    `gaps` must hold the ledger's gaps over `ledger_horizons(wanted)`: m15 is read over the h1/h4
-    horizons too, because an h1/h4 gap whose m15 is missing needs m15 fetched in the same run (m15
-    gaps beyond m15's own horizon are fetched only for that). Gaps that unfinished work covers are
-    left alone, and so are failed partitions until `policy.retry_failed_after` has passed.
+    Of the gaps in `wanted` (per timeframe, the sessions asked for): empty partitions re-checked
+    `policy.empty_attempts` times are left alone, and so are empty ones until `retry_empty_after` has
+    passed since the last answer; h1/h4 rows empty because their m15 is empty follow it (stale when
+    it changes); gaps that unfinished work covers wait for it; failed partitions wait
+    `retry_failed_after`. An h1/h4 gap whose m15 is a gap too is filled in one run with it, when
+    that m15 gap may be asked for now.
     """
     now = as_utc(now)
     in_flight = in_flight or InFlight()
@@ -223,6 +249,8 @@ def plan_gap_runs(
         nonlocal busy, held, exhausted
         out = {}
         days = horizon[timeframe]
+        if not days:
+            return out
         held_whole = in_flight.holds(timeframe)
         busy_symbols = in_flight.symbols(timeframe)
         tally = counts[timeframe]
@@ -261,16 +289,44 @@ def plan_gap_runs(
             intraday.add(partition)  # m15 must be fetched first, in the same run
         else:
             waiting += 1
-    daily = set(gaps_to_request(Timeframe.D1))
+    return GapSelection(
+        intraday=intraday,
+        derived=derived,
+        daily=set(gaps_to_request(Timeframe.D1)),
+        gaps={t: dict(c) for t, c in counts.items()},
+        in_flight=busy,
+        held=held,
+        waiting_for_m15=waiting,
+        exhausted=exhausted,
+    )
 
-    sessions = sorted(set().union(*horizon.values()))
+
+def plan_gap_runs(
+    gaps: LedgerGaps,
+    wanted: Mapping[Timeframe, Sequence[date]],
+    partition_order: Sequence[str],
+    *,
+    policy: GapPolicy,
+    now: pd.Timestamp,
+    in_flight: InFlight | None = None,
+    own_runs_in_flight: int = 0,
+) -> GapPlan:
+    """Turn ledger gaps into the range runs to request now, newest sessions first.
+
+    `gaps` must hold the ledger's gaps over `ledger_horizons(wanted)`: m15 is read over the h1/h4
+    horizons too, because an h1/h4 gap whose m15 is missing needs m15 fetched in the same run (m15
+    gaps beyond m15's own horizon are fetched only for that). Which gaps are asked for now is
+    `select_gaps`.
+    """
+    chosen = select_gaps(gaps, wanted, policy=policy, now=now, in_flight=in_flight)
+    sessions = sorted(set().union(*(set(wanted.get(t, ())) for t in Timeframe)))
     index = {d: i for i, d in enumerate(sessions)}
     position = {s: i for i, s in enumerate(partition_order)}
     newest = len(sessions) - 1
     planned = [
         (newest - hi, _KIND_ORDER[kind], position[symbols[0]], kind, symbols, lo, hi)
-        for kind, parts in ((RunKind.INTRADAY, intraday), (RunKind.DERIVED, derived), (RunKind.DAILY, daily))
-        for symbols, lo, hi in _boxes(parts, index, position, policy)
+        for kind in RunKind
+        for symbols, lo, hi in _boxes(chosen.of(kind), index, position, policy)
     ]
     planned.sort(key=lambda p: p[:3])
     slots = max(0, min(policy.max_runs_per_tick, policy.max_runs_in_flight - own_runs_in_flight))
@@ -280,11 +336,11 @@ def plan_gap_runs(
         boxes=[_box(kind, symbols, tuple(sessions[lo : hi + 1]), age, gaps, now)
                for age, _, _, kind, symbols, lo, hi in now_boxes],
         later=len(planned) - len(now_boxes),
-        gaps={t: dict(c) for t, c in counts.items()},
-        in_flight=busy,
-        held=held,
-        waiting_for_m15=waiting,
-        exhausted=exhausted,
+        gaps=chosen.gaps,
+        in_flight=chosen.in_flight,
+        held=chosen.held,
+        waiting_for_m15=chosen.waiting_for_m15,
+        exhausted=chosen.exhausted,
     )
 
 

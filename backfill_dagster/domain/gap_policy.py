@@ -6,7 +6,7 @@ makes its horizons. Pure; its settings are read in settings.py.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 
 import pandas as pd
@@ -69,6 +69,15 @@ class GapPolicy:
         if min(self.settle, self.retry_failed_after, self.retry_empty_after) < timedelta(0):
             raise GapPolicyError("settle, retry_failed_after and retry_empty_after cannot be negative")
 
+
+    def on_request(self) -> GapPolicy:
+        """The policy of an operator's explicit request (`ensure-coverage`): the same rule
+        (gap_planning.select_gaps), without the waits. A request asks again at once: no retry
+        delay after a failure or an empty answer, no settle time after a close (it is asked for
+        now, not a background loop that must leave the end-of-day schedule its turn). It keeps
+        `empty_attempts`: a session no provider had bars for that many times is halted or delisted,
+        and asking once more would only say so again."""
+        return replace(self, settle=timedelta(0), retry_failed_after=timedelta(0), retry_empty_after=timedelta(0))
 
 # ---------------------------------------------------------------------------------- horizons
 def settled_sessions(

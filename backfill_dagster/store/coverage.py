@@ -75,35 +75,3 @@ def coverage_detail(engine: Engine, symbol: str, timeframe: str | None = None) -
         result = conn.execute(query)
         return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
 
-
-def missing_partitions(
-    engine: Engine,
-    timeframe: str,
-    symbols: Sequence[str],
-    sessions: Sequence,
-    closed_before: pd.Timestamp | None = None,
-    closes: dict | None = None,
-) -> list[tuple[str, object]]:
-    """Partitions (symbol, session) of these symbols x sessions that still need a fetch: never
-    covered, last fetch failed or had no bars, or fetched while the session was open and it has closed since
-    (`closes` maps session -> its close, `closed_before` is now). A closed, successfully fetched
-    session with fewer bars than its grid is not missing: no-trade intervals are not holes."""
-    if not symbols or not sessions:
-        return []
-    query = sa.select(cov.c.symbol, cov.c.session, cov.c.status, cov.c.session_closed).where(
-        cov.c.timeframe == timeframe,
-        cov.c.symbol.in_(list(symbols)),
-        cov.c.session >= min(sessions),
-        cov.c.session <= max(sessions),
-    )
-    with engine.connect() as conn:
-        ledger = {(s, pd.Timestamp(d).date()): (status, closed) for s, d, status, closed in conn.execute(query)}
-    out = []
-    for symbol in symbols:
-        for session in sessions:
-            row = ledger.get((symbol, session))
-            if row is None or row[0] in ("failed", "empty"):
-                out.append((symbol, session))
-            elif not row[1] and closes is not None and closed_before is not None and closes[session] <= closed_before:
-                out.append((symbol, session))  # fetched while open; final bars exist now
-    return out

@@ -1,4 +1,5 @@
-"""The gap sensor's ledger queries: find the gaps without reading the whole ledger.
+"""The ledger's gaps, for the gap sensor and `ensure-coverage` (requested_gaps): find them without
+reading the whole ledger.
 
 At 500 symbols x 2 years x 4 timeframes the ledger holds a million rows, nearly all of them
 covered. So, per evaluation:
@@ -19,13 +20,16 @@ bench/gap_sensor.py measures it against reading the ledger into pandas.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import date
+
+import pandas as pd
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from backfill_dagster.domain.gap_planning import Gap, GapReason, NEVER_COVERED
+from backfill_dagster.domain.gap_planning import Gap, GapReason, GapSelection, NEVER_COVERED, select_gaps
+from backfill_dagster.domain.gap_policy import GapPolicy, ledger_horizons
 from backfill_dagster.domain.ledger import LedgerStatus, Partition
 from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.store.schema import bar_coverage as cov
@@ -182,16 +186,52 @@ def find_gaps(
     rows = row_counts(engine, ranges)
     opened = open_gaps(engine, ranges)
     gaps: dict[Timeframe, dict[Partition, Gap]] = {t: {} for t in horizons}
+    stale: dict[Timeframe, dict[Partition, Gap]] = {}
     if derive_span is not None:
         for timeframe, found in underived(engine, symbols, *derive_span).items():
             gaps.setdefault(timeframe, {}).update(found)
+            stale[timeframe] = {p: g for p, g in found.items() if g.reason is GapReason.STALE}
     for timeframe, days in horizons.items():
         if not days:
             continue
-        gaps[timeframe].update((p, g) for p, g in opened[timeframe].items() if p[0] in wanted)
+        table = gaps[timeframe]
+        table.update((p, g) for p, g in opened[timeframe].items() if p[0] in wanted)
+        # An h1/h4 row left empty by an empty m15 follows it, so its own row is not asked again:
+        # once m15 has been fetched again, it is stale (to derive), not empty.
+        for partition, gap in stale.get(timeframe, {}).items():
+            if table[partition].reason is GapReason.EMPTY:
+                table[partition] = gap
         counts = rows[timeframe]
         short = [s for s in symbols if counts.get(s, 0) < len(days)]
-        table = gaps[timeframe]
         for symbol, sessions in uncovered_sessions(engine, timeframe, short, days).items():
             table.update(((symbol, session), NEVER_COVERED) for session in sessions)
     return gaps
+
+
+def requested_gaps(
+    engine: Engine,
+    timeframe: Timeframe,
+    symbols: Sequence[str],
+    sessions: Sequence[date],
+    *,
+    policy: GapPolicy,
+    now: pd.Timestamp,
+    still_open: Collection[date] = (),
+) -> GapSelection:
+    """The gaps of these symbols x sessions (ascending, contiguous) of one timeframe to ask for now,
+    by the gap sensor's rule (find_gaps, then select_gaps) under `policy` — `ensure-coverage` passes
+    `GapPolicy.on_request()`. Unlike the sensor's horizons, `sessions` may hold sessions that have
+    not closed yet (`still_open`): a partial row there is what the providers have now, not a gap.
+    h1/h4 count their stale rows (derived from an m15 fetch replaced since) and read their m15 over
+    the same sessions: `intraday` holds those whose m15 must be fetched first."""
+    if not symbols or not sessions:
+        return select_gaps({}, {}, policy=policy, now=now)
+    wanted = {timeframe: list(sessions)}
+    span = None if timeframe.is_fetched else (sessions[0], sessions[-1])
+    gaps = find_gaps(engine, symbols, ledger_horizons(wanted), span)
+    if still_open:
+        opened = set(still_open)
+        for table in gaps.values():
+            for partition in [p for p, g in table.items() if g.reason is GapReason.PARTIAL and p[1] in opened]:
+                del table[partition]
+    return select_gaps(gaps, wanted, policy=policy, now=now)
