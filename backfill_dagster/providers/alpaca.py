@@ -40,7 +40,7 @@ from backfill_dagster.providers.base import (
 from backfill_dagster.providers.config import setting_secret, setting_url
 from backfill_dagster.providers.http import Budget, Credentials, HttpClient, RetryPolicy
 from backfill_dagster.providers.http_provider import HttpProvider, Page, follow_pages
-from backfill_dagster.providers.payload import PayloadError, concat_bars, expect_mapping, records_to_bars
+from backfill_dagster.providers.payload import PayloadError, concat_bars, expect_mapping, page_cursor, records_to_bars
 
 DEFAULT_URL = "https://data.alpaca.markets"
 FEEDS = ("sip", "iex", "delayed_sip", "boats", "overnight", "otc")
@@ -99,12 +99,7 @@ def _symbol_bars(symbol: str, rows: Any) -> pd.DataFrame:
 
 def next_page_token(payload: Any) -> str | None:
     """The token of the next page, or None on the last one."""
-    token = expect_mapping(payload, "alpaca page").get("next_page_token")
-    if token is None or token == "":
-        return None
-    if not isinstance(token, str):
-        raise PayloadError(f"alpaca page: 'next_page_token' must be a string, got {token!r}")
-    return token
+    return page_cursor(payload, "next_page_token", "alpaca page")
 
 
 # ---------------------------------------------------------------------------- the client

@@ -25,7 +25,7 @@ from backfill_dagster.domain.symbols import provider_symbol, store_symbol
 from backfill_dagster.providers.base import ActionsResult
 from backfill_dagster.providers.http import Credentials, HttpClient
 from backfill_dagster.providers.http_provider import Page, follow_pages
-from backfill_dagster.providers.payload import PayloadError, expect_list, expect_mapping, required_field
+from backfill_dagster.providers.payload import PayloadError, expect_list, expect_mapping, page_cursor, required_field
 
 PATH = "/v1/corporate-actions"
 TYPES = ("forward_split", "reverse_split", "cash_dividend")
@@ -65,12 +65,7 @@ def parse_corporate_actions(payload: Any) -> list[ActionRecord]:
 
 
 def next_page_token(payload: Any) -> str | None:
-    token = expect_mapping(payload, "alpaca corporate actions").get("next_page_token")
-    if token is None or token == "":
-        return None
-    if not isinstance(token, str):
-        raise PayloadError(f"alpaca corporate actions: 'next_page_token' must be a string, got {token!r}")
-    return token
+    return page_cursor(payload, "next_page_token", "alpaca corporate actions")
 
 
 def _common(row: Any, where: str) -> tuple[str, date, str | None]:

@@ -40,14 +40,15 @@ def required_field(row: Mapping, name: str, where: str) -> Any:
     return row[name]
 
 
-def next_url(payload: Any, where: str = "polygon page") -> str | None:
-    """A page's `next_url` (Polygon's cursor: the next page's URL), None on the last page."""
-    url = expect_mapping(payload, where).get("next_url")
-    if url is None or url == "":
+def page_cursor(payload: Any, field: str, where: str) -> str | None:
+    """A page's cursor to the next one (Alpaca's `next_page_token`, Polygon's `next_url`), None on
+    the last page; anything but a string is a malformed page."""
+    cursor = expect_mapping(payload, where).get(field)
+    if cursor is None or cursor == "":
         return None
-    if not isinstance(url, str):
-        raise PayloadError(f"{where}: 'next_url' must be a string, got {type(url).__name__}")
-    return url
+    if not isinstance(cursor, str):
+        raise PayloadError(f"{where}: {field!r} must be a string, got {cursor!r}")
+    return cursor
 
 
 def expect_list(value: Any, where: str) -> list:

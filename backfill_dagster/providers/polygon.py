@@ -26,6 +26,7 @@ from backfill_dagster.domain.provider_errors import ProviderError
 from backfill_dagster.domain.symbols import provider_symbol, store_symbol
 from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.providers import polygon_actions
+from backfill_dagster.providers.polygon_actions import next_url  # the same cursor on every Polygon list
 from backfill_dagster.providers.base import (
     ActionsResult,
     Adjustment,
@@ -37,7 +38,7 @@ from backfill_dagster.providers.base import (
 from backfill_dagster.providers.config import setting_secret, setting_url
 from backfill_dagster.providers.http import Budget, Credentials, HttpClient, RetryPolicy
 from backfill_dagster.providers.http_provider import HttpProvider, Page, follow_pages
-from backfill_dagster.providers.payload import PayloadError, concat_bars, expect_mapping, next_url, records_to_bars
+from backfill_dagster.providers.payload import PayloadError, concat_bars, expect_mapping, records_to_bars
 
 DEFAULT_URL = "https://api.polygon.io"
 PAGE_LIMIT = 50_000  # base aggregates per page, the API's maximum

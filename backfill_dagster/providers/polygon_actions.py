@@ -26,7 +26,7 @@ from backfill_dagster.domain.symbols import provider_symbol, store_symbol
 from backfill_dagster.providers.base import ActionsResult
 from backfill_dagster.providers.http import Credentials, HttpClient
 from backfill_dagster.providers.http_provider import Page, follow_pages
-from backfill_dagster.providers.payload import PayloadError, expect_list, expect_mapping, next_url, required_field
+from backfill_dagster.providers.payload import PayloadError, expect_list, expect_mapping, page_cursor, required_field
 
 SPLITS_PATH = "/stocks/v1/splits"
 DIVIDENDS_PATH = "/stocks/v1/dividends"
@@ -61,6 +61,11 @@ def parse_dividends(payload: Any) -> list[ActionRecord]:
         except ActionError as exc:
             raise PayloadError(f"{where}: {exc}") from None
     return out
+
+
+def next_url(payload: Any) -> str | None:
+    """The next page's URL (it carries no key), or None on the last page."""
+    return page_cursor(payload, "next_url", "polygon page")
 
 
 def _results(payload: Any, what: str) -> list:
