@@ -21,11 +21,11 @@ from typing import Any
 
 from backfill_dagster.domain.corporate_actions import ActionError, ActionRecord, dividend_record, split_record
 from backfill_dagster.domain.provider_errors import ProviderError, ProviderUnavailable
-from backfill_dagster.domain.symbols import provider_symbol, store_symbol
+from backfill_dagster.domain.symbols import provider_symbol
 from backfill_dagster.providers.base import ActionsResult
 from backfill_dagster.providers.http import Credentials, HttpClient
 from backfill_dagster.providers.http_provider import Page, follow_pages
-from backfill_dagster.providers.payload import PayloadError, expect_list, expect_mapping, page_cursor, required_field
+from backfill_dagster.providers.payload import PayloadError, action_identity, expect_list, expect_mapping, page_cursor, required_field
 
 PATH = "/v1/corporate-actions"
 TYPES = ("forward_split", "reverse_split", "cash_dividend")
@@ -52,7 +52,7 @@ def parse_corporate_actions(payload: Any) -> list[ActionRecord]:
         for i, row in enumerate(expect_list(rows, f"alpaca corporate_actions.{group}")):
             where = f"alpaca corporate_actions.{group}[{i}]"
             row = expect_mapping(row, where)
-            symbol, ex_date, action_id = _common(row, where)
+            symbol, ex_date, action_id = action_identity(row, where, "alpaca", "symbol", "ex_date")
             try:
                 if group == "cash_dividends":
                     out.append(dividend_record(symbol, ex_date, "alpaca", required_field(row, "rate", where), action_id))
@@ -66,20 +66,6 @@ def parse_corporate_actions(payload: Any) -> list[ActionRecord]:
 
 def next_page_token(payload: Any) -> str | None:
     return page_cursor(payload, "next_page_token", "alpaca corporate actions")
-
-
-def _common(row: Any, where: str) -> tuple[str, date, str | None]:
-    symbol = required_field(row, "symbol", where)
-    if not isinstance(symbol, str) or not symbol:
-        raise PayloadError(f"{where}: field 'symbol' = {symbol!r} is not a ticker")
-    raw = required_field(row, "ex_date", where)
-    try:
-        ex_date = date.fromisoformat(str(raw))
-    except ValueError:
-        raise PayloadError(f"{where}: field 'ex_date' = {raw!r} is not a date") from None
-    action_id = row.get("id")
-    return store_symbol(symbol, "alpaca"), ex_date, None if action_id is None else str(action_id)
-
 
 
 # ---------------------------------------------------------------------------- the client

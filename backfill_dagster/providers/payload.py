@@ -9,6 +9,7 @@ handled by the parser that knows the quirk, not here.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from datetime import date
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ import pandas as pd
 
 from backfill_dagster.domain.bars import bars_frame, empty_bars
 from backfill_dagster.domain.calendar import NEW_YORK, SessionCalendar
+from backfill_dagster.domain.symbols import store_symbol
 from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.providers.base import FetchRequest
 
@@ -49,6 +51,21 @@ def page_cursor(payload: Any, field: str, where: str) -> str | None:
     if not isinstance(cursor, str):
         raise PayloadError(f"{where}: {field!r} must be a string, got {cursor!r}")
     return cursor
+
+
+def action_identity(row: Mapping, where: str, provider: str, symbol_field: str,
+                    date_field: str) -> tuple[str, date, str | None]:
+    """A corporate action's symbol (in the store's spelling), ex-date and the provider's id."""
+    symbol = required_field(row, symbol_field, where)
+    if not isinstance(symbol, str) or not symbol:
+        raise PayloadError(f"{where}: field {symbol_field!r} = {symbol!r} is not a ticker")
+    raw = required_field(row, date_field, where)
+    try:
+        ex_date = date.fromisoformat(str(raw))
+    except ValueError:
+        raise PayloadError(f"{where}: field {date_field!r} = {raw!r} is not a date") from None
+    action_id = row.get("id")
+    return store_symbol(symbol, provider), ex_date, None if action_id is None else str(action_id)
 
 
 def expect_list(value: Any, where: str) -> list:

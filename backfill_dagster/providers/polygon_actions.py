@@ -22,11 +22,11 @@ from typing import Any
 
 from backfill_dagster.domain.corporate_actions import ActionError, ActionRecord, dividend_record, split_record
 from backfill_dagster.domain.provider_errors import ProviderError, ProviderUnavailable
-from backfill_dagster.domain.symbols import provider_symbol, store_symbol
+from backfill_dagster.domain.symbols import provider_symbol
 from backfill_dagster.providers.base import ActionsResult
 from backfill_dagster.providers.http import Credentials, HttpClient
 from backfill_dagster.providers.http_provider import Page, follow_pages
-from backfill_dagster.providers.payload import PayloadError, expect_list, expect_mapping, page_cursor, required_field
+from backfill_dagster.providers.payload import PayloadError, action_identity, expect_list, expect_mapping, page_cursor, required_field
 
 SPLITS_PATH = "/stocks/v1/splits"
 DIVIDENDS_PATH = "/stocks/v1/dividends"
@@ -42,7 +42,7 @@ def parse_splits(payload: Any) -> list[ActionRecord]:
     out = []
     for i, row in enumerate(_results(payload, "splits")):
         where = f"polygon splits.results[{i}]"
-        symbol, ex_date, action_id = _common(row, where, "execution_date")
+        symbol, ex_date, action_id = action_identity(row, where, "polygon", "ticker", "execution_date")
         try:
             out.append(split_record(symbol, ex_date, "polygon", required_field(row, "split_from", where),
                                     required_field(row, "split_to", where), action_id))
@@ -55,7 +55,7 @@ def parse_dividends(payload: Any) -> list[ActionRecord]:
     out = []
     for i, row in enumerate(_results(payload, "dividends")):
         where = f"polygon dividends.results[{i}]"
-        symbol, ex_date, action_id = _common(row, where, "ex_dividend_date")
+        symbol, ex_date, action_id = action_identity(row, where, "polygon", "ticker", "ex_dividend_date")
         try:
             out.append(dividend_record(symbol, ex_date, "polygon", required_field(row, "cash_amount", where), action_id))
         except ActionError as exc:
@@ -76,20 +76,6 @@ def _results(payload: Any, what: str) -> list:
     results = body.get("results")
     return [] if results is None else [expect_mapping(r, f"polygon {what}.results[]") for r in
                                        expect_list(results, f"polygon {what}.results")]
-
-
-def _common(row, where: str, date_field: str) -> tuple[str, date, str | None]:
-    ticker = required_field(row, "ticker", where)
-    if not isinstance(ticker, str) or not ticker:
-        raise PayloadError(f"{where}: field 'ticker' = {ticker!r} is not a ticker")
-    raw = required_field(row, date_field, where)
-    try:
-        ex_date = date.fromisoformat(str(raw))
-    except ValueError:
-        raise PayloadError(f"{where}: field {date_field!r} = {raw!r} is not a date") from None
-    action_id = row.get("id")
-    return store_symbol(ticker, "polygon"), ex_date, None if action_id is None else str(action_id)
-
 
 
 # ---------------------------------------------------------------------------- the client
