@@ -247,15 +247,7 @@ def _parse_time(query, name: str, *, end_of_day: bool) -> int | None:
 
 
 def _parse_limit(value: str | None) -> int:
-    if value is None or value == "":
-        return DEFAULT_LIMIT
-    try:
-        limit = int(value)
-    except ValueError:
-        raise _error(422, 42210000, f"invalid limit: {value!r}") from None
-    if not 1 <= limit <= MAX_LIMIT:
-        raise _error(422, 42210000, f"invalid limit: {limit} (must be between 1 and {MAX_LIMIT})")
-    return limit
+    return alpaca_actions.parse_limit(value, DEFAULT_LIMIT, MAX_LIMIT)
 
 
 def _encode_token(symbol: str, ts_ns: int, unit: str) -> str:

@@ -54,7 +54,7 @@ def answer(request: Request, registry: CorporateActions, data_symbol: Callable[[
     start, end = _day(q, "start", today), _day(q, "end", today)
     if start > end:
         raise _error(422, 42210000, "end must not be before start")
-    limit = _limit(q.get("limit"))
+    limit = parse_limit(q.get("limit"), DEFAULT_LIMIT, MAX_LIMIT)
     sort = q.get("sort", "asc")
     if sort not in ("asc", "desc"):
         raise _error(422, 42210000, f"invalid sort: {sort!r} (use asc or desc)")
@@ -130,15 +130,16 @@ def _day(q, name: str, default: date) -> date:
         raise _error(422, 42210000, f"Invalid format for parameter {name}: error parsing {value!r} as 2006-01-02") from None
 
 
-def _limit(value: str | None) -> int:
+def parse_limit(value: str | None, default: int, maximum: int) -> int:
+    """Alpaca's `limit` parameter, as both endpoints check it (their default and maximum differ)."""
     if value is None or value == "":
-        return DEFAULT_LIMIT
+        return default
     try:
         limit = int(value)
     except ValueError:
         raise _error(422, 42210000, f"invalid limit: {value!r}") from None
-    if not 1 <= limit <= MAX_LIMIT:
-        raise _error(422, 42210000, f"invalid limit: {limit} (must be between 1 and {MAX_LIMIT})")
+    if not 1 <= limit <= maximum:
+        raise _error(422, 42210000, f"invalid limit: {limit} (must be between 1 and {maximum})")
     return limit
 
 

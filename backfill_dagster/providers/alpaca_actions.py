@@ -20,9 +20,8 @@ from datetime import date
 from typing import Any
 
 from backfill_dagster.domain.corporate_actions import ActionError, ActionRecord, dividend_record, split_record
-from backfill_dagster.domain.provider_errors import ProviderError, ProviderUnavailable
 from backfill_dagster.domain.symbols import provider_symbol
-from backfill_dagster.providers.base import ActionsResult
+from backfill_dagster.providers.base import ActionsResult, actions_in_batches
 from backfill_dagster.providers.http import Credentials, HttpClient
 from backfill_dagster.providers.http_provider import Page, follow_pages
 from backfill_dagster.providers.payload import PayloadError, action_identity, expect_list, expect_mapping, page_cursor, required_field
@@ -82,17 +81,9 @@ def fetch_corporate_actions(
     """Every split and cash dividend of `symbols` booked first..last, in batches of MAX_SYMBOLS,
     following `next_page_token`. Each page is one call of the shared budget. A batch whose request
     fails has its symbols in `failed`; once the provider is unavailable, the rest are not asked."""
-    out = ActionsResult()
-    for i in range(0, len(symbols), MAX_SYMBOLS):
-        batch = symbols[i : i + MAX_SYMBOLS]
-        try:
-            out.records += _fetch_batch(http, url, credentials, batch, first, last, page_limit, out)
-        except ProviderUnavailable as exc:
-            out.failed.update({s: str(exc) for s in symbols[i:]})
-            break
-        except ProviderError as exc:
-            out.failed.update({s: str(exc) for s in batch})
-    return out
+    return actions_in_batches(
+        symbols, MAX_SYMBOLS, lambda batch, out: _fetch_batch(http, url, credentials, batch, first, last, page_limit, out)
+    )
 
 
 def _fetch_batch(

@@ -10,7 +10,7 @@ with the same HTTP client, shared budget and retries as their bars.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from enum import StrEnum
@@ -18,7 +18,7 @@ from enum import StrEnum
 import pandas as pd
 
 from backfill_dagster.domain.corporate_actions import ActionRecord
-from backfill_dagster.domain.provider_errors import ProviderError
+from backfill_dagster.domain.provider_errors import ProviderError, ProviderUnavailable
 from backfill_dagster.domain.timeframes import Timeframe
 
 
@@ -109,6 +109,25 @@ class ActionsResult:
 
     def answered(self, symbols: Sequence[str]) -> list[str]:
         return [s for s in symbols if s not in self.failed]
+
+
+def actions_in_batches(
+    symbols: Sequence[str], size: int, fetch: Callable[[Sequence[str], ActionsResult], list[ActionRecord]]
+) -> ActionsResult:
+    """Ask `fetch(batch, result)` for the actions of `size` symbols at a time (it adds its calls to
+    `result`). A batch whose requests fail has its symbols in `failed`; once the provider is
+    unavailable, the rest are not asked and are failed with the same reason."""
+    out = ActionsResult()
+    for i in range(0, len(symbols), size):
+        batch = symbols[i : i + size]
+        try:
+            out.records += fetch(batch, out)
+        except ProviderUnavailable as exc:
+            out.failed.update({s: str(exc) for s in symbols[i:]})
+            break
+        except ProviderError as exc:
+            out.failed.update({s: str(exc) for s in batch})
+    return out
 
 
 class ProviderConfigError(ValueError):

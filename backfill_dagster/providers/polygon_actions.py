@@ -21,9 +21,8 @@ from datetime import date
 from typing import Any
 
 from backfill_dagster.domain.corporate_actions import ActionError, ActionRecord, dividend_record, split_record
-from backfill_dagster.domain.provider_errors import ProviderError, ProviderUnavailable
 from backfill_dagster.domain.symbols import provider_symbol
-from backfill_dagster.providers.base import ActionsResult
+from backfill_dagster.providers.base import ActionsResult, actions_in_batches
 from backfill_dagster.providers.http import Credentials, HttpClient
 from backfill_dagster.providers.http_provider import Page, follow_pages
 from backfill_dagster.providers.payload import PayloadError, action_identity, expect_list, expect_mapping, page_cursor, required_field
@@ -92,28 +91,22 @@ def fetch_corporate_actions(
     """Splits and cash dividends of `symbols` with ex-dates first..last, MAX_TICKERS a request,
     following `next_url`; `url_for` puts a path (and query) on the configured host. A batch whose
     requests fail has its symbols in `failed`; once the provider is unavailable, the rest are not asked."""
-    out = ActionsResult()
-    for i in range(0, len(symbols), MAX_TICKERS):
-        batch = symbols[i : i + MAX_TICKERS]
-        try:
-            found = []
-            for path, parse, column, extra in (
-                (SPLITS_PATH, parse_splits, "execution_date", {"adjustment_type.any_of": SPLIT_TYPES}),
-                (DIVIDENDS_PATH, parse_dividends, "ex_dividend_date", {}),
-            ):
-                params = {
-                    "ticker.any_of": ",".join(provider_symbol(s, "polygon") for s in batch),
-                    f"{column}.gte": first.isoformat(), f"{column}.lte": last.isoformat(),
-                    "sort": f"{column}.asc", "limit": page_limit, **extra,
-                }
-                found += _pages(http, url_for, credentials, path, params, parse, out)
-            out.records += found
-        except ProviderUnavailable as exc:
-            out.failed.update({s: str(exc) for s in symbols[i:]})
-            break
-        except ProviderError as exc:
-            out.failed.update({s: str(exc) for s in batch})
-    return out
+
+    def batch_actions(batch: Sequence[str], out: ActionsResult) -> list[ActionRecord]:
+        found = []  # splits and dividends of the batch, kept only if both lists were read
+        for path, parse, column, extra in (
+            (SPLITS_PATH, parse_splits, "execution_date", {"adjustment_type.any_of": SPLIT_TYPES}),
+            (DIVIDENDS_PATH, parse_dividends, "ex_dividend_date", {}),
+        ):
+            params = {
+                "ticker.any_of": ",".join(provider_symbol(s, "polygon") for s in batch),
+                f"{column}.gte": first.isoformat(), f"{column}.lte": last.isoformat(),
+                "sort": f"{column}.asc", "limit": page_limit, **extra,
+            }
+            found += _pages(http, url_for, credentials, path, params, parse, out)
+        return found
+
+    return actions_in_batches(symbols, MAX_TICKERS, batch_actions)
 
 
 def _pages(
