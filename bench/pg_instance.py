@@ -45,7 +45,7 @@ def pg_instance(home: Path, event_log: str = "bulk", synchronous_commit: str = "
     url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{fresh_pg_database('bench_dagster')}"
     if synchronous_commit != "on":
         url += f"?options=-c%20synchronous_commit%3D{synchronous_commit}"
-    (home / "dagster.yaml").write_text(storage_yaml(url, event_log) + "telemetry:\n  enabled: false\n")
+    (home / "dagster.yaml").write_text(storage_yaml(url, event_log, home) + "telemetry:\n  enabled: false\n")
     return dg.DagsterInstance.from_config(str(home))
 
 

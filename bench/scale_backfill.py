@@ -11,8 +11,11 @@ the UI launches a backfill (GraphQL `launchPartitionBackfill` with the partition
 daemon, started right after, runs it (its gap sensor leaves the backfill's partitions to it). Reported: wall time from launch to the backfill's end, Alpaca calls against the
 floor (ceil(bars the requests returned / 10,000 a page), m15 and d1), runs (the backfill's and
 any the gap sensor made), peak RSS of the daemon's tree and of the run workers (sampled every
-second), and the ledger's counts. Dagster's share is not separated here (no direct baseline):
-bench/provider_backfill.py measures it per partition.
+second), the ledger's counts, and where the wall went: when the daemon submitted the runs, how
+long each waited in the queue and for its worker, and how many ran at once. Then, unless
+--no-direct, the same work with no Dagster on a fresh store and fresh fakes at the same limit:
+each symbol's m15 and d1 fetched and its h1 and h4 derived, symbol after symbol, as each run does;
+the difference is Dagster's share of the whole-market backfill.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ def main() -> None:
     parser.add_argument("--alpaca-rate", type=int, default=200, help="requests a minute (fake and client)")
     parser.add_argument("--timeout-min", type=float, default=60.0)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--no-direct", action="store_true", help="skip the baseline with no Dagster")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_scale_backfill"))
     args = parser.parse_args()
     if args.symbols < 1 or args.sessions < 1 or args.alpaca_rate < 1:
@@ -162,6 +166,8 @@ def main() -> None:
                            r.dagster_run.tags.get("backfill/requested_by", "other")), r.dagster_run.status.value)
                          for r in records)
             walls = [r.end_time - r.start_time for r in records if r.start_time and r.end_time]
+            ours = [r for r in records if r.dagster_run.tags.get("dagster/backfill") == backfill_id]
+            launch_ts = time.time() - (time.monotonic() - began)
             counts, bars = ledger(dep.store_url)
             total_db, tables = db_sizes(dep.dagster_db)
             dep.stop()
@@ -178,6 +184,7 @@ def main() -> None:
             print("== runs: " + ", ".join(f"{who} {st} {n}" for (who, st), n in sorted(by.items())))
             if walls:
                 print(f"   run wall median {sorted(walls)[len(walls) // 2]:.1f} s, max {max(walls):.1f} s")
+            print(timeline(ours, launch_ts, wall))
             print(f"== peak RSS: daemon tree {sampler.peak_total / MB:.0f} MB; " + "; ".join(
                 f"{r} one {sampler.peak_by_role[r] / MB:.0f} MB, together {sampler.peak_sum_by_role[r] / MB:.0f} MB"
                 for r in ("daemon", "code server", "run worker", "other") if r in sampler.peak_by_role))
@@ -189,6 +196,77 @@ def main() -> None:
             dep.stop()
             if not args.keep:
                 dep.drop()
+    if not args.no_direct:
+        direct_s, direct_calls = direct_baseline(syms, sessions, history_start, args.alpaca_rate)
+        print(f"== direct, no Dagster: {direct_s:.0f} s, {direct_calls:,} Alpaca calls "
+              f"(the rate limit alone needs {direct_calls / args.alpaca_rate:.1f} min); "
+              f"Dagster's share of the backfill: ({wall:.0f} - {direct_s:.0f}) / {wall:.0f} = {(wall - direct_s) / wall:.0%}")
+
+
+def _quantiles(values: list[float]) -> str:
+    if not values:
+        return "-"
+    v = sorted(values)
+    return f"median {v[len(v) // 2]:.1f} s, p90 {v[int(len(v) * 0.9)]:.1f} s, max {v[-1]:.1f} s"
+
+
+def timeline(records, launch_ts: float, wall: float) -> str:
+    """Where the backfill's wall went: submission by the daemon, queue and worker start, run time."""
+    if not records:
+        return "== timeline: no backfill runs"
+    created = sorted(r.create_timestamp.timestamp() - launch_ts for r in records)
+    queued = [r.start_time - r.create_timestamp.timestamp() for r in records if r.start_time]
+    ran = [r.end_time - r.start_time for r in records if r.start_time and r.end_time]
+    per_window = Counter(int(c // 30) for c in created)
+    return (
+        f"== timeline ({len(records)} backfill runs): submitted from t+{created[0]:.0f} s to t+{created[-1]:.0f} s "
+        f"(per 30 s: {', '.join(f't+{w * 30}:{n}' for w, n in sorted(per_window.items()))}); "
+        f"submitted -> started (queue, worker start-up) {_quantiles(queued)}; "
+        f"started -> ended {_quantiles(ran)}; runs' time in all {sum(ran):.0f} s = "
+        f"{sum(ran) / wall:.1f} running on average over the {wall:.0f} s"
+    )
+
+
+def direct_baseline(syms: list[str], sessions, history_start: str, rate: int) -> tuple[float, int]:
+    """The backfill's work with no Dagster: per symbol, m15 and d1 fetched, h1 and h4 derived, on a
+    fresh store, against fresh fakes enforcing the same limit, the client's budget at the same.
+    Returns (wall s, Alpaca calls)."""
+    from backfill_dagster.domain.calendar import xnys
+    from backfill_dagster.domain.timeframes import Timeframe
+    from backfill_dagster.fakes import FakeConfig, FakeProviders
+    from backfill_dagster.ingest import derive_partitions, fetch_partitions
+    from backfill_dagster.orchestration.resources import ProvidersResource, StoreResource
+    from backfill_dagster.settings import PROVIDER_ENV_VARS
+    from backfill_dagster.store import Watchlist, shared_engine
+    from scale_deploy import PG, create_database, drop_database
+
+    name = "bench_scale_backfill_direct"
+    create_database(name)
+    url = f"{PG}/{name}"
+    calendar = xnys()
+    config = FakeConfig(rate_limits={"alpaca": rate}, rate_window_s=60.0, polygon_history_days=None)
+    try:
+        Watchlist(shared_engine(url)).add(syms)
+        with FakeProviders(config) as fakes:
+            creds = {k.lower(): v for k, v in fakes.env().items() if k in PROVIDER_ENV_VARS}
+            store = StoreResource(database_url=url)
+            start = time.perf_counter()
+            for symbol in syms:
+                partitions = [(symbol, d) for d in sessions]
+                bars = store.bar_store(calendar)
+                for timeframe in (Timeframe.M15, Timeframe.D1):
+                    router = ProvidersResource(names=["alpaca"], rate_limits={"alpaca": rate}, rate_window_s=60.0,
+                                               **creds).router(store, calendar)
+                    try:
+                        report = fetch_partitions(partitions, timeframe, router, bars, run_id="direct")
+                    finally:
+                        router.close()
+                    assert report.ok, report.failure_summary()
+                for timeframe in (Timeframe.H1, Timeframe.H4):
+                    assert derive_partitions(partitions, timeframe, bars, run_id="direct").ok
+            return time.perf_counter() - start, fakes.calls("alpaca")
+    finally:
+        drop_database(name)
 
 
 if __name__ == "__main__":

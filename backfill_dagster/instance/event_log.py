@@ -13,13 +13,17 @@ the Dagster internals it relies on: tests/orchestration/test_dagster_internals.p
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -61,6 +65,7 @@ class BulkPostgresEventLogStorage(PostgresEventLogStorage):
                  inst_data: ConfigurableClassData | None = None, token_provider=None):
         self._schema_seen: set[str] = set()
         self._held = threading.local()  # the connection of the event being stored, per thread
+        self._written_behind = WriteBehind(self.store_event)
         super().__init__(postgres_url, should_autocreate_tables, inst_data, token_provider)
         self._engine = pooled_engine(self.postgres_url, self._token_provider, self._engine.url)
         batch_dagster_events()
@@ -84,6 +89,7 @@ class BulkPostgresEventLogStorage(PostgresEventLogStorage):
         return True
 
     def store_event(self, event: EventLogEntry) -> None:
+        self._written_behind.finish()
         with self._one_transaction():
             if _is_planned_materialization(event):
                 self._store_planned_batch([event])
@@ -92,41 +98,62 @@ class BulkPostgresEventLogStorage(PostgresEventLogStorage):
 
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         # A run's planned events arrive as one batch, materializations and checks sorted by asset
-        # key: store each stretch of one kind as Dagster would, in order, in one transaction.
+        # key: store each stretch of one kind as Dagster would, in order, in one transaction. A
+        # range run's per-partition batches (planned, materialized) are written behind the run.
+        self._written_behind.finish()
+        stretches = []
+        for kind, stretch in itertools.groupby(events, key=_kind):
+            stretch = list(stretch)
+            prepared = self._prepare_materializations(stretch) if kind == _MATERIALIZED and len(stretch) > 1 else None
+            stretches.append((kind, stretch, prepared))
+        if all(kind != _OTHER for kind, _, _ in stretches):
+            self._written_behind.start(events, lambda: self._store_stretches(stretches))
+        else:
+            self._store_stretches(stretches)
+
+    def _store_stretches(self, stretches) -> None:
         with self._one_transaction():
-            for planned, stretch in itertools.groupby(events, key=_is_planned_materialization):
-                stretch = list(stretch)
-                if planned:
+            for kind, stretch, prepared in stretches:
+                if kind == _PLANNED:
                     self._store_planned_batch(stretch)
                 elif len(stretch) == 1:
                     super().store_event(stretch[0])
-                elif {e.get_dagster_event().event_type for e in stretch} == {DagsterEventType.ASSET_MATERIALIZATION}:
-                    self._store_materialization_batch(stretch)
+                elif kind == _MATERIALIZED:
+                    self._write_materializations(stretch, prepared)
                 else:
                     super().store_event_batch(stretch)
 
-    def _store_materialization_batch(self, events: Sequence[EventLogEntry]) -> None:
+    def _prepare_materializations(self, events: Sequence[EventLogEntry]) -> tuple[list[dict], list[dict]]:
+        """The rows `_write_materializations` writes, built in the calling thread: each event's
+        row (`_event_to_row`, the JSON serialized with what they share done once: event_json) and
+        its indexed tags."""
+        return materialization_rows(self, events), [self._tags_for_asset_event(e) for e in events]
+
+    def _write_materializations(self, events: Sequence[EventLogEntry], prepared: tuple[list[dict], list[dict]]) -> None:
         """What dagster-postgres's `store_event_batch` does with materializations (the rows, their
-        indexed tags, the asset-key row from the last one), with each table's rows sent as arrays
-        to one INSERT ... SELECT: SQLAlchemy compiles a multi-row VALUES statement anew for every
-        batch (~40 us a row), and inserts the tags with executemany. The events' JSON is Dagster's,
-        byte for byte, with what they share serialized once (event_json)."""
-        rows = materialization_rows(self, events)
-        with self._connect() as conn:
-            ids = conn.execute(_EVENTS_FROM_ARRAYS, {
-                column: [row[column] for row in rows] for column in _EVENT_COLUMNS
-            }).scalars().all()
-            if len(ids) != len(events):
-                raise DagsterInvariantViolationError(f"stored {len(ids)} of {len(events)} materializations")
-            tags = [
-                (event_id, row["asset_key"], key, value, row["timestamp"])
-                for event, event_id, row in zip(events, ids, rows)
-                for key, value in self._tags_for_asset_event(event).items()
-            ]
-            if tags and self.has_table(AssetEventTagsTable.name):
-                conn.execute(_TAGS_FROM_ARRAYS, dict(zip(_TAG_COLUMNS, map(list, zip(*tags)))))
-        with self.index_transaction() as conn:
-            self._store_asset_event(conn, events[-1], int(ids[-1]))
+        indexed tags, the asset-key row from the last one), in one transaction, each table's rows
+        sent with COPY: the batch's ids are taken from the table's sequence first, so the tags can
+        name them. SQLAlchemy compiles a multi-row VALUES statement anew for every batch (~40 us a
+        row) and inserts the tags with executemany; binding the rows as arrays cost ~25 us a row."""
+        rows, tags_per_event = prepared
+        with self._one_transaction(), self._connect() as conn:
+            cursor = conn.connection.dbapi_connection.cursor()
+            try:
+                cursor.execute(_NEXT_EVENT_IDS, (len(rows),))
+                ids = sorted(row[0] for row in cursor.fetchall())
+                cursor.copy_expert(_COPY_EVENTS, copy_text(
+                    (event_id, *(row[column] for column in _EVENT_COLUMNS)) for event_id, row in zip(ids, rows)
+                ))
+                if self.has_table(AssetEventTagsTable.name):
+                    cursor.copy_expert(_COPY_TAGS, copy_text(
+                        (event_id, row["asset_key"], key, value, row["timestamp"])
+                        for event_id, row, event_tags in zip(ids, rows, tags_per_event)
+                        for key, value in event_tags.items()
+                    ))
+            finally:
+                cursor.close()
+            with self.index_transaction() as index:
+                self._store_asset_event(index, events[-1], int(ids[-1]))
 
     @contextmanager
     def _one_transaction(self) -> Iterator[None]:
@@ -137,6 +164,7 @@ class BulkPostgresEventLogStorage(PostgresEventLogStorage):
         if getattr(self._held, "conn", None) is not None:  # already inside one
             yield
             return
+        self._written_behind.finish()
         with create_pg_connection(self._engine) as conn:
             conn = conn.execution_options(isolation_level="READ COMMITTED")
             with conn.begin():
@@ -148,6 +176,7 @@ class BulkPostgresEventLogStorage(PostgresEventLogStorage):
 
     @contextmanager
     def _connect(self) -> Iterator[sa.engine.Connection]:
+        self._written_behind.finish()
         held = getattr(self._held, "conn", None)
         if held is not None:
             yield held
@@ -231,6 +260,7 @@ class BulkPostgresEventLogStorage(PostgresEventLogStorage):
         return present
 
     def dispose(self) -> None:
+        self._written_behind.close()
         super().dispose()
         self._engine.dispose()
 
@@ -239,18 +269,92 @@ def materialization_rows(storage: BulkPostgresEventLogStorage, events: Sequence[
     """`storage._event_to_row(event)` for each materialization, with the serialization shared
     (event_json); the other columns as Dagster derives them."""
     rows = []
+    asset_keys: dict = {}  # a key's string (JSON) once per batch, not per event
     for event, text in zip(events, serialize_events(events), strict=True):
         dagster_event = event.get_dagster_event()
+        key = dagster_event.asset_key
+        if key is not None and key not in asset_keys:
+            asset_keys[key] = key.to_string()
         rows.append({
             "run_id": event.run_id,
             "event": text,
             "dagster_event_type": dagster_event.event_type_value,
             "timestamp": storage._event_insert_timestamp(event),
             "step_key": dagster_event.step_key,
-            "asset_key": dagster_event.asset_key.to_string() if dagster_event.asset_key else None,
+            "asset_key": asset_keys[key] if key is not None else None,
             "partition": dagster_event.partition or None,
         })
     return rows
+
+
+_PLANNED, _MATERIALIZED, _OTHER = "planned", "materialized", "other"
+
+
+_KINDS = {
+    DagsterEventType.ASSET_MATERIALIZATION_PLANNED.value: _PLANNED,
+    DagsterEventType.ASSET_MATERIALIZATION.value: _MATERIALIZED,
+}
+
+
+def _kind(event: EventLogEntry) -> str:
+    return _KINDS.get(event.dagster_event.event_type_value, _OTHER) if event.dagster_event else _OTHER
+
+
+class WriteBehind:
+    """One batch of a range run's per-partition events written by a background thread while the
+    run goes on; whatever touches the storage next, in this process, first waits for it (`finish`).
+
+    Dagster hands the storage a range run's planned events in one batch and its materializations
+    1,000 at a time, and goes on building the next ones, planning the step or running the check in
+    Python while PostgreSQL stores the last: the two overlap. Nothing reads or writes around a batch
+    in flight: every read and write of this storage calls `finish` first, and so does `dispose`.
+    If the write fails, `finish` stores the batch's events one by one, as Dagster does when a batch
+    fails, and raises if that fails too. A batch in flight is at the risk the 1,000 events Dagster
+    buffers in memory before handing them over already are: lost if the process is killed.
+    """
+
+    def __init__(self, store_one):
+        self._store_one = store_one
+        self._pid = os.getpid()
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: tuple[Future, Sequence[EventLogEntry]] | None = None
+        self._in_writer = threading.local()
+
+    def start(self, events: Sequence[EventLogEntry], write) -> None:
+        """Run `write()`, which stores `events`, in the background (after `finish`)."""
+        if self._pid != os.getpid():  # a forked child: the parent's thread and batch are not its own
+            self._pid, self._writer, self._pending = os.getpid(), None, None
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="event-log-write-behind")
+        self._pending = (self._writer.submit(self._run, write), events)
+
+    def _run(self, write) -> None:
+        self._in_writer.active = True
+        try:
+            write()
+        finally:
+            self._in_writer.active = False
+
+    def finish(self) -> None:
+        """Wait for the batch in flight, if any (a no-op in the writer itself and in a forked child)."""
+        if self._pending is None or getattr(self._in_writer, "active", False) or self._pid != os.getpid():
+            return
+        future, events = self._pending
+        self._pending = None
+        try:
+            future.result()
+        except Exception as exc:  # the batch was one transaction: nothing of it is stored
+            sys.stderr.write(f"Exception while storing event batch: {exc}\n"
+                             "Falling back to storing multiple single-event storage requests...\n")
+            for event in events:
+                self._store_one(event)
+
+    def close(self) -> None:
+        """Wait for the batch in flight, then let the writer thread go."""
+        self.finish()
+        if self._writer is not None and self._pid == os.getpid():
+            self._writer.shutdown(wait=True)
+            self._writer = None
 
 
 def _is_planned_materialization(event: EventLogEntry) -> bool:
@@ -274,26 +378,32 @@ _PLANNED_PER_PARTITION = sa.text(f"""
 
 
 _EVENT_COLUMNS = ("run_id", "event", "dagster_event_type", "timestamp", "step_key", "asset_key", "partition")
-# Rows in array order, so ids ascend as in Dagster's multi-row insert.
-_EVENTS_FROM_ARRAYS = sa.text(f"""
-    INSERT INTO {SqlEventLogStorageTable.name} ({", ".join(_EVENT_COLUMNS)})
-    SELECT {", ".join(f"r.{c}" for c in _EVENT_COLUMNS)}
-    FROM unnest({", ".join(f":{c}" for c in _EVENT_COLUMNS)}) WITH ORDINALITY
-         AS r({", ".join(_EVENT_COLUMNS)}, n)
-    ORDER BY r.n
-    RETURNING id
-""").bindparams(*(
-    sa.bindparam(c, type_=postgresql.ARRAY(sa.DateTime() if c == "timestamp" else sa.Text())) for c in _EVENT_COLUMNS
-))
 _TAG_COLUMNS = ("event_id", "asset_key", "key", "value", "event_timestamp")
-_TAGS_FROM_ARRAYS = sa.text(f"""
-    INSERT INTO {AssetEventTagsTable.name} ({", ".join(_TAG_COLUMNS)})
-    SELECT * FROM unnest({", ".join(f":{c}" for c in _TAG_COLUMNS)})
-""").bindparams(
-    sa.bindparam("event_id", type_=postgresql.ARRAY(sa.BigInteger())),
-    *(sa.bindparam(c, type_=postgresql.ARRAY(sa.Text())) for c in ("asset_key", "key", "value")),
-    sa.bindparam("event_timestamp", type_=postgresql.ARRAY(sa.DateTime())),
+# A batch's ids, ascending as in Dagster's multi-row insert, taken before its rows are copied in.
+_NEXT_EVENT_IDS = (
+    f"SELECT nextval(pg_get_serial_sequence('{SqlEventLogStorageTable.name}', 'id')) FROM generate_series(1, %s)"
 )
+_COPY_EVENTS = f"COPY {SqlEventLogStorageTable.name} (id, {', '.join(_EVENT_COLUMNS)}) FROM STDIN"
+_COPY_TAGS = f"COPY {AssetEventTagsTable.name} ({', '.join(_TAG_COLUMNS)}) FROM STDIN"
+
+
+def copy_text(records: Iterable[Sequence[Any]]) -> io.StringIO:
+    """Records in COPY's text format: tab-separated, one per line, backslash escapes, \\N for NULL,
+    timestamps in ISO form (the columns are `timestamp without time zone`, values naive UTC)."""
+    return io.StringIO("".join("\t".join(map(_copy_field, record)) + "\n" for record in records))
+
+
+def _copy_field(value: Any) -> str:
+    if value is None:
+        return "\\N"
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ")
+    text = str(value)
+    if "\\" in text:
+        text = text.replace("\\", "\\\\")
+    if "\n" in text or "\r" in text or "\t" in text:
+        text = text.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    return text
 
 
 def pooled_engine(postgres_url: str, token_provider, stock_url: sa.engine.URL) -> sa.engine.Engine:
@@ -334,15 +444,20 @@ def pooled_engine(postgres_url: str, token_provider, stock_url: sa.engine.URL) -
     return engine
 
 
-def storage_yaml(postgres_url: str, event_log: str = "bulk") -> str:
+def storage_yaml(postgres_url: str, event_log: str = "bulk", home: str | os.PathLike | None = None) -> str:
     """The storage sections of a `dagster.yaml` keeping everything in one PostgreSQL database, with
-    this event log and the pooled run storage (`bulk`, as the project's dagster.yaml) or
-    dagster-postgres's own (`stock`). For instances made on the fly: tests and benchmarks."""
+    this event log, the pooled run storage and the threaded compute logs (`bulk`, as the project's
+    dagster.yaml; those under `home`/storage, Dagster's default place) or dagster-postgres's own
+    storage and Dagster's compute logs (`stock`). For instances made on the fly: tests and benchmarks."""
     if event_log == "stock":
         return f"storage:\n  postgres:\n    postgres_url: {postgres_url}\n"
     if event_log != "bulk":
         raise ValueError(f"event_log is 'bulk' or 'stock', not {event_log!r}")
-    return "".join(
+    compute_logs = "" if home is None else (
+        "compute_logs:\n  module: backfill_dagster.instance.compute_logs\n  class: TeeComputeLogManager\n"
+        f"  config:\n    base_dir: {os.path.join(os.fspath(home), 'storage')}\n"
+    )
+    return compute_logs + "".join(
         f"{kind}:\n  module: {module}\n  class: {cls}\n  config:\n    postgres_url: {postgres_url}\n"
         for kind, module, cls in [
             ("run_storage", "backfill_dagster.instance.run_storage", "PooledPostgresRunStorage"),

@@ -43,7 +43,7 @@ def dagster_pg(tmp_path, pg_template):
         home = tmp_path / f"home_{kind}_{len(made)}"
         home.mkdir()
         url = _pg_url(name).replace("postgresql://", "postgresql+psycopg2://")
-        (home / "dagster.yaml").write_text(storage_yaml(url, kind) + "telemetry:\n  enabled: false\n")
+        (home / "dagster.yaml").write_text(storage_yaml(url, kind, home) + "telemetry:\n  enabled: false\n")
         instance = dg.DagsterInstance.from_config(str(home))
         made.append((instance, name))
         return instance
@@ -100,7 +100,7 @@ def test_the_bulk_event_log_reads_back_exactly_what_the_stock_one_does(dagster_p
     """Stock storage gets Dagster's per-partition planned events; the bulk one asks for the single
     subset event per asset and expands it: both must read back the same failed, materialized and
     planned partitions (before the expansion, the subset event alone lost the failed partition)."""
-    readings, planned_events = {}, {}
+    readings, planned_events, orders = {}, {}, {}
     for kind in ("stock", "bulk"):
         instance = dagster_pg(kind)
         storage = instance.event_log_storage
@@ -111,8 +111,14 @@ def test_the_bulk_event_log_reads_back_exactly_what_the_stock_one_does(dagster_p
         assert not first.success and second.success
         readings[kind] = _what_dagster_reads_back(instance, defs, first.run_id, second.run_id)
         planned_events[kind] = _planned_events(instance, first.run_id)
+        orders[kind] = [_stored_order(instance, run) for run in (first, second)]
 
     assert readings["bulk"] == readings["stock"]
+    # Every event stored in the order the stock storage stores it, though the bulk one writes
+    # batches behind the run
+    assert orders["bulk"] == orders["stock"]
+    assert sum(kind == "ASSET_MATERIALIZATION" for kind, _ in orders["bulk"][1]) == 4 * 4  # 4 assets x 4 sessions
+    assert orders["bulk"][1][-1] == ("PIPELINE_SUCCESS", None) and orders["bulk"][0][-1] == ("PIPELINE_FAILURE", None)
     # Row for row the same planned events, though the bulk run planned with one event per asset.
     assert planned_events["bulk"] == planned_events["stock"]
     # and what both read is the truth about the run, not two empty answers
@@ -128,6 +134,12 @@ def test_the_bulk_event_log_reads_back_exactly_what_the_stock_one_does(dagster_p
         assert seen[check, "executions"] == [
             (None, "PLANNED", "ASSET_CHECK_EVALUATION_PLANNED"), (None, "SUCCEEDED", "ASSET_CHECK_EVALUATION"),
         ], check
+
+
+def _stored_order(instance, result):
+    """A run's Dagster events as stored, in id order: (event type, partition)."""
+    return [(e.dagster_event_type.value, e.dagster_event.partition)
+            for e in instance.all_logs(result.run_id) if e.is_dagster_event]
 
 
 def _planned_events(instance, run_id):
@@ -269,9 +281,9 @@ def test_materializations_are_stored_with_dagsters_own_rows_byte_for_byte(dagste
     instance = dagster_pg("bulk")
     storage = instance.event_log_storage
     batches = []
-    store = BulkPostgresEventLogStorage._store_materialization_batch
-    monkeypatch.setattr(BulkPostgresEventLogStorage, "_store_materialization_batch",
-                        lambda self, events: batches.append(list(events)) or store(self, events))
+    store = BulkPostgresEventLogStorage._write_materializations
+    monkeypatch.setattr(BulkPostgresEventLogStorage, "_write_materializations",
+                        lambda self, events, prepared: batches.append(list(events)) or store(self, events, prepared))
     defs = build_definitions(Settings(data_dir=tmp_path, database_url=sqlite_url))
     add_symbols(instance, sqlite_url, ["AAPL", "MSFT"])
     assert defs.resolve_job_def(ALL_BARS_JOB).execute_in_process(
@@ -284,6 +296,13 @@ def test_materializations_are_stored_with_dagsters_own_rows_byte_for_byte(dagste
     mixed = [events[0], other, events[1], events[-1]]
     for batch in [*batches, mixed]:
         assert event_log.materialization_rows(storage, batch) == [storage._event_to_row(e) for e in batch]
+    # what COPY stored is those rows, byte for byte, with their tags
+    assert _stored_materializations(storage) == [_expected(storage, e) for e in events]
+    # and so for text COPY must escape: backslashes, tabs, newlines, a NUL-free control character
+    awkward = [e._replace(dagster_event=e.dagster_event._replace(message=f"a\\b\tc\nd\re\x01 ü {i}"))
+               for i, e in enumerate(events[:3])]
+    storage.store_event_batch(awkward)
+    assert _stored_materializations(storage)[-3:] == [_expected(storage, e) for e in awkward]
     # and the sharing happens: a batch of one step's events is serialized twice, not once per event
     calls = []
     serialize = event_json.serialize_value
@@ -292,9 +311,76 @@ def test_materializations_are_stored_with_dagsters_own_rows_byte_for_byte(dagste
     assert len(batches[0]) == 18 and len(calls) == 2
 
 
+def _stored_materializations(storage) -> list[tuple]:
+    """Every materialization row in the event log, in id order, with its indexed tags."""
+    with storage.index_connection() as conn:  # waits for a batch still being written
+        rows = conn.execute(sa.text(
+            "SELECT id, run_id, event, dagster_event_type, timestamp, step_key, asset_key, partition "
+            "FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION' ORDER BY id"
+        )).all()
+        tags = conn.execute(sa.text(
+            "SELECT event_id, asset_key, key, value, event_timestamp FROM asset_event_tags ORDER BY id"
+        )).all()
+    by_event: dict[int, dict] = {}
+    for event_id, asset_key, key, value, timestamp in tags:
+        by_event.setdefault(event_id, {})[key] = (value, asset_key, timestamp)
+    return [(*row[1:], by_event.get(row[0], {})) for row in rows]
+
+
+def _expected(storage, event) -> tuple:
+    """The row and the indexed tags dagster-postgres would store for one materialization."""
+    row = storage._event_to_row(event)
+    tags = {k: (v, row["asset_key"], row["timestamp"]) for k, v in storage._tags_for_asset_event(event).items()}
+    return (*(row[c] for c in ("run_id", "event", "dagster_event_type", "timestamp", "step_key", "asset_key", "partition")), tags)
+
+
 def test_storage_yaml_names_the_event_log_or_refuses():
     assert "BulkPostgresEventLogStorage" in storage_yaml("postgresql+psycopg2://h/db")
     assert "PooledPostgresRunStorage" in storage_yaml("postgresql+psycopg2://h/db")
     assert "storage:\n  postgres:" in storage_yaml("postgresql+psycopg2://h/db", "stock")
     with pytest.raises(ValueError, match="'bulk' or 'stock'"):
         storage_yaml("postgresql+psycopg2://h/db", "fast")
+
+
+def test_a_batch_written_behind_that_fails_is_stored_event_by_event(dagster_pg, tmp_path, sqlite_url, monkeypatch, capfd):
+    """As Dagster does when a batch fails: the events are stored one by one, before anything else
+    touches the storage, and the run and its partitions read back as if nothing had happened."""
+    instance = dagster_pg("bulk")
+    write = BulkPostgresEventLogStorage._write_materializations
+    failures = []
+
+    def fail_first(self, events, prepared):
+        if not failures:
+            failures.append(len(events))
+            raise RuntimeError("connection reset while copying")
+        return write(self, events, prepared)
+
+    monkeypatch.setattr(BulkPostgresEventLogStorage, "_write_materializations", fail_first)
+    defs = build_definitions(Settings(data_dir=tmp_path, database_url=sqlite_url))
+    add_symbols(instance, sqlite_url, ["AAPL", "MSFT"])
+    job = defs.resolve_job_def(ALL_BARS_JOB).get_subset(asset_selection={dg.AssetKey("bars_m15")})
+    result = job.execute_in_process(
+        instance=instance, tags=range_tags(("AAPL", date(2024, 11, 18)), ("MSFT", date(2024, 11, 22)))
+    )
+    assert result.success and failures == [10]
+    assert "Falling back to storing multiple single-event storage requests" in capfd.readouterr().err
+    assert materialized(instance, "bars_m15") == {
+        f"{d}|{s}" for s in ("AAPL", "MSFT") for d in ("2024-11-18", "2024-11-19", "2024-11-20", "2024-11-21", "2024-11-22")
+    }
+    stored = _stored_materializations(instance.event_log_storage)
+    assert len(stored) == 10 and all(tags for *_, tags in stored)  # each with its indexed tags
+
+
+def test_a_batch_that_cannot_be_stored_at_all_fails_the_next_storage_call():
+    stored = []
+
+    def store_one(event):
+        stored.append(event)
+        raise RuntimeError("database gone")
+
+    behind = event_log.WriteBehind(store_one)
+    behind.start(["e1", "e2"], lambda: (_ for _ in ()).throw(RuntimeError("copy failed")))
+    with pytest.raises(RuntimeError, match="database gone"):
+        behind.finish()
+    assert stored == ["e1"]
+    behind.finish()  # reported once; nothing left in flight

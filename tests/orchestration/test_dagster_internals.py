@@ -31,7 +31,7 @@ INTERNALS: dict[str, tuple[str, str]] = {
     "dagster_postgres.event_log.event_log.PostgresEventLogStorage.store_event":
         ("4a2e37e5871bf2c8", "store_event is wrapped in one transaction; every statement must go through _connect"),
     "dagster_postgres.event_log.event_log.PostgresEventLogStorage.store_event_batch":
-        ("ff147ed514ba9786", "_store_materialization_batch writes what this writes for materializations (rows, tags, asset-key row)"),
+        ("ff147ed514ba9786", "_write_materializations writes what this writes for materializations (rows, tags, asset-key row)"),
     "dagster_postgres.event_log.event_log.PostgresEventLogStorage._connect":
         ("a1935b91a983062d", "_connect is overridden to hand out the held transaction's connection"),
     "dagster_postgres.event_log.event_log.PostgresEventLogStorage.index_transaction":
@@ -57,9 +57,9 @@ INTERNALS: dict[str, tuple[str, str]] = {
     "dagster._core.storage.event_log.sql_event_log.SqlEventLogStorage.prepare_insert_event_batch":
         ("3a4f48097f682f4f", "planned events without a subset are inserted with it"),
     "dagster._core.storage.event_log.sql_event_log.SqlEventLogStorage._tags_for_asset_event":
-        ("c5c3936a8de86826", "which materialization tags get asset_event_tags rows (_TAGS_FROM_ARRAYS)"),
+        ("c5c3936a8de86826", "which materialization tags get asset_event_tags rows (_COPY_TAGS)"),
     "dagster._core.storage.event_log.sql_event_log.SqlEventLogStorage._store_asset_event_tags":
-        ("85d6f17ef04b926f", "the asset_event_tags columns _TAGS_FROM_ARRAYS writes"),
+        ("85d6f17ef04b926f", "the asset_event_tags columns _COPY_TAGS writes"),
     "dagster._core.storage.event_log.sql_event_log.SqlEventLogStorage._event_insert_timestamp":
         ("02e6947ee3f9408a", "timestamps are stored as naive UTC"),
     "dagster_postgres.event_log.event_log.PostgresEventLogStorage._store_asset_event":
@@ -82,7 +82,17 @@ INTERNALS: dict[str, tuple[str, str]] = {
     "dagster._core.storage.partition_status_cache.build_failed_and_in_progress_partition_subset":
         ("3be467aca6662280", "failed and in-progress partition status"),
     "dagster._core.instance.methods.event_methods.EventMethods.handle_new_event":
-        ("db900859da5b7e70", "batches go to store_event_batch, a batch of one to store_event"),
+        ("db900859da5b7e70", "batches go to store_event_batch, a batch of one to store_event; a failed batch is stored "
+                             "event by event (WriteBehind.finish does the same)"),
+    "dagster._core.storage.event_log.schema":
+        ("16ef3a005f5774de", "event_logs.id is a serial column (_NEXT_EVENT_IDS draws from its sequence); the columns and indexes COPY writes"),
+    # what the threaded compute-log manager replaces (instance/compute_logs.py)
+    "dagster._core.storage.local_compute_log_manager.LocalComputeLogManager.capture_logs":
+        ("8f2978767b3208db", "TeeComputeLogManager.capture_logs writes the same two files and the completion artifact"),
+    "dagster._core.storage.local_compute_log_manager.LocalComputeLogManager.config_type":
+        ("8c86406244f0d11d", "TeeComputeLogManager takes the same config (base_dir made optional)"),
+    "dagster._core.storage.local_compute_log_manager.LocalComputeLogManager.__init__":
+        ("44cd00358bf5bbc2", "TeeComputeLogManager is built with the same arguments"),
     # the checks: one unpartitioned result per run, current while it targets the latest materialization
     "dagster._core.storage.asset_check_execution_record.AssetCheckExecutionRecord.targets_latest_materialization":
         ("61122bdf7037b2c1", "when the UI shows a run summary as the check's current result (checks.newest_materialization)"),
