@@ -13,17 +13,20 @@ the Dagster internals it relies on: tests/orchestration/test_dagster_internals.p
 
 from __future__ import annotations
 
+import atexit
 import io
 import itertools
+import multiprocessing.util
 import json
 import os
+import queue
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
 
@@ -56,6 +59,8 @@ from backfill_dagster.instance.event_log_tuning import batch_dagster_events
 POOL_SIZE = 2
 POOL_RECYCLE_S = 3600
 PING_IDLE_AFTER_S = 10
+# Most queued writes (events or batches of them) the writer commits in one transaction.
+GROUP_MAX = 200
 
 
 class BulkPostgresEventLogStorage(PostgresEventLogStorage):
@@ -65,7 +70,7 @@ class BulkPostgresEventLogStorage(PostgresEventLogStorage):
                  inst_data: ConfigurableClassData | None = None, token_provider=None):
         self._schema_seen: set[str] = set()
         self._held = threading.local()  # the connection of the event being stored, per thread
-        self._written_behind = WriteBehind(self.store_event)
+        self._written_behind = WriteBehind(self._store_event_now, self._one_transaction)
         super().__init__(postgres_url, should_autocreate_tables, inst_data, token_provider)
         self._engine = pooled_engine(self.postgres_url, self._token_provider, self._engine.url)
         batch_dagster_events()
@@ -89,7 +94,15 @@ class BulkPostgresEventLogStorage(PostgresEventLogStorage):
         return True
 
     def store_event(self, event: EventLogEntry) -> None:
-        self._written_behind.finish()
+        # A run's own status events wait for everything before them and are stored before Dagster
+        # moves the run on; every other event is written behind the run (WriteBehind).
+        if _is_run_event(event):
+            self._written_behind.finish()
+            self._store_event_now(event)
+        else:
+            self._written_behind.start([event], lambda: self._store_event_now(event))
+
+    def _store_event_now(self, event: EventLogEntry) -> None:
         with self._one_transaction():
             if _is_planned_materialization(event):
                 self._store_planned_batch([event])
@@ -98,18 +111,18 @@ class BulkPostgresEventLogStorage(PostgresEventLogStorage):
 
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         # A run's planned events arrive as one batch, materializations and checks sorted by asset
-        # key: store each stretch of one kind as Dagster would, in order, in one transaction. A
-        # range run's per-partition batches (planned, materialized) are written behind the run.
-        self._written_behind.finish()
+        # key: store each stretch of one kind as Dagster would, in order, in one transaction,
+        # behind the run. (Dagster batches only asset events, never a run's status events.)
         stretches = []
         for kind, stretch in itertools.groupby(events, key=_kind):
             stretch = list(stretch)
             prepared = self._prepare_materializations(stretch) if kind == _MATERIALIZED and len(stretch) > 1 else None
             stretches.append((kind, stretch, prepared))
-        if all(kind != _OTHER for kind, _, _ in stretches):
-            self._written_behind.start(events, lambda: self._store_stretches(stretches))
-        else:
+        if any(_is_run_event(e) for e in events):
+            self._written_behind.finish()
             self._store_stretches(stretches)
+        else:
+            self._written_behind.start(events, lambda: self._store_stretches(stretches))
 
     def _store_stretches(self, stretches) -> None:
         with self._one_transaction():
@@ -122,6 +135,34 @@ class BulkPostgresEventLogStorage(PostgresEventLogStorage):
                     self._write_materializations(stretch, prepared)
                 else:
                     super().store_event_batch(stretch)
+
+    # Reads of tables no event write touches (dynamic partitions, pool limits, the schema) need not
+    # wait for the writes behind the run: the steps ask for the run's symbols, and Dagster for the
+    # pools, at the very moment the run's planned events are being written.
+    def get_dynamic_partitions(self, partitions_def_name: str) -> Sequence[str]:
+        with self._not_waiting():
+            return super().get_dynamic_partitions(partitions_def_name)
+
+    def has_dynamic_partition(self, partitions_def_name: str, partition_key: str) -> bool:
+        with self._not_waiting():
+            return super().has_dynamic_partition(partitions_def_name, partition_key)
+
+    def get_pool_limits(self):
+        with self._not_waiting():
+            return super().get_pool_limits()
+
+    def has_asset_key_col(self, column_name: str) -> bool:
+        with self._not_waiting():
+            return super().has_asset_key_col(column_name)
+
+    @contextmanager
+    def _not_waiting(self) -> Iterator[None]:
+        outer = getattr(self._held, "not_waiting", False)
+        self._held.not_waiting = True
+        try:
+            yield
+        finally:
+            self._held.not_waiting = outer
 
     def _prepare_materializations(self, events: Sequence[EventLogEntry]) -> tuple[list[dict], list[dict]]:
         """The rows `_write_materializations` writes, built in the calling thread: each event's
@@ -176,7 +217,8 @@ class BulkPostgresEventLogStorage(PostgresEventLogStorage):
 
     @contextmanager
     def _connect(self) -> Iterator[sa.engine.Connection]:
-        self._written_behind.finish()
+        if not getattr(self._held, "not_waiting", False):
+            self._written_behind.finish()
         held = getattr(self._held, "conn", None)
         if held is not None:
             yield held
@@ -301,60 +343,127 @@ def _kind(event: EventLogEntry) -> str:
 
 
 class WriteBehind:
-    """One batch of a range run's per-partition events written by a background thread while the
-    run goes on; whatever touches the storage next, in this process, first waits for it (`finish`).
+    """The storage's writes done in order by one background thread while the run goes on; whatever
+    reads the event tables in this process, and every run status event, first waits for them
+    (`finish`).
 
-    Dagster hands the storage a range run's planned events in one batch and its materializations
-    1,000 at a time, and goes on building the next ones, planning the step or running the check in
-    Python while PostgreSQL stores the last: the two overlap. Nothing reads or writes around a batch
-    in flight: every read and write of this storage calls `finish` first, and so does `dispose`.
-    If the write fails, `finish` stores the batch's events one by one, as Dagster does when a batch
-    fails, and raises if that fails too. A batch in flight is at the risk the 1,000 events Dagster
-    buffers in memory before handing them over already are: lost if the process is killed.
+    Dagster stores each event before it goes on: a range run's planned events, its materializations
+    1,000 at a time, and some fifteen step and log events a run, each its own transaction waiting on
+    PostgreSQL while the run could be planning the step, calling the provider or running the check.
+    Written behind, the two overlap, and the writer commits whatever is queued together (group
+    commit: one WAL flush for many events, each still stored by Dagster's own statements). The order
+    is kept: one writer, first in first out; reads in this process see every write before them, and
+    a run's status events (start, success, failure) are written only after everything before them,
+    so no run ends in the event log before its events are there. A write that fails rolls back its
+    group and stops the writer: `finish` stores that group's events and every later one's one by
+    one, in order, as Dagster does when a batch fails, and raises if that fails too. Queued events
+    are at the risk the 1,000 events Dagster buffers before handing them over already are: lost if
+    the process is killed (not when it exits: the writer is drained at exit).
     """
 
-    def __init__(self, store_one):
+    def __init__(self, store_one, transaction):
         self._store_one = store_one
+        self._transaction = transaction  # a context manager: one transaction for a group of writes
         self._pid = os.getpid()
-        self._writer: ThreadPoolExecutor | None = None
-        self._pending: tuple[Future, Sequence[EventLogEntry]] | None = None
+        self._lock = threading.Lock()  # the webserver and the daemon call the storage from many threads
+        self._queue: queue.SimpleQueue | None = None
+        self._writer: threading.Thread | None = None
+        self._pending: list[tuple[Future, Sequence[EventLogEntry]]] = []
+        self._stopped = False  # a write failed: later ones wait for `finish` to store them in order
         self._in_writer = threading.local()
 
     def start(self, events: Sequence[EventLogEntry], write) -> None:
-        """Run `write()`, which stores `events`, in the background (after `finish`)."""
-        if self._pid != os.getpid():  # a forked child: the parent's thread and batch are not its own
-            self._pid, self._writer, self._pending = os.getpid(), None, None
-        if self._writer is None:
-            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="event-log-write-behind")
-        self._pending = (self._writer.submit(self._run, write), events)
+        """Queue `write()`, which stores `events`, behind the writes already queued."""
+        future: Future = Future()
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child: the parent's thread and queue are not its own
+                self._pid, self._writer, self._queue, self._pending, self._stopped = os.getpid(), None, None, [], False
+            if self._writer is None:
+                self._queue = queue.SimpleQueue()
+                self._writer = threading.Thread(
+                    target=self._write_queued, args=(self._queue,), name="event-log-write-behind", daemon=True
+                )
+                self._writer.start()
+                # Drained when the process ends: at interpreter exit, and in a multiprocessing child
+                # (fork and forkserver children leave with os._exit, after multiprocessing's finalizers).
+                atexit.register(self.close)
+                multiprocessing.util.Finalize(None, self.close, exitpriority=10)
+            self._pending.append((future, events))
+            self._queue.put((future, write))
 
-    def _run(self, write) -> None:
+    def _write_queued(self, queued: queue.SimpleQueue) -> None:
         self._in_writer.active = True
+        while True:
+            item = queued.get()
+            if item is None:
+                return
+            group, stop = [item], False
+            while len(group) < GROUP_MAX:
+                try:
+                    item = queued.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                group.append(item)
+            self._write_group(group)
+            if stop:
+                return
+
+    def _write_group(self, group: list[tuple[Future, Any]]) -> None:
+        if self._stopped:
+            for future, _ in group:
+                future.set_exception(_NotWritten())
+            return
         try:
-            write()
-        finally:
-            self._in_writer.active = False
+            with self._transaction():
+                for _, write in group:
+                    write()
+        except BaseException as exc:  # the group's transaction is rolled back: none of it is stored
+            self._stopped = True
+            for future, _ in group:
+                future.set_exception(exc)
+        else:
+            for future, _ in group:
+                future.set_result(None)
 
     def finish(self) -> None:
-        """Wait for the batch in flight, if any (a no-op in the writer itself and in a forked child)."""
-        if self._pending is None or getattr(self._in_writer, "active", False) or self._pid != os.getpid():
+        """Wait for every queued write (a no-op in the writer itself and in a forked child)."""
+        if not self._pending or getattr(self._in_writer, "active", False) or self._pid != os.getpid():
             return
-        future, events = self._pending
-        self._pending = None
-        try:
-            future.result()
-        except Exception as exc:  # the batch was one transaction: nothing of it is stored
-            sys.stderr.write(f"Exception while storing event batch: {exc}\n"
-                             "Falling back to storing multiple single-event storage requests...\n")
-            for event in events:
-                self._store_one(event)
+        with self._lock:
+            pending, self._pending = self._pending, []
+        unwritten: list[EventLogEntry] = []
+        for future, events in pending:
+            try:
+                future.result()
+            except Exception as exc:
+                if not unwritten and not isinstance(exc, _NotWritten):
+                    sys.stderr.write(f"Exception while storing event batch: {exc}\n"
+                                     "Falling back to storing multiple single-event storage requests...\n")
+                unwritten.extend(events)
+        self._stopped = False  # every queued write has run or been skipped
+        for event in unwritten:
+            self._store_one(event)
 
     def close(self) -> None:
-        """Wait for the batch in flight, then let the writer thread go."""
+        """Wait for every queued write, then let the writer thread go."""
         self.finish()
-        if self._writer is not None and self._pid == os.getpid():
-            self._writer.shutdown(wait=True)
-            self._writer = None
+        with self._lock:
+            writer, self._writer = (self._writer, None) if self._pid == os.getpid() else (None, self._writer)
+            if writer is not None:
+                self._queue.put(None)
+        if writer is not None:
+            writer.join()
+
+
+class _NotWritten(Exception):
+    """A write skipped because an earlier one failed; `finish` stores its events in order."""
+
+
+def _is_run_event(event: EventLogEntry) -> bool:
+    return event.dagster_event is not None and event.dagster_event.is_job_event
 
 
 def _is_planned_materialization(event: EventLogEntry) -> bool:

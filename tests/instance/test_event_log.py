@@ -3,7 +3,9 @@ what it reads back from its stock storage, and its pooled connections are safe a
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import threading
 import uuid
 from datetime import date
 from pathlib import Path
@@ -227,6 +229,36 @@ def test_a_forked_child_never_uses_the_parents_connection(dagster_pg, tmp_path, 
     assert len(storage.get_logs_for_run(run_id)) == expected
 
 
+def test_a_child_process_that_exits_with_events_queued_stores_them(dagster_pg, monkeypatch):
+    """A child started by multiprocessing ends with os._exit (fork, forkserver): what it queued
+    behind is still written before it goes."""
+    instance = dagster_pg("bulk")
+    run = instance.create_run_for_job(_trivial_job)
+    context = multiprocessing.get_context("fork")
+    child = context.Process(target=_child_reports, args=(instance.get_ref(), run.run_id))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    messages = [e.dagster_event.message for e in instance.all_logs(run.run_id) if e.dagster_event]
+    assert messages.count("queued by a child") == 20
+
+
+def _child_reports(instance_ref, run_id):
+    import time
+
+    instance = dg.DagsterInstance.from_ref(instance_ref)
+    run = instance.get_run_by_id(run_id)
+    store_now = BulkPostgresEventLogStorage._store_event_now
+
+    def slow(self, event):  # the writer still busy when the child's work is done
+        time.sleep(0.05)
+        store_now(self, event)
+
+    BulkPostgresEventLogStorage._store_event_now = slow
+    for _ in range(20):
+        instance.report_engine_event("queued by a child", run)
+
+
 def _pooled_backends(engine: sa.engine.Engine) -> set[int]:
     """The server processes behind every connection in the pool, all checked out at once."""
     held = [engine.connect() for _ in range(engine.pool.checkedin())]
@@ -371,6 +403,22 @@ def test_a_batch_written_behind_that_fails_is_stored_event_by_event(dagster_pg, 
     assert len(stored) == 10 and all(tags for *_, tags in stored)  # each with its indexed tags
 
 
+class _Transactions:
+    """Stands for the storage's transactions: what a group's writes did is kept only if none raised."""
+
+    def __init__(self):
+        self.committed, self._open = [], []
+
+    @contextlib.contextmanager
+    def __call__(self):
+        self._open = []
+        yield
+        self.committed += self._open
+
+    def write(self, name):
+        return lambda: self._open.append(("written", name))
+
+
 def test_a_batch_that_cannot_be_stored_at_all_fails_the_next_storage_call():
     stored = []
 
@@ -378,9 +426,91 @@ def test_a_batch_that_cannot_be_stored_at_all_fails_the_next_storage_call():
         stored.append(event)
         raise RuntimeError("database gone")
 
-    behind = event_log.WriteBehind(store_one)
+    behind = event_log.WriteBehind(store_one, _Transactions())
     behind.start(["e1", "e2"], lambda: (_ for _ in ()).throw(RuntimeError("copy failed")))
     with pytest.raises(RuntimeError, match="database gone"):
         behind.finish()
     assert stored == ["e1"]
     behind.finish()  # reported once; nothing left in flight
+    behind.close()
+
+
+def test_writes_after_a_failed_one_are_stored_in_order_after_it():
+    tx = _Transactions()
+    behind = event_log.WriteBehind(lambda event: tx.committed.append(("one by one", event)), tx)
+
+    def fail():
+        raise RuntimeError("copy failed")
+
+    behind.start(["a"], tx.write("a"))
+    behind.start(["b1", "b2"], fail)
+    behind.start(["c"], tx.write("c"))  # must not overtake b1, b2
+    behind.finish()
+    # a may have shared b's transaction (then it was rolled back and is stored again, one by one)
+    assert [name for _, name in tx.committed] == ["a", "b1", "b2", "c"]
+    assert tx.committed[1:] == [("one by one", "b1"), ("one by one", "b2"), ("one by one", "c")]
+    behind.start(["d"], tx.write("d"))  # the writer runs again
+    behind.close()
+    assert tx.committed[-1] == ("written", "d")
+
+
+def test_queued_writes_share_a_transaction():
+    tx = _Transactions()
+    groups = []
+    outer = tx.__call__
+
+    @contextlib.contextmanager
+    def counting():
+        with outer():
+            groups.append(1)
+            yield
+
+    behind = event_log.WriteBehind(lambda event: None, counting)
+    entered, release = threading.Event(), threading.Event()
+    behind.start(["slow"], lambda: entered.set() or release.wait(10))  # busy while ten more are queued
+    assert entered.wait(10)
+    for i in range(10):
+        behind.start([i], tx.write(i))
+    release.set()
+    behind.close()
+    assert [name for _, name in tx.committed] == list(range(10))
+    assert len(groups) == 2  # the first write alone, the ten queued behind it in one transaction
+
+
+@dg.op
+def _nothing():
+    pass
+
+
+@dg.job
+def _trivial_job():
+    _nothing()
+
+
+def test_a_runs_status_event_is_stored_after_everything_before_it(dagster_pg, monkeypatch):
+    """Another process (here: another connection) never sees a run end before its events: step and
+    log events may still be queued, a run status event waits for them and is stored at once."""
+    instance = dagster_pg("bulk")
+    run = instance.create_run_for_job(_trivial_job)
+    released = threading.Event()
+    store_now = BulkPostgresEventLogStorage._store_event_now
+
+    def held_back(self, event):
+        if not event_log._is_run_event(event):
+            assert released.wait(30)
+        store_now(self, event)
+
+    monkeypatch.setattr(BulkPostgresEventLogStorage, "_store_event_now", held_back)
+    outside = sa.create_engine(instance.event_log_storage.postgres_url)
+
+    def seen() -> list[str]:
+        with outside.connect() as conn:
+            return list(conn.execute(sa.text(
+                "SELECT dagster_event_type FROM event_logs WHERE run_id = :r ORDER BY id"), {"r": run.run_id}).scalars())
+
+    instance.report_engine_event("written behind the run", run)
+    assert seen() == []  # queued: the caller did not wait for it
+    threading.Timer(0.5, released.set).start()
+    instance.report_run_failed(run)  # waits for the engine event, then is stored before returning
+    assert seen() == ["ENGINE_EVENT", "PIPELINE_FAILURE"]
+    outside.dispose()
