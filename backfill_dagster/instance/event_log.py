@@ -1,12 +1,13 @@
-"""Dagster's PostgreSQL event log, writing a range run's per-partition events in bulk.
+"""Dagster's PostgreSQL event log, writing a range run's per-partition events in bulk, behind the run.
 
 Selected in `dagster.yaml` (`event_log_storage`). A range run makes Dagster write a planned event
 and a materialization per partition and asset, and dagster-postgres writes each as if it were
-alone (a new connection, a transaction and schema inspections per statement). This subclass writes
-the same rows in a few round trips: pooled connections per process, one transaction per batch,
-schema facts remembered, one subset planned event per asset stored as the per-partition rows
-Dagster's readers expect, and materializations as arrays. Reads and other writes are Dagster's own.
-It turns on event batching in every process that opens the instance. Figures and what was not
+alone (a new connection, a transaction and schema inspections per statement) while the run waits.
+This subclass writes the same rows in a few round trips: pooled connections per process, schema
+facts remembered, one subset planned event per asset stored as the per-partition rows Dagster's
+readers expect, materializations with COPY; and every write but a run's status events queued to a
+writer thread that commits what is queued together (WriteBehind). Reads and the statements of
+other writes are Dagster's own. It turns on event batching in every process that opens the instance. Figures and what was not
 adopted: README, "Benchmarks"; same statuses as the stock storage: tests/instance/test_event_log.py;
 the Dagster internals it relies on: tests/orchestration/test_dagster_internals.py.
 """
@@ -34,7 +35,6 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from dagster._core.events import DagsterEventType
 from dagster._core.events.log import EventLogEntry
-from dagster._core.errors import DagsterInvariantViolationError
 from dagster._core.storage.event_log.schema import (
     AssetEventTagsTable,
     SqlEventLogStorageTable,
