@@ -49,7 +49,9 @@ def test_production_dagster_yaml_loads_on_postgres(tmp_path, pg_template):
             "r = i.get_tick_retention_settings(InstigatorType.SENSOR); "
             "print(*sorted(f'{k.value}={v}' for k, v in r.items()), asset_backfill._partition_subset_str.__module__); "
             # run output kept where Dagster keeps it by default, by the threaded manager
-            "m = i.compute_log_manager; print(type(m).__name__, m._base_dir)"
+            "m = i.compute_log_manager; print(type(m).__name__, m._base_dir); "
+            # provider pools: two steps at a time, four more runs started while they wait for a slot
+            "p = i.get_concurrency_config().pool_config; print(p.default_pool_limit, p.op_granularity_run_buffer)"
         )
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
@@ -58,6 +60,7 @@ def test_production_dagster_yaml_loads_on_postgres(tmp_path, pg_template):
             "True", "True", "8",
             "FAILURE=30", "SKIPPED=1", "STARTED=30", "SUCCESS=14", "backfill_dagster.instance.backfill_log",
             "TeeComputeLogManager", str(tmp_path / "storage"),
+            "2", "4",
         ]
     finally:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:

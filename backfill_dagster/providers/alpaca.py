@@ -50,10 +50,12 @@ PAGE_LIMIT = 10_000  # the API's maximum bars per page (all symbols together)
 # inside both, keeps the URL far below 8 KB, and since a page is 10,000 bars whatever the symbols,
 # batching more would save no calls, only make one failed request cost more.
 MAX_SYMBOLS = 100
-# About a year a request: long enough that one symbol's request fills its 10,000-bar pages (a UI
-# backfill often asks for one symbol), short enough that a failed request loses at most a year of
-# one batch (calls per floor: README, "Benchmarks").
-MAX_SESSIONS = 260
+# m15: about a year a request, long enough that one symbol's request fills its 10,000-bar pages (a
+# UI backfill often asks for one symbol), short enough that a failed request loses at most a year
+# of one batch (calls per floor: README, "Benchmarks"). d1: ten years, so one symbol's two years
+# are one page, not two requests of a page each (one call a symbol of the whole-market backfill:
+# README, "Whole-market scale"); a batch of 100 symbols pages at 10,000 bars whatever the window.
+MAX_SESSIONS = {Timeframe.M15: 260, Timeframe.D1: 2_520}
 HISTORY_START = date(2016, 1, 1)  # Alpaca's stock history begins here on every plan
 SIP_DELAY = pd.Timedelta(minutes=15)  # free plans may not query the latest 15 minutes of SIP
 # Feeds whose data trails the clock: an answer is final only up to now less this delay.

@@ -45,14 +45,20 @@ class Capabilities:
     timeframes: frozenset[Timeframe]
     adjustments: frozenset[Adjustment]
     max_symbols_per_request: int = 1
-    # Longest run of sessions one request may span (None: any, the client pages through it).
-    max_sessions_per_request: int | None = None
+    # Longest run of sessions one request may span (None: any, the client pages through it); a
+    # mapping gives it per timeframe (absent: any).
+    max_sessions_per_request: int | Mapping[Timeframe, int | None] | None = None
     # How many calendar days back each timeframe reaches (None or absent: full history).
     history_days: Mapping[Timeframe, int | None] = field(default_factory=dict)
     serves_open_session: bool = True  # today's bars while the session is still trading
     serves_closed_sessions: bool = True
     extended_hours: bool = True
     synthetic: bool = False
+
+    def sessions_window(self, timeframe: Timeframe) -> int | None:
+        """Longest run of sessions one request of this timeframe may span (None: any)."""
+        window = self.max_sessions_per_request
+        return window.get(timeframe) if isinstance(window, Mapping) else window
 
     def reaches(self, timeframe: Timeframe, session: date, today: date) -> bool:
         days = self.history_days.get(timeframe)

@@ -32,7 +32,7 @@ def plan_requests(
     for symbol, session in partitions:
         sessions_by_symbol[symbol].add(session)
 
-    window = capabilities.max_sessions_per_request
+    window = capabilities.sessions_window(timeframe)
     symbols_by_run: dict[tuple[date, ...], list[str]] = defaultdict(list)
     for symbol in sorted(sessions_by_symbol):
         for run in contiguous_runs(sessions_by_symbol[symbol], calendar):

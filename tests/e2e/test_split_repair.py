@@ -37,6 +37,7 @@ from backfill_dagster.orchestration.backfills import FINISHED, SUCCEEDED, launch
 from backfill_dagster.orchestration.corporate_actions import build_corporate_actions_schedule
 from backfill_dagster.orchestration.partitions import SYMBOLS_PARTITIONS_NAME, partition_key
 from backfill_dagster.orchestration.sensors import watchlist_sync
+from backfill_dagster.providers import alpaca
 from backfill_dagster.orchestration.split_repair import build_split_repair_sensor
 from backfill_dagster.settings import Settings
 from backfill_dagster.store import BarStore, Watchlist, shared_engine
@@ -292,9 +293,9 @@ def test_repairing_two_years_costs_no_more_than_a_fresh_backfill(pg_url, tmp_pat
         fakes.reset()
         assert daemons.backfills(split.backfill_id).status in SUCCEEDED
         repair = {tf: alpaca_calls(fakes, timeframe=tf) for tf in ("15Min", "1Day")}
-    per_request = 260  # sessions an Alpaca request spans (providers/alpaca.py MAX_SESSIONS)
-    floor = {"15Min": sum(math.ceil(n * 64 / 10_000) for n in _chunks(400, per_request)),
-             "1Day": len(_chunks(400, per_request))}
+    per_request = alpaca.MAX_SESSIONS  # sessions an Alpaca request spans, per timeframe
+    floor = {"15Min": sum(math.ceil(n * 64 / 10_000) for n in _chunks(400, per_request[Timeframe.M15])),
+             "1Day": len(_chunks(400, per_request[Timeframe.D1]))}
     print(f"\nAlpaca calls, fresh backfill of two years ({len(two_years)} sessions): {fresh}; "
           f"repair of the 400 sessions before the split: {repair}; floor {floor}")
     assert repair == floor

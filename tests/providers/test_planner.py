@@ -51,3 +51,24 @@ def test_every_partition_is_covered_exactly_once(calendar):
     requests = plan_requests(partitions, Timeframe.M15, MULTI, calendar)
     covered = [p for r in requests for p in r.partitions]
     assert sorted(covered) == sorted(partitions)
+
+
+def test_the_window_can_differ_by_timeframe(calendar):
+    per_timeframe = Capabilities(
+        timeframes=frozenset(Timeframe), adjustments=frozenset(Adjustment),
+        max_sessions_per_request={Timeframe.M15: 3, Timeframe.D1: 10},
+    )
+    sessions = calendar.sessions("2024-11-18", "2024-11-27")  # 8 sessions
+    assert [len(r.sessions) for r in plan_requests(box(["A"], sessions), Timeframe.M15, per_timeframe, calendar)] == [3, 3, 2]
+    assert [len(r.sessions) for r in plan_requests(box(["A"], sessions), Timeframe.D1, per_timeframe, calendar)] == [8]
+    assert [len(r.sessions) for r in plan_requests(box(["A"], sessions), Timeframe.H1, per_timeframe, calendar)] == [8]
+
+
+def test_alpaca_asks_two_years_of_one_symbols_d1_in_one_request(calendar):
+    from backfill_dagster.providers.alpaca import MAX_SESSIONS
+
+    alpaca = Capabilities(timeframes=frozenset(Timeframe), adjustments=frozenset(Adjustment),
+                          max_symbols_per_request=100, max_sessions_per_request=MAX_SESSIONS)
+    sessions = calendar.sessions("2024-01-02", "2025-12-31")  # 502 sessions
+    assert len(plan_requests(box(["A"], sessions), Timeframe.D1, alpaca, calendar)) == 1
+    assert len(plan_requests(box(["A"], sessions), Timeframe.M15, alpaca, calendar)) == 2
