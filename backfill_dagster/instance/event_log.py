@@ -104,7 +104,7 @@ class BulkPostgresEventLogStorage(PostgresEventLogStorage):
 
     def _store_event_now(self, event: EventLogEntry) -> None:
         with self._one_transaction():
-            if _is_planned_materialization(event):
+            if _kind(event) == _PLANNED:
                 self._store_planned_batch([event])
             else:
                 super().store_event(event)
@@ -464,10 +464,6 @@ class _NotWritten(Exception):
 
 def _is_run_event(event: EventLogEntry) -> bool:
     return event.dagster_event is not None and event.dagster_event.is_job_event
-
-
-def _is_planned_materialization(event: EventLogEntry) -> bool:
-    return event.is_dagster_event and event.get_dagster_event().event_type == DagsterEventType.ASSET_MATERIALIZATION_PLANNED
 
 
 # One planned-materialization row per partition key, in the keys' order (ids ascending, as Dagster's
