@@ -1,5 +1,5 @@
-"""Event-log tuning for every process that writes Dagster events: batched events, and one held
-connection instead of a new one per write (DESIGN §4).
+"""Event-log tuning for every process that writes Dagster events: batched events handed straight
+to the instance (log_manager.py), and one held connection instead of a new one per write (DESIGN §4).
 
 A range run writes at least one event per partition and asset, and dagster-postgres's stock event
 log opens a connection for every write; holding one for the run worker's life cuts that cost
@@ -12,6 +12,8 @@ import os
 import dagster as dg
 import sqlalchemy.pool
 
+from backfill_dagster.instance import log_manager
+
 # Planned and materialization events written in batches of this size (read per event by Dagster):
 # a range result's materializations are emitted together, so 1,000 costs no latency and saves a
 # commit and an asset-row update per 100 (~0.1 s in 5,000 partitions, bench/bookkeeping.py).
@@ -19,8 +21,10 @@ EVENT_BATCH_SIZE = "1000"
 
 
 def batch_dagster_events() -> None:
-    """Let this process's runs write their events in batches, unless the operator chose otherwise."""
+    """Let this process's runs write their events in batches, unless the operator chose otherwise,
+    and hand the batched events to the instance without Python's logging when nothing else wants them."""
     os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", EVENT_BATCH_SIZE)
+    log_manager.install()
 
 
 def hold_event_log_connection(instance: dg.DagsterInstance) -> None:

@@ -4,7 +4,8 @@ BulkPostgresEventLogStorage (instance/event_log.py) and PooledPostgresRunStorage
 (instance/run_storage.py) override dagster-postgres methods and call private ones; it expands Dagster's subset planned event into the rows Dagster's readers
 expect; the checks count on how the UI decides that a result is current; the steps compute a
 run's partition box as Dagster does. Any of these may change in a Dagster release without notice,
-so a changed source fails here, naming what to re-check. After re-checking (and running
+so a changed source fails here, naming what to re-check. The log manager's shortcut
+(instance/log_manager.py) mirrors how a record reaches the instance's handler. After re-checking (and running
 tests/instance/test_event_log.py and test_checks.py), record the new hashes with
 `python -m tests.orchestration.test_dagster_internals`.
 """
@@ -103,6 +104,26 @@ INTERNALS: dict[str, tuple[str, str]] = {
         ("fefac79b733c94ee", "backfill logs format every subset through the module's _partition_subset_str"),
     "backfill_dagster.instance.backfill_log._dagster_partition_subset_str":
         ("409cbccdabfa6b41", "Dagster's own formatter (kept for time windows): its signature and what it writes"),
+    # batched events handed straight to the instance (instance/log_manager.py): when a record reaches
+    # only the instance's handler, and the entry that handler builds from it
+    "backfill_dagster.instance.log_manager._dagster_log_dagster_event":
+        ("5716c73cdeb7f056", "Dagster's DagsterLogManager.log_dagster_event, which log_manager.log_dagster_event replaces and falls back to"),
+    "dagster._core.log_manager.DagsterLogManager.log":
+        ("030075aceede930f", "a DagsterEvent is logged whatever the manager's level; nothing else is checked before the handlers"),
+    "dagster._core.log_manager.DagsterLogManager.create":
+        ("8898d12d066269de", "the run handler's handlers are the instance's (event listener + python_logs handlers) and its loggers the run's"),
+    "dagster._core.log_manager.DagsterLogHandler.emit":
+        ("9c7021b537b1b5bf", "a record reaches the built-in handlers by level and every @logger; capture is off during emit"),
+    "dagster._core.log_manager.DagsterLogHandler.filter":
+        ("865967318b52ccd2", "a record logged inside another's emit is dropped (instance_handler then takes Dagster's path)"),
+    "dagster._core.log_manager.construct_log_record_metadata":
+        ("7d9073c771fc2b82", "the step key of a record: the handler's, else the event's"),
+    "dagster._core.instance.types._EventListenerLogHandler.emit":
+        ("907f21c814ce69c6", "what is stored: construct_event_record's entry, batch metadata passed on, a failure said and raised"),
+    "dagster._core.events.log.construct_event_record":
+        ("655b7c8b4d2feb5f", "the EventLogEntry fields log_manager.log_dagster_event fills the same way"),
+    "dagster._core.events.log_step_event":
+        ("696f61af0ccd941b", "the per-partition materializations are logged with their batch metadata"),
     # the steps' own partition box (partitions.run_partitions)
     "dagster._core.definitions.partitions.definition.multi.MultiPartitionsDefinition.get_partition_keys_in_range":
         ("2f624885278f0d3b", "a range run's keys: the box of each dimension's range, dates outermost"),
