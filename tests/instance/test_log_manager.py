@@ -9,8 +9,17 @@ from datetime import date
 
 import dagster as dg
 import pytest
-from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, DagsterEventType, StepMaterializationData
-from dagster._core.log_manager import LOG_RECORD_EVENT_ATTR, DagsterLogHandler, DagsterLogManager
+from dagster._core.events import (
+    DagsterEvent,
+    DagsterEventBatchMetadata,
+    DagsterEventType,
+    StepMaterializationData,
+)
+from dagster._core.log_manager import (
+    LOG_RECORD_EVENT_ATTR,
+    DagsterLogHandler,
+    DagsterLogManager,
+)
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._serdes import serialize_value
 
