@@ -3,7 +3,9 @@
 Both tick by cron on weekdays (America/New_York) and decide from the NYSE calendar, so holidays,
 ad-hoc closures, early closes and DST changes need no cron of their own. Each asks for one range run
 over today x every active symbol (one per block of symbols contiguous in the partitions' order;
-DESIGN §7), and skips with a reason whenever there is nothing to do. end_of_day runs
+DESIGN §7), and skips with a reason whenever there is nothing to do — intraday_refresh also when
+no configured provider serves the open session (Polygon, Alpaca's SIP feed on the free plan: the
+session's bars then come from end_of_day). end_of_day runs
 BACKFILL_EOD_DELAY_MINUTES after the close (settings.py).
 """
 
@@ -18,7 +20,7 @@ from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.orchestration.gap_sensor import IN_FLIGHT_STATUSES
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
 from backfill_dagster.orchestration.partitions import active_partition_symbols, range_tags, symbol_blocks
-from backfill_dagster.orchestration.resources import StoreResource
+from backfill_dagster.orchestration.resources import ProvidersResource, StoreResource
 from backfill_dagster.orchestration.tags import PRIORITY_TAG, REQUESTED_BY_TAG, SESSION_TAG
 from backfill_dagster.settings import DEFAULT_EOD_DELAY, MAX_EOD_DELAY
 
@@ -78,6 +80,17 @@ def _blocks(context: dg.ScheduleEvaluationContext, store: StoreResource) -> list
     return symbol_blocks(found.symbols, found.order)
 
 
+def _serve_open_session(
+    providers: ProvidersResource, store: StoreResource, calendar: SessionCalendar, day: date, now: pd.Timestamp
+) -> bool:
+    """Whether a configured provider serves today's m15 bars while the session trades (capabilities only)."""
+    router = providers.router(store, calendar)
+    try:
+        return bool(router.candidates(Timeframe.M15, day, now))
+    finally:
+        router.close()
+
+
 def _requests(
     blocks: list[list[str]], day: date, timeframes, key: str, tags: dict[str, str]
 ) -> list[dg.RunRequest]:
@@ -104,7 +117,7 @@ def build_intraday_refresh(*, calendar: SessionCalendar | None = None, clock: Cl
             "of every active symbol and derives h1/h4, in one range run."
         ),
     )
-    def intraday_refresh(context: dg.ScheduleEvaluationContext, store: StoreResource):
+    def intraday_refresh(context: dg.ScheduleEvaluationContext, store: StoreResource, providers: ProvidersResource):
         cal = calendar or xnys()
         now, today = _tick(context, clock)
         try:
@@ -116,6 +129,11 @@ def build_intraday_refresh(*, calendar: SessionCalendar | None = None, clock: Cl
         if now >= cal.close(today):
             return dg.SkipReason(
                 f"{today.isoformat()} closed at {_closes(cal, today)}: the end_of_day schedule finalizes it"
+            )
+        if not _serve_open_session(providers, store, cal, today, now):
+            return dg.SkipReason(
+                f"no configured provider ({', '.join(providers.names)}) serves m15 bars of an open session: "
+                f"{today.isoformat()} is fetched after its close, by the end_of_day schedule"
             )
         blocks = _blocks(context, store)
         if isinstance(blocks, dg.SkipReason):

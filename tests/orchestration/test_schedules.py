@@ -11,7 +11,7 @@ from dagster._utils.schedules import cron_string_iterator
 from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.orchestration.gap_sensor import build_gap_sensor
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
-from backfill_dagster.orchestration.resources import StoreResource
+from backfill_dagster.orchestration.resources import ProvidersResource, StoreResource
 from backfill_dagster.orchestration.schedules import (
     build_schedules,
     end_of_day_cron,
@@ -32,12 +32,12 @@ def schedules():
     return {"intraday": intraday, "eod": eod}
 
 
-def tick(schedule, instance, url, when: str, **store):
+def tick(schedule, instance, url, when: str, providers: ProvidersResource | None = None, **store):
     # As a context manager: the context opens its own instance from the ref, and must close it.
     with dg.build_schedule_context(
         instance=instance,
         scheduled_execution_time=pd.Timestamp(when, tz=NY).to_pydatetime(),
-        resources={"store": StoreResource(database_url=url, **store)},
+        resources={"store": StoreResource(database_url=url, **store), "providers": providers or ProvidersResource()},
     ) as context:
         return schedule.evaluate_tick(context)
 
@@ -78,6 +78,27 @@ def test_intraday_refresh_follows_the_calendar(schedules, instance, store_url):
         (request,) = data.run_requests
         assert request.run_key == f"intraday_refresh:{day}T{when[11:]}:AAPL..MSFT"
         assert request.job_name == ALL_BARS_JOB and request.tags[REQUESTED_BY_TAG] == "intraday_refresh"
+
+
+@pytest.mark.parametrize("names,fallback", [(["polygon"], False), (["alpaca"], False), (["polygon", "yahoo"], True)])
+def test_intraday_refresh_skips_when_no_provider_serves_the_open_session(schedules, instance, store_url, names, fallback):
+    """Polygon and Alpaca's free SIP feed serve closed sessions only: every tick would be a run that
+    fails for each symbol. It skips and says why; a provider that serves the open session is enough."""
+    add_symbols(instance, store_url, ["AAPL"])
+    keys = ProvidersResource(
+        names=names, polygon_api_key="k", alpaca_api_key="k", alpaca_api_secret="s", alpaca_feed="sip",
+    )
+    data = tick(schedules["intraday"], instance, store_url, "2024-12-04 10:00", providers=keys)
+    if fallback:
+        assert [r.tags[START] for r in data.run_requests] == ["2024-12-04|AAPL"]
+        return
+    assert not data.run_requests
+    assert data.skip_message == (
+        f"no configured provider ({', '.join(names)}) serves m15 bars of an open session: "
+        "2024-12-04 is fetched after its close, by the end_of_day schedule"
+    )
+    # after the close, end_of_day asks for the session with the same providers
+    assert tick(schedules["eod"], instance, store_url, "2024-12-04 17:00", providers=keys).run_requests
 
 
 def test_cron_ticks_keep_new_york_hours_across_dst(schedules):
