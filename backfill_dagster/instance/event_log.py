@@ -301,6 +301,14 @@ class BulkPostgresEventLogStorage(PostgresEventLogStorage):
             self._schema_seen.add(seen)
         return present
 
+    def optimize_for_webserver(self, statement_timeout: int, pool_recycle: int, max_overflow: int) -> None:
+        """Dagster's webserver set-up (a held connection, a statement timeout); and, this being the
+        webserver, its partitions bar reads multi-partition keys by splitting them (partition_health.py)."""
+        super().optimize_for_webserver(statement_timeout, pool_recycle, max_overflow)
+        from backfill_dagster.instance import partition_health  # dagster_graphql: the webserver's import only
+
+        partition_health.install()
+
     def dispose(self) -> None:
         self._written_behind.close()
         super().dispose()

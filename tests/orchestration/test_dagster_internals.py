@@ -18,6 +18,7 @@ import inspect
 import sys
 from importlib.metadata import version
 
+import dagster_graphql.schema  # noqa: F401  (before its implementation modules, which import each other through it)
 import pytest
 
 PINNED_VERSIONS = {"dagster": "1.13.27", "dagster-postgres": "0.29.27"}
@@ -124,6 +125,19 @@ INTERNALS: dict[str, tuple[str, str]] = {
         ("655b7c8b4d2feb5f", "the EventLogEntry fields log_manager.log_dagster_event fills the same way"),
     "dagster._core.events.log_step_event":
         ("696f61af0ccd941b", "the per-partition materializations are logged with their batch metadata"),
+    # the webserver's partitions bar (instance/partition_health.py), installed by optimize_for_webserver
+    "backfill_dagster.instance.partition_health._dagster_build_multi_partition_ranges_generic":
+        ("75fc6bca28eb93da", "partition_health.build_multi_partition_ranges_generic is this function with each key split, not parsed"),
+    "dagster._core.definitions.partitions.definition.multi.MultiPartitionsDefinition.get_partition_key_from_str":
+        ("bb212983d19a8250", "a key string is its dimensions' keys joined by '|' in partitions_defs order (secondary_keys_by_primary)"),
+    "dagster_graphql.implementation.fetch_assets.get_2d_run_length_encoded_partitions":
+        ("9e528909bf434a96", "the partitions bar calls build_multi_partition_ranges_generic through its module's name"),
+    "dagster_graphql.implementation.fetch_asset_checks.build_multi_partition_statuses_for_checks":
+        ("5b960cc93375d148", "the checks' partition statuses call it through their module's name too"),
+    "dagster._core.instance.methods.storage_methods.StorageMethods.optimize_for_webserver":
+        ("103abbc3f9bbee80", "the webserver's call reaches the event log's optimize_for_webserver, which installs partition_health"),
+    "dagster_webserver.cli.dagster_webserver.callback":
+        ("8ee94f3a94ac05d5", "dagster-webserver calls instance.optimize_for_webserver at start-up"),
     # the steps' own partition box (partitions.run_partitions)
     "dagster._core.definitions.partitions.definition.multi.MultiPartitionsDefinition.get_partition_keys_in_range":
         ("2f624885278f0d3b", "a range run's keys: the box of each dimension's range, dates outermost"),
