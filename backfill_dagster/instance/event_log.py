@@ -34,7 +34,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from dagster._core.events import DagsterEventType
+from dagster._core.definitions.partitions.context import partition_loading_context
 from dagster._core.events.log import EventLogEntry
+from dagster._core.storage.event_log.base import AssetRecord
+from dagster._core.storage.partition_status_cache import AssetStatusCacheValue
 from dagster._core.storage.event_log.schema import (
     AssetEventTagsTable,
     SqlEventLogStorageTable,
@@ -50,6 +53,7 @@ from dagster_postgres.utils import (
 
 # The daemon loads this storage: bound its backfill log lines there too (imported for its effect).
 from backfill_dagster.instance import backfill_log  # noqa: F401
+from backfill_dagster.instance.cached_status import unchanged_cache_value
 from backfill_dagster.instance.event_json import serialize_events
 from backfill_dagster.instance.event_log_tuning import batch_dagster_events
 
@@ -300,6 +304,24 @@ class BulkPostgresEventLogStorage(PostgresEventLogStorage):
         if present:
             self._schema_seen.add(seen)
         return present
+
+    def get_asset_status_cache_values(self, partitions_defs_by_key, context) -> Sequence[AssetStatusCacheValue | None]:
+        """Each asset's partition status (the asset pages ask for it on every request): the stored
+        value as it is when nothing happened since it was written (cached_status.py), else
+        Dagster's update of it."""
+        from dagster._core.workspace.context import BaseWorkspaceRequestContext
+
+        loader = context.dynamic_partitions_loader if isinstance(context, BaseWorkspaceRequestContext) else None
+        values = []
+        for asset_key, partitions_def in partitions_defs_by_key:
+            with partition_loading_context(None, loader or self._instance):
+                value = unchanged_cache_value(
+                    self._instance, asset_key, partitions_def, AssetRecord.blocking_get(context, asset_key)
+                )
+            if value is None:  # Dagster's update (the asset record comes from the context's loader again)
+                [value] = super().get_asset_status_cache_values([(asset_key, partitions_def)], context)
+            values.append(value)
+        return values
 
     def optimize_for_webserver(self, statement_timeout: int, pool_recycle: int, max_overflow: int) -> None:
         """Dagster's webserver set-up (a held connection, a statement timeout); and, this being the

@@ -6,7 +6,9 @@ row, and brings it up to date when something reads it: a UI page, usually. Broug
 often, each update reads only the events since the last one; left alone during a whole-market
 backfill, the first page opened afterwards rebuilds it from every event (38-70 s per page at
 252,000 partitions per asset, README "Whole-market scale"). This sensor reads it through Dagster's
-public `get_status_by_partition` each minute, so that work happens here, a little at a time.
+public `get_status_by_partition` each minute, so that work happens here, a little at a time; an
+asset whose row already covers every event is left alone (instance/cached_status.py: re-serializing
+252,000 keys that did not change is most of what an update costs).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import time
 from collections.abc import Callable, Sequence
 
 import dagster as dg
+
+from backfill_dagster.instance.cached_status import is_current
 
 SENSOR_NAME = "partition_status_cache"
 # A tick stops starting assets after this long: a cache built from scratch (a deployment whose
@@ -47,20 +51,29 @@ def build_status_cache_sensor(
         start = int(context.cursor or 0) % len(targets)
         order = targets[start:] + targets[:start]
         began = clock()
-        done = []
+        done, current = [], []
         for key, partitions_def in order:
             if done and clock() - began > budget_s:
                 break
+            if is_current(context.instance, key, partitions_def):  # nothing happened since it was written
+                current.append(key.to_user_string())
+                continue
             asset_began = clock()
             # Public API; with no keys asked it only brings the cache up to date and stores it.
             context.instance.get_status_by_partition(key, [], partitions_def)
             done.append(f"{key.to_user_string()} {clock() - asset_began:.1f} s")
-        next_start = (start + len(done)) % len(targets)
-        context.update_cursor(str(next_start))
-        left = len(targets) - len(done)
+        seen = len(done) + len(current)
+        context.update_cursor(str((start + seen) % len(targets)))
+        left = len(targets) - seen
         return dg.SkipReason(
-            f"partition status cache brought up to date: {', '.join(done)}"
-            + (f"; {left} asset(s) next tick (the {budget_s:g} s budget was spent)" if left else "")
+            "partition status cache "
+            + "; ".join(
+                part for part in (
+                    f"brought up to date: {', '.join(done)}" if done else "",
+                    f"already current: {', '.join(current)}" if current else "",
+                    f"{left} asset(s) next tick (the {budget_s:g} s budget was spent)" if left else "",
+                ) if part
+            )
         )
 
     return partition_status_cache

@@ -5,7 +5,8 @@ BulkPostgresEventLogStorage (instance/event_log.py) and PooledPostgresRunStorage
 expect; the checks count on how the UI decides that a result is current; the steps compute a
 run's partition box as Dagster does. Any of these may change in a Dagster release without notice,
 so a changed source fails here, naming what to re-check. The log manager's shortcut
-(instance/log_manager.py) mirrors how a record reaches the instance's handler. After re-checking (and running
+(instance/log_manager.py) mirrors how a record reaches the instance's handler; the status cache
+read (instance/cached_status.py) mirrors when Dagster's update of it changes nothing. After re-checking (and running
 tests/instance/test_event_log.py and test_checks.py), record the new hashes with
 `python -m tests.orchestration.test_dagster_internals`.
 """
@@ -138,6 +139,16 @@ INTERNALS: dict[str, tuple[str, str]] = {
         ("103abbc3f9bbee80", "the webserver's call reaches the event log's optimize_for_webserver, which installs partition_health"),
     "dagster_webserver.cli.dagster_webserver.callback":
         ("8ee94f3a94ac05d5", "dagster-webserver calls instance.optimize_for_webserver at start-up"),
+    # the asset pages' partition status read as stored when nothing happened (instance/cached_status.py)
+    "dagster._core.storage.event_log.base.EventLogStorage.get_asset_status_cache_values":
+        ("67570af734ba01be", "the asset pages' status cache reads reach the storage's method, one update per asset"),
+    "dagster._core.storage.partition_status_cache.get_and_update_asset_status_cache_value":
+        ("ecfbf48fca827cf3", "which stored row the update starts from (the partitions definition's identifier)"),
+    "dagster._core.storage.partition_status_cache._build_status_cache":
+        ("bb95c041897a4f09", "with no materialization or planned event after the row and no run in progress, the update "
+                             "gives back the stored subsets (unchanged_cache_value)"),
+    "dagster._core.storage.partition_status_cache.get_last_planned_storage_id":
+        ("eccd086beb7bbee9", "the latest planned event the row must cover"),
     # the steps' own partition box (partitions.run_partitions)
     "dagster._core.definitions.partitions.definition.multi.MultiPartitionsDefinition.get_partition_keys_in_range":
         ("2f624885278f0d3b", "a range run's keys: the box of each dimension's range, dates outermost"),

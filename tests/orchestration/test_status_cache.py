@@ -57,3 +57,27 @@ def test_a_tick_stops_at_its_budget_and_the_next_goes_on_from_there(defs, instan
     second = sensor(dg.build_sensor_context(instance=instance, cursor=context.cursor))
     assert second.skip_message.startswith("partition status cache brought up to date: bars_h4")
     assert all(cached(instance, k) is not None for k in ASSETS)
+
+
+def test_a_tick_leaves_a_row_that_covers_every_event_alone(defs, instance, store_url, calendar, monkeypatch):
+    add_symbols(instance, store_url, ["AAPL"])
+    day = calendar.sessions("2024-11-18", "2024-11-18")[0]
+    job = defs.resolve_job_def(ALL_BARS_JOB)
+    assert job.execute_in_process(instance=instance, tags=range_tags(("AAPL", day), ("AAPL", day))).success
+    sensor = defs.resolve_sensor_def(SENSOR_NAME)
+    sensor(dg.build_sensor_context(instance=instance))  # builds every row
+    updates = []
+    real = instance.get_status_by_partition
+    monkeypatch.setattr(instance, "get_status_by_partition", lambda key, *a: updates.append(key) or real(key, *a))
+
+    quiet = sensor(dg.build_sensor_context(instance=instance))
+    assert updates == []
+    assert quiet.skip_message == "partition status cache already current: bars_m15, bars_h1, bars_h4, bars_d1"
+
+    later = calendar.sessions("2024-11-19", "2024-11-19")[0]  # one asset materialized again: only its row is updated
+    assert job.get_subset(asset_selection={ASSETS[3]}).execute_in_process(
+        instance=instance, tags=range_tags(("AAPL", later), ("AAPL", later))).success
+    after = sensor(dg.build_sensor_context(instance=instance))
+    assert updates == [ASSETS[3]]
+    assert after.skip_message.startswith("partition status cache brought up to date: bars_d1")
+    assert after.skip_message.endswith("already current: bars_m15, bars_h1, bars_h4")
