@@ -18,11 +18,14 @@ import argparse
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scale_deploy import Deployment, history_for, load_average  # noqa: E402
 
+warnings.filterwarnings("ignore", message=".*is currently in (beta|preview).*")
+warnings.filterwarnings("ignore", category=DeprecationWarning)
 ASSETS = ["bars_m15", "bars_h1", "bars_h4", "bars_d1"]
 
 
