@@ -51,7 +51,10 @@ def test_production_dagster_yaml_loads_on_postgres(tmp_path, pg_template):
             # run output kept where Dagster keeps it by default, by the threaded manager
             "m = i.compute_log_manager; print(type(m).__name__, m._base_dir); "
             # provider pools: two steps at a time, four more runs started while they wait for a slot
-            "p = i.get_concurrency_config().pool_config; print(p.default_pool_limit, p.op_granularity_run_buffer)"
+            "p = i.get_concurrency_config().pool_config; print(p.default_pool_limit, p.op_granularity_run_buffer); "
+            # a run the queue could not hand to a (replaced) code server goes back to the queue
+            "q = i.get_concurrency_config().run_queue_config; "
+            "print(q.max_user_code_failure_retries, q.user_code_failure_retry_delay)"
         )
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
@@ -61,6 +64,7 @@ def test_production_dagster_yaml_loads_on_postgres(tmp_path, pg_template):
             "FAILURE=30", "SKIPPED=1", "STARTED=30", "SUCCESS=14", "backfill_dagster.instance.backfill_log",
             "TeeComputeLogManager", str(tmp_path / "storage"),
             "2", "4",
+            "5", "10",
         ]
     finally:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
