@@ -9,8 +9,9 @@ readers expect, materializations with COPY; and every write but a run's status e
 writer thread that commits what is queued together (WriteBehind). The asset pages' status cache read
 takes the stored row as it is when nothing happened since it was written (cached_status.py); other
 reads and the statements of other writes are Dagster's own. It turns on event batching in every
-process that opens the instance. Figures and what was not adopted: README, "Benchmarks"; same statuses as the stock storage: tests/instance/test_event_log.py;
-the Dagster internals it relies on: tests/orchestration/test_dagster_internals.py.
+process that opens the instance. Figures and what was not adopted: README, "Benchmarks"; same
+statuses as the stock storage: tests/instance/test_event_log.py; the Dagster internals it relies
+on: tests/orchestration/test_dagster_internals.py.
 """
 
 from __future__ import annotations
