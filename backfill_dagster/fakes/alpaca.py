@@ -112,7 +112,7 @@ class AlpacaFake(ProviderFake):
         body: dict = {"bars": bars, "next_page_token": token}
         if "currency" in request.query:
             body["currency"] = request.query["currency"]
-        return self._json(request, body)
+        return self._json(request, body, bars=sum(len(rows) for rows in bars.values()))
 
     def symbol_bars(self, request: Request) -> Response:
         symbol = request.params["symbol"]
@@ -120,7 +120,7 @@ class AlpacaFake(ProviderFake):
         page, token = self._page(query, request.now.value)
         rows = [bar for _, chunk in page for bar in chunk]
         # Empty answers carry `null` bars (clients must treat null and [] alike).
-        return self._json(request, {"bars": rows or None, "symbol": symbol, "next_page_token": token})
+        return self._json(request, {"bars": rows or None, "symbol": symbol, "next_page_token": token}, bars=len(rows))
 
     def corporate_actions(self, request: Request) -> Response:
         return self._json(request, alpaca_actions.answer(request, self.config.corporate_actions, self.data_symbol))
@@ -207,8 +207,9 @@ class AlpacaFake(ProviderFake):
         ).traded_only()
         return slots.ts, slots.values
 
-    def _json(self, request: Request, body: dict) -> Response:
+    def _json(self, request: Request, body: dict, bars: int | None = None) -> Response:
         response = json_response(200, body)
+        response.bars = bars
         # Alpaca compresses when asked and the body is worth it (> 256 bytes).
         if "gzip" in (request.header("Accept-Encoding") or "") and len(response.body) > 256:
             response.body = gzip.compress(response.body, compresslevel=1)

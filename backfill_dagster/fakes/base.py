@@ -44,6 +44,7 @@ class Response:
     body: bytes
     content_type: str = "application/json; charset=utf-8"
     headers: dict[str, str] = field(default_factory=dict)
+    bars: int | None = None  # bars the answer carries, where the fake counts them (Alpaca's pages)
 
 
 def json_response(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> Response:

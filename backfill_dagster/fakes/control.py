@@ -22,6 +22,9 @@ class Logged:
     query: dict
     status: int
     at: float  # arrival, epoch seconds
+    # Bars the answer carried, where the fake counts them (Alpaca): a benchmark's floor,
+    # ceil(bars returned / page size), is then a sum over the log, not a rebuild of every bar.
+    bars: int | None = None
 
 
 class RequestLog:

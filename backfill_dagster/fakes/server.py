@@ -187,7 +187,7 @@ class FakeProviders:
         else:
             response, fault = self._answer(fake, serve, params, split, query, handler, config, at)
         # Logged before sending: once a client has its answer, the log already shows the request.
-        self._log.add(Logged(fake.name if fake else "unknown", split.path, query, response.status, at))
+        self._log.add(Logged(fake.name if fake else "unknown", split.path, query, response.status, at, response.bars))
         self._send(handler, response, truncate=fault == "truncated")
 
     def _answer(self, fake, serve, params, split, query, handler, config, at) -> tuple[Response, str | None]:
@@ -321,7 +321,7 @@ def with_one_invalid_bar(response: Response) -> Response:
     def rebuilt() -> Response:
         body = json.dumps(payload).encode()
         return Response(response.status, gzip.compress(body) if zipped else body, response.content_type,
-                        dict(response.headers))
+                        dict(response.headers), response.bars)
 
     stack = [payload]
     while stack:

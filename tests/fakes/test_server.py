@@ -140,6 +140,27 @@ def test_unknown_paths_are_404_and_logged(fakes, http):
     assert (fakes.log[-1].provider, fakes.log[-1].path, fakes.log[-1].query) == ("unknown", "/v3/reference/tickers", {"a": "1"})
 
 
+def test_the_log_counts_the_bars_each_alpaca_page_carried(fakes, http, config):
+    """A benchmark's floor, ceil(bars returned / page size), is summed from the log: each 200 of a
+    paged multi-symbol request logs exactly the bars its body holds; an answer with no bars logs None."""
+    params = {"symbols": "AAPL,MSFT", "timeframe": "15Min", "feed": "iex", "limit": "1000",
+              "start": "2024-01-02", "end": "2024-02-20"}
+    carried, token = [], None
+    while True:
+        page = http.get("/v2/stocks/bars", params={**params, **({"page_token": token} if token else {})},
+                        headers=alpaca_headers(config)).json()
+        carried.append(sum(len(rows) for rows in page["bars"].values()))
+        token = page["next_page_token"]
+        if not token:
+            break
+    assert len(carried) > 2 and sum(carried) > 2_000
+    assert [e.bars for e in fakes.log] == carried
+    config.rate_limits = {"alpaca": 0}
+    assert _alpaca(http, config).status_code == 429 and fakes.log[-1].bars is None
+    assert http.get("/v1/markets/history", params={"symbol": "AAPL"},
+                    headers=tradier_headers(config)).status_code == 200 and fakes.log[-1].bars is None
+
+
 def test_env_points_every_client_at_the_fakes(fakes, config):
     env = fakes.env()
     assert fakes.url.startswith("http://127.0.0.1:")
