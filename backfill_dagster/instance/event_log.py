@@ -7,8 +7,9 @@ This subclass writes the same rows in a few round trips: pooled connections per 
 facts remembered, one subset planned event per asset stored as the per-partition rows Dagster's
 readers expect, materializations with COPY; and every write but a run's status events queued to a
 writer thread that commits what is queued together (WriteBehind). The asset pages' status cache read
-takes the stored row as it is when nothing happened since it was written (cached_status.py); other
-reads and the statements of other writes are Dagster's own. It turns on event batching in every
+takes the stored row as it is when nothing happened since it was written (cached_status.py), and
+the partitions planned but not materialized since are found in one query; other reads and the
+statements of other writes are Dagster's own. It turns on event batching in every
 process that opens the instance. Figures and what was not adopted: README, "Benchmarks"; same
 statuses as the stock storage: tests/instance/test_event_log.py; the Dagster internals it relies
 on: tests/orchestration/test_dagster_internals.py.
@@ -324,6 +325,44 @@ class BulkPostgresEventLogStorage(PostgresEventLogStorage):
                 [value] = super().get_asset_status_cache_values([(asset_key, partitions_def)], context)
             values.append(value)
         return values
+
+    def get_latest_asset_partition_materialization_attempts_without_materializations(
+        self, asset_key, after_storage_id: int | None = None
+    ) -> Mapping[str, tuple[str, int]]:
+        """Partitions whose latest planned event has no later materialization: {partition: (run id,
+        planned event id)} — in progress or failed, as the run's status will tell.
+
+        Dagster's answer, computed in the database: Dagster groups the asset's events by event type
+        and partition, fetches the latest planned and the latest materialization of every partition
+        in two queries (252,000 rows each at whole-market scale) and compares them in Python: 9.6 s
+        for one asset whose status cache is built from nothing, and 1.1 s this way, which returns
+        only the partitions that answer (README "Whole-market scale"). The same filters (asset,
+        partition set, event types, `after_storage_id`, the asset's last wipe); the same answer as
+        Dagster's: tests/instance/test_event_log.py."""
+        table = SqlEventLogStorageTable
+        planned = DagsterEventType.ASSET_MATERIALIZATION_PLANNED.value
+        materialized = DagsterEventType.ASSET_MATERIALIZATION.value
+        latest = sa.select(
+            table.c.partition,
+            sa.func.max(table.c.id).filter(table.c.dagster_event_type == planned).label("planned_id"),
+            sa.func.max(table.c.id).filter(table.c.dagster_event_type == materialized).label("materialized_id"),
+        ).where(
+            table.c.asset_key == asset_key.to_string(),
+            table.c.partition.isnot(None),
+            table.c.dagster_event_type.in_([planned, materialized]),
+        )
+        if after_storage_id is not None:
+            latest = latest.where(table.c.id > after_storage_id)
+        latest = self._add_assets_wipe_filter_to_query(
+            latest.group_by(table.c.partition), self._get_assets_details([asset_key]), [asset_key]
+        ).subquery("latest")
+        query = (
+            sa.select(latest.c.partition, table.c.run_id, table.c.id)
+            .select_from(latest.join(table, table.c.id == latest.c.planned_id))
+            .where(sa.or_(latest.c.materialized_id.is_(None), latest.c.materialized_id < latest.c.planned_id))
+        )
+        with self.index_connection() as conn:
+            return {row.partition: (row.run_id, row.id) for row in conn.execute(query)}
 
     def optimize_for_webserver(self, statement_timeout: int, pool_recycle: int, max_overflow: int) -> None:
         """Dagster's webserver set-up (a held connection, a statement timeout); and, this being the

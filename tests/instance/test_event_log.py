@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import threading
+import time
 import uuid
 from datetime import date
 from pathlib import Path
@@ -14,9 +15,11 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 from dagster._core.events import DagsterEventType
+from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from backfill_dagster.definitions import build_definitions
+from dagster_postgres.event_log import PostgresEventLogStorage
 from dagster_postgres.run_storage import PostgresRunStorage
 
 from backfill_dagster.instance import event_json, event_log
@@ -171,6 +174,60 @@ def test_an_unfinished_runs_partitions_are_in_progress_on_both(dagster_pg, tmp_p
         partitions_def = defs.resolve_assets_def("bars_m15").partitions_def
         seen[kind] = in_progress(instance, "bars_m15", partitions_def)
     assert seen["bulk"] == seen["stock"] == {f"{d}|{s}" for s in ("AAPL", "MSFT") for d in ("2024-11-22", "2024-11-25", "2024-11-26")}
+
+
+def _event(run_id: str, kind: str, asset: str, partition: str) -> EventLogEntry:
+    """A planned or materialization event of one partition, as a run stores it."""
+    from dagster._core.events import AssetMaterializationPlannedData, DagsterEvent, StepMaterializationData
+
+    key = dg.AssetKey(asset)
+    if kind == "planned":
+        event = DagsterEvent(DagsterEventType.ASSET_MATERIALIZATION_PLANNED.value, "all_bars",
+                             event_specific_data=AssetMaterializationPlannedData(key, partition=partition))
+    else:
+        event = DagsterEvent(DagsterEventType.ASSET_MATERIALIZATION.value, "all_bars",
+                             event_specific_data=StepMaterializationData(dg.AssetMaterialization(key, partition=partition)))
+    return EventLogEntry(error_info=None, level="DEBUG", user_message="", run_id=run_id,
+                         timestamp=time.time(), dagster_event=event)
+
+
+def test_planned_partitions_without_a_materialization_are_dagsters_answer(dagster_pg):
+    """The partitions whose latest planned event has no later materialization (what the status cache
+    reads as in progress or failed), found in one query: the same mapping as Dagster's two queries
+    and comparison in Python, for every cursor, with other assets' events and an asset's wipe."""
+    instance = dagster_pg("bulk")
+    storage = instance.event_log_storage
+    dagsters = PostgresEventLogStorage.get_latest_asset_partition_materialization_attempts_without_materializations
+    history = [
+        ("r1", "planned", "bars_m15", "A"), ("r1", "materialized", "bars_m15", "A"),  # done
+        ("r1", "planned", "bars_m15", "B"),  # planned only: r1's
+        ("r1", "planned", "bars_m15", "C"), ("r1", "materialized", "bars_m15", "C"),
+        ("r2", "planned", "bars_m15", "C"),  # planned again after its materialization: r2's
+        ("r1", "materialized", "bars_m15", "D"),  # materialized with no planned event
+        ("r1", "planned", "bars_m15", "E"), ("r2", "planned", "bars_m15", "E"),  # the latest plan: r2's
+        ("r2", "planned", "bars_h1", "B"),  # another asset
+        ("r3", "materialized", "bars_m15", "B"),  # B's latest plan then materialized, by another run
+        ("r3", "planned", "bars_m15", "F"),
+    ]
+    ids = []
+    for run_id, kind, asset, partition in history:
+        storage.store_event(_event(run_id, kind, asset, partition))
+        ids.append(storage.get_maximum_record_id())
+    key = dg.AssetKey("bars_m15")
+    want_all = {"C": ("r2", ids[5]), "E": ("r2", ids[8]), "F": ("r3", ids[11])}
+    assert dagsters(storage, key) == want_all
+    for after in (None, 0, *ids):
+        assert storage.get_latest_asset_partition_materialization_attempts_without_materializations(
+            key, after_storage_id=after) == dagsters(storage, key, after_storage_id=after), after
+    assert storage.get_latest_asset_partition_materialization_attempts_without_materializations(
+        dg.AssetKey("bars_h1")) == {"B": ("r2", ids[9])}
+
+    time.sleep(0.01)
+    instance.wipe_assets([key])  # what was planned before the wipe no longer counts
+    time.sleep(0.01)
+    storage.store_event(_event("r4", "planned", "bars_m15", "G"))
+    after_wipe = storage.get_latest_asset_partition_materialization_attempts_without_materializations(key)
+    assert after_wipe == dagsters(storage, key) == {"G": ("r4", storage.get_maximum_record_id())}
 
 
 def in_progress(instance, asset, partitions_def):

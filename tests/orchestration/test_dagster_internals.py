@@ -149,6 +149,13 @@ INTERNALS: dict[str, tuple[str, str]] = {
                              "gives back the stored subsets (unchanged_cache_value)"),
     "dagster._core.storage.partition_status_cache.get_last_planned_storage_id":
         ("eccd086beb7bbee9", "the latest planned event the row must cover"),
+    # the partitions planned and not materialized, in one query (event_log.BulkPostgresEventLogStorage)
+    "dagster._core.storage.event_log.sql_event_log.SqlEventLogStorage.get_latest_asset_partition_materialization_attempts_without_materializations":
+        ("ccc3a330429c03bc", "the latest planned event per partition, dropped when a later materialization exists"),
+    "dagster._core.storage.event_log.sql_event_log.SqlEventLogStorage._latest_event_ids_by_partition_subquery":
+        ("254ea79e7d041f2a", "its filters: asset key, partition not null, event types, after_cursor, the wipe filter"),
+    "dagster._core.storage.event_log.sql_event_log.SqlEventLogStorage._add_assets_wipe_filter_to_query":
+        ("82273d8423fb2773", "an asset's events before its last wipe are left out"),
     # the steps' own partition box (partitions.run_partitions)
     "dagster._core.definitions.partitions.definition.multi.MultiPartitionsDefinition.get_partition_keys_in_range":
         ("2f624885278f0d3b", "a range run's keys: the box of each dimension's range, dates outermost"),
