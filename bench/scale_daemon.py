@@ -208,8 +208,6 @@ def main() -> None:
         lines = log.read_bytes().splitlines()
         longest = max(lines, key=len) if lines else b""
 
-        import dagster as dg
-
         with dep.instance() as instance:
             ticks = ticks_since(instance, added_at - 1)
             records = instance.get_run_records()

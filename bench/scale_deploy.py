@@ -246,3 +246,55 @@ def process_tree_rss(pid: int) -> tuple[int, dict[int, tuple[str, int]]]:
             tree[p] = info[p]
         todo.extend(children.get(p, []))
     return sum(rss for _, rss in tree.values()), tree
+
+
+def populated_bulk_deployment(symbols: int, sessions: int, workdir: Path):
+    """The deployment `scale_ui.py --keep` left at this size, opened for in-process reads:
+    (instance, its bulk event log, the project's definitions). Exits with the command to run first
+    when there is none, or when its event log is not the project's."""
+    name = f"bench_scale_ui_{symbols}x{sessions}"
+    history_start, _ = history_for(sessions)
+    dep = Deployment(name, workdir / name, history_start)
+    if not dep.exists():
+        raise SystemExit(f"no deployment {name}: run `python bench/scale_ui.py --keep` with the same sizes first")
+
+    from backfill_dagster.definitions import build_definitions
+    from backfill_dagster.instance.event_log import BulkPostgresEventLogStorage
+    from backfill_dagster.settings import Settings
+
+    instance = dep.instance()
+    storage = instance.event_log_storage
+    if not isinstance(storage, BulkPostgresEventLogStorage):
+        raise SystemExit(f"the deployment's event log is {type(storage).__name__}, not the bulk storage")
+    return instance, storage, build_definitions(Settings.from_env(), env_has_database_url=True)
+
+
+def alternating_rounds(sides: dict, rounds: int, compared) -> tuple[dict[str, list[float]], object]:
+    """Each side (label -> a call with no arguments) timed once a round, alternating which goes
+    first so neither always runs on a warm database cache; `compared(answer)` must be equal for
+    both every round, else the bench stops. Returns (seconds per label, the last round's compared)."""
+    seconds: dict[str, list[float]] = {label: [] for label in sides}
+    got = None
+    for round_ in range(rounds):
+        answers = {}
+        order = list(sides.items()) if round_ % 2 == 0 else list(sides.items())[::-1]
+        for label, call in order:
+            began = time.perf_counter()
+            answers[label] = call()
+            seconds[label].append(time.perf_counter() - began)
+        first, second = (compared(answer) for answer in answers.values())
+        if first != second:
+            raise SystemExit(f"round {round_}: the two sides disagree")
+        got = first
+    return seconds, got
+
+
+def print_sides(seconds: dict[str, list[float]], notes: dict[str, str] | None = None) -> None:
+    """Each side's median, min and max seconds (and a note), then the second side's ratio to the first."""
+    import statistics
+
+    for label, values in seconds.items():
+        print(f"  {label:<22} median {statistics.median(values):6.3f} s   min {min(values):6.3f}   "
+              f"max {max(values):6.3f}{(notes or {}).get(label, '')}")
+    (first, base), (second, new) = ((label, statistics.median(v)) for label, v in seconds.items())
+    print(f"  ratio ({second} / {first}): {new / base:.3f}  ({base / new:.1f}x faster)")

@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scale_deploy import Deployment, history_for, load_average  # noqa: E402
+from scale_deploy import alternating_rounds, load_average, populated_bulk_deployment, print_sides  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*is currently in (beta|preview).*")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -36,26 +36,14 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_scale_ui"))
     args = parser.parse_args()
 
-    name = f"bench_scale_ui_{args.symbols}x{args.sessions}"
-    history_start, _ = history_for(args.sessions)
-    dep = Deployment(name, args.workdir / name, history_start)
-    if not dep.exists():
-        raise SystemExit(f"no deployment {name}: run `python bench/scale_ui.py --keep` with the same sizes first")
-
     import dagster as dg
     from dagster._core.definitions.partitions.context import partition_loading_context
     from dagster._core.storage import partition_status_cache
     from dagster_postgres.event_log import PostgresEventLogStorage
 
-    from backfill_dagster.definitions import build_definitions
     from backfill_dagster.instance.event_log import BulkPostgresEventLogStorage
-    from backfill_dagster.settings import Settings
 
-    instance = dep.instance()
-    storage = instance.event_log_storage
-    if not isinstance(storage, BulkPostgresEventLogStorage):
-        raise SystemExit(f"the deployment's event log is {type(storage).__name__}, not the bulk storage")
-    defs = build_definitions(Settings.from_env(), env_has_database_url=True)
+    instance, _, defs = populated_bulk_deployment(args.symbols, args.sessions, args.workdir)
     wanted = [(dg.AssetKey(a), defs.resolve_assets_def(a).partitions_def) for a in args.assets.split(",")]
     attempts = "get_latest_asset_partition_materialization_attempts_without_materializations"
     ours = getattr(BulkPostgresEventLogStorage, attempts)
@@ -85,26 +73,11 @@ def main() -> None:
         return [(v.latest_storage_id, v.serialized_materialized_partition_subset,
                  v.serialized_failed_partition_subset, v.serialized_in_progress_partition_subset) for v in values]
 
-    sides = {"Dagster's query": dagsters, "one query": ours}
-    seconds: dict[str, list[float]] = {label: [] for label in sides}
-    for round_ in range(args.rounds):
-        answers = {}
-        order = list(sides.items()) if round_ % 2 == 0 else list(sides.items())[::-1]
-        for label, method in order:
-            began = time.perf_counter()
-            answers[label] = build(label, method)
-            seconds[label].append(time.perf_counter() - began)
-        first, second = (subsets(v) for v in answers.values())
-        if first != second:
-            raise SystemExit(f"round {round_}: the two builds disagree")
-    base, new = (statistics.median(seconds[label]) for label in sides)
+    sides = {"Dagster's query": lambda: build("Dagster's query", dagsters), "one query": lambda: build("one query", ours)}
+    seconds, _ = alternating_rounds(sides, args.rounds, subsets)
     print(f"status cache built from nothing for {args.assets} ({args.symbols} x {args.sessions} partitions each), "
           f"{args.rounds} rounds; load {load_average()}")
-    for label in sides:
-        print(f"  {label:<16} build median {statistics.median(seconds[label]):6.2f} s (min {min(seconds[label]):.2f}, "
-              f"max {max(seconds[label]):.2f}); the query itself median {statistics.median(query_s[label]):6.2f} s")
-    print(f"  ratio (one query / Dagster's): {new / base:.3f}  ({base / new:.1f}x faster)")
-
+    print_sides(seconds, {label: f"; the query itself median {statistics.median(q):6.2f} s" for label, q in query_s.items()})
 
 if __name__ == "__main__":
     main()

@@ -15,14 +15,12 @@ Prints each side's median seconds per read of the four assets and the ratio.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scale_deploy import Deployment, history_for, load_average  # noqa: E402
+from scale_deploy import alternating_rounds, load_average, populated_bulk_deployment, print_sides  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*is currently in (beta|preview).*")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -37,24 +35,12 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_scale_ui"))
     args = parser.parse_args()
 
-    name = f"bench_scale_ui_{args.symbols}x{args.sessions}"
-    history_start, _ = history_for(args.sessions)
-    dep = Deployment(name, args.workdir / name, history_start)
-    if not dep.exists():
-        raise SystemExit(f"no deployment {name}: run `python bench/scale_ui.py --keep` with the same sizes first")
-
     import dagster as dg
     from dagster._core.loader import LoadingContextForTest
 
-    from backfill_dagster.definitions import build_definitions
     from backfill_dagster.instance.event_log import BulkPostgresEventLogStorage
-    from backfill_dagster.settings import Settings
 
-    instance = dep.instance()
-    storage = instance.event_log_storage
-    if not isinstance(storage, BulkPostgresEventLogStorage):
-        raise SystemExit(f"the deployment's event log is {type(storage).__name__}, not the bulk storage")
-    defs = build_definitions(Settings.from_env(), env_has_database_url=True)
+    instance, storage, defs = populated_bulk_deployment(args.symbols, args.sessions, args.workdir)
     wanted = [(dg.AssetKey(a), defs.resolve_assets_def(a).partitions_def) for a in ASSETS]
 
     def stored_as_is():
@@ -71,29 +57,16 @@ def main() -> None:
             for v, (_, pd) in zip(values, wanted)
         ]
 
-    dagsters_update()  # bring the rows up to date once, so both sides read current rows
+    missing = [key.to_user_string() for (key, _), v in zip(wanted, dagsters_update()) if v is None]
+    if missing:  # the update above also brought the rows up to date once, so both sides read current rows
+        raise SystemExit(f"nothing materialized for {', '.join(missing)}: run `python bench/scale_ui.py --keep` "
+                         "with every asset first")
     sides = {"Dagster's update": dagsters_update, "stored row as it is": stored_as_is}
-    seconds: dict[str, list[float]] = {label: [] for label in sides}
-    partitions = None
-    for round_ in range(args.rounds):
-        answers = {}
-        order = list(sides.items()) if round_ % 2 == 0 else list(sides.items())[::-1]
-        for label, read in order:
-            began = time.perf_counter()
-            answers[label] = read()
-            seconds[label].append(time.perf_counter() - began)
-        got = [subsets(v) for v in answers.values()]
-        if got[0] != got[1]:
-            raise SystemExit(f"round {round_}: the two sides disagree")
-        partitions = sum(len(m) for _, m, _ in got[0])
-    base, ours = (statistics.median(seconds[label]) for label in sides)
+    seconds, got = alternating_rounds(sides, args.rounds, subsets)
+    partitions = sum(len(m) for _, m, _ in got)
     print(f"status cache read of {', '.join(ASSETS)} ({partitions:,} materialized partitions in all), "
           f"{args.rounds} rounds; load {load_average()}")
-    for label in sides:
-        print(f"  {label:<22} median {statistics.median(seconds[label]):6.3f} s   "
-              f"min {min(seconds[label]):6.3f}   max {max(seconds[label]):6.3f}")
-    print(f"  ratio (stored row / Dagster's update): {ours / base:.3f}  ({base / ours:.1f}x faster)")
-
+    print_sides(seconds)
 
 if __name__ == "__main__":
     main()
