@@ -137,10 +137,10 @@ def main() -> None:
             # The floor: bars the requests returned (every page the fake served, as it logged them),
             # 10,000 a page. Summed from the log: rebuilding every served bar did not finish at 500 symbols.
             def returned(timeframe: str) -> int:
-                wanted = ("15min",) if timeframe == "m15" else ("1day",)
+                wanted = "15min" if timeframe == "m15" else "1day"
                 return sum(entry.bars or 0 for entry in log
                            if entry.provider == "alpaca" and entry.status == 200
-                           and entry.query.get("timeframe", "").lower() in wanted)
+                           and entry.query.get("timeframe", "").lower() == wanted)
 
             m15_bars, d1_bars = returned("m15"), returned("d1")
             floor = math.ceil(m15_bars / 10_000) + math.ceil(d1_bars / 10_000)
