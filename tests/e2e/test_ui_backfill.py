@@ -126,15 +126,10 @@ def test_cli_materialize_one_partition_and_a_range_on_postgres(running):
 
 
 def dismiss_newsletter_prompt(page) -> None:
-    """Dagster's UI shows a one-time 'Join the Dagster community' prompt over everything."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
+    """Dagster's UI shows a one-time 'Join the Dagster community' prompt over everything, whenever
+    it is ready: Playwright skips it before any action it would block, however late it comes."""
     skip = page.get_by_role("button", name="Skip")
-    try:
-        skip.wait_for(state="visible", timeout=5_000)
-    except PlaywrightTimeout:
-        return
-    skip.click()
+    page.add_locator_handler(skip, lambda *_: skip.click())
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
@@ -147,6 +142,7 @@ def test_the_asset_page_in_a_real_browser(running):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
+            dismiss_newsletter_prompt(page)
             page.goto(f"{running.webserver_url}/assets/bars_m15?view=partitions", timeout=60_000)
             page.get_by_text("bars_m15").first.wait_for(timeout=60_000)
             page.get_by_text("Materialized", exact=False).first.wait_for(timeout=60_000)
@@ -155,9 +151,7 @@ def test_the_asset_page_in_a_real_browser(running):
             # Launch a backfill by clicking, as a user does: Materialize… -> dates -> all symbols.
             with instance_of(running) as instance:
                 before = {b.backfill_id for b in instance.get_backfills()}
-            dismiss_newsletter_prompt(page)
             page.get_by_role("button", name="Materialize…").first.click()
-            dismiss_newsletter_prompt(page)
             dialog = page.get_by_role("dialog")
             dates = dialog.get_by_placeholder("ex: 2024-01-02", exact=False)
             dates.fill("[2024-12-09...2024-12-13]")

@@ -81,7 +81,9 @@ INTERNALS: dict[str, tuple[str, str]] = {
     "dagster._core.events.DagsterEvent.build_asset_materialization_planned_event":
         ("fecc404daf78b250", "a planned event differs per partition only in AssetMaterializationPlannedData.partition"),
     "dagster._core.storage.event_log.sql_event_log.SqlEventLogStorage.get_latest_asset_partition_materialization_attempts_without_materializations":
-        ("ccc3a330429c03bc", "failed and in-progress partitions are read from per-partition planned rows"),
+        ("ccc3a330429c03bc", "failed and in-progress partitions are read from per-partition planned rows; "
+                             "overridden in one query: the latest planned event per partition, dropped when a "
+                             "later materialization exists"),
     "dagster._core.storage.partition_status_cache.build_failed_and_in_progress_partition_subset":
         ("3be467aca6662280", "failed and in-progress partition status"),
     "dagster._core.instance.methods.event_methods.EventMethods.handle_new_event":
@@ -149,9 +151,8 @@ INTERNALS: dict[str, tuple[str, str]] = {
                              "gives back the stored subsets (unchanged_cache_value)"),
     "dagster._core.storage.partition_status_cache.get_last_planned_storage_id":
         ("eccd086beb7bbee9", "the latest planned event the row must cover"),
-    # the partitions planned and not materialized, in one query (event_log.BulkPostgresEventLogStorage)
-    "dagster._core.storage.event_log.sql_event_log.SqlEventLogStorage.get_latest_asset_partition_materialization_attempts_without_materializations":
-        ("ccc3a330429c03bc", "the latest planned event per partition, dropped when a later materialization exists"),
+    # the partitions planned and not materialized, in one query (event_log.BulkPostgresEventLogStorage;
+    # the method itself is pinned above)
     "dagster._core.storage.event_log.sql_event_log.SqlEventLogStorage._latest_event_ids_by_partition_subquery":
         ("254ea79e7d041f2a", "its filters: asset key, partition not null, event types, after_cursor, the wipe filter"),
     "dagster._core.storage.event_log.sql_event_log.SqlEventLogStorage._add_assets_wipe_filter_to_query":

@@ -29,7 +29,7 @@ def max_in_window(times, window):
 
 
 def test_workers_in_separate_connections_share_one_window(store_url):
-    rate = RateLimit(limit=5, window_s=1.0)
+    rate = RateLimit(limit=5, window_s=3.0)  # long enough that commits under load are small beside it
     shared_engine(store_url)  # schema
     engines = [create_engine(store_url) for _ in range(3)]  # three "processes", three pools
     budgets = [SharedBudget(e, "alpaca", rate) for e in engines]
@@ -52,9 +52,11 @@ def test_workers_in_separate_connections_share_one_window(store_url):
     assert len(sent) == 12
     booked = budgets[0].booked()
     assert max_in_window(booked, rate.window_s) <= 5  # never over the limit, by the database clock
-    assert max_in_window(sent, rate.window_s) <= 5
+    # Read after acquire() returned, so a worker descheduled under load records its slot late: the
+    # database's clock above is exact, this one gets a quarter window of slack.
+    assert max_in_window(sent, rate.window_s - 0.25) <= 5
     # 12 requests at 5 per window need two full windows and no more (the budget is used, not idle)
-    assert 2 * rate.window_s <= elapsed < 2 * (rate.window_s + rate.margin_s) + 1.0
+    assert 2 * rate.window_s <= elapsed < 2 * (rate.window_s + rate.margin_s) + 2.0
     for e in engines:
         e.dispose()
 
@@ -64,20 +66,21 @@ def test_a_429_pauses_everyone_until_its_reset(store_url):
     first = SharedBudget(engine, "tradier", RateLimit(limit=100, window_s=60))
     other = SharedBudget(engine, "tradier", RateLimit(limit=100, window_s=60))
     first.acquire()
-    first.pause_for(0.6)
+    # each clock starts before the pause is written: its commit under load is not part of the wait
     start = time.monotonic()
+    first.pause_for(0.6)
     other.acquire()
     assert time.monotonic() - start >= 0.5
     # an earlier pause never shortens a later one
+    start = time.monotonic()
     first.pause_for(0.5)
     first.pause_for(0.0)
-    start = time.monotonic()
     other.acquire()
     assert time.monotonic() - start >= 0.4
     # an unlimited budget books nothing, but it too holds off while paused
     free = SharedBudget(engine, "tradier", RateLimit(limit=0))
-    first.pause_for(0.4)
     start = time.monotonic()
+    first.pause_for(0.4)
     free.acquire()
     assert time.monotonic() - start >= 0.3
 
@@ -89,7 +92,7 @@ def test_budgets_are_per_provider_and_unlimited_books_nothing(store_url):
     alpaca.acquire()
     start = time.monotonic()
     polygon.acquire()  # alpaca's full window does not hold polygon back
-    assert time.monotonic() - start < 1
+    assert time.monotonic() - start < 10  # far from alpaca's 30 s, whatever the load
     free = SharedBudget(engine, "yahoo", RateLimit(limit=0))
     for _ in range(50):
         free.acquire()
@@ -188,8 +191,8 @@ def test_a_worker_whose_clock_runs_an_hour_fast_pauses_the_others_only_as_the_se
             assert http.get_json(server.url + "/v2/stocks/bars").attempts == 2
     other = SharedBudget(create_engine(store_url), "alpaca", RateLimit(limit=100, window_s=60), sleep=sleep_at_most(5))
     start = time.monotonic()
-    other.acquire()  # another process: the pause has (about) ended already
-    assert time.monotonic() - start < 1.5
+    other.acquire()  # another process: the pause (1 s at most) has about ended already, not an hour
+    assert time.monotonic() - start < 4
     other.engine.dispose()
 
 
@@ -255,7 +258,9 @@ def test_a_long_wait_is_logged_at_its_start_and_every_half_minute(store_url, cap
     assert "30 s waited so far" in waits[1] and "60 s waited so far" in waits[2]
 
     # a full window that would outlast the bound fails at once, saying why
-    impatient = SharedBudget(engine, "polygon", RateLimit(limit=1, window_s=70), sleep=sleep, max_wait_s=65)
+    # (a window booked just now: the one above has aged by however long the waits above took)
+    SharedBudget(engine, "tradier", RateLimit(limit=1, window_s=70)).acquire()
+    impatient = SharedBudget(engine, "tradier", RateLimit(limit=1, window_s=70), sleep=sleep, max_wait_s=65)
     slept.clear()
     with pytest.raises(ProviderError, match=r"window full: 1 per 70 s.*raise BACKFILL_RATE_MAX_WAIT_SECONDS"):
         impatient.acquire()
@@ -284,6 +289,11 @@ def test_a_wait_too_long_to_sit_out_makes_the_provider_unavailable_to_every_proc
         server.script(Answer(429, {"message": "quota exhausted"}, {"Retry-After": "3"}))
         first = HttpClient("alpaca", budget=SharedBudget(engine, "alpaca", RateLimit(limit=100)), policy=policy,
                            sleep=lambda _s: None)
+        # another process (its own engine), opened before the clock starts: the 3 s must cover the
+        # refusal below, not connecting and creating a schema
+        other_engine = create_engine(store_url)
+        other_budget = SharedBudget(other_engine, "alpaca", RateLimit(limit=0))
+        other = HttpClient("alpaca", budget=other_budget, policy=policy, sleep=lambda _s: None)
         started = time.time()
         with pytest.raises(ProviderError) as raised:
             first.get_json(server.url + "/v2/stocks/bars")
@@ -292,10 +302,7 @@ def test_a_wait_too_long_to_sit_out_makes_the_provider_unavailable_to_every_proc
         assert not error.retryable and error.status == 429
         assert "unavailable until" in str(error) and "HTTP 429 with Retry-After 3 s: quota exhausted" in str(error)
 
-        # another process (its own engine), an unlimited budget even: refused at once, nothing sent
-        other_engine = create_engine(store_url)
-        other_budget = SharedBudget(other_engine, "alpaca", RateLimit(limit=0))
-        other = HttpClient("alpaca", budget=other_budget, policy=policy, sleep=lambda _s: None)
+        # the other process, an unlimited budget even: refused at once, nothing sent
         with caplog.at_level(logging.WARNING):
             with pytest.raises(ProviderError) as refused:
                 other.get_json(server.url + "/v2/stocks/bars")
