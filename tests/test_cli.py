@@ -250,7 +250,7 @@ def test_ensure_coverage_wait_says_when_no_daemon_picks_the_backfill_up(env, mon
         heartbeat(instance, heartbeat_age)
     started = time.monotonic()
     assert main(["ensure-coverage", "TSLA", "--timeframe", "d1", "--sessions", "2", "--wait", "--timeout", "4"]) == 1
-    assert time.monotonic() - started < 30
+    assert time.monotonic() - started < 120  # gave up after its 4 s timeout, not hung
     captured = capsys.readouterr()
     warning = [line for line in captured.err.splitlines() if "no backfill daemon" in line]
     if warned is None:

@@ -112,7 +112,7 @@ def test_output_held_by_a_lingering_child_does_not_block_the_run(tmp_path, monke
     monkeypatch.setattr(compute_logs, "DRAIN_TIMEOUT_S", 0.2)
     console = open(tmp_path / "console", "w")
     with tee_stream(console, str(tmp_path / "out.log")):
-        child = subprocess.Popen(["sleep", "3"], stdout=console.fileno())  # keeps the pipe open
+        child = subprocess.Popen(["sleep", "30"], stdout=console.fileno())  # keeps the pipe open (killed below)
     try:
         assert child.poll() is None  # the capture ended while the child still holds the pipe
     finally:
