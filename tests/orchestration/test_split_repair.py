@@ -18,6 +18,7 @@ from backfill_dagster.orchestration.resources import StoreResource
 from backfill_dagster.orchestration.split_repair import build_split_repair_sensor
 from backfill_dagster.orchestration.tags import SPLIT_TAG
 from backfill_dagster.store import BarStore, shared_engine
+from backfill_dagster.store.bars import CoverageEntry
 from backfill_dagster.store.actions import ActionStore
 from backfill_dagster.store.schema import bar_coverage
 from tests.orchestration.conftest import add_symbols
@@ -41,6 +42,25 @@ def announce(url, symbol="AAPL", ex=EX, old=1, new=4):
     store = ActionStore(shared_engine(url))
     store.record("alpaca", [symbol], [], checked_from=HISTORY_START, checked_through=date(2025, 3, 1),
                  now=SEEN - timedelta(days=30), preference=["alpaca"])
+    store.record("alpaca", [symbol], [split_record(symbol, ex, "alpaca", old, new)], checked_from=HISTORY_START,
+                 checked_through=date(2025, 3, 1), now=SEEN, preference=["alpaca"])
+    return store
+
+
+def daily_bars(url, symbol, closes: dict, fetched_at):
+    """Stored d1 bars (open = close), fetched at `fetched_at`, with their ledger rows."""
+    bars = pd.DataFrame({"symbol": symbol, "ts": [pd.Timestamp(d).tz_localize("America/New_York").tz_convert("UTC")
+                                                  for d in closes],
+                         "open": list(closes.values()), "high": list(closes.values()), "low": list(closes.values()),
+                         "close": list(closes.values()), "volume": 1e6})
+    BarStore(shared_engine(url)).replace_partitions(
+        Timeframe.D1, bars, [CoverageEntry(symbol, d, 1, 1, True) for d in closes],
+        provider="alpaca:sip", adjustment="split", fetched_at=pd.Timestamp(fetched_at))
+
+
+def announce_first(url, symbol="AAPL", ex=EX, old=1, new=4):
+    """The split in the first answers ever given about the symbol: history, as far as dates go."""
+    store = ActionStore(shared_engine(url))
     store.record("alpaca", [symbol], [split_record(symbol, ex, "alpaca", old, new)], checked_from=HISTORY_START,
                  checked_through=date(2025, 3, 1), now=SEEN, preference=["alpaca"])
     return store
@@ -161,3 +181,43 @@ def test_the_gap_sensor_leaves_a_repair_in_flight_alone(defs, instance, store_ur
     busy, _, backfills = in_flight_partitions(instance, ["AAPL"], calendar)
     assert backfills == [ActionStore(shared_engine(store_url)).splits()[0].backfill_id]
     assert all(busy.covers(t, ("AAPL", date(2024, 11, 26))) for t in (Timeframe.M15, Timeframe.D1))
+
+
+def test_a_split_in_the_first_answers_is_repaired_when_the_stored_bars_jump_at_its_ex_date(defs, instance, store_url):
+    """Bars stored after the ex-date but before any provider was asked about the symbol's actions:
+    by the dates alone they are on the new basis, but they jump by the ratio at the ex-date, so the
+    history before it is stale and is re-fetched, and the split is never marked not_needed."""
+    add_symbols(instance, store_url, ["AAPL"])
+    after_ex = SEEN - timedelta(days=2)  # the ex-date had passed; the provider had not re-based yet
+    daily_bars(store_url, "AAPL", {date(2024, 11, 25): 400.0, date(2024, 11, 26): 404.0, EX: 101.5,
+                                   date(2024, 11, 29): 102.0}, after_ex)
+    actions = announce_first(store_url)
+    (split,) = actions.splits()
+    assert split.basis_since < after_ex  # what the dates alone say: fetched on the new basis
+
+    message = tick(defs, instance, store_url).skip_message
+    (backfill,) = instance.get_backfills()
+    (split,) = actions.splits()
+    assert split.state is RepairState.REPAIRING and split.basis_since == SEEN
+    assert "2 stale partition(s): d1 2 (2024-11-25..2024-11-26)" in message
+    assert "the stored d1 bars jump at the ex-date (close 404 on 2024-11-26 -> open 101.5, 4:1)" in message
+    assert {k.partition_key for k in backfill.asset_backfill_data.target_subset.iterate_asset_partitions()} == {
+        "2024-11-25|AAPL", "2024-11-26|AAPL"}
+
+    # Re-fetched on the new basis (no jump left): repaired.
+    daily_bars(store_url, "AAPL", {date(2024, 11, 25): 100.0, date(2024, 11, 26): 101.0}, NOW + timedelta(minutes=1))
+    instance.update_backfill(backfill.with_status(BulkActionStatus.COMPLETED_SUCCESS))
+    later = NOW + timedelta(minutes=5)
+    assert "no partition left on the old basis (the stored d1 bars run on across the ex-date)" in tick(
+        defs, instance, store_url, now=later).skip_message
+    assert actions.splits(states=[RepairState.REPAIRED])
+
+
+def test_a_split_in_the_first_answers_over_bars_that_run_on_is_not_needed_and_says_why(defs, instance, store_url):
+    add_symbols(instance, store_url, ["AAPL"])
+    daily_bars(store_url, "AAPL", {date(2024, 11, 26): 101.0, EX: 101.5}, SEEN - timedelta(days=2))
+    actions = announce_first(store_url)
+    message = tick(defs, instance, store_url).skip_message
+    assert ("the 1 partition(s) before the ex-date were fetched after the providers re-based them "
+            "(the stored d1 bars run on across the ex-date)") in message
+    assert instance.get_backfills() == [] and actions.splits(states=[RepairState.NOT_NEEDED])
