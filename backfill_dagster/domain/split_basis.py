@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
+from fractions import Fraction
 
 import pandas as pd
 
@@ -120,3 +121,25 @@ def assess(
         why = "; ".join(judged[t].describe(t) for t in sorted(judged, key=list(Timeframe).index)
                         if judged[t].basis is Basis.NEW)
     return Assessment(basis_since, stale, why)
+
+
+@dataclass(frozen=True)
+class Missing:
+    """The stored bars a repair's answer lacks, and how many of them the split does not explain."""
+
+    missing: int
+    unexplained: int
+
+    def describe(self, ratio: Fraction) -> str:
+        return (f"the split {ratio_text(ratio)} explains {self.missing - self.unexplained} of the {self.missing} "
+                "missing (only a bar under one share on the new basis may drop out)")
+
+
+def missing_bars(stored: pd.DataFrame, offered: pd.DataFrame, ratio: Fraction) -> Missing:
+    """Of the stored bars of one partition (on the old basis) that an answer lacks (by bar start),
+    how many the split's new share basis does not explain. A split changes no trade: the only bar a
+    provider may drop when it re-bases is one whose volume on the new basis — stored volume times
+    the ratio, a reverse split dividing it — is under one share. Any other gap is a partial answer."""
+    lacking = stored[~stored["ts"].isin(set(offered["ts"]))]
+    unexplained = int((lacking["volume"].to_numpy(float) * float(ratio) >= 1.0).sum())
+    return Missing(len(lacking), unexplained)

@@ -6,8 +6,9 @@ show at each ex-date against when they were fetched (`backfill_dagster.domain.sp
 a jump by the ratio means the history before it is on the old basis, whatever the timestamps say)
 and applies `backfill_dagster.domain.split_repair.decide`. A backfill covers exactly the stale partitions, per asset
 (m15 and d1 from the providers, h1/h4 derived in the same runs), and carries the tags
-`backfill/replace_fewer_bars=true` (a provider may now serve fewer bars than the final ones
-stored) and `backfill/rewrite_reason` (written into the ledger's rewrite_reason). Its id is written
+`backfill/split_ratio` (a final answer with fewer bars than stored replaces them only when the
+split's new share basis explains every missing bar; any other partial answer fails the partition and
+the stored bars stay) and `backfill/rewrite_reason` (written into the ledger's rewrite_reason). Its id is written
 on the split's row *before* the backfill is added, so no tick, even one that dies halfway, launches
 a second backfill for a split while the first is known. The gap sensor leaves alone every timeframe
 an unfinished backfill covers, so the two never fetch the same partitions. A raw store needs no
@@ -26,8 +27,8 @@ from dagster._core.utils import make_new_backfill_id
 
 from backfill_dagster.domain.calendar import SessionCalendar, xnys
 from backfill_dagster.domain.clock import Clock, utcnow
-from backfill_dagster.domain.corporate_actions import RepairState, repair_reason
-from backfill_dagster.domain.ledger import REPLACE_FEWER_TAG, REWRITE_REASON_TAG
+from backfill_dagster.domain.corporate_actions import RepairState, ratio_text, repair_reason
+from backfill_dagster.domain.ledger import REWRITE_REASON_TAG, SPLIT_RATIO_TAG
 from backfill_dagster.domain.split_basis import Assessment, Evidence, assess, evidence
 from backfill_dagster.domain.split_repair import BackfillState, RecordedSplit, Step, decide
 from backfill_dagster.domain.timeframes import Timeframe
@@ -74,7 +75,7 @@ def launch_repair(
         backfill_id=backfill_id,
         backfill_timestamp=time.time(),
         tags={
-            REPLACE_FEWER_TAG: "true",
+            SPLIT_RATIO_TAG: ratio_text(split.ratio),
             REWRITE_REASON_TAG: repair_reason(split.symbol, split.ex_date, split.ratio),
             SPLIT_TAG: split.describe(),
             REQUESTED_BY_TAG: SENSOR,
@@ -98,7 +99,7 @@ def build_split_repair_sensor(
         description=(
             "For each split the corporate_actions table holds, re-fetches the stored partitions of its "
             "symbol before the ex-date that were fetched on the old share basis, as one backfill per "
-            "split (replace-fewer override and the reason in its tags), and marks the split repaired "
+            "split (its ratio and the reason in its tags), and marks the split repaired "
             "once the ledger shows none left."
         ),
     )

@@ -82,3 +82,17 @@ def test_a_split_seen_as_news_keeps_its_basis_and_the_timestamps_decide_without_
     assert found.stale == {} and found.basis_since == SEEN
     stale = assess(news, history(Timeframe.D1), {Timeframe.D1: Evidence(Basis.NEW)})
     assert stale.stale == {Timeframe.D1: [date(2024, 6, 5), date(2024, 6, 6), date(2024, 6, 7)]}
+
+
+def test_only_bars_under_one_share_on_the_new_basis_may_be_missing_from_a_repair():
+    from fractions import Fraction
+
+    from backfill_dagster.domain.split_basis import missing_bars
+
+    ts = pd.date_range("2024-06-07 13:30", periods=4, freq="15min", tz="UTC")
+    stored = pd.DataFrame({"ts": ts, "volume": [5.0, 100.0, 9.0, 2_000.0]})
+    assert missing_bars(stored, stored.iloc[[1, 3]], Fraction(1, 10)).unexplained == 0  # 0.5 and 0.9 shares
+    lacking = missing_bars(stored, stored.iloc[[0, 3]], Fraction(1, 10))
+    assert (lacking.missing, lacking.unexplained) == (2, 1)
+    assert missing_bars(stored, stored.iloc[[1, 3]], Fraction(4)).unexplained == 2  # a forward split drops nothing
+    assert missing_bars(stored, stored, Fraction(1, 10)).missing == 0
