@@ -57,6 +57,8 @@ class Evidence:
             j = self.jump
             return (f"the stored {timeframe.value} bars jump at the ex-date (close {j.previous_close:g} on "
                     f"{j.previous_session.isoformat()} -> open {j.open:g}, {ratio_text(j.ratio)})")
+        if self.basis is Basis.OLD:
+            return f"the stored {timeframe.value} bars jump at the ex-date by the split's ratio"
         if self.basis is Basis.NEW:
             return f"the stored {timeframe.value} bars run on across the ex-date"
         return f"no stored {timeframe.value} bars on both sides of the ex-date"
@@ -109,18 +111,23 @@ def assess(
     assumed = {t for t, rows in history.items() if any(split.basis_since <= at < split.first_seen for _, at in rows)}
     unconfirmed = {t for t in assumed if judged[t].basis is not Basis.NEW}
     basis_since = split.first_seen if (jumped or unconfirmed) and split.basis_since < split.first_seen else split.basis_since
-    reasons = [judged[t].describe(t) for t in sorted(jumped | unconfirmed, key=list(Timeframe).index)]
+    order = list(Timeframe).index
     stale = {}
     for t, rows in history.items():
         days = sorted(d for d, at in rows if t in old or at < basis_since)
         if days:
             stale[t] = days
-    if reasons:
-        why = "; ".join(reasons) + ": the history before it is on the old share basis"
-    else:
-        why = "; ".join(judged[t].describe(t) for t in sorted(judged, key=list(Timeframe).index)
-                        if judged[t].basis is Basis.NEW)
-    return Assessment(basis_since, stale, why)
+    said = []
+    if jumped:
+        said.append("; ".join(judged[t].describe(t) for t in sorted(jumped, key=order))
+                    + ": the history before it is on the old share basis")
+    unknown = unconfirmed - old
+    if unknown:
+        said.append("; ".join(judged[t].describe(t) for t in sorted(unknown, key=order))
+                    + ": nothing confirms the history fetched before the split was first seen was re-based")
+    if not said:
+        said = [judged[t].describe(t) for t in sorted(judged, key=order) if judged[t].basis is Basis.NEW]
+    return Assessment(basis_since, stale, "; ".join(said))
 
 
 @dataclass(frozen=True)
