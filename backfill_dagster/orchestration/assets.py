@@ -8,11 +8,12 @@ metadata, whose per-partition calls cost O(n) each (DESIGN §4).
 
 
 from collections.abc import Iterator, Sequence
+from fractions import Fraction
 
 import dagster as dg
 
 from backfill_dagster.domain.calendar import xnys
-from backfill_dagster.domain.ledger import REPLACE_FEWER_TAG, REWRITE_REASON_TAG
+from backfill_dagster.domain.ledger import REPLACE_FEWER_TAG, REWRITE_REASON_TAG, SPLIT_RATIO_TAG
 from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.ingest import IngestReport, derive_partitions, fetch_partitions
 from backfill_dagster.instance.event_log_tuning import hold_event_log_connection
@@ -120,6 +121,7 @@ def fetched_bars_asset(
                 run_id=context.run.run_id, log=context.log.info,
                 allow_fewer=store.replace_fewer_bars or replace_fewer_requested(context.run.tags),
                 rewrite_reason=context.run.tags.get(REWRITE_REASON_TAG),
+                split_ratio=split_ratio(context.run.tags),
             )
         finally:
             router.close()
@@ -161,6 +163,22 @@ def replace_fewer_requested(tags) -> bool:
     """Whether the run asks that final answers with fewer bars replace final stored ones (the tag
     `backfill/replace_fewer_bars=true`, e.g. on a UI backfill re-pulling history after a split)."""
     return str(tags.get(REPLACE_FEWER_TAG, "")).strip().lower() in ("1", "true", "yes")
+
+
+def split_ratio(tags) -> Fraction | None:
+    """The split a repair run re-fetches for (the tag `backfill/split_ratio`, new:old as "1:10"):
+    fewer bars than stored are then accepted only where its new share basis explains them."""
+    text = tags.get(SPLIT_RATIO_TAG)
+    if text is None:
+        return None
+    new, sep, old = str(text).partition(":")
+    try:
+        ratio = Fraction(int(new), int(old)) if sep else None
+    except (ValueError, ZeroDivisionError):
+        ratio = None
+    if ratio is None or ratio <= 0:
+        raise dg.Failure(description=f"run tag {SPLIT_RATIO_TAG}={text!r} is not a split ratio: use NEW:OLD, e.g. 4:1 or 1:10")
+    return ratio
 
 
 def provider_pool(providers: Sequence[str]) -> str | None:
