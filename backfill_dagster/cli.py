@@ -60,6 +60,17 @@ class CommandError(RuntimeError):
     """A command that could not do what was asked; the message says why."""
 
 
+# The embedded default is offline: SQLite storage in this directory, no telemetry. Its scheduler
+# plug-in makes its daemon run a backfill as boxes of many symbols, as the production instance's
+# does (instance/scheduler.py).
+EMBEDDED_INSTANCE = (
+    "telemetry:\n  enabled: false\n"
+    "scheduler:\n  module: backfill_dagster.instance.scheduler\n  class: BoxingDaemonScheduler\n"
+)
+# What an embedded instance was made with before: brought up to date when found unchanged.
+EMBEDDED_INSTANCE_BEFORE_BOXES = "telemetry:\n  enabled: false\n"
+
+
 def dagster_instance(settings: Settings):
     """The instance at DAGSTER_HOME, or the embedded one under the data directory."""
     from dagster import DagsterInstance
@@ -68,9 +79,8 @@ def dagster_instance(settings: Settings):
         home = settings.dagster_home
         home.mkdir(parents=True, exist_ok=True)
         config = home / "dagster.yaml"
-        if not config.exists():
-            # The embedded default is offline: SQLite storage in this directory, no telemetry.
-            config.write_text("telemetry:\n  enabled: false\n")
+        if not config.exists() or config.read_text() == EMBEDDED_INSTANCE_BEFORE_BOXES:
+            config.write_text(EMBEDDED_INSTANCE)
         os.environ["DAGSTER_HOME"] = str(home)
         print(f"DAGSTER_HOME is not set: using the embedded instance at {home}", file=sys.stderr)
     return DagsterInstance.get()

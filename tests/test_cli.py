@@ -269,3 +269,34 @@ def test_watchlist_add_says_how_a_share_class_is_spelled(env, capsys):
     assert "BRK-B is stored as BRK.B (share classes are written with '.')" in captured.err
     assert main(["watchlist", "list"]) == 0
     assert "BRK.B" in capsys.readouterr().out
+
+
+def test_the_embedded_instance_forms_backfill_runs_as_boxes(tmp_path, monkeypatch):
+    # `dagster dev` on the embedded instance starts a daemon that loads only the instance's
+    # plug-ins: the scheduler there makes it form a backfill's runs as boxes.
+    from backfill_dagster.cli import EMBEDDED_INSTANCE, EMBEDDED_INSTANCE_BEFORE_BOXES, dagster_instance
+    from backfill_dagster.settings import Settings
+
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    settings = Settings(data_dir=tmp_path)
+    config = settings.dagster_home / "dagster.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text(EMBEDDED_INSTANCE_BEFORE_BOXES)  # made by an earlier version: brought up to date
+    with dagster_instance(settings):
+        pass
+    assert config.read_text() == EMBEDDED_INSTANCE
+    probe = (
+        "import dagster as dg\n"
+        "from dagster._core.definitions import automation_tick_evaluation_context as m\n"
+        "with dg.DagsterInstance.get():\n"
+        "    print(m._build_run_requests_with_backfill_policy.__module__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "DAGSTER_HOME": str(config.parent)},
+                         capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "backfill_dagster.instance.backfill_runs"
+    # An operator's own file is left as written.
+    config.write_text("telemetry:\n  enabled: true\n")
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    with dagster_instance(settings):
+        pass
+    assert config.read_text() == "telemetry:\n  enabled: true\n"
