@@ -23,6 +23,7 @@ The Dagster functions it replaces and calls are pinned in tests/orchestration/te
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 
 from dagster._core.definitions import automation_tick_evaluation_context as run_requests
@@ -93,6 +94,18 @@ def build_run_requests_with_backfill_policy(
     )
 
 
+# BACKFILL_BOX_RUNS=0 in the daemon's environment keeps Dagster's own run formation (one run per
+# symbol): the baseline of bench/scale_backfill.py, and a way back if a Dagster release moves it.
+DISABLE_VARIABLE = "BACKFILL_BOX_RUNS"
+
+
+def enabled(environ=os.environ) -> bool:
+    value = environ.get(DISABLE_VARIABLE, "1").strip().lower()
+    if value not in ("0", "1", "true", "false", "yes", "no"):
+        raise ValueError(f"{DISABLE_VARIABLE}={value!r}: use 1 (boxes, the default) or 0 (one run per symbol)")
+    return value in ("1", "true", "yes")
+
+
 def install() -> None:
     """Form backfill runs as boxes in this process (idempotent)."""
     run_requests._build_run_requests_with_backfill_policy = build_run_requests_with_backfill_policy
@@ -103,4 +116,5 @@ def uninstall() -> None:
     run_requests._build_run_requests_with_backfill_policy = _dagster_build_run_requests_with_backfill_policy
 
 
-install()
+if enabled():
+    install()

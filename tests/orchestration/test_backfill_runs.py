@@ -72,3 +72,10 @@ def test_a_key_it_cannot_place_is_left_to_dagster(defs, instance, store_url, for
     assert backfill_runs.box_ranges(["2024-03-01|AAPL", "2024-03-01|NOPE"], partitions_def, instance, 100) is None
     assert backfill_runs.box_ranges(["2024-03-01|AAPL"], partitions_def, instance, 100) == [
         ("2024-03-01|AAPL", "2024-03-01|AAPL")]
+
+
+def test_box_runs_can_be_turned_off_for_the_daemon_and_a_bad_value_is_refused():
+    assert backfill_runs.enabled({}) and backfill_runs.enabled({"BACKFILL_BOX_RUNS": "1"})
+    assert not backfill_runs.enabled({"BACKFILL_BOX_RUNS": "0"})
+    with pytest.raises(ValueError, match="BACKFILL_BOX_RUNS='maybe': use 1"):
+        backfill_runs.enabled({"BACKFILL_BOX_RUNS": "maybe"})
