@@ -11,7 +11,7 @@ with `backfill-dagster watchlist add`; then all four assets over symbols x sessi
 the UI launches a backfill (GraphQL `launchPartitionBackfill` with the partition names), and the
 daemon, started right after, runs it (its gap sensor leaves the backfill's partitions to it) as
 boxes of many symbols, or with `--runs per-symbol` as Dagster forms runs on its own (one run per
-symbol: BACKFILL_BOX_RUNS=0), the baseline. Reported: wall time from launch to the backfill's end, Alpaca calls against the
+symbol: BACKFILL_BOX_PARTITIONS=0), the baseline. Reported: wall time from launch to the backfill's end, Alpaca calls against the
 floor (ceil(bars the requests returned / 10,000 a page), m15 and d1), runs (the backfill's and
 any the gap sensor made), peak RSS of the daemon's tree and of the run workers (sampled every
 second), the ledger's counts, and where the wall went: when the daemon submitted the runs, how
@@ -94,7 +94,7 @@ def main() -> None:
         name = f"bench_scale_backfill_{args.symbols}x{args.sessions}"
         dep = Deployment(name, args.workdir / name, history_start, extra_env={
             **fakes.env(), "BACKFILL_PROVIDERS": "alpaca", "ALPACA_RATE_LIMIT": str(args.alpaca_rate),
-            "BACKFILL_BOX_RUNS": "1" if args.runs == "boxes" else "0",
+            "BACKFILL_BOX_PARTITIONS": "12000" if args.runs == "boxes" else "0",
         })
         print(f"whole-market backfill bench: {len(syms)} symbols x {len(sessions)} sessions "
               f"({sessions[0]}..{sessions[-1]}) x {len(ASSETS)} assets = {len(keys) * len(ASSETS):,} asset partitions; "

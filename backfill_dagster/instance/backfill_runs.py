@@ -9,11 +9,12 @@ to the last in the dynamic partitions' order, times every session from the first
 the assets already fetch a box in few pages; Dagster just never forms one.
 
 This replaces the function that turns one asset group's partitions into run requests: for a
-two-dimensional partitions definition with `BackfillPolicy.multi_run(n)`, the partitions are cut
-into the fewest boxes of at most `n` partitions that cover them exactly (domain/boxes.py: the rule
+two-dimensional partitions definition with `BackfillPolicy.single_run()` (one run per range; a box
+is a range), the partitions are cut into the fewest boxes of at most BACKFILL_BOX_PARTITIONS
+(12,000: 23 symbols x 504 sessions, so 500 symbols are 22 runs) that cover them exactly (domain/boxes.py: the rule
 the gap sensor's runs follow), and each box is one range run with Dagster's own range tags, so the
 partitions view, failed partitions, retries and cancelling see ordinary range runs. Every other
-case (one dimension, single_run, a key it cannot place) is Dagster's own code, unchanged. Without
+case (one dimension, another policy, a key it cannot place) is Dagster's own code, unchanged. Without
 this module the same assets backfill as stock Dagster does: one run per symbol.
 
 Installed in every process that loads the project's instance plug-ins: the daemon loads the event
@@ -76,11 +77,10 @@ def build_run_requests_with_backfill_policy(
     if (
         isinstance(partitions_def, MultiPartitionsDefinition)
         and len(partitions_def.partitions_defs) == 2
-        and backfill_policy.policy_type == BackfillPolicyType.MULTI_RUN
-        and backfill_policy.max_partitions_per_run
+        and backfill_policy.policy_type == BackfillPolicyType.SINGLE_RUN
+        and box_partitions()
     ):
-        ranges = box_ranges(partition_keys, partitions_def, dynamic_partitions_store,
-                            backfill_policy.max_partitions_per_run)
+        ranges = box_ranges(partition_keys, partitions_def, dynamic_partitions_store, box_partitions())
         if ranges is not None:
             return [
                 run_requests._build_run_request_for_partition_key_range(
@@ -94,16 +94,29 @@ def build_run_requests_with_backfill_policy(
     )
 
 
-# BACKFILL_BOX_RUNS=0 in the daemon's environment keeps Dagster's own run formation (one run per
-# symbol): the baseline of bench/scale_backfill.py, and a way back if a Dagster release moves it.
-DISABLE_VARIABLE = "BACKFILL_BOX_RUNS"
+# Partitions in one box run: 23 symbols x 504 sessions (two years). A box is fetched in pages of
+# many symbols and pays its worker start and planning once; much larger boxes only lengthen the
+# run a failure repeats and the daemon's work creating it. Read from the daemon's environment;
+# 0 keeps Dagster's own run formation (one run per symbol): the baseline of
+# bench/scale_backfill.py, and a way back if a Dagster release moves what this replaces.
+BOX_PARTITIONS_VARIABLE = "BACKFILL_BOX_PARTITIONS"
+DEFAULT_BOX_PARTITIONS = 12_000
+MAX_BOX_PARTITIONS = 1_000_000
 
 
-def enabled(environ=os.environ) -> bool:
-    value = environ.get(DISABLE_VARIABLE, "1").strip().lower()
-    if value not in ("0", "1", "true", "false", "yes", "no"):
-        raise ValueError(f"{DISABLE_VARIABLE}={value!r}: use 1 (boxes, the default) or 0 (one run per symbol)")
-    return value in ("1", "true", "yes")
+def box_partitions(environ=os.environ) -> int:
+    """The largest box a backfill run covers (0: one run per symbol, as Dagster forms them)."""
+    raw = environ.get(BOX_PARTITIONS_VARIABLE, "").strip()
+    if not raw:
+        return DEFAULT_BOX_PARTITIONS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_BOX_PARTITIONS:
+        raise ValueError(f"{BOX_PARTITIONS_VARIABLE}={raw!r}: use a whole number of partitions from 0 (one run "
+                         f"per symbol) to {MAX_BOX_PARTITIONS:,}; {DEFAULT_BOX_PARTITIONS:,} by default")
+    return value
 
 
 def install() -> None:
@@ -116,5 +129,5 @@ def uninstall() -> None:
     run_requests._build_run_requests_with_backfill_policy = _dagster_build_run_requests_with_backfill_policy
 
 
-if enabled():
-    install()
+box_partitions()  # a bad value refuses as the daemon loads the instance, not at its first backfill
+install()

@@ -1,8 +1,8 @@
 """The bar assets: one per timeframe, each partitioned by session x symbol.
 
-All four share one partitions definition and backfill policy, so a UI backfill of them shares its
-runs: boxes of up to BOX_PARTITIONS partitions, many symbols x many sessions each
-(instance/backfill_runs.py), and a run over a box makes few provider calls (the planner) and one
+All four share one partitions definition and `BackfillPolicy.single_run()` (which `dagster asset
+materialize --partition-range` requires), so a UI backfill of them shares its runs: boxes of many
+symbols x many sessions (instance/backfill_runs.py), and a run over a box makes few provider calls (the planner) and one
 atomic write per request. Per-partition accounting lives in the coverage ledger, not in Dagster
 metadata, whose per-partition calls cost O(n) each (docs/design.md).
 """
@@ -21,12 +21,6 @@ from backfill_dagster.orchestration.partitions import multi_partition_key, run_p
 from backfill_dagster.orchestration.resources import ProvidersResource, StoreResource
 
 GROUP = "bars"
-
-# Partitions in one backfill run: a box of 23 symbols x 504 sessions (two years), so a whole-market
-# backfill of 500 symbols is 22 runs. A box is fetched in pages of many symbols, and its worker
-# start and planning are paid once; much larger boxes only lengthen the run a failure repeats.
-BOX_PARTITIONS = 12_000
-BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=BOX_PARTITIONS)
 
 DESCRIPTIONS = {
     Timeframe.M15: (
@@ -109,7 +103,7 @@ def fetched_bars_asset(
         name=timeframe.asset_name,
         description=DESCRIPTIONS[timeframe],
         partitions_def=partitions_def,
-        backfill_policy=BACKFILL_POLICY,
+        backfill_policy=dg.BackfillPolicy.single_run(),
         group_name=GROUP,
         kinds={"python", "sql"},
         tags={"timeframe": timeframe.value},
@@ -175,7 +169,7 @@ def derived_bars_asset(
         name=timeframe.asset_name,
         description=DESCRIPTIONS[timeframe],
         partitions_def=partitions_def,
-        backfill_policy=BACKFILL_POLICY,
+        backfill_policy=dg.BackfillPolicy.single_run(),
         group_name=GROUP,
         kinds={"python", "sql"},
         tags={"timeframe": timeframe.value},

@@ -8,7 +8,6 @@ from dagster._core.definitions.events import AssetKeyPartitionKey
 from dagster._core.definitions.partitions.context import partition_loading_context
 
 from backfill_dagster.instance import backfill_runs
-from backfill_dagster.orchestration.assets import BOX_PARTITIONS
 from backfill_dagster.orchestration.partitions import partition_key
 from tests.orchestration.conftest import add_symbols
 
@@ -48,7 +47,7 @@ def test_a_box_of_sessions_x_symbols_is_few_runs_covering_exactly_it(defs, insta
     stock = run_requests(defs, instance, keys, boxes=False)
     boxed = run_requests(defs, instance, keys, boxes=True)
     assert len(stock) == len(symbols)  # Dagster: one run per symbol
-    assert len(boxed) == -(-len(symbols) // (BOX_PARTITIONS // len(sessions)))  # 47 symbols a box: 2 runs
+    assert len(boxed) == 2  # 12,000 // 252 = 47 symbols a box
     for requests in (stock, boxed):
         covered = partitions_of(defs, instance, requests)
         assert len(covered) == len(set(covered)) and set(covered) == set(keys)
@@ -74,8 +73,16 @@ def test_a_key_it_cannot_place_is_left_to_dagster(defs, instance, store_url, for
         ("2024-03-01|AAPL", "2024-03-01|AAPL")]
 
 
-def test_box_runs_can_be_turned_off_for_the_daemon_and_a_bad_value_is_refused():
-    assert backfill_runs.enabled({}) and backfill_runs.enabled({"BACKFILL_BOX_RUNS": "1"})
-    assert not backfill_runs.enabled({"BACKFILL_BOX_RUNS": "0"})
-    with pytest.raises(ValueError, match="BACKFILL_BOX_RUNS='maybe': use 1"):
-        backfill_runs.enabled({"BACKFILL_BOX_RUNS": "maybe"})
+def test_the_box_size_is_the_daemons_setting_and_0_is_dagsters_own_formation(
+        defs, instance, store_url, calendar, formation, monkeypatch):
+    assert backfill_runs.box_partitions({}) == 12_000
+    assert backfill_runs.box_partitions({"BACKFILL_BOX_PARTITIONS": " 500 "}) == 500
+    for bad in ("maybe", "-1", "1e9", "2000000"):
+        with pytest.raises(ValueError, match=f"BACKFILL_BOX_PARTITIONS='{bad}': use a whole number"):
+            backfill_runs.box_partitions({"BACKFILL_BOX_PARTITIONS": bad})
+    add_symbols(instance, store_url, ["AAPL", "MSFT", "NVDA"])
+    keys = [partition_key(s, d) for s in ("AAPL", "MSFT", "NVDA") for d in calendar.sessions("2024-03-01", "2024-03-28")]
+    monkeypatch.setenv("BACKFILL_BOX_PARTITIONS", "40")  # 20 sessions: two symbols a box
+    assert len(run_requests(defs, instance, keys, boxes=True)) == 2
+    monkeypatch.setenv("BACKFILL_BOX_PARTITIONS", "0")
+    assert len(run_requests(defs, instance, keys, boxes=True)) == 3  # one per symbol

@@ -7,7 +7,6 @@ import exchange_calendars as xcals
 import pytest
 
 from backfill_dagster.definitions import build_definitions
-from backfill_dagster.orchestration.assets import BOX_PARTITIONS
 from backfill_dagster.orchestration.partitions import (
     PartitionKeyError,
     bar_partitions,
@@ -28,7 +27,7 @@ def test_definitions_snapshot(tmp_path):
         node = graph.get(dg.AssetKey(key))
         assert isinstance(node.partitions_def, dg.MultiPartitionsDefinition)
         assert [d.name for d in node.partitions_def.partitions_defs] == ["date", "symbol"]
-        assert node.backfill_policy == dg.BackfillPolicy.multi_run(BOX_PARTITIONS)  # boxes: instance/backfill_runs.py
+        assert node.backfill_policy == dg.BackfillPolicy.single_run()  # as --partition-range requires
     assert graph.get(dg.AssetKey("bars_h1")).parent_keys == {dg.AssetKey("bars_m15")}
     assert graph.get(dg.AssetKey("bars_h4")).parent_keys == {dg.AssetKey("bars_m15")}
     assert not graph.get(dg.AssetKey("bars_d1")).parent_keys
