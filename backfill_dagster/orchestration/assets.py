@@ -1,9 +1,10 @@
 """The bar assets: one per timeframe, each partitioned by session x symbol.
 
-All four share one partitions definition and `BackfillPolicy.single_run()`, so a UI backfill of
-them shares its runs, and a run over a box of partitions makes few provider calls (the planner) and
-one atomic write per request. Per-partition accounting lives in the coverage ledger, not in Dagster
-metadata, whose per-partition calls cost O(n) each (DESIGN §4).
+All four share one partitions definition and `BackfillPolicy.single_run()` (which `dagster asset
+materialize --partition-range` requires), so a UI backfill of them shares its runs: boxes of many
+symbols x many sessions (instance/backfill_runs.py), and a run over a box makes few provider calls (the planner) and one
+atomic write per request. Per-partition accounting lives in the coverage ledger, not in Dagster
+metadata, whose per-partition calls cost O(n) each (docs/design.md).
 """
 
 
@@ -125,9 +126,42 @@ def fetched_bars_asset(
             )
         finally:
             router.close()
+        if timeframe is Timeframe.M15 and not report.ok:
+            yield from derive_what_was_written(context, report, store, calendar)
         yield from report_events(context, report)
 
     return _fetched
+
+
+def derive_what_was_written(
+    context: dg.AssetExecutionContext, report: IngestReport, store: StoreResource, calendar
+) -> Iterator[dg.AssetMaterialization]:
+    """h1/h4 of the partitions an m15 step did write, when others of its run failed.
+
+    The m15 step then fails (naming the failed partitions), and Dagster skips the run's h1/h4 steps
+    whole: a run over a box of 23 symbols would show every h1/h4 partition of the box failed for
+    one symbol's bad session. So the m15 step derives the run's h1/h4 for the partitions it wrote
+    and reports those materializations itself; only the failed partitions' h1/h4 stay failed, as
+    the partitions view must show.
+    """
+    if not report.written:
+        return
+    selection = context.run.asset_selection
+    for timeframe in (Timeframe.H1, Timeframe.H4):
+        key = dg.AssetKey(timeframe.asset_name)
+        if selection is not None and key not in selection:
+            continue
+        derived = derive_partitions(
+            sorted(report.written), timeframe, store.bar_store(calendar),
+            extended=store.extended_hours, run_id=context.run.run_id, log=context.log.info,
+            rewrite_reason=context.run.tags.get(REWRITE_REASON_TAG),
+        )
+        context.log.info(
+            f"{timeframe.asset_name}: derived {len(derived.written)} of the {len(report.written)} m15 "
+            "partition(s) this run wrote (the run's own h1/h4 step is skipped after the m15 failure)"
+        )
+        for symbol, session in sorted(derived.written):
+            yield dg.AssetMaterialization(asset_key=key, partition=multi_partition_key(symbol, session))
 
 
 def derived_bars_asset(
