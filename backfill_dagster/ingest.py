@@ -176,10 +176,11 @@ def _fetch_and_store(
     report.api_calls[provider.name] += result.api_calls
     as_of = requested_at if result.complete_through is None else min(requested_at, result.complete_through)
     checked = validate_bars(
-        result.bars, timeframe, calendar, symbols=request.symbols, extended=router.extended, now=as_of
+        result.bars, timeframe, calendar, symbols=request.symbols, sessions=request.sessions,
+        extended=router.extended, now=as_of,
     )
     report.outside_hours += checked.outside_hours
-    bad = _tainted(checked, request)
+    bad = _tainted(checked, request, provider.provenance)
     if bad:
         report.rejected_bars += store.quarantine(
             checked.rejected, timeframe, provider=provider.provenance, at=requested_at, run_id=run_id
@@ -222,11 +223,13 @@ def _fetch_and_store(
     return outcome
 
 
-def _tainted(checked: Validation, request: FetchRequest) -> dict[Partition, str]:
-    """Partitions of the request that a rejected bar makes untrustworthy, with the reason.
+def _tainted(checked: Validation, request: FetchRequest, provider: str) -> dict[Partition, str]:
+    """Partitions of the request that a rejected bar makes untrustworthy, with the reason naming
+    the `provider` that sent it.
 
-    A rejected bar taints its own partition; one that cannot be placed in a requested session taints
-    its symbol's partitions in the request; one for a symbol never requested taints them all.
+    A rejected bar taints its own partition; one that cannot be placed in a requested session (an
+    answer for other dates) taints its symbol's partitions in the request; one for a symbol never
+    requested taints them all. So a wrong answer fails its partitions, never passes as "no bars".
     """
     out: dict[Partition, str] = {}
     if checked.rejected.empty:
@@ -246,7 +249,7 @@ def _tainted(checked: Validation, request: FetchRequest) -> dict[Partition, str]
         first = rows[0]
         at = "no timestamp" if pd.isna(first.ts) else pd.Timestamp(first.ts).isoformat()
         out[partition] = (
-            f"provider returned {len(rows)} invalid bar(s) (kept in rejected_bars), "
+            f"{provider} returned {len(rows)} invalid bar(s) (kept in rejected_bars), "
             f"e.g. {first.symbol} at {at}: {first.reason}"
         )
     return out

@@ -96,7 +96,7 @@ def test_a_partly_failed_run_reports_true_per_partition_status(tmp_path, instanc
     assert not result.success
     failure = result.get_step_failure_events()[0].step_failure_data.error.message
     assert "1 of 8 partition(s) of bars_m15 failed (7 were written)" in failure
-    assert "MSFT 2024-11-26 m15: provider returned 26 invalid bar(s)" in failure and "volume is negative" in failure
+    assert "MSFT 2024-11-26 m15: demo:synthetic returned 26 invalid bar(s)" in failure and "volume is negative" in failure
     everything = {f"{d.isoformat()}|{s}" for s in ("AAPL", "MSFT") for d in sessions}
     assert materialized(instance, "bars_m15") == everything - {"2024-11-26|MSFT"}
     partitions_def = defs.resolve_assets_def("bars_m15").partitions_def
