@@ -146,3 +146,24 @@ def test_fewer_bars_replace_final_ones_only_when_the_run_asks(tmp_path, instance
     assert len(store.read_bars(Timeframe.M15, [("AAPL", day)])) == 26
     assert job.execute_in_process(instance=instance, partition_key=key, tags={REPLACE_FEWER_TAG: "true"}).success
     assert len(store.read_bars(Timeframe.M15, [("AAPL", day)])) == 24
+
+
+@pytest.mark.parametrize("key", ["aapl", "A B", "BRK-B", "A|B"])
+def test_a_range_run_refuses_a_symbol_partition_that_is_not_a_symbol(defs, instance, store_url, calendar, key):
+    """Keys added by hand in the UI ("Add a partition") or the API sit inside a range between two
+    real symbols: the run refuses them by name before fetching or writing anything."""
+    add_symbols(instance, store_url, ["AAPL"])
+    instance.add_dynamic_partitions("symbols", [key])
+    add_symbols(instance, store_url, ["MSFT"])
+    sessions = calendar.sessions("2024-11-25", "2024-11-26")
+    job = defs.resolve_job_def(ALL_BARS_JOB).get_subset(asset_selection={dg.AssetKey("bars_m15")})
+    result = job.execute_in_process(
+        instance=instance, tags=range_tags(("AAPL", sessions[0]), ("MSFT", sessions[-1])), raise_on_error=False
+    )
+    assert not result.success
+    error = result.get_step_failure_events()[0].step_failure_data.error
+    message = error.message + (error.cause.message if error.cause else "")
+    assert repr(key) in message and "not symbols" in message
+    store = BarStore(shared_engine(store_url), calendar)
+    assert store.coverage().empty and store.read_bars(Timeframe.M15, [("AAPL", sessions[0])]).empty
+    assert materialized(instance, "bars_m15") == set()
