@@ -159,6 +159,23 @@ def test_an_absolute_reset_is_read_on_the_servers_clock_not_a_skewed_local_one(s
     assert budget.pauses == [pytest.approx(20.0)] and sleeps[0] == pytest.approx(20.0, abs=0.011)
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [{"X-RateLimit-Reset": str(int(NOW + 3600))}, {"X-Ratelimit-Expiry": str(int((NOW + 3600) * 1000))}],
+    ids=["alpaca-reset", "tradier-expiry"],
+)
+def test_a_reset_without_a_date_header_pauses_at_most_one_rate_window(server, sleeps, budget, headers):
+    """No Date header: the reset is read on this worker's clock, an hour behind the server's. The
+    pause is bounded by the per-minute window the reset ends, not an hour for every process."""
+    with HttpClient("alpaca", budget=budget, policy=FAST, sleep=sleeps.append, clock=lambda: NOW) as http:
+        server.script(Answer(429, {"message": "too many requests"}, {**headers, "Date": ""}), Answer())
+        assert get(http, server).attempts == 2
+    assert budget.unavailable == [] and budget.pauses == [pytest.approx(60.0)]
+    assert sleeps[0] == pytest.approx(60.0, abs=0.011)
+    # A nearer reset is waited as said.
+    assert server_wait({"x-ratelimit-reset": str(int(NOW + 9))}, 429, NOW).seconds == 9
+
+
 @pytest.mark.parametrize("status", [429, 503])
 def test_a_server_wait_beyond_the_cap_fails_at_once_and_makes_the_provider_unavailable(
     client, server, sleeps, budget, status, caplog
