@@ -1,4 +1,4 @@
-"""Partitions: trading session x symbol (DESIGN §3).
+"""Partitions: trading session x symbol.
 
 - date: exactly the XNYS sessions from the history start, today included (`end_offset=1`).
   Weekends and holidays are excluded by cron and by date, so they produce no partition. On a
