@@ -232,12 +232,12 @@ def _ratio(env: Mapping[str, str], name: str, default: float) -> float:
 def _count(env: Mapping[str, str], name: str, default: int) -> int:
     return _number(env, name, default, int, lambda v: 0 <= v <= MAX_COUNT,
                    "a whole number of requests (0 = unlimited)",
-                   f"must be between 0 (unlimited) and {MAX_COUNT:,} requests")
+                   f"cannot be negative (0 = unlimited) and must be at most {MAX_COUNT:,} requests")
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     return _number(env, name, default, float, lambda v: 0 < v <= MAX_SECONDS,
-                   "a number of seconds", f"must be more than 0 and at most {MAX_SECONDS:,.0f} seconds (a day)")
+                   "a number of seconds", f"must be more than 0 seconds and at most {MAX_SECONDS:,.0f} (a day)")
 
 
 def _whole_number(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int | None = None,
