@@ -48,6 +48,8 @@ PROVIDER_ENV_VARS = (
 )
 # Dagster's own variables the project reads or sets (cli.py, instance/event_log_tuning.py).
 DAGSTER_ENV_VARS = ("DAGSTER_HOME", "DAGSTER_EVENT_BATCH_SIZE")
+# Read by the instance plug-ins in the daemon's process, not by Settings (instance/backfill_runs.py).
+INSTANCE_ENV_VARS = ("BACKFILL_BOX_PARTITIONS",)
 
 
 def env_variables() -> tuple[str, ...]:
@@ -61,7 +63,7 @@ def env_variables() -> tuple[str, ...]:
         "BACKFILL_HTTP_ATTEMPTS", "BACKFILL_HTTP_BACKOFF_SECONDS", "BACKFILL_EOD_DELAY_MINUTES",
         *(f"BACKFILL_GAP_DAYS_{t.value.upper()}" for t in Timeframe),
         *_GAP_COUNTS, *_GAP_MINUTES,
-        *PROVIDER_ENV_VARS, *DAGSTER_ENV_VARS,
+        *PROVIDER_ENV_VARS, *DAGSTER_ENV_VARS, *INSTANCE_ENV_VARS,
     )
 
 
