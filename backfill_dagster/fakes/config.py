@@ -59,6 +59,10 @@ class FakeConfig:
     # (symbol, session) pairs every fake answers without bars, as a provider that has not published a
     # session (or has nothing for it) does; the rest of the answer is unchanged.
     withheld: set[tuple[str, date]] = field(default_factory=set)
+    # Symbols (as a request spells them) whose bar and action requests wait, unanswered, until the
+    # symbol is taken out of this set (or the servers stop): a test holds a run at a known point,
+    # e.g. after it committed every other symbol, to kill it there.
+    held_symbols: set[str] = field(default_factory=set)
     # Dividends and splits the fakes report (Yahoo's `events`); the bars are not adjusted for them.
     corporate_actions: CorporateActions = field(default_factory=CorporateActions)
 
