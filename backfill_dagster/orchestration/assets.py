@@ -16,6 +16,7 @@ from backfill_dagster.domain.ledger import REPLACE_FEWER_TAG, REWRITE_REASON_TAG
 from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.ingest import IngestReport, derive_partitions, fetch_partitions
 from backfill_dagster.instance.event_log_tuning import hold_event_log_connection
+from backfill_dagster.orchestration.attempts import earlier_attempts
 from backfill_dagster.orchestration.partitions import multi_partition_key, run_partitions
 from backfill_dagster.orchestration.resources import ProvidersResource, StoreResource
 
@@ -46,6 +47,7 @@ def run_figures(report: IngestReport) -> dict[str, object]:
     return {
         "partitions_in_run": report.partitions,
         "partitions_written": len(report.written),
+        "partitions_carried": len(report.carried),
         "partitions_failed": len(report.failures),
         "bars_written": report.bars_written,
         "bars_expected": report.bars_expected,
@@ -64,8 +66,9 @@ def report_events(
     """Turn a step's report into Dagster events with a per-partition status that tells the truth.
 
     Success: one MaterializeResult; Dagster records it for every partition of the run. Partial
-    failure: the partitions that were written get their own materialization, then the step fails
-    naming the others, so the UI shows exactly those as failed. The run's figures go into one log
+    failure: the partitions that were written (or carried from an earlier attempt of the run) get
+    their own materialization, then the step fails naming the others, so the UI shows exactly those
+    as failed. The run's figures go into one log
     line (and the failure), not into every partition's event: Dagster copies a range result's
     metadata into each of them (~1.3 KB and ~0.15 ms per partition, bench/bookkeeping.py).
     """
@@ -77,7 +80,7 @@ def report_events(
     if report.ok:
         yield dg.MaterializeResult()
         return
-    for symbol, session in report.written:
+    for symbol, session in [*report.carried, *report.written]:
         yield dg.AssetMaterialization(asset_key=context.asset_key, partition=multi_partition_key(symbol, session))
     raise dg.Failure(
         description=(
@@ -114,12 +117,14 @@ def fetched_bars_asset(
         calendar = xnys()
         partitions = run_partitions(context, calendar)
         router = providers.router(store, calendar)
+        bar_store = store.bar_store(calendar)
         try:
             report = fetch_partitions(
-                partitions, timeframe, router, store.bar_store(calendar),
+                partitions, timeframe, router, bar_store,
                 run_id=context.run.run_id, log=context.log.info,
                 allow_fewer=store.replace_fewer_bars or replace_fewer_requested(context.run.tags),
                 rewrite_reason=context.run.tags.get(REWRITE_REASON_TAG),
+                committed=committed_earlier(context, bar_store, timeframe, partitions),
             )
         finally:
             router.close()
@@ -147,14 +152,22 @@ def derived_bars_asset(
         hold_event_log_connection(context.instance)
         calendar = xnys()
         partitions = run_partitions(context, calendar)
+        bar_store = store.bar_store(calendar)
         report = derive_partitions(
-            partitions, timeframe, store.bar_store(calendar),
+            partitions, timeframe, bar_store,
             extended=store.extended_hours, run_id=context.run.run_id, log=context.log.info,
             rewrite_reason=context.run.tags.get(REWRITE_REASON_TAG),
+            committed=committed_earlier(context, bar_store, timeframe, partitions),
         )
         yield from report_events(context, report)
 
     return _derived
+
+
+def committed_earlier(context: dg.AssetExecutionContext, bar_store, timeframe: Timeframe, partitions) -> set:
+    """The run's partitions an earlier attempt of it (a retry, a re-execution) committed complete."""
+    attempts = earlier_attempts(context.instance, context.run)
+    return bar_store.committed_by(timeframe, partitions, attempts) if attempts else set()
 
 
 def replace_fewer_requested(tags) -> bool:

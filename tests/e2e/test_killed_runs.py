@@ -1,9 +1,14 @@
-"""A run whose worker is killed holds nothing, end to end on PostgreSQL with real processes:
-`dagster asset materialize --partition-range` is SIGKILLed after it committed one symbol's
-partitions (the fakes hold the other symbol's requests, so the moment is known), then
-`dagster-daemon` starts against the instance. Its run monitoring must fail the run naming the dead
-worker, and the coverage_gaps sensor must fetch the partitions the killed run never wrote, instead
-of skipping them for ever as "being filled by an unfinished run"."""
+"""Runs whose worker is killed, end to end on PostgreSQL with real processes; the fakes hold one
+symbol's requests, so each worker is killed once it committed the other symbol's partitions.
+
+- `dagster asset materialize --partition-range` is SIGKILLed, then `dagster-daemon` starts against
+  the instance. Its run monitoring must fail the run naming the dead worker, and the coverage_gaps
+  sensor must fetch the partitions the killed run never wrote, instead of skipping them for ever
+  as "being filled by an unfinished run".
+- A run the daemon launched has its worker SIGKILLed; Dagster fails it and the daemon retries it.
+  The retry must not fetch again what the killed attempt committed, and still report every
+  partition materialized.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,9 @@ import json
 import os
 import signal
 import subprocess
+import time
 from datetime import timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -125,3 +132,106 @@ def test_a_killed_cli_run_is_failed_and_its_partitions_are_fetched_again(env, fa
     rows = env.wait_for(filled, 600, "the gap sensor to fill the partitions the killed run held")
     assert {rows[("MSFT", d)][1] for d in sessions}.isdisjoint({killed_run})
     assert [rows[("AAPL", d)] for d in sessions] == committed
+
+
+UNFINISHED = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
+
+
+def unfinished_runs(env):
+    with psycopg.connect(dagster_db(env)) as conn:
+        return conn.execute("SELECT run_id FROM runs WHERE status = ANY(%s)", (list(UNFINISHED),)).fetchall()
+
+
+def run_workers(daemon_pid: int) -> list[int]:
+    """The run workers the daemon's code server started (multiprocessing spawn children in the
+    daemon's session): found from the process table alone, whatever the run records."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()
+        if fields[0] != "Z" and int(fields[3]) == daemon_pid and "spawn_main" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def ledger_rows(store_url, symbol, sessions):
+    with shared_engine(store_url).connect() as conn:
+        return {(tf, d): (status, run_id) for tf, d, status, run_id in conn.execute(sa.text(
+            "SELECT timeframe, session, status, run_id FROM bar_coverage WHERE symbol = :s "
+            "AND session >= :lo AND session <= :hi"
+        ), {"s": symbol, "lo": sessions[0], "hi": sessions[-1]})}
+
+
+def test_a_retried_run_does_not_fetch_again_what_its_killed_attempt_committed(env, fakes):
+    if "daemon" not in env.processes:
+        env.start_daemon()
+    # Older than every gap horizon: nothing but the runs under test fetches these sessions.
+    cal = xnys()
+    today = utcnow().date()
+    sessions = cal.sessions(today - timedelta(days=HORIZON_DAYS + 30), today - timedelta(days=HORIZON_DAYS + 22))
+    assert len(sessions) >= 3, sessions
+    # The gap sensor off and its runs done: the run launched below is the daemon's only run worker.
+    out = env.run(BIN / "dagster", "sensor", "stop", "-w", "workspace.yaml", "coverage_gaps")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    env.wait_for(lambda: not unfinished_runs(env), 600, "the gap sensor's runs to finish")
+    fakes.config.held_symbols.add(HELD)
+    box = {"dagster/asset_partition_range_start": f"{sessions[0].isoformat()}|{SYMBOLS[0]}",
+           "dagster/asset_partition_range_end": f"{sessions[-1].isoformat()}|{SYMBOLS[-1]}"}
+    out = env.run(BIN / "dagster", "job", "launch", "-w", "workspace.yaml", "-j", "all_bars", "--tags", json.dumps(box))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+    # The first step the worker runs fetches AAPL, then waits on MSFT: kill it there.
+    def aapl_committed():
+        rows = ledger_rows(env.store_url, "AAPL", sessions)
+        for timeframe in ("m15", "d1"):
+            got = [rows.get((timeframe, d), ("", ""))[0] for d in sessions]
+            if got == ["complete"] * len(sessions):
+                return timeframe, rows[(timeframe, sessions[0])][1]
+        return None
+
+    timeframe, first_run = env.wait_for(aapl_committed, 300, "the launched run to commit AAPL's partitions")
+    workers = run_workers(env.processes["daemon"].pid)
+    assert len(workers) == 1, workers
+    killed_at = time.time()
+    os.kill(workers[0], signal.SIGKILL)
+    fakes.config.held_symbols.clear()
+
+    def retried():
+        with psycopg.connect(dagster_db(env)) as conn:
+            return conn.execute(
+                "SELECT r.run_id, r.status FROM runs r JOIN run_tags t ON t.run_id = r.run_id "
+                "WHERE t.key = 'dagster/root_run_id' AND t.value = %s AND r.status IN ('SUCCESS', 'FAILURE')",
+                (first_run,),
+            ).fetchone()
+
+    retry, status = env.wait_for(retried, 600, f"a retry of run {first_run} to finish")
+    assert status == "SUCCESS"
+    assert run_status(env, first_run) == "FAILURE"
+    # Not one request for what the killed attempt had committed ...
+    kind = {"m15": "/range/15/minute/", "d1": "/range/1/day/"}[timeframe]
+    again = [e.path for e in fakes.log if e.at >= killed_at and "/ticker/AAPL/" in e.path and kind in e.path]
+    assert again == [], f"the retry fetched AAPL {timeframe} again: {again}"
+    with psycopg.connect(dagster_db(env)) as conn:
+        said = [json.loads(e)["user_message"] for (e,) in conn.execute(
+            "SELECT event FROM event_logs WHERE run_id = %s AND event LIKE %s", (retry, "%by an earlier attempt%")
+        )]
+    assert f"{len(sessions)} partition(s) of {timeframe} were committed complete by an earlier attempt" in " ".join(said)
+    print(f"\nretry {retry} of killed run {first_run}: {said}")
+    # ... and every partition of the box is materialized in Dagster, those it carried over too.
+    with psycopg.connect(dagster_db(env)) as conn:
+        materialized = set(conn.execute(
+            "SELECT asset_key, partition FROM event_logs WHERE run_id = %s "
+            "AND dagster_event_type = 'ASSET_MATERIALIZATION'", (retry,)
+        ).fetchall())
+    want = {(json.dumps([f"bars_{tf}"]), f"{d.isoformat()}|{s}")
+            for tf in ("m15", "h1", "h4", "d1") for s in SYMBOLS for d in sessions}
+    assert want - materialized == set()
+    rows = {s: ledger_rows(env.store_url, s, sessions) for s in SYMBOLS}
+    assert all(rows[s][(tf, d)][0] == "complete" for s in SYMBOLS for tf in ("m15", "h1", "h4", "d1") for d in sessions)
+    assert all(rows["AAPL"][(timeframe, d)][1] == first_run for d in sessions)  # kept, not rewritten
