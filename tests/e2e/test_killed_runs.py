@@ -89,6 +89,11 @@ def failure_message(env, run_id):
     return None if row is None else json.loads(row[0])["dagster_event"]["message"]
 
 
+def pool_slots_of(env, run_id):
+    with psycopg.connect(dagster_db(env)) as conn:
+        return conn.execute("SELECT concurrency_key FROM concurrency_slots WHERE run_id = %s", (run_id,)).fetchall()
+
+
 def test_a_killed_cli_run_is_failed_and_its_partitions_are_fetched_again(env, fakes):
     cal = xnys()
     today = utcnow().date()
@@ -124,6 +129,8 @@ def test_a_killed_cli_run_is_failed_and_its_partitions_are_fetched_again(env, fa
     message = failure_message(env, killed_run)
     assert f"pid {proc.pid} on host" in message and "is gone" in message, message
     print(f"\nthe killed run's failure: {message}")
+    # Its provider pool slot is given back: two killed runs would otherwise stall every fetch.
+    env.wait_for(lambda: not pool_slots_of(env, killed_run), 300, f"run {killed_run}'s pool slots to be freed")
     # The gap sensor fetches what the killed run never wrote; what it wrote stays as it was.
     def filled():
         rows = m15_ledger(env.store_url, sessions)
@@ -213,6 +220,7 @@ def test_a_retried_run_does_not_fetch_again_what_its_killed_attempt_committed(en
     retry, status = env.wait_for(retried, 600, f"a retry of run {first_run} to finish")
     assert status == "SUCCESS"
     assert run_status(env, first_run) == "FAILURE"
+    env.wait_for(lambda: not pool_slots_of(env, first_run), 300, f"run {first_run}'s pool slots to be freed")
     # Not one request for what the killed attempt had committed ...
     kind = {"m15": "/range/15/minute/", "d1": "/range/1/day/"}[timeframe]
     again = [e.path for e in fakes.log if e.at >= killed_at and "/ticker/AAPL/" in e.path and kind in e.path]
