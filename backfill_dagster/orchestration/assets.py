@@ -47,7 +47,6 @@ def run_figures(report: IngestReport) -> dict[str, object]:
     return {
         "partitions_in_run": report.partitions,
         "partitions_written": len(report.written),
-        "partitions_carried": len(report.carried),
         "partitions_failed": len(report.failures),
         "bars_written": report.bars_written,
         "bars_expected": report.bars_expected,
@@ -57,6 +56,8 @@ def run_figures(report: IngestReport) -> dict[str, object]:
         "served_by": dict(sorted(report.served_by.items())),
         "rejected_bars": report.rejected_bars,
         "outside_hours": report.outside_hours,
+        # committed by an earlier attempt of the run (a retry), not fetched or derived again
+        "partitions_carried": len(report.carried),
     }
 
 
