@@ -94,16 +94,17 @@ def test_a_retry_fetches_and_derives_only_what_earlier_attempts_did_not_commit(
     carried = {m.partition for m in second.asset_materializations_for_node("bars_m15")}
     assert carried == keys - {f"{BAD.isoformat()}|MSFT"}
 
-    # The next one succeeds: BAD alone is fetched; h1, which no attempt reached before, is derived.
+    # The next one succeeds: BAD alone is fetched, and derived with whatever h1 no attempt derived.
     recorded.broken = False
     third, said = run(m15_h1, root, 2)
     assert third.success
     assert recorded.asked == [("MSFT", BAD)]
-    assert "of h1 were committed complete" not in said
     m15 = writers("m15")
     assert {p for p, (status, _) in m15.items() if status == "complete"} == everything
     assert {p: run_id for p, (_, run_id) in m15.items() if run_id != root} == {("MSFT", BAD): third.run_id}
-    assert writers("h1") == {p: ("complete", third.run_id) for p in everything}
+    h1 = writers("h1")
+    assert {p for p, (status, _) in h1.items() if status == "complete"} == everything
+    assert h1[("MSFT", BAD)][1] == third.run_id and {run_id for _, run_id in h1.values()} <= {root, third.run_id}
     assert instance.get_materialized_partitions(dg.AssetKey("bars_m15")) == keys
     assert instance.get_materialized_partitions(dg.AssetKey("bars_h1")) == keys
 
