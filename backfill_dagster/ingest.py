@@ -47,6 +47,9 @@ class IngestReport:
     written: list[Partition] = field(default_factory=list)
     # Answered no better than what is stored (a provisional answer over final bars): nothing to do.
     kept: list[Partition] = field(default_factory=list)
+    # Committed complete by an earlier attempt of this run (a retry, a re-execution): not fetched or
+    # derived again, and materialized as the written ones are.
+    carried: list[Partition] = field(default_factory=list)
     bars_written: int = 0
     bars_expected: int = 0
     api_calls: Counter = field(default_factory=Counter)  # provider name -> calls
@@ -92,12 +95,14 @@ def fetch_partitions(
     allow_fewer: bool = False,
     rewrite_reason: str | None = None,
     split_ratio: Fraction | None = None,
+    committed: Iterable[Partition] = (),
 ) -> IngestReport:
     """Fetch, validate and store the bars of the given partitions of a fetched timeframe.
     `allow_fewer`: a final answer with fewer bars may replace final stored ones (never none);
     `rewrite_reason`: why this run rewrites them, recorded in the ledger (a split repair);
     `split_ratio`: a split repair's ratio — fewer bars only where the split's new basis explains
-    every missing one."""
+    every missing one;
+    `committed`: partitions an earlier attempt of this run committed complete, not fetched again."""
     if not timeframe.is_fetched:
         raise ValueError(f"{timeframe.value} is derived from {timeframe.source.value}, not fetched")
     calendar = router.calendar
@@ -105,6 +110,7 @@ def fetch_partitions(
     require_fetchable(wanted, calendar, clock(), router.extended)
     report = IngestReport(timeframe, partitions=len(wanted))
     report.bars_expected = _expected_total(wanted, timeframe, calendar, router.extended)
+    wanted = _carry(wanted, committed, report, log)
 
     candidates = router.assign(wanted, timeframe, clock())
     errors: dict[Partition, list[str]] = defaultdict(list)
@@ -150,6 +156,16 @@ def fetch_partitions(
     if failed:
         store.record_failures(timeframe, failed, expected=expected, at=clock(), run_id=run_id)
     return report
+
+
+def _carry(wanted: list[Partition], committed: Iterable[Partition], report: IngestReport, log: Log) -> list[Partition]:
+    """Record the partitions an earlier attempt committed as carried; the rest is still to do."""
+    done = set(committed)
+    report.carried = [p for p in wanted if p in done]
+    if report.carried:
+        log(f"{len(report.carried)} partition(s) of {report.timeframe.value} were committed complete by an "
+            f"earlier attempt of this run: not {'fetched' if report.timeframe.is_fetched else 'derived'} again")
+    return [p for p in wanted if p not in done]
 
 
 @dataclass
@@ -272,9 +288,10 @@ def derive_partitions(
     run_id: str | None = None,
     log: Log = lambda _msg: None,
     rewrite_reason: str | None = None,
+    committed: Iterable[Partition] = (),
 ) -> IngestReport:
     """Resample stored m15 bars into h1/h4 for the given partitions and store them
-    (`rewrite_reason`: as for `fetch_partitions`)."""
+    (`rewrite_reason`, `committed`: as for `fetch_partitions`)."""
     source = timeframe.source
     if source is None:
         raise ValueError(f"{timeframe.value} is fetched, not derived")
@@ -283,6 +300,7 @@ def derive_partitions(
     require_fetchable(wanted, calendar, clock(), extended)
     report = IngestReport(timeframe, partitions=len(wanted))
     report.bars_expected = _expected_total(wanted, timeframe, calendar, extended)
+    wanted = _carry(wanted, committed, report, log)
 
     symbols = sorted({s for s, _ in wanted})
     for i in range(0, len(symbols), DERIVE_SYMBOLS_PER_CHUNK):

@@ -54,7 +54,10 @@ def test_production_dagster_yaml_loads_on_postgres(tmp_path, pg_template):
             "p = i.get_concurrency_config().pool_config; print(p.default_pool_limit, p.op_granularity_run_buffer); "
             # a run the queue could not hand to a (replaced) code server goes back to the queue
             "q = i.get_concurrency_config().run_queue_config; "
-            "print(q.max_user_code_failure_retries, q.user_code_failure_retry_delay)"
+            "print(q.max_user_code_failure_retries, q.user_code_failure_retry_delay); "
+            # a run whose worker is gone is failed by run monitoring, and its pool slots given back
+            "print(type(i.run_launcher).__name__, i.run_launcher.supports_check_run_worker_health, "
+            "i.run_monitoring_settings['free_slots_after_run_end_seconds'])"
         )
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
@@ -65,6 +68,7 @@ def test_production_dagster_yaml_loads_on_postgres(tmp_path, pg_template):
             "TeeComputeLogManager", str(tmp_path / "storage"),
             "2", "4",
             "5", "10",
+            "WorkerCheckingRunLauncher", "True", "30",
         ]
     finally:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:

@@ -69,6 +69,10 @@ class FakeConfig:
     # Polygon's aggregates carry `t` in Unix seconds instead of the documented milliseconds (a unit
     # change a client must refuse, not read as bars of January 1970).
     polygon_epoch_seconds: bool = False
+    # Symbols (as a request spells them) whose bar and action requests wait, unanswered, until the
+    # symbol is taken out of this set (or the servers stop): a test holds a run at a known point,
+    # e.g. after it committed every other symbol, to kill it there.
+    held_symbols: set[str] = field(default_factory=set)
     # Dividends and splits the fakes report (Yahoo's `events`); the bars are not adjusted for them.
     corporate_actions: CorporateActions = field(default_factory=CorporateActions)
 

@@ -181,6 +181,8 @@ class FakeProviders:
         config = self._config
         if config.latency_s > 0:
             self._stopping.wait(config.latency_s)
+        if fake is not None:
+            self._hold(params, query)
         fault = None
         if fake is None:
             response = json_response(404, {"message": f"no fake provider serves {split.path}"})
@@ -189,6 +191,13 @@ class FakeProviders:
         # Logged before sending: once a client has its answer, the log already shows the request.
         self._log.add(Logged(fake.name if fake else "unknown", split.path, query, response.status, at, response.bars))
         self._send(handler, response, truncate=fault == "truncated")
+
+    def _hold(self, params: dict[str, str], query: dict[str, str]) -> None:
+        """Wait while the request names a held symbol (FakeConfig.held_symbols)."""
+        named = {params.get("ticker"), params.get("symbol"), query.get("symbol"), query.get("ticker"),
+                 *query.get("symbols", "").split(",")}
+        while named & self._config.held_symbols and not self._stopping.is_set():
+            self._stopping.wait(0.05)
 
     def _answer(self, fake, serve, params, split, query, handler, config, at) -> tuple[Response, str | None]:
         request = Request(

@@ -14,11 +14,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from dagster._core.events import DagsterEvent, DagsterEventType
 from dagster._serdes import ConfigurableClassData
 from dagster_postgres.run_storage import PostgresRunStorage
 from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
 
 from backfill_dagster.instance.event_log import pooled_engine
+from backfill_dagster.instance.run_worker import this_worker
 
 
 class PooledPostgresRunStorage(PostgresRunStorage):
@@ -48,6 +50,13 @@ class PooledPostgresRunStorage(PostgresRunStorage):
         if not self._has_run_stats_cols:
             self._has_run_stats_cols = super().has_run_stats_index_cols()
         return self._has_run_stats_cols
+
+    def handle_run_event(self, run_id: str, event: DagsterEvent, update_timestamp=None) -> None:
+        if event.event_type == DagsterEventType.RUN_START:
+            # Tags first (each statement commits on its own): a reader that sees the run started
+            # also sees who runs it.
+            self.add_run_tags(run_id, this_worker())
+        super().handle_run_event(run_id, event, update_timestamp)
 
     def dispose(self) -> None:
         super().dispose()

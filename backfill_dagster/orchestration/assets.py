@@ -18,6 +18,7 @@ from backfill_dagster.domain.ledger import REPLACE_FEWER_TAG, REWRITE_REASON_TAG
 from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.ingest import IngestReport, derive_partitions, fetch_partitions
 from backfill_dagster.instance.event_log_tuning import hold_event_log_connection
+from backfill_dagster.orchestration.attempts import earlier_attempts
 from backfill_dagster.orchestration.partitions import multi_partition_key, run_partitions
 from backfill_dagster.orchestration.resources import ProvidersResource, StoreResource
 
@@ -57,6 +58,8 @@ def run_figures(report: IngestReport) -> dict[str, object]:
         "served_by": dict(sorted(report.served_by.items())),
         "rejected_bars": report.rejected_bars,
         "outside_hours": report.outside_hours,
+        # committed by an earlier attempt of the run (a retry), not fetched or derived again
+        "partitions_carried": len(report.carried),
     }
 
 
@@ -66,8 +69,9 @@ def report_events(
     """Turn a step's report into Dagster events with a per-partition status that tells the truth.
 
     Success: one MaterializeResult; Dagster records it for every partition of the run. Partial
-    failure: the partitions that were written get their own materialization, then the step fails
-    naming the others, so the UI shows exactly those as failed. The run's figures go into one log
+    failure: the partitions that were written (or carried from an earlier attempt of the run) get
+    their own materialization, then the step fails naming the others, so the UI shows exactly those
+    as failed. The run's figures go into one log
     line (and the failure), not into every partition's event: Dagster copies a range result's
     metadata into each of them (~1.3 KB and ~0.15 ms per partition, bench/bookkeeping.py).
     """
@@ -79,7 +83,7 @@ def report_events(
     if report.ok:
         yield dg.MaterializeResult()
         return
-    for symbol, session in report.written:
+    for symbol, session in [*report.carried, *report.written]:
         yield dg.AssetMaterialization(asset_key=context.asset_key, partition=multi_partition_key(symbol, session))
     raise dg.Failure(
         description=(
@@ -116,13 +120,15 @@ def fetched_bars_asset(
         calendar = xnys()
         partitions = run_partitions(context, calendar)
         router = providers.router(store, calendar)
+        bar_store = store.bar_store(calendar)
         try:
             report = fetch_partitions(
-                partitions, timeframe, router, store.bar_store(calendar),
+                partitions, timeframe, router, bar_store,
                 run_id=context.run.run_id, log=context.log.info,
                 allow_fewer=store.replace_fewer_bars or replace_fewer_requested(context.run.tags),
                 rewrite_reason=context.run.tags.get(REWRITE_REASON_TAG),
                 split_ratio=split_ratio(context.run.tags),
+                committed=committed_earlier(context, bar_store, timeframe, partitions),
             )
         finally:
             router.close()
@@ -144,23 +150,28 @@ def derive_what_was_written(
     and reports those materializations itself; only the failed partitions' h1/h4 stay failed, as
     the partitions view must show.
     """
-    if not report.written:
+    stored = sorted({*report.written, *report.carried})  # carried: committed by an earlier attempt
+    if not stored:
         return
-    selection = context.run.asset_selection
+    # The run's assets: its job's selection (the run's asset_selection is empty for a whole job
+    # executed in process, e.g. `materialize` in a test or script).
+    selection = context.job_def.asset_layer.selected_asset_keys
+    bar_store = store.bar_store(calendar)
     for timeframe in (Timeframe.H1, Timeframe.H4):
         key = dg.AssetKey(timeframe.asset_name)
-        if selection is not None and key not in selection:
+        if key not in selection:
             continue
         derived = derive_partitions(
-            sorted(report.written), timeframe, store.bar_store(calendar),
+            stored, timeframe, bar_store,
             extended=store.extended_hours, run_id=context.run.run_id, log=context.log.info,
             rewrite_reason=context.run.tags.get(REWRITE_REASON_TAG),
+            committed=committed_earlier(context, bar_store, timeframe, stored),
         )
         context.log.info(
-            f"{timeframe.asset_name}: derived {len(derived.written)} of the {len(report.written)} m15 "
-            "partition(s) this run wrote (the run's own h1/h4 step is skipped after the m15 failure)"
+            f"{timeframe.asset_name}: derived {len(derived.written)} of the {len(stored)} m15 "
+            "partition(s) this run holds (the run's own h1/h4 step is skipped after the m15 failure)"
         )
-        for symbol, session in sorted(derived.written):
+        for symbol, session in sorted({*derived.written, *derived.carried}):
             yield dg.AssetMaterialization(asset_key=key, partition=multi_partition_key(symbol, session))
 
 
@@ -183,14 +194,22 @@ def derived_bars_asset(
         hold_event_log_connection(context.instance)
         calendar = xnys()
         partitions = run_partitions(context, calendar)
+        bar_store = store.bar_store(calendar)
         report = derive_partitions(
-            partitions, timeframe, store.bar_store(calendar),
+            partitions, timeframe, bar_store,
             extended=store.extended_hours, run_id=context.run.run_id, log=context.log.info,
             rewrite_reason=context.run.tags.get(REWRITE_REASON_TAG),
+            committed=committed_earlier(context, bar_store, timeframe, partitions),
         )
         yield from report_events(context, report)
 
     return _derived
+
+
+def committed_earlier(context: dg.AssetExecutionContext, bar_store, timeframe: Timeframe, partitions) -> set:
+    """The run's partitions an earlier attempt of it (a retry, a re-execution) committed complete."""
+    attempts = earlier_attempts(context.instance, context.run)
+    return bar_store.committed_by(timeframe, partitions, attempts) if attempts else set()
 
 
 def replace_fewer_requested(tags) -> bool:

@@ -4,10 +4,13 @@ partial-and-now-closed or failed, inside each timeframe's history horizon (backf
 Nobody has to launch anything: a symbol added to the watchlist becomes a partition (watchlist_sync)
 and then a gap here, filled newest sessions first, a few runs per tick. Work is never requested
 twice: partitions that any unfinished run will write are skipped, and each run's key is derived
-from its box and the ledger state that made it a gap, so Dagster refuses a repeated request.
+from its box and the ledger state that made it a gap, so Dagster refuses a repeated request. A run
+whose worker is gone (killed: instance/run_worker.py) writes nothing more, so it holds nothing:
+its partitions are requested again while run monitoring fails the run.
 """
 
 from datetime import date
+from typing import NamedTuple
 
 import dagster as dg
 
@@ -19,6 +22,7 @@ from backfill_dagster.domain.clock import Clock, utcnow
 from backfill_dagster.domain.gap_planning import GapBox, InFlight, plan_gap_runs
 from backfill_dagster.domain.gap_policy import GapPolicy, horizons, ledger_horizons, settled_sessions
 from backfill_dagster.domain.timeframes import Timeframe
+from backfill_dagster.instance.run_worker import worker_gone
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
 from backfill_dagster.orchestration.partitions import (
     PartitionKeyError,
@@ -54,13 +58,21 @@ UNFINISHED_BACKFILLS = [BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING, 
 _TIMEFRAME_OF_ASSET = {dg.AssetKey(t.asset_name): t for t in Timeframe}
 
 
+class Unfinished(NamedTuple):
+    busy: InFlight  # what unfinished work will write
+    own: int  # unfinished runs this sensor requested
+    backfills: list[str]  # unfinished backfills' ids
+    abandoned: dict[str, str]  # run id -> why it writes nothing more (its worker is gone)
+
+
 def in_flight_partitions(
-    instance: dg.DagsterInstance, partition_order: list[str], calendar: SessionCalendar
-) -> tuple[InFlight, int, list[str]]:
+    instance: dg.DagsterInstance, partition_order: list[str], calendar: SessionCalendar, *, gone=worker_gone
+) -> Unfinished:
     """What unfinished work will write: the boxes of unfinished runs (of any job, sensor, schedule
     or backfill; a run without an asset selection counts for every timeframe), and the whole of
     each timeframe an unfinished backfill covers, since its later runs do not exist yet. Also how
-    many of the runs this sensor requested, and the unfinished backfills' ids."""
+    many of the runs this sensor requested, the unfinished backfills' ids, and the unfinished runs
+    that hold nothing because their worker is gone (`gone(tags)`: why, or None)."""
     position = {s: i for i, s in enumerate(partition_order)}
     busy = InFlight()
     backfills = []
@@ -73,8 +85,13 @@ def in_flight_partitions(
             busy.hold(timeframes)
             backfills.append(backfill.backfill_id)
     own = 0
+    abandoned = {}
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=IN_FLIGHT_STATUSES), limit=IN_FLIGHT_LIMIT):
         tags = run.tags
+        why = gone(tags)
+        if why is not None:
+            abandoned[run.run_id] = why
+            continue
         if tags.get(REQUESTED_BY_TAG) == GAP_SENSOR_NAME:
             own += 1
         box = _run_box(tags, position, partition_order, calendar)
@@ -85,7 +102,7 @@ def in_flight_partitions(
         else:
             timeframes = list(Timeframe)
         busy.add(timeframes, *box)
-    return busy, own, backfills
+    return Unfinished(busy, own, backfills, abandoned)
 
 
 def _run_box(tags, position, order, calendar):
@@ -166,13 +183,15 @@ def build_gap_sensor(
         # Unfinished work first, the ledger after: a run that finishes between the two reads has
         # committed its partitions before it stopped being unfinished, so the ledger read sees them.
         # (The other order sees them missing, then the run gone: derived twice.)
-        busy, own, backfills = in_flight_partitions(context.instance, order, cal)
+        busy, own, backfills, abandoned = in_flight_partitions(context.instance, order, cal)
         gaps = find_gaps(store.bar_store(cal).engine, symbols, ledger_horizons(wanted), (settled[0], settled[-1]))
         wanted = {**wanted, **{t: settled for t in Timeframe if not t.is_fetched}}
         plan = plan_gap_runs(gaps, wanted, order, policy=policy, now=now, in_flight=busy, own_runs_in_flight=own)
         note = f"; {pending} active symbol(s) wait for their partition" if pending else ""
         if backfills:
             note += f"; backfill(s) {', '.join(backfills)} in progress: their timeframes wait for them"
+        for run_id, why in abandoned.items():
+            note += f"; run {run_id} holds none of its partitions, {why} (run monitoring fails it)"
         if not plan.boxes:
             if plan.later:
                 return dg.SkipReason(

@@ -239,6 +239,40 @@ class BarStore:
             result = c.execute(query)
             return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
 
+    def committed_by(
+        self, timeframe: Timeframe, partitions: Iterable[Partition], run_ids: Sequence[str],
+        *, conn: Connection | None = None,
+    ) -> set[Partition]:
+        """Of these partitions, those whose ledger row is `complete` as written by one of these runs
+        and still theirs (h1/h4: derived from the m15 fetch stored now). What a retry of those runs
+        need not fetch or derive again."""
+        wanted = set(partitions)
+        if not wanted or not run_ids:
+            return set()
+        symbols = sorted({s for s, _ in wanted})
+        sessions = [d for _, d in wanted]
+        row = bar_coverage
+        query = sa.select(row.c.symbol, row.c.session).where(
+            row.c.timeframe == timeframe.value,
+            row.c.status == LedgerStatus.COMPLETE.value,
+            row.c.run_id.in_(list(run_ids)),
+            row.c.symbol.in_(symbols),
+            row.c.session.between(min(sessions), max(sessions)),
+        )
+        if timeframe.source is not None:
+            source = bar_coverage.alias("source")
+            query = query.join(source, sa.and_(
+                source.c.symbol == row.c.symbol, source.c.session == row.c.session,
+                source.c.timeframe == timeframe.source.value,
+                source.c.fetched_at == row.c.source_fetched_at,
+            ))
+        with _connection(self.engine, conn) as c:
+            found = {
+                (symbol, session if isinstance(session, date) else pd.Timestamp(session).date())
+                for symbol, session in c.execute(query)
+            }
+        return found & wanted
+
     # ------------------------------------------------------------------ internals
     def _replace(
         self,

@@ -204,3 +204,35 @@ def test_stop_closes_keep_alive_connections():
         fakes.stop()
         with pytest.raises(httpx.TransportError):
             client.get("/v8/finance/chart/AAPL", params={"interval": "1d"})
+
+
+
+def test_a_held_symbol_waits_unanswered_until_released_and_others_pass(fakes, http, config):
+    import threading
+
+    config.held_symbols.add("MSFT")
+    answers = {}
+
+    def ask(name, path, params, headers=None):
+        answers[name] = http.get(path, params=params, headers=headers, timeout=30)
+
+    polygon = {"apiKey": config.polygon_key}
+    held = [
+        threading.Thread(target=ask, args=("polygon", "/v2/aggs/ticker/MSFT/range/1/day/2024-01-02/2024-01-05", polygon)),
+        # a multi-symbol request naming it waits as well
+        threading.Thread(target=ask, args=("alpaca", "/v2/stocks/bars",
+                                           {**DAILY, "symbols": "AAPL,MSFT", "start": "2024-01-02", "end": "2024-01-02"},
+                                           alpaca_headers(config))),
+    ]
+    for thread in held:
+        thread.start()
+    ask("other", "/v2/aggs/ticker/AAPL/range/1/day/2024-01-02/2024-01-05", polygon)
+    assert answers["other"].status_code == 200
+    for thread in held:
+        thread.join(timeout=0.5)
+    assert all(t.is_alive() for t in held) and set(answers) == {"other"}
+    config.held_symbols.clear()
+    for thread in held:
+        thread.join(timeout=30)
+    assert answers["polygon"].status_code == 200 and answers["polygon"].json()["resultsCount"] > 0
+    assert answers["alpaca"].status_code == 200 and set(answers["alpaca"].json()["bars"]) == {"AAPL", "MSFT"}

@@ -347,6 +347,10 @@ def test_the_run_storage_keeps_its_connections_and_its_schema_check(dagster_pg, 
     assert len(inspections) <= 1, inspections
     assert len(connects) <= POOL_SIZE, connects
     assert instance.get_runs_count() == 2
+    # each run names its worker, this process, as it starts (the run launcher's health check reads it)
+    from backfill_dagster.instance.run_worker import this_worker
+
+    assert all({k: r.tags.get(k) for k in this_worker()} == this_worker() for r in instance.get_runs())
     runs.dispose()
     assert runs._engine.pool.checkedin() == 0
 

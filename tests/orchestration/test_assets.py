@@ -106,6 +106,31 @@ def test_a_partly_failed_run_reports_true_per_partition_status(tmp_path, instanc
     assert store.read_bars(Timeframe.M15, [("MSFT", bad)]).empty
 
 
+def test_a_partly_failed_m15_step_derives_h1_h4_of_what_it_wrote(tmp_path, instance, store_url, calendar, monkeypatch):
+    # Dagster skips the run's h1/h4 steps whole once m15 fails: the m15 step derives them for the
+    # partitions it wrote, so only the failed partition shows failed in every timeframe. A whole
+    # job executed in process (its run's asset_selection empty) included.
+    from backfill_dagster.definitions import build_definitions
+    from backfill_dagster.settings import Settings
+
+    bad = date(2024, 11, 26)
+    monkeypatch.setitem(registry.FACTORIES, "flaky", _flaky_factory(bad))
+    defs = build_definitions(Settings(data_dir=tmp_path, database_url=store_url, providers=("flaky",)))
+    add_symbols(instance, store_url, ["AAPL", "MSFT"])
+    sessions = calendar.sessions("2024-11-22", "2024-11-27")
+    everything = {f"{d.isoformat()}|{s}" for s in ("AAPL", "MSFT") for d in sessions}
+    intraday = {dg.AssetKey(a) for a in ("bars_m15", "bars_h1", "bars_h4")}
+    whole = defs.resolve_implicit_global_asset_job_def()
+    for job in (whole.get_subset(asset_selection=intraday), whole.get_subset(asset_selection=intraday | {dg.AssetKey("bars_d1")})):
+        result = job.execute_in_process(instance=instance, tags=range_tags(("AAPL", sessions[0]), ("MSFT", sessions[-1])),
+                                        raise_on_error=False)
+        assert not result.success
+        for asset in ("bars_m15", "bars_h1", "bars_h4"):
+            assert materialized(instance, asset) == everything - {"2024-11-26|MSFT"}, asset
+    store = BarStore(shared_engine(store_url), calendar)
+    assert len(store.read_bars(Timeframe.H1, [("AAPL", bad)])) == 7 and store.read_bars(Timeframe.H1, [("MSFT", bad)]).empty
+
+
 def test_a_non_session_partition_is_refused_by_dagster(defs, instance, store_url):
     add_symbols(instance, store_url, ["AAPL"])
     job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey("bars_m15")})

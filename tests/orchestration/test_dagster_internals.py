@@ -1,8 +1,9 @@
 """The Dagster internals this project overrides or relies on, pinned by the hash of their source.
 
 BulkPostgresEventLogStorage (instance/event_log.py) and PooledPostgresRunStorage
-(instance/run_storage.py) override dagster-postgres methods and call private ones; it expands Dagster's subset planned event into the rows Dagster's readers
-expect; the checks count on how the UI decides that a result is current; the steps compute a
+(instance/run_storage.py) override dagster-postgres methods and call private ones; the run
+launcher (instance/run_launcher.py) answers run monitoring's worker health check; the event log
+expands Dagster's subset planned event into the rows Dagster's readers expect; the checks count on how the UI decides that a result is current; the steps compute a
 run's partition box as Dagster does. Any of these may change in a Dagster release without notice,
 so a changed source fails here, naming what to re-check. The log manager's shortcut
 (instance/log_manager.py) mirrors how a record reaches the instance's handler; the status cache
@@ -54,6 +55,17 @@ INTERNALS: dict[str, tuple[str, str]] = {
         ("b76438443325ba8b", "every run-storage statement goes through self._engine"),
     "dagster._core.storage.runs.sql_run_storage.SqlRunStorage.has_run_stats_index_cols":
         ("7fc623624093c307", "its answer (the runs table's columns) is remembered once true"),
+    "dagster._core.storage.runs.sql_run_storage.SqlRunStorage.handle_run_event":
+        ("1c95c3b77926acd3", "the worker tags are written before the run's start status, each statement committing alone"),
+    # what the worker-checking run launcher (instance/run_launcher.py) relies on
+    "dagster._core.launcher.base.RunLauncher.supports_check_run_worker_health":
+        ("1d2d7f31b653aa43", "WorkerCheckingRunLauncher answers True and run monitoring then asks it about every STARTED run"),
+    "dagster._core.launcher.base.RunLauncher.check_run_worker_health":
+        ("13eec872b09e32f3", "WorkerCheckingRunLauncher returns a CheckRunHealthResult of the same shape"),
+    "dagster._daemon.monitoring.run_monitoring.monitor_started_run":
+        ("bc211672a19dbc70", "a FAILED health result fails the run once, its message naming the dead worker; RUNNING leaves it"),
+    "dagster._daemon.monitoring.concurrency.execute_concurrency_slots_iteration":
+        ("013ec5d51e2b56f6", "free_slots_after_run_end_seconds (dagster.yaml) gives a killed run's pool slots back"),
     # what it calls privately
     "dagster._core.storage.event_log.sql_event_log.SqlEventLogStorage._event_to_row":
         ("93d47fbe7edc4f70", "the columns of an event row (_EVENT_COLUMNS, _PLANNED_PER_PARTITION)"),

@@ -315,3 +315,32 @@ def test_the_daemon_fills_a_new_symbol_with_no_run_requested_twice(
     ]
     assert refill[0].status == dg.DagsterRunStatus.SUCCESS
     assert BarStore(shared_engine(store_url)).read_bars(D1, [("NEW", gone)]).shape[0] == 1
+
+
+def test_a_run_whose_worker_is_gone_holds_nothing(defs, instance, store_url):
+    """A STARTED run whose recorded worker was killed writes nothing more: its box is requested
+    again at once (run monitoring fails the run); a run whose worker lives still holds its box."""
+    import signal
+    import subprocess
+    import sys
+
+    from backfill_dagster.instance.run_worker import (
+        WORKER_HOST_TAG, WORKER_PID_TAG, WORKER_STARTED_TAG, process_start, this_worker,
+    )
+
+    add_symbols(instance, store_url, ["AAPL", "MSFT"])
+    sensor = sensor_for()
+    first = evaluate(sensor, instance, store_url)
+    assert len(first) == 2
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    killed = {**this_worker(), WORKER_PID_TAG: str(worker.pid), WORKER_STARTED_TAG: process_start(worker.pid)}
+    worker.kill()
+    worker.wait(timeout=30)
+    assert killed[WORKER_HOST_TAG] and worker.returncode == -signal.SIGKILL
+    job = defs.resolve_job_def(ALL_BARS_JOB)
+    for request, tags in zip(first, (this_worker(), killed)):
+        instance.create_run_for_job(job, tags={**request.tags, **tags}, asset_selection=frozenset(request.asset_selection),
+                                    status=dg.DagsterRunStatus.STARTED)
+    again = evaluate(sensor, instance, store_url)
+    assert not isinstance(again, dg.SkipReason), again.skip_message
+    assert [r.run_key for r in again] == [first[1].run_key]

@@ -179,7 +179,7 @@ def test_the_gap_sensor_leaves_a_repair_in_flight_alone(defs, instance, store_ur
                                ("d1", date(2024, 11, 26), SEEN - timedelta(days=5))])
     announce(store_url)
     tick(defs, instance, store_url)
-    busy, _, backfills = in_flight_partitions(instance, ["AAPL"], calendar)
+    busy, _, backfills, _ = in_flight_partitions(instance, ["AAPL"], calendar)
     assert backfills == [ActionStore(shared_engine(store_url)).splits()[0].backfill_id]
     assert all(busy.covers(t, ("AAPL", date(2024, 11, 26))) for t in (Timeframe.M15, Timeframe.D1))
 
