@@ -69,10 +69,17 @@ POOL_RECYCLE_S = 3600
 PING_IDLE_AFTER_S = 10
 # Most queued writes (events or batches of them) the writer commits in one transaction.
 GROUP_MAX = 200
+# The advisory lock every event-writing transaction holds from before its first id to its commit
+# (arbitrary constant: 'bfde' in ASCII; the store's schema lock is 'bfdg').
+COMMIT_ORDER_LOCK = 0x62666465
 
 
 class BulkPostgresEventLogStorage(PostgresEventLogStorage):
     """PostgreSQL event log storage that writes a range run's per-partition events in bulk."""
+
+    # Every transaction that stores events takes COMMIT_ORDER_LOCK first (`_one_transaction`);
+    # False only to measure what that costs (bench/event_log_writers.py).
+    commit_in_id_order = True
 
     def __init__(self, postgres_url: str, should_autocreate_tables: bool = True,
                  inst_data: ConfigurableClassData | None = None, token_provider=None):
@@ -209,7 +216,15 @@ class BulkPostgresEventLogStorage(PostgresEventLogStorage):
         """Every statement Dagster makes to store an event (or a batch), on one connection, in one
         transaction: one commit, where Dagster's autocommit makes each statement its own (an
         evaluation's insert, its NOTIFY and its check-row update: three WAL flushes). Also atomic:
-        an event is never stored without its index rows."""
+        an event is never stored without its index rows.
+
+        Ids in commit order: the transaction first takes `COMMIT_ORDER_LOCK`, held until it commits,
+        so no other process takes an event id while one is taken and not yet committed. A group
+        holds its ids for its whole transaction (11-18 ms median in a 504-partition run, up to
+        237 ms); without the lock another run worker could commit higher ids inside that window,
+        and every reader that keeps a cursor of "the events up to id N" (Dagster's partition
+        status cache behind the asset pages, its sensors' and daemon's cursors) would step over
+        the lower ones for good. Their cost: docs/benchmarks.md, "Event ids in commit order"."""
         if getattr(self._held, "conn", None) is not None:  # already inside one
             yield
             return
@@ -217,6 +232,8 @@ class BulkPostgresEventLogStorage(PostgresEventLogStorage):
         with create_pg_connection(self._engine) as conn:
             conn = conn.execution_options(isolation_level="READ COMMITTED")
             with conn.begin():
+                if self.commit_in_id_order:
+                    conn.execute(_COMMIT_ORDER, {"key": COMMIT_ORDER_LOCK})
                 self._held.conn = conn
                 try:
                     yield
@@ -225,12 +242,15 @@ class BulkPostgresEventLogStorage(PostgresEventLogStorage):
 
     @contextmanager
     def _connect(self) -> Iterator[sa.engine.Connection]:
-        if not getattr(self._held, "not_waiting", False):
-            self._written_behind.finish()
         held = getattr(self._held, "conn", None)
         if held is not None:
+            # Inside a transaction that stores events: it waited for the writes queued before it
+            # when it began, and it holds COMMIT_ORDER_LOCK, which the writer thread needs: waiting
+            # here for writes another thread queued since would never end.
             yield held
             return
+        if not getattr(self._held, "not_waiting", False):
+            self._written_behind.finish()
         with create_pg_connection(self._engine) as conn:
             yield conn
 
@@ -536,6 +556,11 @@ class _NotWritten(Exception):
 
 def _is_run_event(event: EventLogEntry) -> bool:
     return event.dagster_event is not None and event.dagster_event.is_job_event
+
+
+# Taken before the transaction's first event id, released by its commit (or rollback): event ids
+# become visible in the order they were taken, across every process writing this event log.
+_COMMIT_ORDER = sa.text("SELECT pg_advisory_xact_lock(:key)")
 
 
 # One planned-materialization row per partition key, in the keys' order (ids ascending, as Dagster's

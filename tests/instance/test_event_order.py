@@ -1,0 +1,126 @@
+"""Event ids become visible in the order they were taken (instance/event_log.py, "ids in commit
+order"): a writer whose ids are lower than another's is never committed after it, so every reader
+that remembers "the events up to id N" — the partition status the asset pages show, Dagster's
+sensors and daemon cursors — never skips an event that committed late.
+
+Two real writers (a run worker in its own process, and one in this process whose transaction is
+held open after its ids are taken, as the write-behind group holds them until it commits), and the
+asset pages' reader (a third instance, as the webserver has its own) reading between the commits.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+import uuid
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+from dagster._core.loader import LoadingContextForTest
+
+from backfill_dagster.instance.cached_status import is_current
+from tests.instance.test_event_log import _event, dagster_pg  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.postgres
+
+ASSET = dg.AssetKey("bars_m15")
+PARTITIONS = dg.StaticPartitionsDefinition(["P1", "P2", "P3", "P4"])
+WAIT_S = 60  # generous: the machine may be loaded; nothing here is timed
+
+
+def _materializations(run_id: str, partitions) -> list:
+    return [_event(run_id, "materialized", ASSET.to_user_string(), p) for p in partitions]
+
+
+def _run_worker(instance_ref, run_id: str, partitions) -> None:
+    """A run worker storing its partitions' materializations (one batch, Dagster's handover) and exiting."""
+    instance = dg.DagsterInstance.from_ref(instance_ref)
+    instance.event_log_storage.store_event_batch(_materializations(run_id, partitions))
+    instance.dispose()  # drains what was written behind
+
+
+def _ui_status(instance) -> set[str]:
+    """The materialized partitions the asset pages show: Dagster's `AssetStatusCacheValue` load,
+    which asks the event log (the project's `get_asset_status_cache_values`) in a request's context."""
+    [value] = instance.event_log_storage.get_asset_status_cache_values(
+        [(ASSET, PARTITIONS)], LoadingContextForTest(instance)
+    )
+    return set() if value is None else set(value.deserialize_materialized_partition_subsets(PARTITIONS).get_partition_keys())
+
+
+def _sensor_status(instance) -> set[str]:
+    """What the `partition_status_cache` sensor and Dagster's public API read."""
+    statuses = instance.get_status_by_partition(ASSET, PARTITIONS.get_partition_keys(), PARTITIONS)
+    return {key for key, status in statuses.items() if status is not None and status.value == "MATERIALIZED"}
+
+
+class HeldOpen:
+    """Holds a storage's write-behind transaction open after its event rows are in (their ids
+    taken) and before the asset row is updated: the window in which, on a group commit, a later
+    writer could commit first."""
+
+    def __init__(self, storage):
+        self.inside, self.release = threading.Event(), threading.Event()
+        real = storage._store_asset_event
+
+        def paused(conn, event, event_id):
+            self.inside.set()
+            assert self.release.wait(WAIT_S), "never released"
+            return real(conn, event, event_id)
+
+        storage._store_asset_event = paused
+
+
+def _committed_or_waiting(admin_url: str, worker) -> None:
+    """Until the other worker has exited (its events committed) or waits for a lock in PostgreSQL."""
+    engine = sa.create_engine(admin_url)
+    deadline = time.monotonic() + WAIT_S
+    try:
+        while time.monotonic() < deadline:
+            if not worker.is_alive():
+                return
+            with engine.connect() as conn:
+                waiting = conn.execute(sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )).scalar_one()
+            if waiting:
+                return
+            time.sleep(0.05)
+        raise AssertionError("the other run worker neither committed nor waited")
+    finally:
+        engine.dispose()
+
+
+def _url(instance) -> str:
+    return instance.event_log_storage.postgres_url
+
+
+def test_a_partition_whose_event_commits_after_a_later_ones_is_still_shown(dagster_pg):
+    ui = dagster_pg("bulk")  # the webserver's instance
+    late = dg.DagsterInstance.from_ref(ui.get_ref())  # a run worker whose commit is held back
+    held = HeldOpen(late.event_log_storage)
+    try:
+        late.event_log_storage.store_event_batch(_materializations(f"late-{uuid.uuid4().hex[:6]}", ["P1", "P2"]))
+        assert held.inside.wait(WAIT_S)  # P1 and P2's ids are taken, not committed
+
+        worker = multiprocessing.get_context("spawn").Process(
+            target=_run_worker, args=(ui.get_ref(), f"early-{uuid.uuid4().hex[:6]}", ["P3", "P4"])
+        )
+        worker.start()
+        _committed_or_waiting(_url(ui), worker)
+        between = _ui_status(ui)  # a page opened between the two commits
+        assert between <= {"P3", "P4"}
+
+        held.release.set()
+        late.event_log_storage._written_behind.finish()
+        worker.join(WAIT_S)
+        assert worker.exitcode == 0
+    finally:
+        held.release.set()
+        late.dispose()
+
+    assert _ui_status(ui) == {"P1", "P2", "P3", "P4"}
+    assert _sensor_status(ui) == {"P1", "P2", "P3", "P4"}
+    assert is_current(ui, ASSET, PARTITIONS)
