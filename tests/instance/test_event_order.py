@@ -97,6 +97,19 @@ def _url(instance) -> str:
     return instance.event_log_storage.postgres_url
 
 
+def _end_sessions(url: str) -> None:
+    """Terminate every other session of the database (a test that found a writer stuck)."""
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ))
+    finally:
+        engine.dispose()
+
+
 def test_a_partition_whose_event_commits_after_a_later_ones_is_still_shown(dagster_pg):
     ui = dagster_pg("bulk")  # the webserver's instance
     late = dg.DagsterInstance.from_ref(ui.get_ref())  # a run worker whose commit is held back
@@ -124,3 +137,35 @@ def test_a_partition_whose_event_commits_after_a_later_ones_is_still_shown(dagst
     assert _ui_status(ui) == {"P1", "P2", "P3", "P4"}
     assert _sensor_status(ui) == {"P1", "P2", "P3", "P4"}
     assert is_current(ui, ASSET, PARTITIONS)
+
+
+def test_a_transaction_storing_events_never_waits_for_writes_queued_after_it_began(dagster_pg):
+    """The webserver and the daemon store events from many threads: one thread's transaction holds
+    the commit-order lock that the writer thread needs for what another thread queued meanwhile, so
+    Dagster's statements inside that transaction must not wait for it (they would for ever)."""
+    instance = dagster_pg("bulk")
+    storage = instance.event_log_storage
+    outcome: list = []
+
+    def store_inside_a_transaction() -> None:
+        try:
+            with storage._one_transaction():
+                other = threading.Thread(target=storage.store_event, args=(_materializations("queued", ["P2"])[0],))
+                other.start()
+                other.join(WAIT_S)
+                storage._store_event_now(_materializations("inside", ["P1"])[0])
+            outcome.append("committed")
+        except Exception as exc:  # the database dropped under a stuck thread: reported below
+            outcome.append(exc)
+
+    inside = threading.Thread(target=store_inside_a_transaction, daemon=True)
+    inside.start()
+    inside.join(WAIT_S)
+    stuck = inside.is_alive()
+    if stuck:  # end the stuck transaction so that the instance can be disposed of
+        _end_sessions(_url(instance))
+        inside.join(WAIT_S)
+    assert not stuck, "the transaction waited for a write queued after it began"
+    assert outcome == ["committed"]
+    storage._written_behind.finish()
+    assert _sensor_status(instance) == {"P1", "P2"}
