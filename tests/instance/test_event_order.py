@@ -14,6 +14,8 @@ import multiprocessing
 import threading
 import time
 import uuid
+from datetime import date
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -169,3 +171,61 @@ def test_a_transaction_storing_events_never_waits_for_writes_queued_after_it_beg
     assert outcome == ["committed"]
     storage._written_behind.finish()
     assert _sensor_status(instance) == {"P1", "P2"}
+
+
+def _range_run(instance_ref, data_dir: str, store_url: str, symbol: str) -> None:
+    """A run worker: the all-bars job over one symbol's November 2024 sessions, on the demo provider."""
+    from backfill_dagster.definitions import build_definitions
+    from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
+    from backfill_dagster.orchestration.partitions import range_tags
+    from backfill_dagster.settings import Settings
+
+    defs = build_definitions(Settings(data_dir=Path(data_dir), database_url=store_url))
+    with dg.DagsterInstance.from_ref(instance_ref) as instance:
+        result = defs.resolve_job_def(ALL_BARS_JOB).execute_in_process(
+            instance=instance, tags=range_tags((symbol, NOVEMBER[0]), (symbol, NOVEMBER[-1]))
+        )
+        assert result.success
+
+
+NOVEMBER = (date(2024, 11, 1), date(2024, 11, 29))
+BAR_ASSETS = ("bars_m15", "bars_h1", "bars_h4", "bars_d1")
+
+
+def test_concurrent_runs_then_the_asset_pages_show_every_partition(dagster_pg, tmp_path, pg_url, calendar):
+    """Two run workers materialising all four assets at once while the asset pages are read again
+    and again (each read moves the status cache's cursor): afterwards every asset shows every
+    partition both runs materialized, as a read of all its events does, with none in progress."""
+    from backfill_dagster.definitions import build_definitions
+    from backfill_dagster.settings import Settings
+    from tests.orchestration.conftest import add_symbols
+
+    ui = dagster_pg("bulk")
+    defs = build_definitions(Settings(data_dir=tmp_path, database_url=pg_url))
+    add_symbols(ui, pg_url, ["AAPL", "MSFT"])
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=_range_run, args=(ui.get_ref(), str(tmp_path), pg_url, symbol))
+        for symbol in ("AAPL", "MSFT")
+    ]
+    for worker in workers:
+        worker.start()
+    wanted = [(dg.AssetKey(a), defs.resolve_assets_def(a).partitions_def) for a in BAR_ASSETS]
+    reads = 0
+    deadline = time.monotonic() + 10 * WAIT_S
+    while any(w.is_alive() for w in workers) and time.monotonic() < deadline:
+        ui.event_log_storage.get_asset_status_cache_values(wanted, LoadingContextForTest(ui))
+        reads += 1
+    for worker in workers:
+        worker.join(WAIT_S)
+        assert worker.exitcode == 0
+    assert reads > 1
+
+    sessions = calendar.sessions(NOVEMBER[0].isoformat(), NOVEMBER[1].isoformat())
+    everything = {f"{d.isoformat()}|{s}" for s in ("AAPL", "MSFT") for d in sessions}
+    values = ui.event_log_storage.get_asset_status_cache_values(wanted, LoadingContextForTest(ui))
+    for (key, partitions_def), value in zip(wanted, values, strict=True):
+        shown = set(value.deserialize_materialized_partition_subsets(partitions_def).get_partition_keys())
+        assert shown == set(ui.get_materialized_partitions(key)) == everything, key
+        assert not value.deserialize_in_progress_partition_subsets(partitions_def).get_partition_keys(), key
+        assert is_current(ui, key, partitions_def), key
