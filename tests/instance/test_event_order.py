@@ -229,3 +229,33 @@ def test_concurrent_runs_then_the_asset_pages_show_every_partition(dagster_pg, t
         assert shown == set(ui.get_materialized_partitions(key)) == everything, key
         assert not value.deserialize_in_progress_partition_subsets(partitions_def).get_partition_keys(), key
         assert is_current(ui, key, partitions_def), key
+
+
+def test_on_sqlite_a_second_writer_waits_until_the_first_commits(tmp_path, monkeypatch):
+    """The embedded instance (Dagster's SQLite storage) needs no lock of ours: asset events are
+    inserted into one index database inside a write transaction, and SQLite lets one writer at a
+    time, so no id is taken while a lower one is uncommitted."""
+    from dagster._core.storage.event_log.sqlite import sqlite_event_log
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    ui = dg.DagsterInstance.local_temp(str(home))
+    late = dg.DagsterInstance.from_ref(ui.get_ref())
+    early = dg.DagsterInstance.from_ref(ui.get_ref())
+    held = HeldOpen(late.event_log_storage)
+    writer = threading.Thread(target=late.event_log_storage.store_event,
+                              args=(_materializations("late", ["P1"])[0],), daemon=True)
+    try:
+        writer.start()
+        assert held.inside.wait(WAIT_S)  # P1's id taken, its transaction open
+        monkeypatch.setattr(sqlite_event_log, "SQLITE_BUSY_TIMEOUT_SECONDS", 0.5)
+        with pytest.raises(sa.exc.OperationalError, match="database is locked"):
+            early.event_log_storage.store_event(_materializations("early", ["P3"])[0])
+        assert _ui_status(ui) == set()  # a page opened meanwhile
+    finally:
+        held.release.set()
+        writer.join(WAIT_S)
+    early.event_log_storage.store_event(_materializations("early", ["P3"])[0])
+    assert _ui_status(ui) == _sensor_status(ui) == {"P1", "P3"}
+    for instance in (early, late, ui):
+        instance.dispose()
