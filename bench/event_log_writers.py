@@ -14,7 +14,9 @@ work between two batches of 1,000 (0: the event log only, the worst case for the
 workers start together; the wall is from the first start to the last run's end.
 
 Each worker count is measured with the lock and without it (the storage's `commit_in_id_order`),
-alternating, best of `--repeat`; printed: wall, events/s and the ratio with / without.
+alternating, best of `--repeat`; printed: wall, events/s and the ratio with / without, and how
+many transactions took the lock and how long its statement took them (the wait for other workers'
+transactions and a round trip), with the lock.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dagster as dg  # noqa: E402
+import sqlalchemy as sa  # noqa: E402
 from dagster._core.events import (  # noqa: E402
     AssetMaterializationPlannedData,
     DagsterEvent,
@@ -89,7 +92,20 @@ def worker(instance_ref, ordered: bool, runs: int, partitions: int, work_ms: flo
     storage.store_event(_entry(warm_up, DagsterEvent(DagsterEventType.RUN_START.value, JOB)))
     storage.store_event_batch(run_events(warm_up, keys[:2], partitions_def)[0][1])
     storage.store_event(_entry(warm_up, DagsterEvent(DagsterEventType.RUN_SUCCESS.value, JOB)))
+    waited = [0.0, 0]  # seconds in the lock statement, transactions that took it
+
+    @sa.event.listens_for(storage._engine, "before_cursor_execute")
+    def statement_began(conn, cursor, statement, *_):
+        conn.info["began"] = time.perf_counter()
+
+    @sa.event.listens_for(storage._engine, "after_cursor_execute")
+    def statement_ended(conn, cursor, statement, *_):
+        if "pg_advisory_xact_lock" in statement:
+            waited[0] += time.perf_counter() - conn.info["began"]
+            waited[1] += 1
+
     go.wait()
+    waited[:] = [0.0, 0]
     began = time.perf_counter()
     for start, writes, success in prepared:
         storage.store_event(start)
@@ -101,7 +117,7 @@ def worker(instance_ref, ordered: bool, runs: int, partitions: int, work_ms: flo
             else:
                 storage.store_event(write)
         storage.store_event(success)
-    results.put((began, time.perf_counter()))
+    results.put((began, time.perf_counter(), *waited))
     instance.dispose()
 
 
@@ -120,7 +136,8 @@ def measure(instance_ref, ordered: bool, workers: int, args) -> float:
     for proc in procs:
         proc.join(60)
         assert proc.exitcode == 0, proc.exitcode
-    return max(end for _, end in spans) - min(start for start, _ in spans)
+    wall = max(span[1] for span in spans) - min(span[0] for span in spans)
+    return wall, sum(span[2] for span in spans), sum(span[3] for span in spans)
 
 
 def main() -> None:
@@ -138,9 +155,9 @@ def main() -> None:
         per_run = 1 + args.partitions * 2 + LOG_LINES_PER_RUN + 1  # start, planned rows, materializations, logs, end
         print(f"{args.runs} run(s) per worker, {args.partitions} partitions a run ({per_run} events), "
               f"work between batches {args.work_ms:g} ms, best of {args.repeat}")
-        print(f"{'workers':>7} | {'in id order':>22} | {'unordered':>22} | ratio")
+        print(f"{'workers':>7} | {'in id order':>22} | {'unordered':>22} | ratio | lock statement (best wall's)")
         for workers in [int(w) for w in args.workers.split(",")]:
-            best = {True: float("inf"), False: float("inf")}
+            best = {True: (float("inf"), 0.0, 0), False: (float("inf"), 0.0, 0)}
             for _ in range(args.repeat):
                 for ordered in (True, False):
                     best[ordered] = min(best[ordered], measure(ref, ordered, workers, args))
@@ -149,7 +166,10 @@ def main() -> None:
             def shown(wall: float) -> str:
                 return f"{wall:6.2f} s {events / wall:9,.0f} ev/s"
 
-            print(f"{workers:>7} | {shown(best[True]):>22} | {shown(best[False]):>22} | {best[True] / best[False]:.2f}x")
+            (ordered_wall, lock_s, taken), (unordered_wall, _, _) = best[True], best[False]
+            print(f"{workers:>7} | {shown(ordered_wall):>22} | {shown(unordered_wall):>22} | "
+                  f"{ordered_wall / unordered_wall:.2f}x | {taken} transactions, {lock_s * 1000 / max(taken, 1):.1f} ms each, "
+                  f"{lock_s / workers / ordered_wall:.0%} of a worker's wall")
         instance.dispose()
 
 

@@ -5,7 +5,9 @@ sensors and daemon cursors — never skips an event that committed late.
 
 Two real writers (a run worker in its own process, and one in this process whose transaction is
 held open after its ids are taken, as the write-behind group holds them until it commits), and the
-asset pages' reader (a third instance, as the webserver has its own) reading between the commits.
+asset pages' reader (an instance of its own, as the webserver's) reading between the commits; a
+thread's transaction that must not wait for writes queued after it; two concurrent range runs while
+the asset pages are read; and the embedded SQLite instance, which keeps ids in order by itself.
 """
 
 from __future__ import annotations
