@@ -233,7 +233,7 @@ class BulkPostgresEventLogStorage(PostgresEventLogStorage):
         237 ms); without the lock another run worker could commit higher ids inside that window,
         and every reader that keeps a cursor of "the events up to id N" (Dagster's partition
         status cache behind the asset pages, its sensors' and daemon's cursors) would step over
-        the lower ones for good. Their cost: docs/benchmarks.md, "Event ids in commit order"."""
+        the lower ones for good. What the lock costs: docs/benchmarks.md, "Event ids in commit order"."""
         if getattr(self._held, "conn", None) is not None:  # already inside one
             yield
             return
