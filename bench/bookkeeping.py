@@ -3,7 +3,7 @@
     python bench/bookkeeping.py [--symbols 10] [--sessions 500] [--instance sqlite|postgres]
                                 [--event-log bulk|stock] [--event-batch-size 1000] [--no-checks]
                                 [--unpooled] [--pool-at-launch] [--subset-planned]
-                                [--synchronous-commit on|off] [--repeat 1]
+                                [--synchronous-commit on|off] [--unordered-commits] [--repeat 1]
 
 A range run of symbols x sessions partitions (default 5,000) of bars_m15, with its completeness
 check (one summary of the run's partitions), is timed end to end in a real Dagster run
@@ -16,7 +16,8 @@ DAGSTER_EVENT_BATCH_SIZE (--event-batch-size) lets Dagster write planned and mat
 events in batches. On PostgreSQL the instance uses the deployed event log (dagster.yaml:
 BulkPostgresEventLogStorage, one planned event per asset and run, stored per partition) or, with
 --event-log stock, dagster-postgres's own; --unpooled and --pool-at-launch only change the stock
-one (the bulk one always pools); --synchronous-commit off sets it on the instance's connections.
+one (the bulk one always pools); --synchronous-commit off sets it on the instance's connections;
+--unordered-commits drops the bulk one's commit-order lock (to measure what it costs).
 """
 
 from __future__ import annotations
@@ -130,7 +131,13 @@ def main() -> None:
     parser.add_argument("--subset-planned", action="store_true",
                         help="DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS=true: one planned event per asset and run "
                              "(the bulk event log asks for it anyway)")
+    parser.add_argument("--unordered-commits", action="store_true",
+                        help="the bulk event log without its commit-order lock (ids may become visible out of order)")
     args = parser.parse_args()
+    if args.unordered_commits:
+        from backfill_dagster.instance.event_log import BulkPostgresEventLogStorage
+
+        BulkPostgresEventLogStorage.commit_in_id_order = False
     os.environ["DAGSTER_EVENT_BATCH_SIZE"] = str(args.event_batch_size)
     if args.subset_planned:
         os.environ["DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"] = "true"
@@ -154,6 +161,7 @@ def main() -> None:
     print(f"range run of {n:,} bars_m15 partitions ({args.symbols} symbols x {len(sessions)} sessions), "
           f"instance {args.instance}{f' ({args.event_log} event log)' if args.instance == 'postgres' else ''}, "
           f"checks {'off' if args.no_checks else 'on'}, "
+          f"{'unordered commits, ' if args.unordered_commits else ''}"
           f"DAGSTER_EVENT_BATCH_SIZE={args.event_batch_size}")
     print(f"  direct (no Dagster)     {direct_s:8.2f} s   (best of {args.repeat}: {_walls(direct_walls)})")
     print(f"  Dagster run             {run_s:8.2f} s   (best of {args.repeat}: {_walls(dagster_walls)})")

@@ -6,7 +6,10 @@ alone (a new connection, a transaction and schema inspections per statement) whi
 This subclass writes the same rows in a few round trips: pooled connections per process, schema
 facts remembered, one subset planned event per asset stored as the per-partition rows Dagster's
 readers expect, materializations with COPY; and every write but a run's status events queued to a
-writer thread that commits what is queued together (WriteBehind). The asset pages' status cache read
+writer thread that commits what is queued together (WriteBehind). Every transaction that stores
+events holds one advisory lock from before its first event id to its commit, so that ids become
+visible in the order they were taken across run workers (`_one_transaction`: Dagster's cursors of
+"events up to id N" depend on it). The asset pages' status cache read
 takes the stored row as it is when nothing happened since it was written (cached_status.py), and
 the partitions planned but not materialized since are found in one query; other reads and the
 statements of other writes are Dagster's own. It turns on event batching in every
@@ -69,10 +72,17 @@ POOL_RECYCLE_S = 3600
 PING_IDLE_AFTER_S = 10
 # Most queued writes (events or batches of them) the writer commits in one transaction.
 GROUP_MAX = 200
+# The advisory lock every event-writing transaction holds from before its first id to its commit
+# (arbitrary constant: 'bfde' in ASCII; the store's schema lock is 'bfdg').
+COMMIT_ORDER_LOCK = 0x62666465
 
 
 class BulkPostgresEventLogStorage(PostgresEventLogStorage):
     """PostgreSQL event log storage that writes a range run's per-partition events in bulk."""
+
+    # Every transaction that stores events takes COMMIT_ORDER_LOCK first (`_one_transaction`);
+    # False only to measure what that costs (bench/event_log_writers.py).
+    commit_in_id_order = True
 
     def __init__(self, postgres_url: str, should_autocreate_tables: bool = True,
                  inst_data: ConfigurableClassData | None = None, token_provider=None):
@@ -172,33 +182,39 @@ class BulkPostgresEventLogStorage(PostgresEventLogStorage):
         finally:
             self._held.not_waiting = outer
 
-    def _prepare_materializations(self, events: Sequence[EventLogEntry]) -> tuple[list[dict], list[dict]]:
-        """The rows `_write_materializations` writes, built in the calling thread: each event's
-        row (`_event_to_row`, the JSON serialized with what they share done once: event_json) and
-        its indexed tags."""
-        return materialization_rows(self, events), [self._tags_for_asset_event(e) for e in events]
+    def _prepare_materializations(self, events: Sequence[EventLogEntry]) -> tuple[list[str], list[list[str]]]:
+        """The COPY lines `_write_materializations` sends, all but their event ids, built in the
+        calling thread: each event's row (`_event_to_row`, the JSON serialized with what they share
+        done once: event_json) and the rows of its indexed tags. Left for the transaction, which
+        holds the commit-order lock, is putting the ids in front (formatting 1,000 rows here took
+        8-45 ms, a whole transaction's median length)."""
+        rows = materialization_rows(self, events)
+        event_lines = [copy_line(row[column] for column in _EVENT_COLUMNS) for row in rows]
+        tag_lines = [
+            [copy_line((row["asset_key"], key, value, row["timestamp"])) for key, value in self._tags_for_asset_event(e).items()]
+            for row, e in zip(rows, events, strict=True)
+        ]
+        return event_lines, tag_lines
 
-    def _write_materializations(self, events: Sequence[EventLogEntry], prepared: tuple[list[dict], list[dict]]) -> None:
+    def _write_materializations(self, events: Sequence[EventLogEntry], prepared: tuple[list[str], list[list[str]]]) -> None:
         """What dagster-postgres's `store_event_batch` does with materializations (the rows, their
         indexed tags, the asset-key row from the last one), in one transaction, each table's rows
         sent with COPY: the batch's ids are taken from the table's sequence first, so the tags can
         name them. SQLAlchemy compiles a multi-row VALUES statement anew for every batch (~40 us a
         row) and inserts the tags with executemany; binding the rows as arrays cost ~25 us a row."""
-        rows, tags_per_event = prepared
+        event_lines, tag_lines = prepared
         with self._one_transaction(), self._connect() as conn:
             cursor = conn.connection.dbapi_connection.cursor()
             try:
-                cursor.execute(_NEXT_EVENT_IDS, (len(rows),))
+                cursor.execute(_NEXT_EVENT_IDS, (len(event_lines),))
                 ids = sorted(row[0] for row in cursor.fetchall())
-                cursor.copy_expert(_COPY_EVENTS, copy_text(
-                    (event_id, *(row[column] for column in _EVENT_COLUMNS)) for event_id, row in zip(ids, rows)
+                cursor.copy_expert(_COPY_EVENTS, io.StringIO(
+                    "".join(f"{event_id}\t{line}\n" for event_id, line in zip(ids, event_lines))
                 ))
                 if self.has_table(AssetEventTagsTable.name):
-                    cursor.copy_expert(_COPY_TAGS, copy_text(
-                        (event_id, row["asset_key"], key, value, row["timestamp"])
-                        for event_id, row, event_tags in zip(ids, rows, tags_per_event)
-                        for key, value in event_tags.items()
-                    ))
+                    cursor.copy_expert(_COPY_TAGS, io.StringIO("".join(
+                        f"{event_id}\t{line}\n" for event_id, lines in zip(ids, tag_lines) for line in lines
+                    )))
             finally:
                 cursor.close()
             with self.index_transaction() as index:
@@ -209,7 +225,15 @@ class BulkPostgresEventLogStorage(PostgresEventLogStorage):
         """Every statement Dagster makes to store an event (or a batch), on one connection, in one
         transaction: one commit, where Dagster's autocommit makes each statement its own (an
         evaluation's insert, its NOTIFY and its check-row update: three WAL flushes). Also atomic:
-        an event is never stored without its index rows."""
+        an event is never stored without its index rows.
+
+        Ids in commit order: the transaction first takes `COMMIT_ORDER_LOCK`, held until it commits,
+        so no other process takes an event id while one is taken and not yet committed. A group
+        holds its ids for its whole transaction (11-18 ms median in a 504-partition run, up to
+        237 ms); without the lock another run worker could commit higher ids inside that window,
+        and every reader that keeps a cursor of "the events up to id N" (Dagster's partition
+        status cache behind the asset pages, its sensors' and daemon's cursors) would step over
+        the lower ones for good. What the lock costs: docs/benchmarks.md, "Event ids in commit order"."""
         if getattr(self._held, "conn", None) is not None:  # already inside one
             yield
             return
@@ -217,6 +241,8 @@ class BulkPostgresEventLogStorage(PostgresEventLogStorage):
         with create_pg_connection(self._engine) as conn:
             conn = conn.execution_options(isolation_level="READ COMMITTED")
             with conn.begin():
+                if self.commit_in_id_order:
+                    conn.execute(_COMMIT_ORDER, {"key": COMMIT_ORDER_LOCK})
                 self._held.conn = conn
                 try:
                     yield
@@ -225,12 +251,15 @@ class BulkPostgresEventLogStorage(PostgresEventLogStorage):
 
     @contextmanager
     def _connect(self) -> Iterator[sa.engine.Connection]:
-        if not getattr(self._held, "not_waiting", False):
-            self._written_behind.finish()
         held = getattr(self._held, "conn", None)
         if held is not None:
+            # Inside a transaction that stores events: it waited for the writes queued before it
+            # when it began, and it holds COMMIT_ORDER_LOCK, which the writer thread needs: waiting
+            # here for writes another thread queued since would never end.
             yield held
             return
+        if not getattr(self._held, "not_waiting", False):
+            self._written_behind.finish()
         with create_pg_connection(self._engine) as conn:
             yield conn
 
@@ -538,6 +567,11 @@ def _is_run_event(event: EventLogEntry) -> bool:
     return event.dagster_event is not None and event.dagster_event.is_job_event
 
 
+# Taken before the transaction's first event id, released by its commit (or rollback): event ids
+# become visible in the order they were taken, across every process writing this event log.
+_COMMIT_ORDER = sa.text("SELECT pg_advisory_xact_lock(:key)")
+
+
 # One planned-materialization row per partition key, in the keys' order (ids ascending, as Dagster's
 # own per-partition events would get them).
 _PLANNED_PER_PARTITION = sa.text(f"""
@@ -564,10 +598,11 @@ _COPY_EVENTS = f"COPY {SqlEventLogStorageTable.name} (id, {', '.join(_EVENT_COLU
 _COPY_TAGS = f"COPY {AssetEventTagsTable.name} ({', '.join(_TAG_COLUMNS)}) FROM STDIN"
 
 
-def copy_text(records: Iterable[Sequence[Any]]) -> io.StringIO:
-    """Records in COPY's text format: tab-separated, one per line, backslash escapes, \\N for NULL,
-    timestamps in ISO form (the columns are `timestamp without time zone`, values naive UTC)."""
-    return io.StringIO("".join("\t".join(map(_copy_field, record)) + "\n" for record in records))
+def copy_line(values: Iterable[Any]) -> str:
+    """One record in COPY's text format, without the line's end: tab-separated, backslash escapes,
+    \\N for NULL, timestamps in ISO form (the columns are `timestamp without time zone`, values
+    naive UTC)."""
+    return "\t".join(map(_copy_field, values))
 
 
 def _copy_field(value: Any) -> str:
