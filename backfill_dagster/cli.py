@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
 from collections.abc import Sequence
 from datetime import date
 
@@ -158,7 +157,11 @@ def cmd_coverage(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_corporate_actions(args: argparse.Namespace, settings: Settings) -> int:
     symbol = user_symbols([args.symbol])[0]
     store = ActionStore(shared_engine(settings.resolved_database_url))
-    print(format_actions(store.actions([symbol]), store.sources([symbol]), store.checks([symbol]), symbol))
+    from backfill_dagster.providers.registry import action_publishers, check_provider_names
+
+    check_provider_names(settings.providers)
+    print(format_actions(store.actions([symbol]), store.sources([symbol]), store.checks([symbol]), symbol,
+                         action_publishers(settings.providers)))
     return 0
 
 
@@ -261,9 +264,9 @@ def cmd_ensure_coverage(args: argparse.Namespace, settings: Settings) -> int:
     if not missing:
         span = f"{len(sessions)} {timeframe.value} sessions ({sessions[0]} .. {sessions[-1]})"
         if chosen.exhausted:
-            print(f"nothing else to do: {', '.join(symbols)} have the others of the {span}")
+            print(f"nothing else to do: {_and_list(symbols)} {_have(symbols)} the others of the {span}")
         else:
-            print(f"nothing to do: {', '.join(symbols)} have all {span}")
+            print(f"nothing to do: {_and_list(symbols)} {_have(symbols)} all {span}")
         return 0
     # Derived: fetch its source too where that is a gap (stale or derive-only partitions need not).
     assets = [timeframe.source, timeframe] if timeframe.source is not None and chosen.intraday else [timeframe]
@@ -383,6 +386,16 @@ def format_detail(frame: pd.DataFrame, symbol: str) -> str:
     return "\n".join(lines)
 
 
+def _and_list(names: Sequence[str]) -> str:
+    """'A', 'A and B', 'A, B and C'."""
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _have(names: Sequence[str]) -> str:
+    return "has" if len(names) == 1 else "have"
+
+
 def format_repairs(store: ActionStore, symbols: Sequence[str] | None) -> str:
     """A line per split whose history is being repaired (or whose repair failed), for `coverage`."""
     from backfill_dagster.domain.corporate_actions import OPEN_REPAIRS, RepairState
@@ -397,8 +410,11 @@ def format_repairs(store: ActionStore, symbols: Sequence[str] | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def format_actions(actions: pd.DataFrame, sources: pd.DataFrame, checks: pd.DataFrame, symbol: str) -> str:
-    """Every action known for one symbol, each provider's report of it, and when each was asked."""
+def format_actions(
+    actions: pd.DataFrame, sources: pd.DataFrame, checks: pd.DataFrame, symbol: str, publishers: Sequence[str]
+) -> str:
+    """Every action known for one symbol, each provider's report of it, and when each was asked;
+    `publishers` are the configured providers that publish corporate actions."""
     from fractions import Fraction
 
     from backfill_dagster.domain.corporate_actions import ratio_text
@@ -406,9 +422,15 @@ def format_actions(actions: pd.DataFrame, sources: pd.DataFrame, checks: pd.Data
     asked = ", ".join(f"{r.provider} {pd.Timestamp(r.last_checked_at):%Y-%m-%d %H:%M}Z"
                       f" (ex-dates {_day_text(r.checked_from)}..{_day_text(r.checked_through)})" for r in checks.itertuples())
     if actions.empty:
+        if checks.empty and not publishers:
+            from backfill_dagster.providers.registry import action_publishers
+
+            return (f"no corporate actions known for {symbol}: no provider in BACKFILL_PROVIDERS publishes them "
+                    f"(of the known providers, {_and_list(action_publishers())} do), so no split is recorded and "
+                    "none is repaired; bars_d1:no_unrecorded_split still flags a suspected one")
         if checks.empty:
             return (f"no corporate actions known for {symbol}: no provider was asked yet (the corporate_actions "
-                    "asset asks alpaca, polygon and yahoo, whichever BACKFILL_PROVIDERS lists)")
+                    f"asset asks {_and_list(publishers)})")
         return f"no corporate actions known for {symbol}; asked: {asked}"
 
     def figures(r) -> str:
@@ -508,7 +530,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    warnings.filterwarnings("ignore", message=".*is currently in beta.*")
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "timeout", None) is not None and not args.wait:

@@ -73,7 +73,10 @@ def test_unreachable_database_url_is_a_clear_error(env, monkeypatch, capsys):
 def test_dagster_asset_materialize_one_partition_then_again_is_identical(env, store_url):
     assert main(["watchlist", "add", "AAPL", "MSFT"]) == 0
     command = [BIN / "dagster", "asset", "materialize", "-m", "backfill_dagster", "--select", "bars_m15", "--partition", "2024-11-29|AAPL"]
-    run(command, env)
+    proc = run(command, env)
+    # nothing beside the run's own lines: no beta warning per asset, no "request" the demo never sends
+    assert "BetaWarning" not in proc.stderr
+    assert "demo: 1 partition(s) of m15 generated locally, no API call" in proc.stderr
     first = rows(store_url)
     assert len(first) == 14 and {r.symbol for r in first} == {"AAPL"}
     run(command, env)
@@ -197,7 +200,7 @@ def test_ensure_coverage_leaves_sessions_no_provider_had_bars_for_alone_and_says
     assert main(["ensure-coverage", "TSLA", "--timeframe", "d1", "--sessions", "2"]) == 0
     out = capsys.readouterr().out
     assert "1 session(s) had no bars from any provider 3 times: left alone (halted or delisted?)" in out
-    assert f"nothing else to do: TSLA have the others of the 2 d1 sessions ({gone} .. {done})" in out
+    assert f"nothing else to do: TSLA has the others of the 2 d1 sessions ({gone} .. {done})" in out
     assert dg.DagsterInstance.get().get_backfills() == []
     # One attempt fewer and it is asked again at once: a request does not wait out retry_empty_after.
     with shared_engine(store_url).begin() as conn:
