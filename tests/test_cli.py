@@ -104,11 +104,23 @@ def test_dagster_asset_materialize_a_range(env, store_url, capsys):
         assert line.split()[:4] == [symbol, "m15", f"4/{due}", "4"], line
 
 
+def test_a_range_ending_at_a_removed_symbol_names_that_key(env, store_url):
+    assert main(["watchlist", "add", "AAPL", "MSFT"]) == 0
+    assert main(["watchlist", "remove", "MSFT"]) == 0
+    proc = run([BIN / "dagster", "asset", "materialize", "-m", "backfill_dagster", "--select", "bars_m15",
+                "--partition-range", "2024-11-25|AAPL...2024-11-29|MSFT"], env, check=False)
+    assert proc.returncode != 0
+    last = (proc.stderr + proc.stdout).strip().splitlines()[-1]
+    assert "partition key '2024-11-29|MSFT' does not exist: 'MSFT' is not a symbol partition" in last, last
+    assert "2024-11-25|AAPL" not in last
+    assert rows(store_url) == []
+
+
 def test_dagster_asset_materialize_refuses_a_holiday(env, store_url):
     assert main(["watchlist", "add", "AAPL"]) == 0
     proc = run([BIN / "dagster", "asset", "materialize", "-m", "backfill_dagster", "--select", "bars_m15", "--partition", "2024-11-28|AAPL"], env, check=False)
     assert proc.returncode != 0
-    assert "2024-11-28|AAPL" in proc.stderr + proc.stdout
+    assert "partition key '2024-11-28|AAPL' does not exist: '2024-11-28' is not a session partition" in proc.stderr
     assert rows(store_url) == []
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 
 import dagster as dg
+from dagster._core.definitions.partitions.context import partition_loading_context
 
 from backfill_dagster.domain.calendar import NEW_YORK, SessionCalendar, as_date, consecutive_runs
 from backfill_dagster.domain.ledger import Partition
@@ -42,8 +43,45 @@ def session_partitions(history_start: date, calendar: SessionCalendar) -> dg.Dai
     )
 
 
+class UnknownPartitionKeyError(dg.DagsterInvalidSubsetError):
+    """A partition key naming a day that is no session partition or a symbol not on the watchlist.
+
+    Not a DagsterUnknownPartitionError on purpose: `dagster asset materialize --partition-range`
+    turns that one into an error naming the range's *start* key whichever key is missing; this one
+    reaches the user as it is, naming the key and what about it does not exist."""
+
+
+class SessionSymbolPartitions(dg.MultiPartitionsDefinition):
+    """Session x symbol partitions whose validation says which part of a key does not exist.
+
+    Everything else is Dagster's MultiPartitionsDefinition (the UI and the instance see one: its
+    snapshot is a plain multi-partitions snapshot, and it compares equal to one)."""
+
+    def validate_partition_key(self, partition_key, context=None) -> None:
+        try:
+            super().validate_partition_key(partition_key, context)
+        except dg.DagsterUnknownPartitionError as exc:
+            raise UnknownPartitionKeyError(self.why_missing(partition_key, context)) from exc
+
+    def why_missing(self, partition_key, context=None) -> str:
+        """What about `partition_key` ('2026-11-20|MSFT') is not a partition now."""
+        if isinstance(partition_key, dg.MultiPartitionKey):
+            day, symbol = partition_key.keys_by_dimension["date"], partition_key.keys_by_dimension["symbol"]
+        else:
+            day, _, symbol = str(partition_key).partition("|")
+        reasons = []
+        with partition_loading_context(new_ctx=context):
+            if not self.get_partitions_def_for_dimension("date").has_partition_key(day):
+                reasons.append(f"{day!r} is not a session partition (a weekend, an NYSE holiday, before "
+                               "BACKFILL_HISTORY_START or after the next session)")
+            if not symbol or not self.get_partitions_def_for_dimension("symbol").has_partition_key(symbol):
+                reasons.append(f"{symbol!r} is not a symbol partition: it is not an active watchlist symbol "
+                               f"(backfill-dagster watchlist list; add it with backfill-dagster watchlist add {symbol})")
+        return f"partition key {str(partition_key)!r} does not exist: " + ("; ".join(reasons) or "not a partition")
+
+
 def bar_partitions(history_start: date, calendar: SessionCalendar) -> dg.MultiPartitionsDefinition:
-    return dg.MultiPartitionsDefinition(
+    return SessionSymbolPartitions(
         {"date": session_partitions(history_start, calendar), "symbol": SYMBOL_PARTITIONS}
     )
 
