@@ -169,6 +169,44 @@ def symbol_partition_changes(
     return new, gone
 
 
+@dataclass(frozen=True)
+class WatchlistSync:
+    """What one watchlist_sync tick does to make the symbol partitions and the watchlist agree."""
+
+    adopt: list[str]  # partitions added outside the watchlist (the UI's "Add partition"): put on it
+    refused: dict[str, str]  # such partitions that are no valid symbol: deleted, with why
+    add: list[str]  # active symbols without a partition
+    delete: list[str]  # partitions of symbols no longer active
+    synced: list[str]  # the partitions after this tick: the next tick's `synced`
+
+
+def plan_watchlist_sync(active: Sequence[str], current: Sequence[str], synced: Sequence[str] | None) -> WatchlistSync:
+    """Partitions the last tick left (`synced`; None before the first tick) whose symbol is no longer
+    active were removed from the watchlist: their partitions go. Partitions that appeared since and
+    are not active symbols were added outside it — Dagster's "Add partition" in the UI — and are put
+    on the watchlist, as `backfill-dagster watchlist add` would (a key that is no valid stored
+    spelling of a symbol is deleted instead, saying why). Active symbols without one get one."""
+    wanted = set(active)
+    before = set(current) if synced is None else set(synced)
+    adopt, refused = [], {}
+    for key in current:
+        if key in wanted or key in before:
+            continue
+        try:
+            spelled = normalize_symbol(key)
+        except InvalidSymbolError as exc:
+            refused[key] = str(exc)
+            continue
+        if spelled != key:
+            refused[key] = f"symbol partitions use the stored spelling {spelled!r}"
+        else:
+            adopt.append(key)
+    kept = wanted | set(adopt)
+    add, delete = symbol_partition_changes(current, add=active, remove=[s for s in current if s not in kept])
+    gone = set(delete)
+    return WatchlistSync(adopt, refused, add, delete, [*(s for s in current if s not in gone), *add])
+
+
 def sync_symbol_partitions(instance: dg.DagsterInstance, add: Sequence[str] = (), remove: Sequence[str] = ()) -> None:
     """Add and delete symbol partitions now (the CLI; the sensor requests the same changes)."""
     new, gone = symbol_partition_changes(instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME), add, remove)
