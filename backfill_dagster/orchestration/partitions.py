@@ -11,7 +11,7 @@ Keys look like ``2026-01-05|AAPL`` (dimensions sorted by name: date, then symbol
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -116,10 +116,6 @@ def parse_partition_key(key: str | dg.MultiPartitionKey, calendar: SessionCalend
     if symbol != raw_symbol:
         raise PartitionKeyError(f"partition key {key!r}: symbols are upper-case, share classes with '.' ({symbol!r})")
     return symbol, session
-
-
-def parse_partition_keys(keys: Iterable[str], calendar: SessionCalendar) -> list[Partition]:
-    return [parse_partition_key(k, calendar) for k in keys]
 
 
 def range_tags(first: Partition, last: Partition) -> dict[str, str]:

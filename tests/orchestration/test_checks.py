@@ -205,14 +205,14 @@ def test_run_partitions_are_the_keys_dagster_names(defs, instance, store_url, ca
     """The steps compute a run's box themselves (partitions.run_partitions), without Dagster's
     object per key: it must be exactly `context.partition_keys`, in its order."""
     from backfill_dagster.orchestration.partitions import run_partitions
-    from backfill_dagster.orchestration.partitions import parse_partition_keys
+    from backfill_dagster.orchestration.partitions import parse_partition_key
 
     add_symbols(instance, store_url, ["AAPL", "MSFT", "NVDA"])
     seen = {}
 
     @dg.asset(partitions_def=defs.resolve_assets_def("bars_m15").partitions_def)
     def probe(context: dg.AssetExecutionContext) -> None:
-        seen["dagster"] = parse_partition_keys(context.partition_keys, calendar)
+        seen["dagster"] = [parse_partition_key(k, calendar) for k in context.partition_keys]
         seen["ours"] = run_partitions(context, calendar)
 
     tags = range_tags((first[0], date.fromisoformat(first[1])), (last[0], date.fromisoformat(last[1])))
