@@ -60,6 +60,17 @@ class CommandError(RuntimeError):
     """A command that could not do what was asked; the message says why."""
 
 
+# The embedded default is offline: SQLite storage in this directory, no telemetry. Its scheduler
+# plug-in makes its daemon run a backfill as boxes of many symbols, as the production instance's
+# does (instance/scheduler.py).
+EMBEDDED_INSTANCE = (
+    "telemetry:\n  enabled: false\n"
+    "scheduler:\n  module: backfill_dagster.instance.scheduler\n  class: BoxingDaemonScheduler\n"
+)
+# What an embedded instance was made with before: brought up to date when found unchanged.
+EMBEDDED_INSTANCE_BEFORE_BOXES = "telemetry:\n  enabled: false\n"
+
+
 def dagster_instance(settings: Settings):
     """The instance at DAGSTER_HOME, or the embedded one under the data directory."""
     from dagster import DagsterInstance
@@ -68,9 +79,8 @@ def dagster_instance(settings: Settings):
         home = settings.dagster_home
         home.mkdir(parents=True, exist_ok=True)
         config = home / "dagster.yaml"
-        if not config.exists():
-            # The embedded default is offline: SQLite storage in this directory, no telemetry.
-            config.write_text("telemetry:\n  enabled: false\n")
+        if not config.exists() or config.read_text() == EMBEDDED_INSTANCE_BEFORE_BOXES:
+            config.write_text(EMBEDDED_INSTANCE)
         os.environ["DAGSTER_HOME"] = str(home)
         print(f"DAGSTER_HOME is not set: using the embedded instance at {home}", file=sys.stderr)
     return DagsterInstance.get()
@@ -228,7 +238,7 @@ def cmd_ensure_coverage(args: argparse.Namespace, settings: Settings) -> int:
     import dagster as dg
 
     from backfill_dagster.cli_watch import DaemonWatch, LedgerProgress, ProgressBar
-    from backfill_dagster.orchestration.backfills import launch_backfill, symbol_parts, wait_for_backfill
+    from backfill_dagster.orchestration.backfills import launch_backfill, wait_for_backfill
     from backfill_dagster.orchestration.partitions import partition_key, sync_symbol_partitions
     from backfill_dagster.store.gaps import requested_gaps
 
@@ -273,23 +283,17 @@ def cmd_ensure_coverage(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     # Derived: fetch its source too where that is a gap (stale or derive-only partitions need not).
     assets = [timeframe.source, timeframe] if timeframe.source is not None and chosen.intraday else [timeframe]
-    # Parts of SYMBOLS_PER_BACKFILL symbols, each its own backfill: Dagster shows a backfill's
-    # progress only after an iteration has submitted all its runs (orchestration/backfills.py).
-    short = {s for s, _ in missing}
-    parts = symbol_parts([s for s in symbols if s in short])
-    backfill_ids = []
-    for i, part in enumerate(parts, 1):
-        chosen = set(part)
-        keys = [partition_key(s, d) for s, d in missing if s in chosen]
-        label = f" (part {i}/{len(parts)})" if len(parts) > 1 else ""
-        backfill_ids.append(launch_backfill(
-            instance, asset_graph, keys, [dg.AssetKey(t.asset_name) for t in assets],
-            title=f"ensure-coverage {_named(part)} {timeframe.value} x {len(sessions)} sessions{label}",
-            description=f"{len(keys)} missing partition(s), launched by backfill-dagster ensure-coverage",
-            tags={LAUNCHED_BY_TAG: "ensure-coverage"},
-        ))
-    launched = backfill_ids[0] if len(backfill_ids) == 1 else f"{len(backfill_ids)} backfills ({', '.join(backfill_ids)})"
-    print(f"launched {'backfill ' if len(backfill_ids) == 1 else ''}{launched}: {len(missing)} partition(s) of "
+    # One backfill: the daemon runs it as boxes of many symbols (instance/backfill_runs.py), so even
+    # the whole market is a few runs, submitted in its first iteration.
+    short = [s for s in symbols if s in {s for s, _ in missing}]
+    backfill_id = launch_backfill(
+        instance, asset_graph, [partition_key(s, d) for s, d in missing], [dg.AssetKey(t.asset_name) for t in assets],
+        title=f"ensure-coverage {_named(short)} {timeframe.value} x {len(sessions)} sessions",
+        description=f"{len(missing)} missing partition(s), launched by backfill-dagster ensure-coverage",
+        tags={LAUNCHED_BY_TAG: "ensure-coverage"},
+    )
+    backfill_ids = [backfill_id]
+    print(f"launched backfill {backfill_id}: {len(missing)} partition(s) of "
           f"{', '.join(t.asset_name for t in assets)} (see it in the UI under Runs > Backfills)")
     if not args.wait:
         return 0

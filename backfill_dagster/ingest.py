@@ -17,6 +17,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from fractions import Fraction
 
 import pandas as pd
 
@@ -90,10 +91,13 @@ def fetch_partitions(
     log: Log = lambda _msg: None,
     allow_fewer: bool = False,
     rewrite_reason: str | None = None,
+    split_ratio: Fraction | None = None,
 ) -> IngestReport:
     """Fetch, validate and store the bars of the given partitions of a fetched timeframe.
     `allow_fewer`: a final answer with fewer bars may replace final stored ones (never none);
-    `rewrite_reason`: why this run rewrites them, recorded in the ledger (a split repair)."""
+    `rewrite_reason`: why this run rewrites them, recorded in the ledger (a split repair);
+    `split_ratio`: a split repair's ratio — fewer bars only where the split's new basis explains
+    every missing one."""
     if not timeframe.is_fetched:
         raise ValueError(f"{timeframe.value} is derived from {timeframe.source.value}, not fetched")
     calendar = router.calendar
@@ -127,7 +131,8 @@ def fetch_partitions(
             log(f"{provider.name}: {len(assigned)} partition(s) of {timeframe.value} {how}")
             for request in requests:
                 outcome = _fetch_and_store(
-                    request, provider, router, store, report, clock, run_id, log, allow_fewer, rewrite_reason
+                    request, provider, router, store, report, clock, run_id, log, allow_fewer, rewrite_reason,
+                    split_ratio,
                 )
                 refused.update(outcome.refused)
                 for partition, error in outcome.failed.items():
@@ -166,6 +171,7 @@ def _fetch_and_store(
     log: Log,
     allow_fewer: bool,
     rewrite_reason: str | None = None,
+    split_ratio: Fraction | None = None,
 ) -> _Outcome:
     """Fetch one request, validate its bars and write the partitions they may replace."""
     calendar, timeframe = router.calendar, request.timeframe
@@ -205,7 +211,7 @@ def _fetch_and_store(
     written = store.replace_partitions(
         timeframe, valid, coverage, provider=provider.provenance,
         adjustment=router.adjustment.value, fetched_at=requested_at, run_id=run_id, allow_fewer=allow_fewer,
-        rewrite_reason=rewrite_reason,
+        rewrite_reason=rewrite_reason, split_ratio=split_ratio,
     )
     report.bars_written += written.bars
     report.written.extend(written.written)
@@ -215,7 +221,8 @@ def _fetch_and_store(
     outcome = _Outcome(failed=dict(bad))
     for partition, decision in written.refused().items():
         outcome.failed[partition] = refusal_note(
-            decision, provider.provenance, counts.get(partition, 0), written.stored.get(partition)
+            decision, provider.provenance, counts.get(partition, 0), written.stored.get(partition),
+            unexplained=written.unexplained.get(partition),
         )
         outcome.refused.add(partition)
     if outcome.refused:

@@ -1,6 +1,7 @@
-"""A whole-market UI backfill (issue 13's third target), at a size this machine finishes.
+"""A whole-market UI backfill, at a size this machine finishes.
 
     python bench/scale_backfill.py [--symbols 100] [--sessions 504] [--alpaca-rate 200] [--timeout-min 60]
+                                   [--runs boxes|per-symbol]
 
 A deployment as a user runs it (PostgreSQL instance with the project's dagster.yaml, PostgreSQL
 store, dagster-webserver + dagster-daemon), its provider Alpaca pointed at the fake servers on
@@ -8,7 +9,9 @@ loopback (served from this process) with Alpaca's limit of `--alpaca-rate` reque
 enforced by the fake, and the client's own shared budget at the same figure. The symbols are added
 with `backfill-dagster watchlist add`; then all four assets over symbols x sessions are launched as
 the UI launches a backfill (GraphQL `launchPartitionBackfill` with the partition names), and the
-daemon, started right after, runs it (its gap sensor leaves the backfill's partitions to it). Reported: wall time from launch to the backfill's end, Alpaca calls against the
+daemon, started right after, runs it (its gap sensor leaves the backfill's partitions to it) as
+boxes of many symbols, or with `--runs per-symbol` as Dagster forms runs on its own (one run per
+symbol: BACKFILL_BOX_PARTITIONS=0), the baseline. Reported: wall time from launch to the backfill's end, Alpaca calls against the
 floor (ceil(bars the requests returned / 10,000 a page), m15 and d1), runs (the backfill's and
 any the gap sensor made), peak RSS of the daemon's tree and of the run workers (sampled every
 second), the ledger's counts, and where the wall went: when the daemon submitted the runs, how
@@ -47,6 +50,8 @@ def main() -> None:
     parser.add_argument("--timeout-min", type=float, default=60.0)
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--no-direct", action="store_true", help="skip the baseline with no Dagster")
+    parser.add_argument("--runs", choices=("boxes", "per-symbol"), default="boxes",
+                        help="how the daemon forms the backfill's runs (per-symbol: Dagster's own)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_scale_backfill"))
     args = parser.parse_args()
     if args.symbols < 1 or args.sessions < 1 or args.alpaca_rate < 1:
@@ -62,10 +67,11 @@ def main() -> None:
         name = f"bench_scale_backfill_{args.symbols}x{args.sessions}"
         dep = Deployment(name, args.workdir / name, history_start, extra_env={
             **fakes.env(), "BACKFILL_PROVIDERS": "alpaca", "ALPACA_RATE_LIMIT": str(args.alpaca_rate),
+            "BACKFILL_BOX_PARTITIONS": "12000" if args.runs == "boxes" else "0",
         })
         print(f"whole-market backfill bench: {len(syms)} symbols x {len(sessions)} sessions "
               f"({sessions[0]}..{sessions[-1]}) x {len(ASSETS)} assets = {len(keys) * len(ASSETS):,} asset partitions; "
-              f"Alpaca fake at {args.alpaca_rate}/min; load {load_average()}", flush=True)
+              f"Alpaca fake at {args.alpaca_rate}/min; runs: {args.runs}; load {load_average()}", flush=True)
         dep.create()
         try:
             out = dep.run(BIN / "backfill-dagster", "watchlist", "add", *syms)

@@ -217,20 +217,31 @@ def test_ensure_coverage_leaves_sessions_no_provider_had_bars_for_alone_and_says
     assert "1 partition(s) of bars_d1" in capsys.readouterr().out
 
 
-def test_ensure_coverage_launches_many_symbols_as_backfills_of_25(env, capsys):
-    # One backfill of 30 symbols would submit 30 runs before Dagster counted anything done.
+def test_ensure_coverage_launches_many_symbols_as_one_backfill_of_few_runs(env, capsys):
+    # One backfill, whatever the number of symbols: the daemon forms it into boxes of many symbols.
+    from dagster._core.definitions.partitions.context import partition_loading_context
+    from dagster._core.definitions import automation_tick_evaluation_context as runs
+
+    from backfill_dagster.instance import backfill_runs
+
     symbols = [f"S{i:02d}" for i in range(30)]
     assert main(["ensure-coverage", *symbols, "--timeframe", "d1", "--sessions", "2"]) == 0
     out = capsys.readouterr().out
-    assert "launched 2 backfills (" in out and "60 partition(s) of bars_d1" in out
-    backfills = sorted(dg.DagsterInstance.get().get_backfills(), key=lambda b: b.title)
-    assert [b.title for b in backfills] == [
-        "ensure-coverage S00 .. S24 (25 symbols) d1 x 2 sessions (part 1/2)",
-        "ensure-coverage S25 S26 S27 S28 S29 d1 x 2 sessions (part 2/2)",
-    ]
-    keys = [{k.partition_key for k in b.asset_backfill_data.target_subset.iterate_asset_partitions()} for b in backfills]
-    assert [len(k) for k in keys] == [50, 10] and not keys[0] & keys[1]
-    assert {k.split("|")[1] for k in keys[1]} == {"S25", "S26", "S27", "S28", "S29"}
+    assert "launched backfill " in out and "60 partition(s) of bars_d1" in out
+    instance = dg.DagsterInstance.get()
+    (backfill,) = instance.get_backfills()
+    assert backfill.title == "ensure-coverage S00 .. S29 (30 symbols) d1 x 2 sessions"
+    targets = list(backfill.asset_backfill_data.target_subset.iterate_asset_partitions())
+    assert len({k.partition_key for k in targets}) == 60
+    # The runs the daemon will make of it: one box of 30 symbols x 2 sessions.
+    from backfill_dagster.cli import checked_definitions
+    from backfill_dagster.settings import Settings
+
+    backfill_runs.install()
+    with partition_loading_context(dynamic_partitions_store=instance):
+        requests = runs.build_run_requests_with_backfill_policies(
+            targets, checked_definitions(Settings()).resolve_asset_graph(), instance)
+    assert len(requests) == 1
 
 
 def test_demo_says_when_history_start_clips_the_sessions(env, monkeypatch, capsys):
@@ -280,3 +291,34 @@ def test_watchlist_add_says_how_a_share_class_is_spelled(env, capsys):
     assert "BRK-B is stored as BRK.B (share classes are written with '.')" in captured.err
     assert main(["watchlist", "list"]) == 0
     assert "BRK.B" in capsys.readouterr().out
+
+
+def test_the_embedded_instance_forms_backfill_runs_as_boxes(tmp_path, monkeypatch):
+    # `dagster dev` on the embedded instance starts a daemon that loads only the instance's
+    # plug-ins: the scheduler there makes it form a backfill's runs as boxes.
+    from backfill_dagster.cli import EMBEDDED_INSTANCE, EMBEDDED_INSTANCE_BEFORE_BOXES, dagster_instance
+    from backfill_dagster.settings import Settings
+
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    settings = Settings(data_dir=tmp_path)
+    config = settings.dagster_home / "dagster.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text(EMBEDDED_INSTANCE_BEFORE_BOXES)  # made by an earlier version: brought up to date
+    with dagster_instance(settings):
+        pass
+    assert config.read_text() == EMBEDDED_INSTANCE
+    probe = (
+        "import dagster as dg\n"
+        "from dagster._core.definitions import automation_tick_evaluation_context as m\n"
+        "with dg.DagsterInstance.get():\n"
+        "    print(m._build_run_requests_with_backfill_policy.__module__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "DAGSTER_HOME": str(config.parent)},
+                         capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "backfill_dagster.instance.backfill_runs"
+    # An operator's own file is left as written.
+    config.write_text("telemetry:\n  enabled: true\n")
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    with dagster_instance(settings):
+        pass
+    assert config.read_text() == "telemetry:\n  enabled: true\n"

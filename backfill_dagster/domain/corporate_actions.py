@@ -183,7 +183,8 @@ def basis_since(ex_date: date, first_seen: datetime, *, historical: bool) -> dat
     Providers apply a split from its ex-date on, and no later than we first saw it (we learn it from
     them). So: the later of the two. A split listed in the first answers about a symbol (no provider
     was asked about it before) is history, applied on its ex-date (`historical`): otherwise adding a
-    symbol, or upgrading a store, would re-fetch every bar before every old split.
+    symbol, or upgrading a store, would re-fetch every bar before every old split. The stored bars
+    may refute that (domain/split_basis.py): then the split's first sight counts instead.
     """
     start = ex_date_start(ex_date)
     return start if historical else max(start, first_seen)

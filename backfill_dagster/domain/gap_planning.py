@@ -19,7 +19,7 @@ alike; only the policy differs, by name: an operator's request (`GapPolicy.on_re
 again at once, with no retry delay and no settle time.
 
 Gaps become *boxes*: one contiguous range of sessions x symbols contiguous in the symbol
-partitions' order, each one range run (DESIGN §4). h1/h4 are derived from m15, so their gaps ride
+partitions' order, each one range run (domain/boxes.py). h1/h4 are derived from m15, so their gaps ride
 in an m15 run (or, when m15 is already covered, a derive-only run that calls no provider).
 """
 
@@ -34,7 +34,8 @@ from enum import StrEnum
 
 import pandas as pd
 
-from backfill_dagster.domain.calendar import NEW_YORK, consecutive_runs
+from backfill_dagster.domain.boxes import cover_with_boxes
+from backfill_dagster.domain.calendar import NEW_YORK
 from backfill_dagster.domain.clock import as_utc
 from backfill_dagster.domain.gap_policy import GapPolicy
 from backfill_dagster.domain.ledger import Partition
@@ -372,34 +373,18 @@ def _m15_ready(partition: Partition, gap: Gap, in_flight: InFlight, policy: GapP
 def _boxes(
     parts: Iterable[Partition], index: Mapping[date, int], position: Mapping[str, int], policy: GapPolicy
 ) -> list[tuple[list[str], int, int]]:
-    """Cover partitions exactly with boxes: each symbol's sessions become contiguous runs (cut into
-    chunks of at most max_sessions_per_run, aligned on the newest session so that symbols with the
-    same gaps get the same chunks); symbols adjacent in the partitions' order with the same chunk
-    share a box, up to max_partitions_per_run partitions."""
-    by_symbol: dict[str, list[int]] = defaultdict(list)
+    """Cover partitions exactly with boxes (boxes.cover_with_boxes): chunks of at most
+    max_sessions_per_run sessions, up to max_partitions_per_run partitions a box."""
+    by_symbol: dict[int, list[int]] = defaultdict(list)
     for symbol, session in parts:
-        by_symbol[symbol].append(index[session])
-    by_range: dict[tuple[int, int], list[int]] = defaultdict(list)
-    step = policy.max_sessions_per_run
-    for symbol, days in by_symbol.items():
-        for lo, hi in _runs(sorted(days)):
-            top = hi
-            while top >= lo:
-                by_range[(max(lo, top - step + 1), top)].append(position[symbol])
-                top -= step
+        by_symbol[position[symbol]].append(index[session])
     order = sorted(position, key=position.__getitem__)
-    out = []
-    for (lo, hi), positions in by_range.items():
-        width = max(1, policy.max_partitions_per_run // (hi - lo + 1))
-        for block in _runs(sorted(positions)):
-            for start in range(block[0], block[1] + 1, width):
-                out.append((order[start : min(start + width, block[1] + 1)], lo, hi))
-    return out
-
-
-def _runs(values: Sequence[int]) -> list[tuple[int, int]]:
-    """Contiguous runs of integers as (first, last) pairs."""
-    return [(run[0], run[-1]) for run in consecutive_runs(values, int)]
+    return [
+        (order[first : last + 1], lo, hi)
+        for first, last, lo, hi in cover_with_boxes(
+            by_symbol, max_cells=policy.max_partitions_per_run, max_columns=policy.max_sessions_per_run
+        )
+    ]
 
 
 def _box(kind: RunKind, symbols: list[str], days: tuple[date, ...], age: int, gaps: LedgerGaps, now) -> GapBox:

@@ -21,6 +21,10 @@ Partition = tuple[str, date]
 # How an operator lets fewer bars replace final ones: a run tag (UI backfill, CLI) or the setting.
 REPLACE_FEWER_TAG = "backfill/replace_fewer_bars"
 REPLACE_FEWER_SETTING = "BACKFILL_REPLACE_FEWER_BARS"
+# A split repair's runs: the split's ratio (new:old, "1:10"). A final answer with fewer bars replaces
+# final stored ones only when the split's new share basis explains every bar it lacks
+# (domain/split_basis.py: a bar whose volume falls under one share); any other is refused.
+SPLIT_RATIO_TAG = "backfill/split_ratio"
 # Why a run rewrites partitions on purpose (e.g. a split repair): recorded in bar_coverage.rewrite_reason.
 REWRITE_REASON_TAG = "backfill/rewrite_reason"
 
@@ -86,12 +90,20 @@ def judge(stored: Stored | None, offered: int, final: bool, *, allow_fewer: bool
     return Decision.WRITE
 
 
-def refusal_note(decision: Decision, provider: str, offered: int, stored: Stored | None) -> str:
-    """Why an answer was not written, for the ledger's error and the step's failure message."""
+def refusal_note(
+    decision: Decision, provider: str, offered: int, stored: Stored | None, *, unexplained: str | None = None
+) -> str:
+    """Why an answer was not written, for the ledger's error and the step's failure message.
+    `unexplained`: in a split repair, why the split does not explain the missing bars."""
     have = stored.bars if stored is not None else 0
     if decision is Decision.EMPTY:
         kept = f"; kept the {have} stored bar(s)" if have else ""
         return f"{provider} answered no bars for this closed session{kept}"
+    if decision is Decision.FEWER and unexplained:
+        return (
+            f"{provider} answered {offered} bar(s), fewer than the {have} stored from an earlier final "
+            f"answer, and {unexplained}: kept them"
+        )
     if decision is Decision.FEWER:
         return (
             f"{provider} answered {offered} bar(s), fewer than the {have} stored from an earlier final "

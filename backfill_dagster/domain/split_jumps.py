@@ -65,15 +65,17 @@ def suspected_splits(
     calendar: SessionCalendar,
     recorded: Collection[tuple[str, date]],
     sessions: Collection[date] | None = None,
+    ratios: Iterable[Fraction] = SPLIT_RATIOS,
 ) -> list[SuspectedSplit]:
     """Jumps into each session (of `sessions`, or all) from the session before it, both stored, that
-    a split ratio explains, where no split of that symbol with that ex-date is `recorded`.
+    a split ratio (of `ratios`) explains, where no split of that symbol with that ex-date is `recorded`.
 
     `d1`: stored d1 bars with columns symbol, session, open, close, volume (the sessions before the
     first judged one included, so its boundary can be judged too)."""
     if d1.empty:
         return []
     out = []
+    ratios = tuple(ratios)
     frame = d1.sort_values(["symbol", "session"])
     for symbol, bars in frame.groupby("symbol", sort=True):
         days = list(bars["session"])
@@ -87,7 +89,7 @@ def suspected_splits(
             if (symbol, day) in recorded:
                 continue
             observed = closes[i - 1] / opens[i]
-            ratio = nearest_split(observed)
+            ratio = nearest_split(observed, ratios)
             if ratio is None:
                 continue
             volume_ratio = float(volumes[i] / volumes[i - 1]) if volumes[i - 1] > 0 else None

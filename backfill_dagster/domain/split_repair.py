@@ -82,11 +82,14 @@ def decide(
     history_before: int,
     backfill: BackfillState | None,
     max_attempts: int = MAX_ATTEMPTS,
+    shown: str = "",
 ) -> Decision:
     """The next step for a split in state pending or repairing. `stale`: its stale partitions now;
     `history_before`: ledger rows with bars before its ex-date (any basis); `backfill`: the state of
-    the backfill on its row, if any."""
+    the backfill on its row, if any; `shown`: what the stored bars show at the ex-date
+    (domain/split_basis.py), said in the note."""
     count = sum(len(days) for days in stale.values())
+    because = f" ({shown})" if shown else ""
     if split.state is RepairState.PENDING:
         if now < split.basis_since:
             return Decision(Step.WAIT, f"effective {split.ex_date.isoformat()}: providers re-base the history "
@@ -95,17 +98,17 @@ def decide(
             if not history_before:
                 return Decision(Step.NOT_NEEDED, "no history stored before the ex-date")
             return Decision(Step.NOT_NEEDED, f"the {history_before} partition(s) before the ex-date were fetched "
-                                             "on the new share basis")
-        return Decision(Step.LAUNCH, f"{count} stale partition(s): {stale_summary(stale)}")
+                                             f"after the providers re-based them{because}")
+        return Decision(Step.LAUNCH, f"{count} stale partition(s): {stale_summary(stale)}{because}")
     if split.state is not RepairState.REPAIRING:
         raise ValueError(f"split {split.describe()} is {split.state.value}: nothing to decide")
     if backfill is BackfillState.RUNNING:
         return Decision(Step.FOLLOW, f"backfill {split.backfill_id} re-fetches {count} partition(s)")
     if not count:
-        return Decision(Step.REPAIRED, f"backfill {split.backfill_id} finished; no partition left on the old basis")
+        return Decision(Step.REPAIRED, f"backfill {split.backfill_id} finished; no partition left on the old basis{because}")
     if split.attempts >= max_attempts:
         return Decision(Step.GIVE_UP, f"{count} partition(s) still on the old basis after {split.attempts} "
-                                      f"backfill(s): {stale_summary(stale)}")
+                                      f"backfill(s): {stale_summary(stale)}{because}")
     why = "was not found" if backfill is BackfillState.MISSING else "finished"
     return Decision(Step.LAUNCH, f"backfill {split.backfill_id} {why} with {count} partition(s) left: "
-                                 f"{stale_summary(stale)}")
+                                 f"{stale_summary(stale)}{because}")

@@ -1,18 +1,20 @@
 """The bar assets: one per timeframe, each partitioned by session x symbol.
 
-All four share one partitions definition and `BackfillPolicy.single_run()`, so a UI backfill of
-them shares its runs, and a run over a box of partitions makes few provider calls (the planner) and
-one atomic write per request. Per-partition accounting lives in the coverage ledger, not in Dagster
-metadata, whose per-partition calls cost O(n) each (DESIGN §4).
+All four share one partitions definition and `BackfillPolicy.single_run()` (which `dagster asset
+materialize --partition-range` requires), so a UI backfill of them shares its runs: boxes of many
+symbols x many sessions (instance/backfill_runs.py), and a run over a box makes few provider calls (the planner) and one
+atomic write per request. Per-partition accounting lives in the coverage ledger, not in Dagster
+metadata, whose per-partition calls cost O(n) each (docs/design.md).
 """
 
 import warnings
 from collections.abc import Iterator, Sequence
+from fractions import Fraction
 
 import dagster as dg
 
 from backfill_dagster.domain.calendar import xnys
-from backfill_dagster.domain.ledger import REPLACE_FEWER_TAG, REWRITE_REASON_TAG
+from backfill_dagster.domain.ledger import REPLACE_FEWER_TAG, REWRITE_REASON_TAG, SPLIT_RATIO_TAG
 from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.ingest import IngestReport, derive_partitions, fetch_partitions
 from backfill_dagster.instance.event_log_tuning import hold_event_log_connection
@@ -120,12 +122,46 @@ def fetched_bars_asset(
                 run_id=context.run.run_id, log=context.log.info,
                 allow_fewer=store.replace_fewer_bars or replace_fewer_requested(context.run.tags),
                 rewrite_reason=context.run.tags.get(REWRITE_REASON_TAG),
+                split_ratio=split_ratio(context.run.tags),
             )
         finally:
             router.close()
+        if timeframe is Timeframe.M15 and not report.ok:
+            yield from derive_what_was_written(context, report, store, calendar)
         yield from report_events(context, report)
 
     return _fetched
+
+
+def derive_what_was_written(
+    context: dg.AssetExecutionContext, report: IngestReport, store: StoreResource, calendar
+) -> Iterator[dg.AssetMaterialization]:
+    """h1/h4 of the partitions an m15 step did write, when others of its run failed.
+
+    The m15 step then fails (naming the failed partitions), and Dagster skips the run's h1/h4 steps
+    whole: a run over a box of 23 symbols would show every h1/h4 partition of the box failed for
+    one symbol's bad session. So the m15 step derives the run's h1/h4 for the partitions it wrote
+    and reports those materializations itself; only the failed partitions' h1/h4 stay failed, as
+    the partitions view must show.
+    """
+    if not report.written:
+        return
+    selection = context.run.asset_selection
+    for timeframe in (Timeframe.H1, Timeframe.H4):
+        key = dg.AssetKey(timeframe.asset_name)
+        if selection is not None and key not in selection:
+            continue
+        derived = derive_partitions(
+            sorted(report.written), timeframe, store.bar_store(calendar),
+            extended=store.extended_hours, run_id=context.run.run_id, log=context.log.info,
+            rewrite_reason=context.run.tags.get(REWRITE_REASON_TAG),
+        )
+        context.log.info(
+            f"{timeframe.asset_name}: derived {len(derived.written)} of the {len(report.written)} m15 "
+            "partition(s) this run wrote (the run's own h1/h4 step is skipped after the m15 failure)"
+        )
+        for symbol, session in sorted(derived.written):
+            yield dg.AssetMaterialization(asset_key=key, partition=multi_partition_key(symbol, session))
 
 
 def derived_bars_asset(
@@ -161,6 +197,22 @@ def replace_fewer_requested(tags) -> bool:
     """Whether the run asks that final answers with fewer bars replace final stored ones (the tag
     `backfill/replace_fewer_bars=true`, e.g. on a UI backfill re-pulling history after a split)."""
     return str(tags.get(REPLACE_FEWER_TAG, "")).strip().lower() in ("1", "true", "yes")
+
+
+def split_ratio(tags) -> Fraction | None:
+    """The split a repair run re-fetches for (the tag `backfill/split_ratio`, new:old as "1:10"):
+    fewer bars than stored are then accepted only where its new share basis explains them."""
+    text = tags.get(SPLIT_RATIO_TAG)
+    if text is None:
+        return None
+    new, sep, old = str(text).partition(":")
+    try:
+        ratio = Fraction(int(new), int(old)) if sep else None
+    except (ValueError, ZeroDivisionError):
+        ratio = None
+    if ratio is None or ratio <= 0:
+        raise dg.Failure(description=f"run tag {SPLIT_RATIO_TAG}={text!r} is not a split ratio: use NEW:OLD, e.g. 4:1 or 1:10")
+    return ratio
 
 
 def provider_pool(providers: Sequence[str]) -> str | None:

@@ -1,10 +1,8 @@
 """Launching and following Dagster asset backfills from code, exactly as the UI launches them.
 
-`backfill-dagster ensure-coverage` uses this: the backfill goes into the instance, shows on the
-UI's backfills page, and the daemon runs it (one run per symbol or per session, DESIGN §4).
-Many symbols are launched as several backfills of SYMBOLS_PER_BACKFILL each: Dagster counts a
-backfill's progress only between its iterations, and one iteration submits every run it can, so one
-backfill of 500 symbols would show nothing done until 500 runs were submitted.
+`backfill-dagster ensure-coverage` and the split repair use this: the backfill goes into the
+instance, shows on the UI's backfills page, and the daemon runs it as boxes of many symbols
+(instance/backfill_runs.py).
 """
 
 from __future__ import annotations
@@ -30,19 +28,6 @@ FINISHED = {
     BulkActionStatus.CANCELED,
 }
 SUCCEEDED = {BulkActionStatus.COMPLETED, BulkActionStatus.COMPLETED_SUCCESS}
-
-# Symbols in one backfill launched from code: its first iteration submits at most this many runs
-# (one per symbol, DESIGN §4), the number Dagster submits between two updates of a backfill
-# (DAGSTER_ASSET_BACKFILL_RUN_CHUNK_SIZE, 25).
-SYMBOLS_PER_BACKFILL = 25
-
-
-def symbol_parts(symbols: Sequence[str], size: int = SYMBOLS_PER_BACKFILL) -> list[list[str]]:
-    """The symbols in the order given, cut into parts of at most `size`."""
-    if size < 1:
-        raise ValueError(f"size must be at least 1, not {size}")
-    return [list(symbols[i : i + size]) for i in range(0, len(symbols), size)]
-
 
 class BackfillNotFoundError(LookupError):
     pass

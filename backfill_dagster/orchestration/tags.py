@@ -1,6 +1,6 @@
 """The run tags the project writes and reads, in one place.
 
-The ledger's two (`backfill/replace_fewer_bars`, `backfill/rewrite_reason`) live with the rule that
+The ledger's (`backfill/replace_fewer_bars`, `backfill/split_ratio`, `backfill/rewrite_reason`) live with the rule that
 names them, domain/ledger.py.
 """
 

@@ -254,6 +254,31 @@ class ActionStore:
                 out.setdefault(Timeframe(timeframe), []).append(_day(session))
         return out
 
+    def history(self, split: RecordedSplit) -> dict[Timeframe, list[tuple[date, datetime]]]:
+        """Per timeframe, the stored partitions of the split's symbol before its ex-date holding bars,
+        with when those bars were fetched (h1/h4: the m15 fetch they were derived from)."""
+        built_from = sa.func.coalesce(cov.c.source_fetched_at, cov.c.fetched_at)
+        query = (
+            sa.select(cov.c.timeframe, cov.c.session, built_from)
+            .where(cov.c.symbol == split.symbol, cov.c.session < split.ex_date, cov.c.bars > 0)
+            .order_by(cov.c.timeframe, cov.c.session)
+        )
+        out: dict[Timeframe, list[tuple[date, datetime]]] = {}
+        with self.engine.connect() as conn:
+            for timeframe, session, at in conn.execute(query):
+                out.setdefault(Timeframe(timeframe), []).append((_day(session), _utc(at)))
+        return out
+
+    def set_basis_since(self, symbol: str, ex_date: date, basis_since: datetime, *, now: datetime) -> None:
+        """Move the instant from which stored bars count as on the split's new basis (when the
+        stored bars refute the one assumed: domain/split_basis.py)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(actions)
+                .where(actions.c.symbol == symbol, actions.c.kind == ActionKind.SPLIT.value, actions.c.ex_date == ex_date)
+                .values(basis_since=basis_since, updated_at=now)
+            )
+
     def history_before(self, symbol: str, ex_date: date) -> int:
         """Ledger rows of the symbol holding bars before the ex-date (any basis)."""
         query = sa.select(sa.func.count()).select_from(cov).where(
@@ -276,6 +301,13 @@ def _source_row(record: ActionRecord, now: datetime) -> dict:
         "provider_id": record.provider_id, "split_from": record.split_from, "split_to": record.split_to,
         "cash_amount": record.cash_amount, "first_seen": now, "last_seen": now,
     }
+
+
+def _utc(value) -> datetime:
+    """A timestamp column's value, tz-aware UTC on both backends (an expression over the columns
+    may come back as SQLite's naive text)."""
+    stamp = pd.Timestamp(value)
+    return (stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")).to_pydatetime()
 
 
 def _day(value) -> date:

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from fractions import Fraction
 
 import pandas as pd
 import sqlalchemy as sa
@@ -25,6 +26,7 @@ from sqlalchemy.engine import Connection, Engine
 from backfill_dagster.domain.bars import bars_frame, empty_bars
 from backfill_dagster.domain.calendar import NEW_YORK, SessionCalendar, contiguous_runs, xnys
 from backfill_dagster.domain.ledger import Decision, LedgerStatus, Partition, Stored, judge
+from backfill_dagster.domain.split_basis import missing_bars
 from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.store.database import shared_engine
 from backfill_dagster.store.ledger_rule import status_recorded
@@ -59,6 +61,7 @@ class WriteResult:
     written: list[Partition] = field(default_factory=list)
     decisions: dict[Partition, Decision] = field(default_factory=dict)
     stored: dict[Partition, Stored] = field(default_factory=dict)  # the ledger's rows before the write
+    unexplained: dict[Partition, str] = field(default_factory=dict)  # a repair's fewer bars the split does not explain
 
     def refused(self) -> dict[Partition, Decision]:
         return {p: d for p, d in self.decisions.items() if d.refused}
@@ -95,19 +98,22 @@ class BarStore:
         run_id: str | None = None,
         allow_fewer: bool = False,
         rewrite_reason: str | None = None,
+        split_ratio: Fraction | None = None,
     ) -> WriteResult:
         """Replace the bars of the partitions in `coverage` with `bars` (valid bars of exactly
         those partitions) and record their coverage, in one transaction — each partition only if
         the ledger's rule lets this answer replace what is stored (`allow_fewer`: a final answer
         with fewer bars may replace final ones). `rewrite_reason`: why the run rewrites them on
-        purpose (a split repair), kept in the ledger."""
+        purpose (a split repair), kept in the ledger. `split_ratio`: the split a repair run
+        re-fetches for; a final answer with fewer bars replaces final ones only if that split's new
+        basis explains every missing bar (domain/split_basis.py)."""
         if not coverage:
             return WriteResult()
         with self.engine.begin() as conn:
             self._lock(conn, timeframe, {c.symbol for c in coverage})
             return self._replace(conn, timeframe, bars, coverage, provider=provider, adjustment=adjustment,
                                  fetched_at=fetched_at, run_id=run_id, allow_fewer=allow_fewer,
-                                 rewrite_reason=rewrite_reason)
+                                 rewrite_reason=rewrite_reason, split_ratio=split_ratio)
 
     @contextmanager
     def derivation(self, source: Timeframe, target: Timeframe, symbols: Iterable[str]) -> Iterator[Derivation]:
@@ -246,6 +252,7 @@ class BarStore:
         allow_fewer: bool,
         follow_source: bool = False,
         rewrite_reason: str | None = None,
+        split_ratio: Fraction | None = None,
     ) -> WriteResult:
         """The write itself, on a connection that already holds the timeframe's locks.
         `follow_source`: derived bars, written whatever is stored (they mirror their source)."""
@@ -257,6 +264,15 @@ class BarStore:
             decision = Decision.WRITE if follow_source else judge(
                 stored.get(partition), entry.bars, entry.session_closed, allow_fewer=allow_fewer
             )
+            if decision is Decision.FEWER and split_ratio is not None:
+                # Read only for the rare answer with fewer bars, under the lock already held.
+                offered = bars[(bars["symbol"] == entry.symbol)
+                               & (_sessions_of(bars, self.calendar, timeframe) == entry.session)] if len(bars) else bars
+                gap = missing_bars(self.read_bars(timeframe, [partition], conn=conn), offered, split_ratio)
+                if gap.unexplained:
+                    result.unexplained[partition] = gap.describe(split_ratio)
+                else:
+                    decision = Decision.WRITE
             result.decisions[partition] = decision
             if decision is Decision.WRITE:
                 chosen.append(entry)

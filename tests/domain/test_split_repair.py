@@ -27,7 +27,7 @@ def test_on_its_ex_date_the_stale_partitions_are_launched():
 
 
 @pytest.mark.parametrize("history, note", [(0, "no history stored before the ex-date"),
-                                          (7, "the 7 partition(s) before the ex-date were fetched on the new share basis")])
+                                          (7, "the 7 partition(s) before the ex-date were fetched after the providers re-based them")])
 def test_nothing_stale_is_no_work(history, note):
     decision = decide(SPLIT, now=ex_date_start(EX), stale={}, history_before=history, backfill=None)
     assert (decision.step, decision.note) == (Step.NOT_NEEDED, note)

@@ -228,7 +228,7 @@ def test_a_split_found_after_the_backfill_is_repaired_and_the_history_is_consist
         repair_calls = alpaca_calls(fakes) - before_repair
         daemons.sensors()  # the ledger shows nothing stale: repaired
         (done,) = actions.splits(states=[RepairState.REPAIRED])
-        assert done.note.endswith("no partition left on the old basis")
+        assert "no partition left on the old basis (the stored m15 bars run on across the ex-date" in done.note
 
         # Every bar the user reads is the provider's split-adjusted history, on one share basis.
         assert_store_is_the_fakes_history(pg_url, fakes)

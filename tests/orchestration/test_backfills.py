@@ -10,7 +10,6 @@ from backfill_dagster.orchestration.backfills import (
     Progress,
     backfill_progress,
     launch_backfill,
-    symbol_parts,
     wait_for_backfill,
 )
 from tests.orchestration.conftest import add_symbols
@@ -85,13 +84,6 @@ def test_parts_of_one_request_are_followed_as_one(defs, instance, store_url):
     instance.update_backfill(instance.get_backfill(second).with_status(BulkActionStatus.FAILED))
     final = backfill_progress(instance, [first, second])
     assert final.finished and not final.succeeded and final.status == BulkActionStatus.FAILED
-
-
-def test_symbol_parts_keep_the_order_given():
-    assert symbol_parts(["C", "A", "B", "D", "E"], 2) == [["C", "A"], ["B", "D"], ["E"]]
-    assert symbol_parts([], 25) == []
-    with pytest.raises(ValueError, match="at least 1"):
-        symbol_parts(["A"], 0)
 
 
 def test_the_progress_bar_shows_the_ledger_ahead_of_dagster():

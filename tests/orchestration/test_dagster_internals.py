@@ -157,6 +157,15 @@ INTERNALS: dict[str, tuple[str, str]] = {
         ("254ea79e7d041f2a", "its filters: asset key, partition not null, event types, after_cursor, the wipe filter"),
     "dagster._core.storage.event_log.sql_event_log.SqlEventLogStorage._add_assets_wipe_filter_to_query":
         ("82273d8423fb2773", "an asset's events before its last wipe are left out"),
+    # a backfill's runs formed as boxes (instance/backfill_runs.py)
+    "backfill_dagster.instance.backfill_runs._dagster_build_run_requests_with_backfill_policy":
+        ("b586ec03ce74ad82", "Dagster's run formation for one group of assets: its signature, and what it does for the cases left to it"),
+    "dagster._core.definitions.automation_tick_evaluation_context.build_run_requests_with_backfill_policies":
+        ("47edbfc8ae75cef3", "it calls _build_run_requests_with_backfill_policy through its module's name, per (partitions, keys, policy) group"),
+    "dagster._core.definitions.automation_tick_evaluation_context._build_run_request_for_partition_key_range":
+        ("e0eb4832dc6bda4e", "a range run request: the range tags, no partition key"),
+    "dagster._core.execution.asset_backfill._get_cant_run_because_of_parent_reason":
+        ("1906418f864128f4", "h1/h4 run with m15 in one box run while their backfill policies are equal"),
     # the steps' own partition box (partitions.run_partitions)
     "dagster._core.definitions.partitions.definition.multi.MultiPartitionsDefinition.get_partition_keys_in_range":
         ("2f624885278f0d3b", "a range run's keys: the box of each dimension's range, dates outermost"),

@@ -27,7 +27,7 @@ def test_definitions_snapshot(tmp_path):
         node = graph.get(dg.AssetKey(key))
         assert isinstance(node.partitions_def, dg.MultiPartitionsDefinition)
         assert [d.name for d in node.partitions_def.partitions_defs] == ["date", "symbol"]
-        assert node.backfill_policy == dg.BackfillPolicy.single_run()
+        assert node.backfill_policy == dg.BackfillPolicy.single_run()  # as --partition-range requires
     assert graph.get(dg.AssetKey("bars_h1")).parent_keys == {dg.AssetKey("bars_m15")}
     assert graph.get(dg.AssetKey("bars_h4")).parent_keys == {dg.AssetKey("bars_m15")}
     assert not graph.get(dg.AssetKey("bars_d1")).parent_keys

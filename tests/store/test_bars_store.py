@@ -242,3 +242,34 @@ def test_the_ledger_keeps_why_a_partition_was_rewritten_until_another_reason_rep
     assert rewrite("split 4:1 ex 2024-12-02") == ["split 4:1 ex 2024-12-02"]
     assert rewrite(None) == ["split 4:1 ex 2024-12-02"]
     assert rewrite("split 1:10 ex 2025-01-06") == ["split 1:10 ex 2025-01-06"]
+
+
+def test_a_split_repair_accepts_fewer_bars_only_where_the_new_basis_explains_them(store):
+    """Repairing a 1-for-10 reverse split: a bar of fewer than 10 shares is under one share on the new
+    basis and may drop out of the answer; an answer that lacks any other bar is partial and refused,
+    naming how many the split explains, and the stored bars stay."""
+    from fractions import Fraction
+
+    day = date(2024, 11, 26)
+    old = m15(store.calendar, "AAPL", [day])
+    old.loc[old.index[[3, 7]], "volume"] = [4.0, 9.0]  # 0.4 and 0.9 shares after a 1:10 split
+    write(store, "AAPL", [day], bars=old)
+    rebased = old.assign(**{c: old[c] * 10 for c in ("open", "high", "low", "close", "vwap")},
+                         volume=old.volume / 10)
+
+    def repair(answer, ratio):
+        coverage = [CoverageEntry("AAPL", day, len(answer), 26, True)]
+        return store.replace_partitions(Timeframe.M15, answer, coverage, provider="alpaca:sip", adjustment="split",
+                                        fetched_at=NOW, run_id="repair", split_ratio=ratio)
+
+    partial = repair(rebased.iloc[8:18], Fraction(1, 10))  # 10 of 26, two of the missing under one share
+    assert partial.decisions == {("AAPL", day): Decision.FEWER} and partial.written == []
+    assert partial.unexplained[("AAPL", day)] == (
+        "the split 1:10 explains 2 of the 16 missing (only a bar under one share on the new basis may drop out)")
+    assert len(store.read_bars(Timeframe.M15, [("AAPL", day)])) == 26
+    # A forward split multiplies volume: it explains no missing bar at all.
+    assert repair(rebased.drop(index=old.index[[3, 7]]), Fraction(4)).decisions[("AAPL", day)] is Decision.FEWER
+    # Exactly the bars under one share on the new basis missing: the new basis explains it, written.
+    explained = repair(rebased.drop(index=old.index[[3, 7]]), Fraction(1, 10))
+    assert explained.written == [("AAPL", day)] and explained.unexplained == {}
+    assert len(store.read_bars(Timeframe.M15, [("AAPL", day)])) == 24
