@@ -4,6 +4,7 @@ actions of new symbols fetched."""
 import json
 
 import dagster as dg
+from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
 
 from backfill_dagster.orchestration.corporate_actions import JOB as CORPORATE_ACTIONS_JOB, refresh_run_config
 from backfill_dagster.orchestration.partitions import SYMBOL_PARTITIONS, plan_watchlist_sync
@@ -11,8 +12,6 @@ from backfill_dagster.orchestration.resources import ProvidersResource, StoreRes
 from backfill_dagster.providers.registry import action_publishers
 
 NAME = "watchlist_sync"
-RUN_KEY_TAG = "dagster/run_key"
-SENSOR_NAME_TAG = "dagster/sensor_name"
 
 
 @dg.sensor(
