@@ -184,10 +184,11 @@ def _fetch_and_store(
     report.api_calls[provider.name] += result.api_calls
     as_of = requested_at if result.complete_through is None else min(requested_at, result.complete_through)
     checked = validate_bars(
-        result.bars, timeframe, calendar, symbols=request.symbols, extended=router.extended, now=as_of
+        result.bars, timeframe, calendar, symbols=request.symbols, sessions=request.sessions,
+        extended=router.extended, now=as_of,
     )
     report.outside_hours += checked.outside_hours
-    bad = _tainted(checked, request)
+    bad = _tainted(checked, request, provider.provenance)
     if bad:
         report.rejected_bars += store.quarantine(
             checked.rejected, timeframe, provider=provider.provenance, at=requested_at, run_id=run_id
@@ -231,11 +232,13 @@ def _fetch_and_store(
     return outcome
 
 
-def _tainted(checked: Validation, request: FetchRequest) -> dict[Partition, str]:
-    """Partitions of the request that a rejected bar makes untrustworthy, with the reason.
+def _tainted(checked: Validation, request: FetchRequest, provider: str) -> dict[Partition, str]:
+    """Partitions of the request that a rejected bar makes untrustworthy, with the reason naming
+    the `provider` that sent it.
 
-    A rejected bar taints its own partition; one that cannot be placed in a requested session taints
-    its symbol's partitions in the request; one for a symbol never requested taints them all.
+    A rejected bar taints its own partition; one that cannot be placed in a requested session (an
+    answer for other dates) taints its symbol's partitions in the request; one for a symbol never
+    requested taints them all. So a wrong answer fails its partitions, never passes as "no bars".
     """
     out: dict[Partition, str] = {}
     if checked.rejected.empty:
@@ -255,7 +258,7 @@ def _tainted(checked: Validation, request: FetchRequest) -> dict[Partition, str]
         first = rows[0]
         at = "no timestamp" if pd.isna(first.ts) else pd.Timestamp(first.ts).isoformat()
         out[partition] = (
-            f"provider returned {len(rows)} invalid bar(s) (kept in rejected_bars), "
+            f"{provider} returned {len(rows)} invalid bar(s) (kept in rejected_bars), "
             f"e.g. {first.symbol} at {at}: {first.reason}"
         )
     return out
@@ -288,9 +291,11 @@ def derive_partitions(
         chunk_symbols = set(symbols[i : i + DERIVE_SYMBOLS_PER_CHUNK])
         chunk = [p for p in wanted if p[0] in chunk_symbols]
         _derive_chunk(chunk, timeframe, store, extended, clock, run_id, report, rewrite_reason)
-    if report.failures:
+    # Partitions recorded `empty` after their m15 keep that row: only the others are failed.
+    failed = {p: e for p, e in report.failures.items() if p not in report.empty}
+    if failed:
         store.record_failures(
-            timeframe, report.failures, expected=_expected_by_session(report.failures, timeframe, calendar, extended),
+            timeframe, failed, expected=_expected_by_session(failed, timeframe, calendar, extended),
             at=clock(), run_id=run_id,
         )
     log(f"derived {timeframe.value} for {len(report.written)} partition(s), {report.bars_written} bar(s)")
@@ -357,7 +362,8 @@ def _derive_ready(
             continue
         symbol, session = partition
         row = status[partition]
-        label = f"resample:{source_provider.get(partition) or row.provider or 'none'}"
+        stored_by = row.provider if isinstance(row.provider, str) else None  # None (NaN): m15 empty
+        label = f"resample:{source_provider.get(partition) or stored_by or 'none'}"
         groups[label].append(
             CoverageEntry(
                 symbol=symbol,
@@ -369,6 +375,7 @@ def _derive_ready(
                 source_fetched_at=None if pd.isna(row.fetched_at) else pd.Timestamp(row.fetched_at).to_pydatetime(),
             )
         )
+    hollow = _hollow([p for p in ready if p not in bad], status, counts)
     adjustment = m15["adjustment"].iloc[0] if len(m15) else "split"
     keys = pd.MultiIndex.from_arrays([valid["symbol"], valid["session"]])
     for label, entries in groups.items():
@@ -376,8 +383,29 @@ def _derive_ready(
         result = tx.replace(valid[keys.isin(members)], entries, provider=label, adjustment=adjustment,
                             fetched_at=now, run_id=run_id, rewrite_reason=rewrite_reason)
         report.bars_written += result.bars
-        report.written.extend(result.written)
-        report.served_by[label] += len(result.written)
+        shown = [p for p in result.written if p not in hollow]
+        report.written.extend(shown)
+        if shown:
+            report.served_by[label] += len(shown)
+    for partition in sorted(hollow):
+        row = status[partition]
+        why = f": {row.error}" if isinstance(row.error, str) and row.error else ""
+        report.failures[partition] = (
+            f"cannot derive {timeframe.value}: its {Timeframe.M15.value} partition holds no bars "
+            f"({row.status}{why})"
+        )
+        report.empty.add(partition)
+
+
+def _hollow(ready: Sequence[Partition], status: dict, counts: Counter) -> set[Partition]:
+    """Derived partitions of a closed session whose m15 holds no bars. Their rows are written
+    `empty`, following m15 (so the sweep derives them again only once m15 changes), but they are
+    not materialized: the step fails naming them, as m15's own step did, instead of showing them
+    green with no bars."""
+    return {
+        p for p in ready
+        if not counts.get(p, 0) and not int(status[p].bars) and bool(status[p].session_closed)
+    }
 
 
 def _expected_by_session(

@@ -5,14 +5,13 @@ definitions load (never at import), with one numeric parser and one error style.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
-from backfill_dagster.domain.calendar import CALENDAR_FIRST_DAY
+from backfill_dagster.domain.calendar import CALENDAR_FIRST_DAY, NEW_YORK
 from backfill_dagster.domain.gap_policy import DEFAULT_HISTORY_DAYS, GapPolicy, GapPolicyError
 from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.providers.base import Adjustment
@@ -30,6 +29,14 @@ MAX_EOD_DELAY = timedelta(hours=3)
 DEFAULT_HTTP_ATTEMPTS = 6
 DEFAULT_HTTP_BACKOFF_S = 1.0
 DEFAULT_RATE_MAX_WAIT_S = 600.0
+# Every number is bounded when it loads, so a typo (an extra zero or six) stops the load naming the
+# variable instead of overflowing a date or a timestamp at every sensor tick. The bounds are far
+# beyond any sensible value: a century of history, a year of waiting.
+MAX_GAP_DAYS = 36_525  # a century: more than any history (the calendar starts in 2000)
+MAX_MINUTES = 366 * 24 * 60  # a year
+MAX_COUNT = 10_000_000  # runs, partitions, requests: far beyond the whole market's 252,000
+MAX_ATTEMPTS = 1_000
+MAX_SECONDS = 24 * 3600.0  # a day: a rate window, a budget wait, a back-off
 
 # The providers' variables (README, "Providers"): each one that is set reaches the providers
 # resource as a Dagster EnvVar, so the UI and the run config show its name, never its value.
@@ -41,6 +48,8 @@ PROVIDER_ENV_VARS = (
 )
 # Dagster's own variables the project reads or sets (cli.py, instance/event_log_tuning.py).
 DAGSTER_ENV_VARS = ("DAGSTER_HOME", "DAGSTER_EVENT_BATCH_SIZE")
+# Read by the instance plug-ins in the daemon's process, not by Settings (instance/backfill_runs.py).
+INSTANCE_ENV_VARS = ("BACKFILL_BOX_PARTITIONS",)
 
 
 def env_variables() -> tuple[str, ...]:
@@ -54,7 +63,7 @@ def env_variables() -> tuple[str, ...]:
         "BACKFILL_HTTP_ATTEMPTS", "BACKFILL_HTTP_BACKOFF_SECONDS", "BACKFILL_EOD_DELAY_MINUTES",
         *(f"BACKFILL_GAP_DAYS_{t.value.upper()}" for t in Timeframe),
         *_GAP_COUNTS, *_GAP_MINUTES,
-        *PROVIDER_ENV_VARS, *DAGSTER_ENV_VARS,
+        *PROVIDER_ENV_VARS, *DAGSTER_ENV_VARS, *INSTANCE_ENV_VARS,
     )
 
 
@@ -141,9 +150,11 @@ class Settings:
             },
             rate_window_s=_seconds(env, "BACKFILL_RATE_WINDOW_SECONDS", DEFAULT_WINDOW_S),
             rate_max_wait_s=_seconds(env, "BACKFILL_RATE_MAX_WAIT_SECONDS", DEFAULT_RATE_MAX_WAIT_S),
-            http_attempts=_whole_number(env, "BACKFILL_HTTP_ATTEMPTS", DEFAULT_HTTP_ATTEMPTS, minimum=1),
+            http_attempts=_whole_number(env, "BACKFILL_HTTP_ATTEMPTS", DEFAULT_HTTP_ATTEMPTS, minimum=1,
+                                        maximum=MAX_ATTEMPTS),
             http_backoff_s=_number(env, "BACKFILL_HTTP_BACKOFF_SECONDS", DEFAULT_HTTP_BACKOFF_S, float,
-                                   lambda v: 0 <= v < math.inf, "a number of seconds", "must be 0 seconds or more"),
+                                   lambda v: 0 <= v <= MAX_SECONDS, "a number of seconds",
+                                   f"must be between 0 and {MAX_SECONDS:,.0f} seconds (a day)"),
             end_of_day_delay=end_of_day_delay,
             gap_policy=_gap_policy(env, end_of_day_delay),
         )
@@ -159,6 +170,13 @@ def _date(env: Mapping[str, str], name: str, default: date) -> date:
         raise SettingsError(f"{name}={raw!r} is not a date: use YYYY-MM-DD") from None
     if value < CALENDAR_FIRST_DAY:
         raise SettingsError(f"{name}={raw!r} is before {CALENDAR_FIRST_DAY}, the calendar's first day")
+    today = datetime.now(NEW_YORK).date()
+    if value > today:
+        # No session partition would exist, and every sensor and schedule would find nothing to do.
+        raise SettingsError(
+            f"{name}={raw!r} is in the future (today is {today.isoformat()} in New York): history must "
+            f"start on a past date, e.g. {DEFAULT_HISTORY_START.isoformat()}"
+        )
     return value
 
 
@@ -214,20 +232,22 @@ def _ratio(env: Mapping[str, str], name: str, default: float) -> float:
 
 
 def _count(env: Mapping[str, str], name: str, default: int) -> int:
-    return _number(env, name, default, int, lambda v: v >= 0,
-                   "a whole number of requests (0 = unlimited)", "cannot be negative (0 = unlimited)")
+    return _number(env, name, default, int, lambda v: 0 <= v <= MAX_COUNT,
+                   "a whole number of requests (0 = unlimited)",
+                   f"cannot be negative (0 = unlimited) and must be at most {MAX_COUNT:,} requests")
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    return _number(env, name, default, float, lambda v: 0 < v < math.inf,
-                   "a number of seconds", "must be more than 0 seconds")
+    return _number(env, name, default, float, lambda v: 0 < v <= MAX_SECONDS,
+                   "a number of seconds", f"must be more than 0 seconds and at most {MAX_SECONDS:,.0f} (a day)")
 
 
 def _whole_number(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int | None = None,
            rule: str | None = None) -> int:
     """A whole-number setting, at least `minimum` (and at most `maximum`)."""
     if rule is None:
-        rule = f"must be at least {minimum} (default {default})"
+        most = "" if maximum is None else f" and at most {maximum:,}"
+        rule = f"must be at least {minimum}{most} (default {default})"
     return _number(env, name, default, lambda raw: int(raw.strip()),
                    lambda v: v >= minimum and (maximum is None or v <= maximum),
                    f"a whole number (default {default})", rule)
@@ -238,17 +258,22 @@ def _gap_policy(env: Mapping[str, str], end_of_day_delay: timedelta) -> GapPolic
     half an hour more unless BACKFILL_GAP_SETTLE_MINUTES says otherwise."""
     defaults = GapPolicy()
     minutes = {
-        name: _whole_number(env, name, int(getattr(defaults, attr).total_seconds() // 60), minimum=0)
+        name: _whole_number(env, name, int(getattr(defaults, attr).total_seconds() // 60), minimum=0,
+                            maximum=MAX_MINUTES)
         for name, attr in _GAP_MINUTES.items() if name != "BACKFILL_GAP_SETTLE_MINUTES"
     }
-    settle = _whole_number(env, "BACKFILL_GAP_SETTLE_MINUTES", int(end_of_day_delay.total_seconds() // 60) + 30, minimum=0)
+    settle = _whole_number(env, "BACKFILL_GAP_SETTLE_MINUTES", int(end_of_day_delay.total_seconds() // 60) + 30,
+                           minimum=0, maximum=MAX_MINUTES)
     try:
         return GapPolicy(
             history_days={
-                t: _whole_number(env, f"BACKFILL_GAP_DAYS_{t.value.upper()}", DEFAULT_HISTORY_DAYS[t], minimum=1)
+                t: _whole_number(env, f"BACKFILL_GAP_DAYS_{t.value.upper()}", DEFAULT_HISTORY_DAYS[t], minimum=1,
+                                 maximum=MAX_GAP_DAYS)
                 for t in Timeframe
             },
-            **{attr: _whole_number(env, name, getattr(defaults, attr), minimum=1) for name, attr in _GAP_COUNTS.items()},
+            **{attr: _whole_number(env, name, getattr(defaults, attr), minimum=1,
+                                   maximum=MAX_ATTEMPTS if name == "BACKFILL_GAP_EMPTY_ATTEMPTS" else MAX_COUNT)
+               for name, attr in _GAP_COUNTS.items()},
             settle=timedelta(minutes=settle),
             **{_GAP_MINUTES[name]: timedelta(minutes=value) for name, value in minutes.items()},
         )

@@ -62,6 +62,13 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(env, capsys, store_url):
     assert "unknown timeframe 'm5'" in capsys.readouterr().err
 
 
+def test_watchlist_add_refuses_a_non_ascii_symbol_instead_of_storing_what_it_upper_cases_to(env, capsys, store_url):
+    assert main(["watchlist", "add", "ß"]) == 2  # 'ß'.upper() is 'SS'
+    assert "symbol 'ß' is not a valid ticker (it contains 'ß', not ASCII)" in capsys.readouterr().err
+    assert watchlist_size(store_url) == 0
+    assert dg.DagsterInstance.get().get_dynamic_partitions("symbols") == []
+
+
 def test_unreachable_database_url_is_a_clear_error(env, monkeypatch, capsys):
     monkeypatch.setenv("BACKFILL_DATABASE_URL", "postgresql://u:topsecret@127.0.0.1:1/db")
     assert main(["watchlist", "list"]) == 2

@@ -76,7 +76,7 @@ def test_an_invalid_bar_fails_only_its_partition_and_is_quarantined(store, calen
     provider = Scripted(calendar, "flaky", corrupt_one(bad_day))
     report = fetch_partitions(box(["AAPL", "MSFT"], THANKSGIVING_WEEK), Timeframe.M15, Router([provider], calendar), store, clock=LATER)
     assert set(report.failures) == {("AAPL", bad_day)}
-    assert "provider returned 1 invalid bar(s)" in report.failures[("AAPL", bad_day)]
+    assert "flaky returned 1 invalid bar(s)" in report.failures[("AAPL", bad_day)]
     assert "high is below low" in report.failures[("AAPL", bad_day)]
     assert report.rejected_bars == 1
     assert store.read_bars(Timeframe.M15, [("AAPL", bad_day)]).empty  # nothing of it written

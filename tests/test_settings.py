@@ -9,7 +9,7 @@ import pytest
 
 from backfill_dagster.domain.gap_policy import GapPolicy
 from backfill_dagster.domain.timeframes import Timeframe
-from backfill_dagster.settings import DAGSTER_ENV_VARS, Settings, SettingsError, env_variables, provider_config
+from backfill_dagster.settings import DAGSTER_ENV_VARS, INSTANCE_ENV_VARS, Settings, SettingsError, env_variables, provider_config
 
 M15, H1, H4, D1 = Timeframe.M15, Timeframe.H1, Timeframe.H4, Timeframe.D1
 
@@ -112,7 +112,11 @@ def test_the_readme_table_lists_every_variable_the_code_reads_and_no_other():
     env = RecordingEnv()
     Settings.from_env(env)
     provider_config(env)
-    assert env.asked == catalogue - set(DAGSTER_ENV_VARS), "settings.py reads these differently from its catalogue"
+    assert env.asked == catalogue - set(DAGSTER_ENV_VARS) - set(INSTANCE_ENV_VARS), (
+        "settings.py reads these differently from its catalogue")
+    from backfill_dagster.instance.backfill_runs import BOX_PARTITIONS_VARIABLE
+
+    assert INSTANCE_ENV_VARS == (BOX_PARTITIONS_VARIABLE,)
 
 
 def test_the_readme_table_lists_each_variable_once():
@@ -124,3 +128,46 @@ def test_the_table_check_sees_a_missing_row():
     text = (ROOT / "README.md").read_text()
     row = next(line for line in text.splitlines() if line.startswith("| `BACKFILL_EOD_DELAY_MINUTES`"))
     assert "BACKFILL_EOD_DELAY_MINUTES" not in readme_table_variables(text.replace(row + "\n", ""))
+
+
+# Every numeric variable, with a value of the typo kind (six zeros too many): each is refused at
+# load, naming the variable, instead of loading and failing later (an OverflowError every tick).
+NUMERIC = [
+    *(f"BACKFILL_GAP_DAYS_{t.value.upper()}" for t in Timeframe),
+    "BACKFILL_GAP_MAX_SESSIONS_PER_RUN", "BACKFILL_GAP_MAX_PARTITIONS_PER_RUN", "BACKFILL_GAP_MAX_RUNS_PER_TICK",
+    "BACKFILL_GAP_MAX_ASSET_PARTITIONS_PER_TICK", "BACKFILL_GAP_MAX_RUNS_IN_FLIGHT", "BACKFILL_GAP_EMPTY_ATTEMPTS",
+    "BACKFILL_GAP_SETTLE_MINUTES", "BACKFILL_GAP_RETRY_FAILED_MINUTES", "BACKFILL_GAP_RETRY_EMPTY_MINUTES",
+    "BACKFILL_EOD_DELAY_MINUTES", "BACKFILL_HTTP_ATTEMPTS", "BACKFILL_HTTP_BACKOFF_SECONDS",
+    "ALPACA_RATE_LIMIT", "POLYGON_RATE_LIMIT", "TRADIER_RATE_LIMIT", "YAHOO_RATE_LIMIT",
+    "BACKFILL_RATE_WINDOW_SECONDS", "BACKFILL_RATE_MAX_WAIT_SECONDS",
+]
+
+
+@pytest.mark.parametrize("name", NUMERIC)
+def test_every_number_is_bounded_when_it_loads(name):
+    with pytest.raises(SettingsError, match=f"{name}='100000000000' .*(at most|between)") as raised:
+        Settings.from_env({name: "100000000000"})
+    assert "100000000000" in str(raised.value)
+
+
+def test_the_largest_gap_days_load_and_a_tick_can_use_them():
+    """BACKFILL_GAP_DAYS_D1=1000000 loaded, then every tick raised OverflowError computing its horizon."""
+    from backfill_dagster.domain.calendar import xnys
+    from backfill_dagster.domain.gap_policy import horizons
+    from tests.conftest import utc
+
+    with pytest.raises(SettingsError, match="BACKFILL_GAP_DAYS_D1='1000000' must be at least 1 and at most 36,525"):
+        Settings.from_env({"BACKFILL_GAP_DAYS_D1": "1000000"})
+    most_days, most_minutes = 36_525, 366 * 24 * 60  # the bounds, as the README states them
+    env = {f"BACKFILL_GAP_DAYS_{t.value.upper()}": str(most_days) for t in Timeframe}
+    env |= {name: str(most_minutes) for name in ("BACKFILL_GAP_SETTLE_MINUTES", "BACKFILL_GAP_RETRY_FAILED_MINUTES",
+                                                 "BACKFILL_GAP_RETRY_EMPTY_MINUTES")}
+    settings = Settings.from_env(env)
+    wanted = horizons(settings.gap_policy, xnys(), utc("2026-12-07 15:00"), settings.history_start)
+    assert wanted[Timeframe.D1][0] == xnys().sessions(settings.history_start, "2024-01-10")[0]
+
+
+def test_a_history_start_in_the_future_is_refused():
+    with pytest.raises(SettingsError, match="BACKFILL_HISTORY_START='2099-01-01' is in the future"):
+        Settings.from_env({"BACKFILL_HISTORY_START": "2099-01-01"})
+    assert Settings.from_env({"BACKFILL_HISTORY_START": "2020-01-02"}).history_start.isoformat() == "2020-01-02"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
+from datetime import date
 
 import numpy as np
 import pandas as pd
@@ -102,6 +103,7 @@ _RULES = (
     "not on an NYSE session day",
     "outside the session's trading hours",
     "not on the {timeframe} bar grid",
+    "not in the requested sessions",
     "starts in the future",
     "more than one bar for this symbol and start",
 )
@@ -114,14 +116,17 @@ def validate_bars(
     calendar: SessionCalendar,
     *,
     symbols: Collection[str] | None = None,
+    sessions: Collection[date] | None = None,
     extended: bool = False,
     now: pd.Timestamp | None = None,
 ) -> Validation:
     """Split bars into valid and rejected ones, each rejection with every reason that applies.
 
-    Rules (DESIGN §8): expected symbol; a timestamp; no NaN; positive prices; non-negative volume;
+    Rules: expected symbol; a timestamp; no NaN; positive prices; non-negative volume;
     high/low bound open and close; inside a session's hours (extended hours at most); on the
-    timeframe's session-anchored grid; not starting in the future; one bar per symbol and start.
+    timeframe's session-anchored grid; on a requested session (`sessions`: an answer for other
+    dates, or in another time unit, is bad input, never "no bars"); not starting in the future; one
+    bar per symbol and start.
     Each rule is one bit of a mask computed with numpy over the whole frame; reason strings are
     built only for the rejected rows.
     """
@@ -162,6 +167,10 @@ def validate_bars(
     flag(~missing_ts & ~known, "not on an NYSE session day")
     flag(known & ~inside_widest, "outside the session's trading hours")
     flag(inside_widest & (bucket != t), "not on the {timeframe} bar grid")
+    bars["session"] = calendar.session_dates(pos)
+    if sessions is not None:
+        requested = bars["session"].isin(list(sessions)).to_numpy(dtype=bool)
+        flag(~missing_ts & ~requested, "not in the requested sessions")
     if now is not None:
         flag(~missing_ts & (t > pd.Timestamp(now).value), "starts in the future")
     if n:
@@ -172,7 +181,6 @@ def validate_bars(
         dup[order[:-1][same]] = True
         flag(dup, "more than one bar for this symbol and start")
 
-    bars["session"] = calendar.session_dates(pos)
     bad = mask != 0
     rejected = bars.loc[bad].copy()
     rejected["reason"] = [_reasons(m, timeframe) for m in mask[bad]]

@@ -110,6 +110,10 @@ class InFlight:
     def covers(self, timeframe: Timeframe, partition: Partition) -> bool:
         if timeframe in self._whole:
             return True
+        return self.in_box(timeframe, partition)
+
+    def in_box(self, timeframe: Timeframe, partition: Partition) -> bool:
+        """Whether an unfinished run's box holds the partition (a held timeframe aside)."""
         symbol, session = partition
         return any(lo <= session <= hi for lo, hi in self._boxes.get(timeframe, {}).get(symbol, ()))
 
@@ -166,6 +170,7 @@ class GapPlan:
     held: int  # failed or empty partitions waiting for their retry delay
     waiting_for_m15: int  # h1/h4 gaps whose m15 is in flight or held
     exhausted: int = 0  # empty partitions re-checked `empty_attempts` times: left alone
+    behind_backfills: int = 0  # gaps no run is filling, in a timeframe an unfinished backfill holds
 
     @property
     def total_gaps(self) -> int:
@@ -185,7 +190,9 @@ class GapPlan:
         if self.later:
             parts.append(f"{self.later} more run(s) left for later ticks")
         if self.in_flight:
-            parts.append(f"{self.in_flight} already being filled by unfinished runs or backfills")
+            parts.append(f"{self.in_flight} already being filled by unfinished runs")
+        if self.behind_backfills:
+            parts.append(f"{self.behind_backfills} in timeframes an unfinished backfill holds: left until it ends")
         if self.held:
             parts.append(f"{self.held} failed or empty partition(s) waiting for their retry delay")
         if self.exhausted:
@@ -208,6 +215,7 @@ class GapSelection:
     held: int  # failed or empty partitions waiting for their retry delay
     waiting_for_m15: int  # h1/h4 gaps whose m15 is in flight or held
     exhausted: int  # empty partitions re-checked `empty_attempts` times: left alone
+    behind_backfills: int = 0  # gaps no run is filling, in a timeframe an unfinished backfill holds
 
     @property
     def partitions(self) -> set[Partition]:
@@ -240,14 +248,14 @@ def select_gaps(
     in_flight = in_flight or InFlight()
     horizon = {t: set(wanted.get(t, ())) for t in Timeframe}
     counts: dict[Timeframe, dict[GapReason, int]] = {t: defaultdict(int) for t in Timeframe}
-    busy = held = exhausted = 0
+    busy = held = exhausted = behind = 0
 
     retry_before = (now - pd.Timedelta(policy.retry_failed_after)).to_pydatetime()
     empty_before = (now - pd.Timedelta(policy.retry_empty_after)).to_pydatetime()
 
     def gaps_to_request(timeframe: Timeframe) -> dict[Partition, Gap]:
         # Called on every gap of the horizon (a million for 500 new symbols): keep it lean.
-        nonlocal busy, held, exhausted
+        nonlocal busy, held, exhausted, behind
         out = {}
         days = horizon[timeframe]
         if not days:
@@ -268,8 +276,12 @@ def select_gaps(
                 if gap.stamp is not None and gap.stamp > empty_before:
                     held += 1
                     continue
-            if held_whole or (partition[0] in busy_symbols and in_flight.covers(timeframe, partition)):
+            if partition[0] in busy_symbols and in_flight.in_box(timeframe, partition):
                 busy += 1
+            elif held_whole:
+                # A backfill holds the whole timeframe (its later runs do not exist yet), but only
+                # the partitions of its runs are being filled: the others only wait for it to end.
+                behind += 1
             elif gap.stamp is not None and gap.reason is _FAILED and gap.stamp > retry_before:
                 held += 1
             else:
@@ -299,6 +311,7 @@ def select_gaps(
         held=held,
         waiting_for_m15=waiting,
         exhausted=exhausted,
+        behind_backfills=behind,
     )
 
 
@@ -342,6 +355,7 @@ def plan_gap_runs(
         held=chosen.held,
         waiting_for_m15=chosen.waiting_for_m15,
         exhausted=chosen.exhausted,
+        behind_backfills=chosen.behind_backfills,
     )
 
 

@@ -28,10 +28,19 @@ class InvalidSymbolError(ValueError):
 def normalize_symbol(raw: object) -> str:
     """Upper-case and check a ticker: 1-10 characters from A-Z, digits, '.' and '-', starting with
     a letter or digit; a share class written with '-' is respelled with '.' (BRK-B is BRK.B).
-    Anything else is refused with the reason."""
+    Anything else is refused with the reason, non-ASCII letters before they are upper-cased (so 'ß'
+    is refused, not stored as 'SS')."""
     if not isinstance(raw, str):
         raise InvalidSymbolError(f"symbol {raw!r} is not a string")
-    symbol = raw.strip().upper()
+    given = raw.strip()
+    foreign = sorted({ch for ch in given if not ch.isascii()})
+    if foreign:
+        # Checked before upper-casing: 'ß'.upper() is 'SS', a different ticker, without a word.
+        raise InvalidSymbolError(
+            f"symbol {raw!r} is not a valid ticker (it contains {', '.join(repr(c) for c in foreign)}, "
+            "not ASCII): use A-Z, digits, '.' or '-'"
+        )
+    symbol = given.upper()
     if not symbol:
         raise InvalidSymbolError("symbol is empty: give a ticker such as AAPL")
     if len(symbol) > 10:

@@ -4,6 +4,7 @@ Prints the base URL on one line (flushed) once the server listens, so a parent p
 
     python -m backfill_dagster.fakes --host 127.0.0.1 --port 0 --rate-limit alpaca=200 --fault-rate 0.05
     python -m backfill_dagster.fakes --quota-exhausted alpaca=3600   # every Alpaca request: 429, Retry-After 3600
+    python -m backfill_dagster.fakes --misdated alpaca=1 --polygon-epoch-seconds   # answers for the wrong dates
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import threading
 
 import pandas as pd
 
-from backfill_dagster.fakes.config import ALL_FAULT_KINDS, FAULT_KINDS, PROVIDERS, FakeConfig
+from backfill_dagster.fakes.config import ALL_FAULT_KINDS, FAULT_KINDS, MISDATED_PROVIDERS, PROVIDERS, FakeConfig
 from backfill_dagster.fakes.server import FakeProviders
 
 
@@ -44,6 +45,22 @@ def _quota(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"{text!r}: SECONDS must be a number (the Retry-After sent)") from None
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: SECONDS cannot be negative")
+    return provider, value
+
+
+def _misdated(text: str) -> tuple[str, int]:
+    provider, sep, sessions = text.partition("=")
+    provider = provider.strip().lower()
+    if not sep or provider not in MISDATED_PROVIDERS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: use PROVIDER=SESSIONS with PROVIDER one of {', '.join(MISDATED_PROVIDERS)}"
+        )
+    try:
+        value = int(sessions)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: SESSIONS must be a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: SESSIONS must be at least 1")
     return provider, value
 
 
@@ -80,6 +97,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--quota-exhausted", type=_quota, action="append", default=[], metavar="PROVIDER=SECONDS",
         help="answer every request of a provider 429 with this Retry-After, a spent quota (repeatable)",
     )
+    parser.add_argument(
+        "--misdated", type=_misdated, action="append", default=[], metavar="PROVIDER=SESSIONS",
+        help="answer every bar request with the bars of that many sessions earlier (a fault)",
+    )
+    parser.add_argument(
+        "--polygon-epoch-seconds", action="store_true",
+        help="Polygon aggregates carry `t` in Unix seconds, not milliseconds (a fault)",
+    )
     parser.add_argument("--rate-window", type=float, default=60.0, help="rate window in seconds")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault draws")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
@@ -100,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             now=args.now,
             latency_s=args.latency,
+            misdated=dict(args.misdated),
+            polygon_epoch_seconds=args.polygon_epoch_seconds,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -14,6 +14,7 @@
   or 05:00Z). `feed`, `adjustment`, `sort`, `asof`, `currency` are validated. `adjustment=raw` (the
   default) serves raw prices, `split` (or `all`) split-adjusted ones as of now (fakes/actions.py).
 - Free plan: SIP data of the latest 15 minutes is refused with 403 (`alpaca_sip_delay_s`).
+- `FakeConfig.misdated`: every bar request answered with the bars of earlier sessions (a fault).
 - `X-RateLimit-Limit/Remaining/Reset` (epoch s) on every response; gzip when asked and > 256 bytes.
 """
 
@@ -25,12 +26,12 @@ import gzip
 import math
 import re
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
 
-from backfill_dagster.domain.calendar import NEW_YORK
+from backfill_dagster.domain.calendar import NEW_YORK, xnys
 from backfill_dagster.fakes import alpaca_actions
 from backfill_dagster.fakes.base import BadRequest, ProviderFake, Request, Response, json_response, rfc3339
 from backfill_dagster.fakes.control import WindowState
@@ -160,6 +161,10 @@ class AlpacaFake(ProviderFake):
         if sip_delay_ns and end_ns > now_ns - sip_delay_ns:
             raise BadRequest(json_response(403, {"message": "subscription does not permit querying recent SIP data"}))
         after = _decode_token(q["page_token"]) if q.get("page_token") else None
+        back = self.config.misdated.get(self.name)
+        if back:  # the fault FakeConfig.misdated: the bars of earlier sessions, as if they were asked for
+            shift = _sessions_back_ns(start_ns, int(back))
+            start_ns, end_ns = start_ns - shift, end_ns - shift
         return _Query(sorted(set(symbols)), unit, start_ns, end_ns, limit, sort == "desc", after,
                       adjusted=bool(adjustments & {"split", "all"}))
 
@@ -215,6 +220,14 @@ class AlpacaFake(ProviderFake):
             response.body = gzip.compress(response.body, compresslevel=1)
             response.headers["Content-Encoding"] = "gzip"
         return response
+
+
+def _sessions_back_ns(start_ns: int, sessions: int) -> int:
+    """How far back the session `sessions` sessions before the one holding `start_ns` lies
+    (nanoseconds between their New York midnights)."""
+    day = ny_date(start_ns)
+    earlier = [d for d in xnys().sessions(day - timedelta(days=7 * sessions + 14), day) if d < day]
+    return ny_midnight_ns(day) - ny_midnight_ns(earlier[-sessions])
 
 
 def _bars(ts: np.ndarray, values: np.ndarray) -> list[dict]:

@@ -19,6 +19,8 @@ PROVIDERS = ("alpaca", "polygon", "tradier", "yahoo")
 # carrying one impossible bar (high below low), which validation must reject with its reason.
 FAULT_KINDS = ("429", "500", "503", "timeout", "truncated")
 ALL_FAULT_KINDS = (*FAULT_KINDS, "invalid")
+# Providers whose fake can answer for the wrong dates (FakeConfig.misdated).
+MISDATED_PROVIDERS = ("alpaca",)
 # Symbols starting with this are unknown to every provider (handy in tests).
 UNKNOWN_PREFIX = "ZZZ"
 
@@ -59,6 +61,14 @@ class FakeConfig:
     # (symbol, session) pairs every fake answers without bars, as a provider that has not published a
     # session (or has nothing for it) does; the rest of the answer is unchanged.
     withheld: set[tuple[str, date]] = field(default_factory=set)
+    # Answers for the wrong dates, as providers have sent them: provider -> sessions. Each bar
+    # request is answered with the bars of the sessions that many sessions earlier (a stale cache,
+    # an off-by-one date at the provider): Alpaca answering the 26 bars of Friday for Monday.
+    # Alpaca only.
+    misdated: dict[str, int] = field(default_factory=dict)
+    # Polygon's aggregates carry `t` in Unix seconds instead of the documented milliseconds (a unit
+    # change a client must refuse, not read as bars of January 1970).
+    polygon_epoch_seconds: bool = False
     # Dividends and splits the fakes report (Yahoo's `events`); the bars are not adjusted for them.
     corporate_actions: CorporateActions = field(default_factory=CorporateActions)
 
@@ -79,6 +89,12 @@ class FakeConfig:
         bad = [p for p, s in self.quota_exhausted.items() if not float(s) >= 0]
         if bad:
             raise ValueError(f"quota_exhausted for {bad} must be a Retry-After of at least 0 seconds")
+        unknown = sorted(set(self.misdated) - set(MISDATED_PROVIDERS))
+        if unknown:
+            raise ValueError(f"misdated names provider(s) {unknown} the fakes cannot misdate: use {', '.join(MISDATED_PROVIDERS)}")
+        bad = [p for p, n in self.misdated.items() if int(n) < 1]
+        if bad:
+            raise ValueError(f"misdated for {bad} must be at least 1 session")
         if self.rate_window_s <= 0:
             raise ValueError("rate_window_s must be positive")
         if not 0.0 <= self.fault_rate <= 1.0:

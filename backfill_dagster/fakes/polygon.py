@@ -14,6 +14,7 @@
 - Free plan: ~2 years of history (`polygon_history_days`): a window entirely older is 403
   NOT_AUTHORIZED, one that merely starts earlier is silently clipped.
 - No rate-limit headers; 429 carries the JSON error body only.
+- `FakeConfig.polygon_epoch_seconds`: `t` in Unix seconds instead of milliseconds (a fault).
 - `adjusted=true` (the default) serves split-adjusted bars as of now, `false` raw ones
   (fakes/actions.py).
 
@@ -135,7 +136,7 @@ class PolygonFake(ProviderFake):
             "adjusted": params["adjusted"] == "true",
         }
         if len(out_keys):
-            body["results"] = _results(out_keys, out_values)
+            body["results"] = _results(out_keys, out_values, seconds=self.config.polygon_epoch_seconds)
         body.update({"status": "OK", "request_id": _request_id(), "count": len(out_keys)})
         if taken < len(ts):
             body["next_url"] = _next_url(request, window, params, int(keys[taken]), descending)
@@ -288,8 +289,10 @@ def _take(keys: np.ndarray, budget: int) -> int:
     return taken
 
 
-def _results(keys: np.ndarray, values: np.ndarray) -> list[dict]:
-    t_ms = (keys // 1_000_000).tolist()
+def _results(keys: np.ndarray, values: np.ndarray, *, seconds: bool = False) -> list[dict]:
+    """Aggregate objects; `t` in Unix milliseconds as documented (`seconds`: in seconds, the
+    FakeConfig.polygon_epoch_seconds fault)."""
+    t_ms = (keys // (1_000_000_000 if seconds else 1_000_000)).tolist()
     columns = values.T.tolist()
     return [
         {"v": v, "vw": vw, "o": o, "c": c, "h": h, "l": lo, "t": t, "n": int(n)}

@@ -1,4 +1,4 @@
-"""Partitions: trading session x symbol (DESIGN §3).
+"""Partitions: trading session x symbol.
 
 - date: exactly the XNYS sessions from the history start, today included (`end_offset=1`).
   Weekends and holidays are excluded by cron and by date, so they produce no partition. On a
@@ -225,6 +225,31 @@ def symbol_blocks(symbols: Sequence[str], partition_order: Sequence[str]) -> lis
     return consecutive_runs(set(symbols), position.__getitem__)
 
 
+def symbol_key_error(key: str) -> str | None:
+    """Why a symbol partition key is not a symbol in the store's spelling, or None if it is one."""
+    try:
+        symbol = normalize_symbol(key)
+    except InvalidSymbolError as exc:
+        return str(exc)
+    if symbol != key:
+        return f"symbol partition {key!r} is not in the store's spelling {symbol!r} (upper-case, share classes with '.')"
+    return None
+
+
+def require_symbols(keys: Sequence[str]) -> None:
+    """Refuse a run whose symbol partitions include keys that are not symbols (added by hand in
+    the UI's "Add a partition" or through the API: 'aapl', 'A B', 'BRK-B'), naming each one,
+    before anything is fetched or written."""
+    errors = [error for error in map(symbol_key_error, keys) if error]
+    if errors:
+        raise PartitionKeyError(
+            f"{len(errors)} symbol partition(s) of this run are not symbols, so the run refuses them: "
+            + "; ".join(errors)
+            + f". Delete them from the {SYMBOLS_PARTITIONS_NAME!r} partitions (Dagster UI, or "
+            "instance.delete_dynamic_partition) and add symbols with backfill-dagster watchlist add"
+        )
+
+
 def run_partitions(
     context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext, calendar: SessionCalendar
 ) -> list[tuple[str, date]]:
@@ -232,7 +257,8 @@ def run_partitions(
 
     The same box (sessions start..end x symbols start..end in the dynamic partitions' order, dates
     outermost) without Dagster's one MultiPartitionKey object per partition and the parse back:
-    ~45 us a partition, twice per run. Raises Dagster's error for a run without partitions.
+    ~45 us a partition, twice per run. Raises Dagster's error for a run without partitions, and
+    PartitionKeyError naming every symbol partition of the box that is not a symbol.
     """
     key_range = context.op_execution_context.partition_key_range
     (first_symbol, first_session), (last_symbol, last_session) = (
@@ -245,4 +271,5 @@ def run_partitions(
         missing = first_symbol if first_symbol not in order else last_symbol
         raise dg.DagsterUnknownPartitionError(f"symbol {missing!r} is not a symbol partition")
     symbols = order[order.index(first_symbol) : order.index(last_symbol) + 1]
+    require_symbols(symbols)
     return [(symbol, session) for session in calendar.sessions(first_session, last_session) for symbol in symbols]

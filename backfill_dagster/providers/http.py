@@ -301,7 +301,7 @@ class HttpClient:
     def _unavailable(self, response, wait: ServerWait, where, request, secrets) -> ProviderUnavailable:
         """Mark the provider unavailable for as long as the server said, for every process."""
         status = response.status_code
-        detail = redact_secrets(_error_detail(response), secrets)
+        detail = _error_detail(response, secrets)
         reason = f"HTTP {status} with {wait.said}" + (f": {detail}" if detail else "")
         unavailability = self.budget.unavailable_for(wait.seconds, reason)
         log.warning(
@@ -333,35 +333,38 @@ def _describe(url: str, secrets: Iterable[str]) -> str:
 
 def _status_text(response: httpx.Response, secrets: Iterable[str]) -> str:
     phrase = response.reason_phrase or ""
-    detail = _error_detail(response)
+    detail = _error_detail(response, secrets)
     text = f"HTTP {response.status_code} {phrase}".rstrip()
     if not detail or detail.strip(" .").lower() == phrase.lower():
         return text
-    return f"{text}: {redact_secrets(detail, secrets)}"
+    return f"{text}: {detail}"
 
 
-def _error_detail(response: httpx.Response) -> str:
-    """The provider's own words from an error body (each API nests them differently)."""
+def _error_detail(response: httpx.Response, secrets: Iterable[str]) -> str:
+    """The provider's own words from an error body (each API nests them differently), redacted,
+    then cut to length (the other order could leave the first characters of an echoed key)."""
     try:
         body = response.json()
     except ValueError:
-        return _excerpt(response.content, ())
+        return _excerpt(response.content, secrets)
+    text = json.dumps(body)
     if isinstance(body, dict):
         chart = body.get("chart")
+        fault = body.get("fault")
+        found = [str(body[key]) for key in ("message", "error", "errors", "detail") if body.get(key)]
         if isinstance(chart, dict) and isinstance(chart.get("error"), dict):  # Yahoo
             error = chart["error"]
-            return _shorten(f"{error.get('code', '')}: {error.get('description', '')}".strip(": "))
-        fault = body.get("fault")
-        if isinstance(fault, dict) and fault.get("faultstring"):  # Tradier (Apigee)
-            return _shorten(str(fault["faultstring"]))
-        for key in ("message", "error", "errors", "detail"):  # Alpaca, Polygon
-            if body.get(key):
-                return _shorten(str(body[key]))
-    return _shorten(json.dumps(body))
+            text = f"{error.get('code', '')}: {error.get('description', '')}".strip(": ")
+        elif isinstance(fault, dict) and fault.get("faultstring"):  # Tradier (Apigee)
+            text = str(fault["faultstring"])
+        elif found:  # Alpaca, Polygon
+            text = found[0]
+    return _excerpt(text, secrets)
 
 
-def _excerpt(body: bytes, secrets: Iterable[str]) -> str:
-    return redact_secrets(_shorten(body.decode("utf-8", "replace").strip()), secrets)
+def _excerpt(body: bytes | str, secrets: Iterable[str]) -> str:
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    return _shorten(redact_secrets(text.strip(), secrets))
 
 
 def _shorten(text: str, limit: int = 300) -> str:

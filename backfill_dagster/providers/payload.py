@@ -181,25 +181,30 @@ def concat_bars(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
 def keep_requested(
     bars: pd.DataFrame, request: FetchRequest, complete_through: pd.Timestamp, calendar: SessionCalendar
 ) -> pd.DataFrame:
-    """The bars inside the request's [start, end) that are final by `complete_through`.
+    """The bars of the request's sessions inside its [start, end) that are final by
+    `complete_through`, and every bar that is not on a requested session at all.
 
     Providers answer with more than asked: a symbol range snapped to whole buckets, the bar at an
-    inclusive `end`, the live row of a bar still forming. `complete_through` is the instant the
-    answer is final up to (the provider's clock read before the request, less its data delay): an
-    m15 bar is kept once its 15 minutes are over by then; a d1 bar once its session's regular close
-    has passed (a bar on a day that is not a session is kept, for validation to reject). Bars of a
-    symbol that was not requested are kept too: validation rejects them with that reason (into
-    rejected_bars), so none is lost silently.
+    inclusive `end`, the live row of a bar still forming, pre- and post-market bars of the sessions
+    asked for. Those are dropped. `complete_through` is the instant the answer is final up to (the
+    provider's clock read before the request, less its data delay): an m15 bar is kept once its 15
+    minutes are over by then; a d1 bar once its session's regular close has passed (a bar on a day
+    that is not a session is kept, for validation to reject). A bar dated outside the requested
+    sessions (an answer for other dates, epoch seconds sent where milliseconds are documented) is
+    not "more than asked" but a wrong answer, and bars of a symbol that was not requested too: both
+    are kept, so validation rejects them with the reason (into rejected_bars) and the partitions
+    fail instead of passing for sessions without bars.
     """
     if bars.empty:
         return bars
     ts = bars["ts"]
+    days = ts.dt.tz_convert(NEW_YORK).dt.date
+    elsewhere = ~days.isin(list(request.sessions))
     keep = (ts >= request.start) & (ts < request.end)
     if request.timeframe is Timeframe.D1:
-        days = ts.dt.tz_convert(NEW_YORK).dt.date
         closes = {d: calendar.close(d) if calendar.is_session(d) else None for d in days[keep].unique()}
         unfinished = days.map(lambda d: closes.get(d) is not None and closes[d] > complete_through)
         keep &= ~unfinished.astype(bool)
     else:
         keep &= ts + request.timeframe.period <= complete_through
-    return bars.loc[keep].reset_index(drop=True)
+    return bars.loc[keep | elsewhere].reset_index(drop=True)

@@ -11,6 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 
+# Alpaca's and Tradier's rate limits are per minute (their documentation): a reset header names the
+# end of the current window, at most this far away.
+RESET_WINDOW_S = 60.0
+
+
 @dataclass(frozen=True)
 class ServerWait:
     """How long the server said to stay away, and what it said (for messages)."""
@@ -27,9 +32,12 @@ def server_wait(headers: Mapping[str, str], status: int, local_now: float) -> Se
     seconds) and `X-Ratelimit-Expiry` (Tradier, epoch milliseconds — some clients read seconds, so
     the unit is decided by magnitude). An absolute time is measured against the server's clock, its
     `Date` header, when it sent one (else `local_now`): a client whose clock is off still waits what
-    the server meant. A moment already past counts as not said.
+    the server meant. Without a Date header a reset is read on `local_now` and bounded by the rate
+    window it ends (`RESET_WINDOW_S`), so an hour's skew cannot pause every process for an hour. A
+    moment already past counts as not said.
     """
-    server_now = _http_date(headers.get("date")) or local_now
+    server_date = _http_date(headers.get("date"))
+    server_now = server_date or local_now
     retry_after = headers.get("retry-after") if status in (429, 503) else None
     if retry_after:
         value = retry_after.strip()
@@ -43,8 +51,15 @@ def server_wait(headers: Mapping[str, str], status: int, local_now: float) -> Se
         for name in ("X-RateLimit-Reset", "X-Ratelimit-Expiry"):
             value = (headers.get(name.lower()) or "").strip()
             at = _parse_epoch(value, server_now) if value else None
-            if at is not None:
-                return _positive(at - server_now, f"{name} {value} (in {at - server_now:.0f} s)")
+            if at is None:
+                continue
+            seconds = at - server_now
+            if server_date is None and seconds > RESET_WINDOW_S:
+                # Read on this worker's clock, which may be off by an hour: the reset ends the
+                # current window, so it cannot be further away than one window.
+                return ServerWait(RESET_WINDOW_S, f"{name} {value} (in {seconds:.0f} s by this worker's "
+                                  f"clock; no Date header: at most the {RESET_WINDOW_S:.0f} s rate window)")
+            return _positive(seconds, f"{name} {value} (in {seconds:.0f} s)")
     return None
 
 

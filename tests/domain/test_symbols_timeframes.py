@@ -34,6 +34,9 @@ def test_valid_symbols_are_normalised(raw, expected):
         ("ÄPPLE", "'Ä'"),
         (42, "not a string"),
         ("AA PL", "' '"),
+        ("ß", "'ß', not ASCII"),  # upper-cased it is 'SS': another ticker
+        ("ﬁ", "'ﬁ', not ASCII"),  # the ligature upper-cases to 'FI'
+        ("straße", "'ß', not ASCII"),
     ],
 )
 def test_invalid_symbols_are_refused_with_the_reason(raw, why):

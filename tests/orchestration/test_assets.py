@@ -13,6 +13,7 @@ from backfill_dagster.providers import registry
 from backfill_dagster.providers.base import FetchResult
 from backfill_dagster.providers.demo import DemoProvider
 from backfill_dagster.store import BarStore, shared_engine
+from backfill_dagster.store.gaps import underived
 from tests.orchestration.conftest import add_symbols
 
 ASSETS = ["bars_m15", "bars_h1", "bars_h4", "bars_d1"]
@@ -96,7 +97,7 @@ def test_a_partly_failed_run_reports_true_per_partition_status(tmp_path, instanc
     assert not result.success
     failure = result.get_step_failure_events()[0].step_failure_data.error.message
     assert "1 of 8 partition(s) of bars_m15 failed (7 were written)" in failure
-    assert "MSFT 2024-11-26 m15: provider returned 26 invalid bar(s)" in failure and "volume is negative" in failure
+    assert "MSFT 2024-11-26 m15: demo:synthetic returned 26 invalid bar(s)" in failure and "volume is negative" in failure
     everything = {f"{d.isoformat()}|{s}" for s in ("AAPL", "MSFT") for d in sessions}
     assert materialized(instance, "bars_m15") == everything - {"2024-11-26|MSFT"}
     partitions_def = defs.resolve_assets_def("bars_m15").partitions_def
@@ -148,3 +149,73 @@ def test_fewer_bars_replace_final_ones_only_when_the_run_asks(tmp_path, instance
     assert len(store.read_bars(Timeframe.M15, [("AAPL", day)])) == 26
     assert job.execute_in_process(instance=instance, partition_key=key, tags={REPLACE_FEWER_TAG: "true"}).success
     assert len(store.read_bars(Timeframe.M15, [("AAPL", day)])) == 24
+
+
+@pytest.mark.parametrize("key", ["aapl", "A B", "BRK-B", "A|B"])
+def test_a_range_run_refuses_a_symbol_partition_that_is_not_a_symbol(defs, instance, store_url, calendar, key):
+    """Keys added by hand in the UI ("Add a partition") or the API sit inside a range between two
+    real symbols: the run refuses them by name before fetching or writing anything."""
+    add_symbols(instance, store_url, ["AAPL"])
+    instance.add_dynamic_partitions("symbols", [key])
+    add_symbols(instance, store_url, ["MSFT"])
+    sessions = calendar.sessions("2024-11-25", "2024-11-26")
+    job = defs.resolve_job_def(ALL_BARS_JOB).get_subset(asset_selection={dg.AssetKey("bars_m15")})
+    result = job.execute_in_process(
+        instance=instance, tags=range_tags(("AAPL", sessions[0]), ("MSFT", sessions[-1])), raise_on_error=False
+    )
+    assert not result.success
+    error = result.get_step_failure_events()[0].step_failure_data.error
+    message = error.message + (error.cause.message if error.cause else "")
+    assert repr(key) in message and "not symbols" in message
+    store = BarStore(shared_engine(store_url), calendar)
+    assert store.coverage().empty and store.read_bars(Timeframe.M15, [("AAPL", sessions[0])]).empty
+    assert materialized(instance, "bars_m15") == set()
+
+
+def _hollow_factory(hollow_session):
+    class Hollow(DemoProvider):
+        name = "hollow"
+        provenance = "hollow"
+
+        def fetch(self, request):
+            bars = super().fetch(request).bars
+            day = bars.ts.dt.tz_convert("America/New_York").dt.date == hollow_session
+            return FetchResult(bars=bars[~day].reset_index(drop=True), api_calls=1)
+
+    return lambda _config, calendar, clock, _budget, _policy=None: Hollow(calendar, clock)
+
+
+def test_h1_h4_of_a_session_whose_m15_has_no_bars_fail_instead_of_showing_materialized(
+    tmp_path, instance, store_url, calendar, monkeypatch
+):
+    """m15 answered without bars (empty) fails its step; deriving h1/h4 from it (the derive-only run
+    the gap sensor's sweep launches) must not show them green with no bars next to a red m15."""
+    from backfill_dagster.definitions import build_definitions
+    from backfill_dagster.settings import Settings
+
+    hollow = date(2024, 11, 26)
+    monkeypatch.setitem(registry.FACTORIES, "hollow", _hollow_factory(hollow))
+    defs = build_definitions(Settings(data_dir=tmp_path, database_url=store_url, providers=("hollow",)))
+    add_symbols(instance, store_url, ["AAPL"])
+    sessions = calendar.sessions("2024-11-25", "2024-11-26")
+    tags = range_tags(("AAPL", sessions[0]), ("AAPL", sessions[-1]))
+    job = defs.resolve_job_def(ALL_BARS_JOB)
+    fetched = job.get_subset(asset_selection={dg.AssetKey("bars_m15")}).execute_in_process(
+        instance=instance, tags=tags, raise_on_error=False
+    )
+    assert not fetched.success and materialized(instance, "bars_m15") == {"2024-11-25|AAPL"}
+    derived = job.get_subset(asset_selection={dg.AssetKey("bars_h1"), dg.AssetKey("bars_h4")}).execute_in_process(
+        instance=instance, tags=tags, raise_on_error=False
+    )
+    assert not derived.success
+    failures = [e.step_failure_data.error.message for e in derived.get_step_failure_events()]
+    assert len(failures) == 2
+    assert all("AAPL 2024-11-26" in m and "m15 partition holds no bars (empty: hollow answered no bars" in m
+               for m in failures)
+    for asset in ("bars_h1", "bars_h4"):
+        assert materialized(instance, asset) == {"2024-11-25|AAPL"}, asset
+    engine = shared_engine(store_url)
+    ledger = BarStore(engine, calendar).coverage().set_index(["timeframe", "session"])
+    # The derived rows follow m15 (empty), so the gap sensor's sweep does not derive them again.
+    assert ledger.loc[("h1", hollow), "status"] == ledger.loc[("m15", hollow), "status"] == "empty"
+    assert all(not found for found in underived(engine, ["AAPL"], sessions[0], sessions[-1]).values())

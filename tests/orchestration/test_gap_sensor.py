@@ -131,6 +131,36 @@ def test_a_ui_backfill_in_progress_holds_its_timeframes(defs, instance, store_ur
     assert [set(r.asset_selection) for r in evaluate(sensor, instance, store_url)] == [INTRADAY, DAILY]
 
 
+def test_the_skip_message_counts_only_the_partitions_runs_are_filling(defs, instance, store_url):
+    """A split repair's backfill of AAPL's d1 holds the d1 timeframe; one of its runs is filling 3
+    sessions. Only those 3 are "being filled": the other symbols' gaps just wait for it to end."""
+    from dagster._core.execution.backfill import PartitionBackfill
+
+    symbols = ["AAPL", "MSFT", "NVDA"]
+    add_symbols(instance, store_url, symbols)
+    for symbol in symbols:
+        for timeframe in (M15, H1, H4):
+            write_ledger(store_url, timeframe, symbol, DAYS)
+    instance.add_backfill(PartitionBackfill.from_asset_partitions(
+        backfill_id="repair", asset_graph=defs.resolve_asset_graph(),
+        partition_names=[partition_key("AAPL", d) for d in DAYS], asset_selection=[dg.AssetKey("bars_d1")],
+        backfill_timestamp=NOW.timestamp(), tags={}, dynamic_partitions_store=instance, all_partitions=False,
+        title=None, description=None, run_config=None,
+    ))
+    job = defs.resolve_job_def(ALL_BARS_JOB)
+    instance.create_run_for_job(
+        job, tags={START: partition_key("AAPL", DAYS[0]), END: partition_key("AAPL", DAYS[2])},
+        asset_selection=frozenset(DAILY), status=dg.DagsterRunStatus.STARTED,
+    )
+    skipped = evaluate(sensor_for(), instance, store_url)
+    assert isinstance(skipped, dg.SkipReason)
+    message = skipped.skip_message
+    assert "18 gap(s) (d1 18 missing)" in message
+    assert "3 already being filled by unfinished runs" in message
+    assert "15 in timeframes an unfinished backfill holds: left until it ends" in message
+    assert "backfill(s) repair in progress" in message
+
+
 def test_skip_reasons_say_why(instance, store_url):
     sensor = sensor_for()
     assert "no active symbols" in evaluate(sensor, instance, store_url).skip_message

@@ -204,3 +204,39 @@ def test_an_invalid_bar_from_any_provider_is_rejected_with_its_reason(provider, 
     assert (stored.high >= stored.low).all()  # nothing invalid reached ohlc_bars
     failed = store.coverage(Timeframe.M15)
     assert "failed" in set(failed.status)
+
+
+@pytest.mark.parametrize(
+    "provider, fault, reason",
+    [
+        ("alpaca", {"misdated": {"alpaca": 1}}, "not in the requested sessions"),  # Friday's bars for Monday
+        ("polygon", {"polygon_epoch_seconds": True}, "not on an NYSE session day"),  # January 1970
+    ],
+)
+def test_an_answer_for_other_dates_is_rejected_and_fails_never_empty(
+    provider, fault, reason, fakes, tmp_path, store_url, instance
+):
+    """Bars dated outside the request are bad input, not "no bars for this session": kept in
+    rejected_bars with the reason, the partitions failed naming the provider, nothing stored."""
+    for name, value in fault.items():
+        setattr(fakes.config, name, value)
+    defs = provider_defs(tmp_path, store_url, [provider])
+    add_symbols(instance, store_url, SYMBOLS[:1])
+    asked = SESSIONS[5:6]  # Monday 2025-02-10
+    job = defs.resolve_job_def(ALL_BARS_JOB).get_subset(asset_selection={dg.AssetKey("bars_m15")})
+    result = job.execute_in_process(
+        instance=instance, tags=range_tags(("AAPL", asked[0]), ("AAPL", asked[-1])), raise_on_error=False
+    )
+    assert not result.success
+    message = result.get_step_failure_events()[0].step_failure_data.error.message
+    assert f"AAPL {asked[0].isoformat()} m15: {provider}" in message and reason in message
+    store = BarStore(shared_engine(store_url), xnys())
+    ledger = store.coverage(Timeframe.M15)
+    assert list(ledger.status) == ["failed"] and provider in ledger.error.iloc[0] and reason in ledger.error.iloc[0]
+    assert store.read_bars(Timeframe.M15, [("AAPL", d) for d in asked]).empty
+    with shared_engine(store_url).connect() as conn:
+        rejected = conn.execute(sa.text("SELECT session, reason FROM rejected_bars")).all()
+    served = len(regular(fakes.bars("m15", "AAPL", asked[0]), asked[0]))
+    assert len(rejected) == served == 26 and all(reason in r.reason for r in rejected)
+    if provider == "alpaca":  # the 26 bars of the Friday before
+        assert {str(r.session) for r in rejected} == {SESSIONS[4].isoformat()}

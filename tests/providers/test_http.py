@@ -10,7 +10,9 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import re
 from datetime import UTC, datetime
+from urllib.parse import quote, quote_plus
 
 import pytest
 
@@ -157,6 +159,23 @@ def test_an_absolute_reset_is_read_on_the_servers_clock_not_a_skewed_local_one(s
     assert budget.pauses == [pytest.approx(20.0)] and sleeps[0] == pytest.approx(20.0, abs=0.011)
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [{"X-RateLimit-Reset": str(int(NOW + 3600))}, {"X-Ratelimit-Expiry": str(int((NOW + 3600) * 1000))}],
+    ids=["alpaca-reset", "tradier-expiry"],
+)
+def test_a_reset_without_a_date_header_pauses_at_most_one_rate_window(server, sleeps, budget, headers):
+    """No Date header: the reset is read on this worker's clock, an hour behind the server's. The
+    pause is bounded by the per-minute window the reset ends, not an hour for every process."""
+    with HttpClient("alpaca", budget=budget, policy=FAST, sleep=sleeps.append, clock=lambda: NOW) as http:
+        server.script(Answer(429, {"message": "too many requests"}, {**headers, "Date": ""}), Answer())
+        assert get(http, server).attempts == 2
+    assert budget.unavailable == [] and budget.pauses == [pytest.approx(60.0)]
+    assert sleeps[0] == pytest.approx(60.0, abs=0.011)
+    # A nearer reset is waited as said.
+    assert server_wait({"x-ratelimit-reset": str(int(NOW + 9))}, 429, NOW).seconds == 9
+
+
 @pytest.mark.parametrize("status", [429, 503])
 def test_a_server_wait_beyond_the_cap_fails_at_once_and_makes_the_provider_unavailable(
     client, server, sleeps, budget, status, caplog
@@ -267,6 +286,40 @@ def test_rejected_credentials_say_to_check_the_key_and_never_show_it(client, ser
     assert SECRET not in caplog.text and KEY_ID not in caplog.text
     error = raised.value  # nothing chained that could print the request
     assert error.__cause__ is None and (error.__context__ is None or error.__suppress_context__)
+
+
+SLASHED = "AbC/dEf+gh=IjKlMnOp/qrst"  # base64-looking, as many API secrets are
+
+
+def lower_hex(text):
+    return re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), text)
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        pytest.param(lambda: "x" * 290 + SECRET, id="across-the-300-character-cut"),
+        pytest.param(lambda: "y" * 293 + SECRET, id="cut-after-its-first-four-characters"),
+        pytest.param(lambda: "bad key " + quote(SLASHED, safe=""), id="percent-encoded"),
+        pytest.param(lambda: "bad key " + lower_hex(quote(SLASHED, safe="")), id="percent-encoded-lower-hex"),
+        pytest.param(lambda: "bad key " + quote_plus(SLASHED), id="form-encoded"),
+    ],
+)
+def test_an_echoed_key_is_blanked_however_the_server_cut_or_encoded_it(server, sleeps, echo):
+    """Error texts are cut at 300 characters: a key straddling the cut must not leave its first
+    characters, and a key echoed URL-encoded must be blanked as well as one echoed as sent."""
+    creds = Credentials({"APCA-API-KEY-ID": KEY_ID, "APCA-API-SECRET-KEY": SECRET, "X-Other": SLASHED},
+                        hint="ALPACA_API_KEY / ALPACA_API_SECRET")
+    server.script(Answer(403, {"message": echo()}), Answer(400, echo()))
+    for _ in range(2):  # a JSON error body, then a plain-text one
+        with HttpClient("alpaca", policy=FAST, sleep=sleeps.append, clock=lambda: NOW) as http:
+            with pytest.raises(ProviderError) as raised:
+                http.get_json(server.url + "/v2/stocks/bars", credentials=creds)
+        text = str(raised.value)
+        assert "HTTP 40" in text
+        for secret in (SECRET, SLASHED):
+            for form in (secret, quote(secret, safe=""), quote_plus(secret)):
+                assert form[:4] not in text, (form, text)
 
 
 def test_secrets_in_query_strings_never_reach_messages_or_logs(server, sleeps, caplog):

@@ -127,11 +127,31 @@ def test_an_answer_for_another_symbol_is_rejected_by_validation_not_lost(calenda
     """The bars survive the provider's parsing and clipping and are rejected with the reason, so they
     land in rejected_bars instead of failing the request or vanishing."""
     bars = run_parser(load(PAYLOADS / f"{case}.json"))
-    req = request(Timeframe.D1, ["AAPL"], [date(2024, 1, 3)], calendar)
+    req = request(Timeframe.D1, ["AAPL"], [date(2024, 1, 3), date(2024, 1, 4)][: len(bars)], calendar)
     kept = keep_requested(bars, req, utc("2024-06-01"), calendar)
     checked = validate_bars(kept, Timeframe.D1, calendar, symbols=req.symbols)
-    assert checked.valid.empty and len(checked.rejected) == 1
+    assert checked.valid.empty and len(checked.rejected) == len(bars)
     assert "symbol was not requested" in checked.rejected["reason"].iloc[0]
+
+
+def test_keep_requested_keeps_bars_of_other_dates_for_validation_to_reject(calendar):
+    """An answer for other sessions (Friday's bars for Monday; epoch seconds read as milliseconds,
+    i.e. January 1970) is not clipped away as "more than asked": it reaches validation, which
+    rejects it, while pre-market bars of the session asked for are still dropped."""
+    monday, friday = date(2024, 1, 8), date(2024, 1, 5)
+    rows = [
+        ["AAPL", "2024-01-05T14:30:00Z", 1, 1, 1, 1, 1, None, None],  # Friday: not asked for
+        ["AAPL", "1970-01-20T17:30:00Z", 1, 1, 1, 1, 1, None, None],  # seconds read as ms
+        ["AAPL", "2024-01-08T14:00:00Z", 1, 1, 1, 1, 1, None, None],  # Monday's pre-market: dropped
+        ["AAPL", "2024-01-08T14:30:00Z", 1, 1, 1, 1, 1, None, None],
+    ]
+    req = request(Timeframe.M15, ["AAPL"], [monday], calendar)
+    kept = keep_requested(expected_bars(rows), req, utc("2024-06-01"), calendar)
+    assert list(kept["ts"]) == [utc("2024-01-05 14:30"), utc("1970-01-20 17:30"), utc("2024-01-08 14:30")]
+    checked = validate_bars(kept, Timeframe.M15, calendar, symbols=req.symbols, sessions=req.sessions)
+    assert list(checked.valid["ts"]) == [utc("2024-01-08 14:30")]
+    assert list(checked.rejected["session"]) == [friday, None]
+    assert all("not in the requested sessions" in r for r in checked.rejected["reason"])
 
 
 def test_keep_requested_cuts_at_the_instant_the_answer_is_final(calendar):
