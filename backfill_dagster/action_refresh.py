@@ -3,7 +3,7 @@ and keep each provider's answer in the store (backfill_dagster/store/actions.py)
 
 This is the work the `corporate_actions` asset does, as a plain function over the providers and the
 store. The window is the whole stored history and a quarter ahead: splits and dividends are listed
-late and corrected (reference/corporate_actions.md §7), so one refresh re-reads them all — a few
+late and corrected (a split's ratio or date is fixed days after it first appears), so one refresh re-reads them all — a few
 calls for the whole watchlist at Alpaca and Polygon, one per symbol at Yahoo.
 """
 
@@ -38,7 +38,6 @@ class RefreshReport:
     reports: Counter = field(default_factory=Counter)  # provider -> actions reported
     new: list[Key] = field(default_factory=list)  # actions seen for the first time
     failed: dict[tuple[str, str], str] = field(default_factory=dict)  # (provider, symbol) -> why
-    ignored: int = 0  # reports for symbols that were not asked about
 
     @property
     def ok(self) -> bool:
@@ -83,7 +82,6 @@ def refresh_actions(
             report.failed[(provider.name, symbol)] = why
         answered = result.answered(symbols)
         kept = [r for r in result.records if r.symbol in asked and r.symbol not in result.failed]
-        report.ignored += sum(1 for r in result.records if r.symbol not in asked)
         recorded = store.record(provider.name, answered, kept, checked_from=first, checked_through=last, now=now,
                                 preference=preference)
         report.reports[provider.name] += len(kept)

@@ -17,14 +17,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
 from collections.abc import Sequence
 from datetime import date
 
 import pandas as pd
 
+from backfill_dagster.cli_coverage import detail_report, summary_report
 from backfill_dagster.domain.calendar import NotASessionError, SessionCalendar, SessionNotOpenError, xnys
-from backfill_dagster.domain.gap_policy import GapPolicyError, sessions_expected
+from backfill_dagster.domain.gap_policy import GapPolicyError
 from backfill_dagster.domain.symbols import InvalidSymbolError, normalize_symbols, respelled_symbols, respelling_notice
 from backfill_dagster.domain.timeframes import Timeframe, UnknownTimeframeError
 from backfill_dagster.orchestration.tags import LAUNCHED_BY_TAG
@@ -38,7 +38,7 @@ from backfill_dagster.store import (
     shared_engine,
 )
 from backfill_dagster.store.actions import ActionStore
-from backfill_dagster.store.coverage import coverage_detail, coverage_summary
+from backfill_dagster.store.coverage import coverage_summary
 
 DEMO_SYMBOLS = ("AAPL", "MSFT", "NVDA")
 DEMO_SESSIONS = 15
@@ -154,13 +154,15 @@ def cmd_watchlist(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_coverage(args: argparse.Namespace, settings: Settings) -> int:
     engine = shared_engine(settings.resolved_database_url)
     timeframe = Timeframe.parse(args.timeframe).value if args.timeframe else None
+    now = pd.Timestamp.now(tz="UTC")
     if args.symbol and args.detail:
         symbol = normalize_symbols([args.symbol])[0]
-        print(format_detail(coverage_detail(engine, symbol, timeframe), symbol))
+        print(detail_report(engine, symbol, settings.gap_policy, xnys(), now, settings.history_start, timeframe))
         print(format_repairs(ActionStore(engine), [symbol]), end="")
         return 0
     symbols = normalize_symbols([args.symbol]) if args.symbol else None
-    print(summary_with_sessions(coverage_summary(engine, symbols=symbols, timeframe=timeframe), settings))
+    print(summary_report(engine, settings.gap_policy, xnys(), now, settings.history_start,
+                         symbols=symbols, timeframe=timeframe))
     print(format_repairs(ActionStore(engine), symbols), end="")
     return 0
 
@@ -168,7 +170,11 @@ def cmd_coverage(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_corporate_actions(args: argparse.Namespace, settings: Settings) -> int:
     symbol = user_symbols([args.symbol])[0]
     store = ActionStore(shared_engine(settings.resolved_database_url))
-    print(format_actions(store.actions([symbol]), store.sources([symbol]), store.checks([symbol]), symbol))
+    from backfill_dagster.providers.registry import action_publishers, check_provider_names
+
+    check_provider_names(settings.providers)
+    print(format_actions(store.actions([symbol]), store.sources([symbol]), store.checks([symbol]), symbol,
+                         action_publishers(settings.providers)))
     return 0
 
 
@@ -215,8 +221,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         print(f"  run {result.run_id} ({', '.join(block)}): {status.value}")
         failed += status != DagsterRunStatus.SUCCESS
     print()
-    summary = coverage_summary(shared_engine(settings.resolved_database_url), symbols=symbols)
-    print(summary_with_sessions(summary, settings))
+    print(summary_report(shared_engine(settings.resolved_database_url), settings.gap_policy, calendar,
+                         pd.Timestamp.now(tz="UTC"), settings.history_start, symbols=symbols))
     print(f"\nDagster instance: {os.environ['DAGSTER_HOME']} (see it with: dagster dev)")
     return 1 if failed else 0
 
@@ -271,9 +277,9 @@ def cmd_ensure_coverage(args: argparse.Namespace, settings: Settings) -> int:
     if not missing:
         span = f"{len(sessions)} {timeframe.value} sessions ({sessions[0]} .. {sessions[-1]})"
         if chosen.exhausted:
-            print(f"nothing else to do: {', '.join(symbols)} have the others of the {span}")
+            print(f"nothing else to do: {_and_list(symbols)} {_have(symbols)} the others of the {span}")
         else:
-            print(f"nothing to do: {', '.join(symbols)} have all {span}")
+            print(f"nothing to do: {_and_list(symbols)} {_have(symbols)} all {span}")
         return 0
     # Derived: fetch its source too where that is a gap (stale or derive-only partitions need not).
     assets = [timeframe.source, timeframe] if timeframe.source is not None and chosen.intraday else [timeframe]
@@ -340,51 +346,14 @@ def cmd_db_init(_args: argparse.Namespace, settings: Settings) -> int:
 
 
 # ---------------------------------------------------------------------- output
-def format_summary(frame: pd.DataFrame, due: Sequence[int] | None = None) -> str:
-    """The ledger per symbol x timeframe; with `due` (closed sessions each row should hold), complete
-    sessions out of them."""
-    if frame.empty:
-        return "no coverage recorded yet"
-    expected = list(due) if due is not None else [None] * len(frame)
-    header = (f"{'symbol':<8} {'tf':<4} {'sessions':>11} {'complete':>8} {'partial':>7} {'empty':>5} {'failed':>6} "
-              f"{'bars':>9} {'expected':>9}  {'first':<10} {'last':<10} last fetch (UTC)")
-    lines = [header, "-" * len(header)]
-    for r, row_due in zip(frame.itertuples(index=False), expected, strict=True):
-        fetched = "-" if pd.isna(r.last_fetch) else f"{r.last_fetch:%Y-%m-%d %H:%M}"
-        sessions = "-" if row_due is None else f"{r.complete}/{row_due}"
-        lines.append(
-            f"{r.symbol:<8} {r.timeframe:<4} {sessions:>11} {r.complete:>8} {r.partial:>7} {r.empty:>5} {r.failed:>6} "
-            f"{r.bars:>9} {r.expected:>9}  {_day_text(r.first_session):<10} {_day_text(r.last_session):<10} {fetched}"
-        )
-    return "\n".join(lines)
+def _and_list(names: Sequence[str]) -> str:
+    """'A', 'A and B', 'A, B and C'."""
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
-def summary_with_sessions(frame: pd.DataFrame, settings: Settings) -> str:
-    """`format_summary` with the closed sessions each row should hold by now (gap_policy.sessions_expected,
-    the gap sensor's horizons from BACKFILL_GAP_DAYS_*)."""
-    policy = settings.gap_policy
-    due = sessions_expected(frame, policy, xnys(), pd.Timestamp.now(tz="UTC"), settings.history_start)
-    text = format_summary(frame, due)
-    if len(frame) and frame["empty"].sum():
-        text += (
-            "\n\nempty: every provider answered without bars for these closed sessions; the gap sensor asks "
-            f"again {policy.empty_attempts} times, {int(policy.retry_empty_after.total_seconds() // 60)} minutes "
-            "apart, then leaves them (a halted or delisted symbol has none). See --symbol S --detail."
-        )
-    return text
-
-
-def format_detail(frame: pd.DataFrame, symbol: str) -> str:
-    if frame.empty:
-        return f"no coverage recorded for {symbol}"
-    lines = [f"{'session':<10} {'tf':<4} {'status':<8} {'bars':>5}/{'exp':<5} {'provider':<22} {'fetched (UTC)':<16} error"]
-    for r in frame.itertuples(index=False):
-        fetched = "-" if r.fetched_at is None or pd.isna(r.fetched_at) else f"{pd.Timestamp(r.fetched_at):%Y-%m-%d %H:%M}"
-        lines.append(
-            f"{_day_text(r.session):<10} {r.timeframe:<4} {r.status:<8} {r.bars:>5}/{r.expected:<5} "
-            f"{(r.provider or '-'):<22} {fetched:<16} {r.error or ''}"
-        )
-    return "\n".join(lines)
+def _have(names: Sequence[str]) -> str:
+    return "has" if len(names) == 1 else "have"
 
 
 def format_repairs(store: ActionStore, symbols: Sequence[str] | None) -> str:
@@ -401,8 +370,11 @@ def format_repairs(store: ActionStore, symbols: Sequence[str] | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def format_actions(actions: pd.DataFrame, sources: pd.DataFrame, checks: pd.DataFrame, symbol: str) -> str:
-    """Every action known for one symbol, each provider's report of it, and when each was asked."""
+def format_actions(
+    actions: pd.DataFrame, sources: pd.DataFrame, checks: pd.DataFrame, symbol: str, publishers: Sequence[str]
+) -> str:
+    """Every action known for one symbol, each provider's report of it, and when each was asked;
+    `publishers` are the configured providers that publish corporate actions."""
     from fractions import Fraction
 
     from backfill_dagster.domain.corporate_actions import ratio_text
@@ -410,9 +382,15 @@ def format_actions(actions: pd.DataFrame, sources: pd.DataFrame, checks: pd.Data
     asked = ", ".join(f"{r.provider} {pd.Timestamp(r.last_checked_at):%Y-%m-%d %H:%M}Z"
                       f" (ex-dates {_day_text(r.checked_from)}..{_day_text(r.checked_through)})" for r in checks.itertuples())
     if actions.empty:
+        if checks.empty and not publishers:
+            from backfill_dagster.providers.registry import action_publishers
+
+            return (f"no corporate actions known for {symbol}: no provider in BACKFILL_PROVIDERS publishes them "
+                    f"(of the known providers, {_and_list(action_publishers())} do), so no split is recorded and "
+                    "none is repaired; bars_d1:no_unrecorded_split still flags a suspected one")
         if checks.empty:
             return (f"no corporate actions known for {symbol}: no provider was asked yet (the corporate_actions "
-                    "asset asks alpaca, polygon and yahoo, whichever BACKFILL_PROVIDERS lists)")
+                    f"asset asks {_and_list(publishers)})")
         return f"no corporate actions known for {symbol}; asked: {asked}"
 
     def figures(r) -> str:
@@ -512,7 +490,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    warnings.filterwarnings("ignore", message=".*is currently in beta.*")
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "timeout", None) is not None and not args.wait:

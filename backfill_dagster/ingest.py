@@ -132,7 +132,9 @@ def fetch_partitions(
                 assigned, timeframe, provider.capabilities, calendar,
                 extended=router.extended, adjustment=router.adjustment,
             )
-            log(f"{provider.name}: {len(assigned)} partition(s) of {timeframe.value} in {len(requests)} request(s)")
+            # Planned requests, not API calls (pages and retries add calls; a synthetic source makes none).
+            how = "generated locally, no API call" if provider.capabilities.synthetic else f"in {len(requests)} request(s)"
+            log(f"{provider.name}: {len(assigned)} partition(s) of {timeframe.value} {how}")
             for request in requests:
                 outcome = _fetch_and_store(
                     request, provider, router, store, report, clock, run_id, log, allow_fewer, rewrite_reason,

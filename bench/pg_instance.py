@@ -7,34 +7,26 @@
 from __future__ import annotations
 
 import atexit
+import sys
 import uuid
-import warnings
 from pathlib import Path
 
 import dagster as dg
-import psycopg
 
-from backfill_dagster.instance.event_log import storage_yaml
-
-# The project's definitions use beta parameters (backfill_policy); that warning is not a figure.
-warnings.filterwarnings("ignore", message=".*is currently in beta.*")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' deployment harness
+from tests.deploy import create_database, drop_database, storage_yaml  # noqa: E402
 
 PG = "postgresql://postgres@127.0.0.1:5432"
+PG_ADMIN = f"{PG}/postgres"
 EVENT_LOGS = ("bulk", "stock")
 
 
 def fresh_pg_database(prefix: str) -> str:
     """A new, empty database, dropped when the benchmark's process exits."""
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    atexit.register(_drop, name)
+    create_database(PG_ADMIN, name)
+    atexit.register(drop_database, PG_ADMIN, name)
     return name
-
-
-def _drop(name: str) -> None:
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def pg_instance(home: Path, event_log: str = "bulk", synchronous_commit: str = "on") -> dg.DagsterInstance:

@@ -34,38 +34,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scale_daemon import MB, Sampler, ledger  # noqa: E402
 from scale_deploy import BIN, Deployment, db_sizes, history_for, load_average, symbols as symbol_names  # noqa: E402
+from tests.deploy import BACKFILL_STATUS, LAUNCH_BACKFILL  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*is currently in beta.*")
 
 ASSETS = ["bars_m15", "bars_h1", "bars_h4", "bars_d1"]
-LAUNCH = """
-mutation Launch($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message }
-    ... on UnauthorizedError { message }
-    ... on PartitionSetNotFoundError { message }
-  }
-}
-"""
-STATUS = """
-query Status($id: String!) {
-  partitionBackfillOrError(backfillId: $id) {
-    __typename
-    ... on PartitionBackfill {
-      status
-      assetBackfillData {
-        assetBackfillStatuses {
-          ... on AssetPartitionsStatusCounts {
-            assetKey { path } numPartitionsTargeted numPartitionsMaterialized numPartitionsFailed
-          }
-        }
-      }
-    }
-  }
-}
-"""
 DONE = ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED")
 
 
@@ -106,7 +79,7 @@ def main() -> None:
                 raise SystemExit(f"watchlist add failed:\n{out.stdout}\n{out.stderr}")
             dep.start_webserver()
             began = time.monotonic()
-            launched = dep.graphql(LAUNCH, {"params": {
+            launched = dep.graphql(LAUNCH_BACKFILL, {"params": {
                 "assetSelection": [{"path": [a]} for a in ASSETS], "partitionNames": keys,
                 "fromFailure": False, "tags": [], "title": f"whole market {len(syms)}x{len(sessions)}",
             }})["launchPartitionBackfill"]
@@ -122,7 +95,7 @@ def main() -> None:
             status = None
             next_line = 0.0
             while time.monotonic() - began < args.timeout_min * 60:
-                status = dep.graphql(STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+                status = dep.graphql(BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
                 elapsed = time.monotonic() - began
                 if elapsed >= next_line or status["status"] in DONE:
                     counts, _ = ledger(dep.store_url)
@@ -231,10 +204,10 @@ def direct_baseline(syms: list[str], sessions, history_start: str, rate: int) ->
     from backfill_dagster.orchestration.resources import ProvidersResource, StoreResource
     from backfill_dagster.settings import PROVIDER_ENV_VARS
     from backfill_dagster.store import Watchlist, shared_engine
-    from scale_deploy import PG, create_database, drop_database
+    from scale_deploy import PG, PG_ADMIN, create_database, drop_database
 
     name = "bench_scale_backfill_direct"
-    create_database(name)
+    create_database(PG_ADMIN, name)
     url = f"{PG}/{name}"
     calendar = xnys()
     config = FakeConfig(rate_limits={"alpaca": rate}, rate_window_s=60.0, polygon_history_days=None)
@@ -259,7 +232,7 @@ def direct_baseline(syms: list[str], sessions, history_start: str, rate: int) ->
                     assert derive_partitions(partitions, timeframe, bars, run_id="direct").ok
             return time.perf_counter() - start, fakes.calls("alpaca")
     finally:
-        drop_database(name)
+        drop_database(PG_ADMIN, name)
 
 
 if __name__ == "__main__":

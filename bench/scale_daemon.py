@@ -198,7 +198,7 @@ def main() -> None:
                 print(progress_line(dep, sampler, began), flush=True)
                 next_line += 60
             if dep.processes["daemon"].poll() is not None:
-                raise SystemExit(f"dagster-daemon exited:\n{dep.log_tail('daemon')}")
+                raise SystemExit(f"dagster-daemon exited:\n{dep.log('daemon')}")
             time.sleep(1)
         print(progress_line(dep, sampler, began), flush=True)
         sampler.stop_event.set()

@@ -1,56 +1,34 @@
 """A whole-market deployment for the scale benchmarks (bench/scale_ui.py, bench/scale_daemon.py).
 
-The pattern of tests/e2e/conftest.py, made persistent: PostgreSQL databases for the Dagster
-instance (the project's dagster.yaml, copied into DAGSTER_HOME) and for the store, and
-dagster-webserver and dagster-daemon as real processes on loopback. Databases are named after the
-benchmark, so `--keep` can reuse a populated one instead of filling it again.
+The end-to-end tests' deployment (tests/deploy.py: the same databases, processes and GraphQL),
+made persistent: PostgreSQL databases for the Dagster instance (the project's dagster.yaml, copied
+into DAGSTER_HOME) and for the store, and dagster-webserver and dagster-daemon as real processes on
+loopback. Databases are named after the benchmark, so `--keep` can reuse a populated one instead of
+filling it again.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import psycopg
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT))  # the tests' deployment harness
+from tests.deploy import BIN, Services, create_database, database_exists, drop_database  # noqa: E402, F401
+
 PG = "postgresql://postgres@127.0.0.1:5432"
-START_TIMEOUT_S = 300
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def database_exists(name: str) -> bool:
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
-
-
-def drop_database(name: str) -> None:
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def create_database(name: str) -> None:
-    drop_database(name)
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+PG_ADMIN = f"{PG}/postgres"
 
 
 @dataclass
-class Deployment:
+class Deployment(Services):
     """Databases `<name>_dagster` and `<name>_store`, a DAGSTER_HOME under `workdir`."""
 
     name: str
@@ -60,6 +38,9 @@ class Deployment:
     code_root: Path = ROOT  # the checkout whose package, dagster.yaml and workspace.yaml are deployed
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     webserver_url: str = ""
+    start_timeout_s = 300.0  # a whole market's definitions and instance load slower
+    run_timeout_s = 600.0
+    graphql_timeout_s = 300.0
 
     @property
     def dagster_db(self) -> str:
@@ -100,12 +81,13 @@ class Deployment:
         }
 
     def exists(self) -> bool:
-        return database_exists(self.dagster_db) and database_exists(self.store_db) and (self.home / "dagster.yaml").exists()
+        return (database_exists(PG_ADMIN, self.dagster_db) and database_exists(PG_ADMIN, self.store_db)
+                and (self.home / "dagster.yaml").exists())
 
     def create(self) -> None:
         """Fresh, empty databases and home (anything of the same name is dropped first)."""
-        create_database(self.dagster_db)
-        create_database(self.store_db)
+        create_database(PG_ADMIN, self.dagster_db)
+        create_database(PG_ADMIN, self.store_db)
         if self.workdir.exists():
             shutil.rmtree(self.workdir)
         self.home.mkdir(parents=True)
@@ -114,8 +96,8 @@ class Deployment:
         shutil.copy(self.code_root / "dagster.yaml", self.home / "dagster.yaml")
 
     def drop(self) -> None:
-        drop_database(self.dagster_db)
-        drop_database(self.store_db)
+        drop_database(PG_ADMIN, self.dagster_db)
+        drop_database(PG_ADMIN, self.store_db)
 
     def use_in_this_process(self) -> None:
         """Make DagsterInstance.get() and Settings.from_env() in this process see the deployment."""
@@ -126,64 +108,6 @@ class Deployment:
 
         self.use_in_this_process()
         return dg.DagsterInstance.from_config(str(self.home))
-
-    # ------------------------------------------------------------------ processes
-    def start(self, name: str, args: list[str]) -> subprocess.Popen:
-        self.logs.mkdir(parents=True, exist_ok=True)
-        log = open(self.logs / f"{name}.log", "ab")
-        proc = subprocess.Popen(args, cwd=self.code_root, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        self.processes[name] = proc
-        return proc
-
-    def start_webserver(self) -> float:
-        """Start dagster-webserver; seconds until it answers."""
-        port = free_port()
-        self.webserver_url = f"http://127.0.0.1:{port}"
-        began = time.monotonic()
-        self.start("webserver", [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-p", str(port)])
-        while time.monotonic() - began < START_TIMEOUT_S:
-            if self.processes["webserver"].poll() is not None:
-                raise RuntimeError(f"dagster-webserver exited:\n{self.log_tail('webserver')}")
-            try:
-                if httpx.get(f"{self.webserver_url}/server_info", timeout=2).status_code == 200:
-                    return time.monotonic() - began
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"dagster-webserver did not answer within {START_TIMEOUT_S}s")
-
-    def start_daemon(self) -> subprocess.Popen:
-        return self.start("daemon", [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"])
-
-    def stop(self) -> None:
-        for proc in self.processes.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.processes.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        self.processes.clear()
-
-    def log_tail(self, name: str) -> str:
-        path = self.logs / f"{name}.log"
-        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
-
-    def run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        return subprocess.run([str(a) for a in args], cwd=self.code_root, env=self.env, capture_output=True, text=True,
-                              timeout=timeout)
-
-    def graphql(self, query: str, variables: dict | None = None, timeout: float = 300) -> dict:
-        response = httpx.post(f"{self.webserver_url}/graphql", json={"query": query, "variables": variables or {}},
-                              timeout=timeout)
-        response.raise_for_status()
-        body = response.json()
-        if "errors" in body:
-            raise RuntimeError(body["errors"])
-        return body["data"]
 
 
 def load_average() -> str:

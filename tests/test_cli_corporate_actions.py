@@ -49,11 +49,22 @@ def test_it_lists_each_providers_report_ratio_ex_date_first_seen_and_repair(env,
     assert "history being repaired" not in capsys.readouterr().out
 
 
-def test_a_symbol_never_asked_about_says_so_and_bad_input_is_refused(env, capsys):
+def test_a_symbol_never_asked_about_says_so_and_bad_input_is_refused(env, capsys, monkeypatch):
+    monkeypatch.setenv("BACKFILL_PROVIDERS", "demo,yahoo,polygon")
     assert main(["corporate-actions", "MSFT"]) == 0
-    assert "no corporate actions known for MSFT: no provider was asked yet" in capsys.readouterr().out
+    assert ("no corporate actions known for MSFT: no provider was asked yet (the corporate_actions asset asks "
+            "yahoo and polygon)") in capsys.readouterr().out
     record(env, "alpaca", [], T0)
     assert main(["corporate-actions", "AAPL"]) == 0
     assert "no corporate actions known for AAPL; asked: alpaca 2024-11-01 12:00Z" in capsys.readouterr().out
     assert main(["corporate-actions", "AA|PL"]) == 2
     assert "symbol 'AA|PL' is not a valid ticker" in capsys.readouterr().err
+
+
+def test_with_no_provider_publishing_actions_it_says_none_will_be_asked(env, capsys, monkeypatch):
+    monkeypatch.setenv("BACKFILL_PROVIDERS", "demo,tradier")
+    assert main(["corporate-actions", "AAPL"]) == 0
+    out = capsys.readouterr().out
+    assert ("no corporate actions known for AAPL: no provider in BACKFILL_PROVIDERS publishes them (of the known "
+            "providers, alpaca, polygon and yahoo do)") in out
+    assert "asks" not in out

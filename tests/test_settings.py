@@ -65,14 +65,16 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIABLE = re.compile(r"^(BACKFILL|ALPACA|POLYGON|TRADIER|YAHOO|DAGSTER)_[A-Z0-9_]*[A-Z0-9]$")  # not an f-string's prefix
 
 
-def readme_table_variables(text: str) -> set[str]:
-    """The variables named in the first column of the README's "Configuration" table."""
+def readme_table_rows(text: str) -> list[str]:
+    """The variables named in the first column of the README's "Configuration" table, one entry
+    per mention."""
     section = text.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
-    names = set()
-    for line in section.splitlines():
-        if line.startswith("| `"):
-            names.update(n for n in re.findall(r"`([^`]+)`", line.split(" | ")[0]) if VARIABLE.match(n))
-    return names
+    return [n for line in section.splitlines() if line.startswith("| `")
+            for n in re.findall(r"`([^`]+)`", line.split(" | ")[0]) if VARIABLE.match(n)]
+
+
+def readme_table_variables(text: str) -> set[str]:
+    return set(readme_table_rows(text))
 
 
 def variables_named_in_code() -> set[str]:
@@ -115,6 +117,11 @@ def test_the_readme_table_lists_every_variable_the_code_reads_and_no_other():
     from backfill_dagster.instance.backfill_runs import BOX_PARTITIONS_VARIABLE
 
     assert INSTANCE_ENV_VARS == (BOX_PARTITIONS_VARIABLE,)
+
+
+def test_the_readme_table_lists_each_variable_once():
+    rows = readme_table_rows((ROOT / "README.md").read_text())
+    assert sorted(n for n in set(rows) if rows.count(n) > 1) == []
 
 
 def test_the_table_check_sees_a_missing_row():

@@ -11,7 +11,7 @@ from datetime import date, timedelta
 
 import pandas as pd
 
-from backfill_dagster.domain.calendar import NEW_YORK, SessionCalendar
+from backfill_dagster.domain.calendar import NEW_YORK, SessionCalendar, consecutive_runs
 from backfill_dagster.domain.clock import as_utc
 from backfill_dagster.domain.timeframes import Timeframe
 
@@ -118,27 +118,38 @@ def horizons(
     return out
 
 
-def sessions_expected(
-    coverage: pd.DataFrame,
-    policy: GapPolicy,
-    calendar: SessionCalendar,
-    now: pd.Timestamp,
-    history_start: date,
-) -> list[int]:
-    """Per row of a coverage summary (columns timeframe, since): how many closed sessions that
-    symbol x timeframe should hold by now. They run from the earlier of its first ledger session
-    (`since`; a backfill may reach further back than the sensor) and its timeframe's horizon start
-    (`history_days` back, never before `history_start`) to the last closed session."""
-    if coverage.empty:
-        return []
+@dataclass(frozen=True)
+class Horizon:
+    """A timeframe's gap-sensor horizon as of now: the closed sessions the coverage_gaps sensor
+    keeps covered, from `history_days` back (never before the history start) to the last close."""
+
+    start: date
+    sessions: list[date]
+
+    def split(self, missing: Sequence[date], closed: Sequence[date]) -> list[tuple[list[date], bool]]:
+        """`missing` sessions (a subset of `closed`, ascending) as runs of consecutive closed sessions,
+        each with whether it lies inside this horizon (the sensor fetches it) or before it (nothing
+        fetches it unless asked): a run across the horizon's start is cut there."""
+        position = {d: i for i, d in enumerate(closed)}
+        runs = []
+        for run in consecutive_runs(missing, position.__getitem__):
+            older = [d for d in run if d < self.start]
+            inside = [d for d in run if d >= self.start]
+            runs += [(part, part is inside) for part in (older, inside) if part]
+        return runs
+
+
+def closed_horizons(
+    policy: GapPolicy, calendar: SessionCalendar, now: pd.Timestamp, history_start: date
+) -> dict[Timeframe, Horizon]:
+    """Each timeframe's horizon (BACKFILL_GAP_DAYS_*) as of `now`, with every closed session in it
+    (what `coverage` counts as due; the sensor itself leaves the newest to end_of_day a while)."""
     today = as_utc(now).tz_convert(NEW_YORK).date()
-    starts = {
-        t.value: max(history_start, today - timedelta(days=int(policy.history_days[t]))) for t in Timeframe
-    }
-    firsts = [min(starts[tf], since) if since is not None else starts[tf]
-              for tf, since in zip(coverage["timeframe"], coverage["since"], strict=True)]
-    closed = pd.Index(settled_sessions(calendar, min(firsts), now))
-    return [int(len(closed) - closed.searchsorted(first)) for first in firsts]
+    out = {}
+    for t in Timeframe:
+        start = max(history_start, today - timedelta(days=int(policy.history_days[t])))
+        out[t] = Horizon(start, settled_sessions(calendar, start, now))
+    return out
 
 
 def ledger_horizons(wanted: Mapping[Timeframe, Sequence[date]]) -> dict[Timeframe, list[date]]:

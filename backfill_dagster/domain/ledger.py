@@ -59,11 +59,24 @@ class Decision(StrEnum):
         return self in (Decision.EMPTY, Decision.FEWER)
 
 
+def holds_final_bars(stored: Stored | None) -> bool:
+    """The `complete` rule: a partition whose stored bars came from a final answer, and are some,
+    holds every bar its provider will serve. Such a row stays `complete` whatever later attempt is
+    recorded over it (store/ledger_rule.py is this rule in SQL; a test keeps the two equal)."""
+    return stored is not None and stored.final and stored.bars > 0
+
+
+def status_recorded(stored: Stored | None, attempted: LedgerStatus) -> LedgerStatus:
+    """The status a ledger row gets when an attempt that wrote no bars (`attempted`: empty, failed)
+    is recorded over what is stored."""
+    return LedgerStatus.COMPLETE if holds_final_bars(stored) else attempted
+
+
 def judge(stored: Stored | None, offered: int, final: bool, *, allow_fewer: bool = False) -> Decision:
     """Whether an answer of `offered` bars (`final`: given after the session closed) may replace
     what is stored. `allow_fewer` lets a final answer with fewer (but some) bars replace final ones."""
     have = stored.bars if stored is not None else 0
-    have_final = stored is not None and stored.final and have > 0
+    have_final = holds_final_bars(stored)
     if final:
         if offered == 0:
             return Decision.EMPTY

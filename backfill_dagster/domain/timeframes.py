@@ -63,6 +63,3 @@ _PERIODS = {
     Timeframe.H4: pd.Timedelta(hours=4),
     Timeframe.D1: pd.Timedelta(days=1),
 }
-
-FETCHED_TIMEFRAMES = tuple(t for t in Timeframe if t.is_fetched)
-DERIVED_TIMEFRAMES = tuple(t for t in Timeframe if not t.is_fetched)

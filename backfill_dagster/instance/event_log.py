@@ -655,25 +655,3 @@ def pooled_engine(postgres_url: str, token_provider, stock_url: sa.engine.URL) -
 
     return engine
 
-
-def storage_yaml(postgres_url: str, event_log: str = "bulk", home: str | os.PathLike | None = None) -> str:
-    """The storage sections of a `dagster.yaml` keeping everything in one PostgreSQL database, with
-    this event log, the pooled run storage and the threaded compute logs (`bulk`, as the project's
-    dagster.yaml; those under `home`/storage, Dagster's default place) or dagster-postgres's own
-    storage and Dagster's compute logs (`stock`). For instances made on the fly: tests and benchmarks."""
-    if event_log == "stock":
-        return f"storage:\n  postgres:\n    postgres_url: {postgres_url}\n"
-    if event_log != "bulk":
-        raise ValueError(f"event_log is 'bulk' or 'stock', not {event_log!r}")
-    compute_logs = "" if home is None else (
-        "compute_logs:\n  module: backfill_dagster.instance.compute_logs\n  class: TeeComputeLogManager\n"
-        f"  config:\n    base_dir: {os.path.join(os.fspath(home), 'storage')}\n"
-    )
-    return compute_logs + "".join(
-        f"{kind}:\n  module: {module}\n  class: {cls}\n  config:\n    postgres_url: {postgres_url}\n"
-        for kind, module, cls in [
-            ("run_storage", "backfill_dagster.instance.run_storage", "PooledPostgresRunStorage"),
-            ("event_log_storage", __name__, BulkPostgresEventLogStorage.__name__),
-            ("schedule_storage", "dagster_postgres.schedule_storage", "PostgresScheduleStorage"),
-        ]
-    )

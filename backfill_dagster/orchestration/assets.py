@@ -7,7 +7,7 @@ atomic write per request. Per-partition accounting lives in the coverage ledger,
 metadata, whose per-partition calls cost O(n) each (docs/design.md).
 """
 
-
+import warnings
 from collections.abc import Iterator, Sequence
 from fractions import Fraction
 
@@ -245,11 +245,16 @@ def bar_assets(
     partitions_def: dg.PartitionsDefinition, providers: Sequence[str] = ("demo",)
 ) -> dict[Timeframe, dg.AssetsDefinition]:
     pool = provider_pool(providers)
-    m15 = fetched_bars_asset(Timeframe.M15, partitions_def, pool)
-    return {
-        Timeframe.M15: m15,
-        Timeframe.H1: derived_bars_asset(Timeframe.H1, m15, partitions_def),
-        Timeframe.H4: derived_bars_asset(Timeframe.H4, m15, partitions_def),
-        Timeframe.D1: fetched_bars_asset(Timeframe.D1, partitions_def, pool),
-    }
+    # `backfill_policy` is a beta parameter of `dg.asset`; the single-run policy is what makes a UI
+    # backfill one run per box, chosen knowingly. Its warning would print once per asset on every
+    # `dagster` command, so it is silenced here, for this parameter only.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*`backfill_policy`.*", category=dg.BetaWarning)
+        m15 = fetched_bars_asset(Timeframe.M15, partitions_def, pool)
+        return {
+            Timeframe.M15: m15,
+            Timeframe.H1: derived_bars_asset(Timeframe.H1, m15, partitions_def),
+            Timeframe.H4: derived_bars_asset(Timeframe.H4, m15, partitions_def),
+            Timeframe.D1: fetched_bars_asset(Timeframe.D1, partitions_def, pool),
+        }
 

@@ -35,20 +35,29 @@ MATCHES_M15 = "matches_m15_resampled"
 BOUNDS_M15 = "bounds_m15"
 
 
-class NoPartitionsToCheck(dg.Failure):
-    """A check launched without partitions: it judges a run's partitions, so it needs some."""
+def nothing_to_check(what: str) -> str:
+    """Why a check run without partitions judged nothing, and how to launch one that does."""
+    return (
+        f"skipped, nothing to check: this check judges the {what} partitions of its run, and this run has "
+        "none (a check executed on its own, e.g. Execute in the UI). To check stored data, launch it with "
+        "the asset over a partition or a range (UI: Materialize, or a backfill; CLI: --partition or "
+        "--partition-range), or alone with the partition or range tags"
+    )
 
 
-def run_partitions(context: dg.AssetCheckExecutionContext) -> list[Partition]:
-    """The (symbol, session) partitions of the run: one key, or a range's box."""
+def skip_without_partitions(
+    context: dg.AssetCheckExecutionContext, asset_key: dg.AssetKey, check_name: str, what: str = "asset's"
+) -> Iterator[dg.Output]:
+    """A check asked without partitions is skipped, not failed: asking must not turn it red. The
+    run succeeds with no evaluation, which Dagster shows as the check skipped; the log says why."""
+    context.log.warning(f"{check_name} on {asset_key.to_user_string()}: {nothing_to_check(what)}")
+    yield dg.Output(None, output_name=dg.AssetCheckSpec(check_name, asset=asset_key).get_python_identifier())
+
+
+def run_partitions(context: dg.AssetCheckExecutionContext) -> list[Partition] | None:
+    """The (symbol, session) partitions of the run: one key, or a range's box; None without any."""
     if not context.has_partition_key_range and not context.has_partition_key:
-        raise NoPartitionsToCheck(
-            description=(
-                "this check summarises the partitions of its run, and the run has none: launch it with "
-                "the asset over a partition or a range (UI: Materialize, or a backfill; CLI: --partition "
-                "or --partition-range)"
-            )
-        )
+        return None
     return run_box(context, xnys())
 
 
@@ -166,6 +175,9 @@ def completeness_check(m15: dg.AssetsDefinition, warn_below: float) -> dg.AssetC
     )
     def _completeness(context: dg.AssetCheckExecutionContext, store: StoreResource) -> Iterator[dg.Output | AssetCheckEvaluation]:
         partitions = run_partitions(context)
+        if partitions is None:
+            yield from skip_without_partitions(context, m15.key, COMPLETENESS)
+            return
         ledger = store.bar_store(xnys()).coverage(Timeframe.M15, sorted({s for s, _ in partitions}))
         verdicts = quality.completeness(ledger, partitions, warn_below=warn_below)
         yield from summary_events(
@@ -189,6 +201,9 @@ def consistency_check(derived: dg.AssetsDefinition, timeframe: Timeframe) -> dg.
     )
     def _consistency(context: dg.AssetCheckExecutionContext, store: StoreResource) -> Iterator[dg.Output | AssetCheckEvaluation]:
         partitions = run_partitions(context)
+        if partitions is None:
+            yield from skip_without_partitions(context, derived.key, MATCHES_M15)
+            return
         calendar = xnys()
         bars = store.bar_store(calendar)
         verdicts = quality.derived_consistency(
@@ -213,6 +228,9 @@ def daily_check(d1: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
     )
     def _daily(context: dg.AssetCheckExecutionContext, store: StoreResource) -> Iterator[dg.Output | AssetCheckEvaluation]:
         partitions = run_partitions(context)
+        if partitions is None:
+            yield from skip_without_partitions(context, d1.key, BOUNDS_M15)
+            return
         calendar = xnys()
         bars = store.bar_store(calendar)
         verdicts = quality.daily_agreement(

@@ -11,11 +11,12 @@ Keys look like ``2026-01-05|AAPL`` (dimensions sorted by name: date, then symbol
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
 import dagster as dg
+from dagster._core.definitions.partitions.context import partition_loading_context
 
 from backfill_dagster.domain.calendar import NEW_YORK, SessionCalendar, as_date, consecutive_runs
 from backfill_dagster.domain.ledger import Partition
@@ -42,8 +43,45 @@ def session_partitions(history_start: date, calendar: SessionCalendar) -> dg.Dai
     )
 
 
+class UnknownPartitionKeyError(dg.DagsterInvalidSubsetError):
+    """A partition key naming a day that is no session partition or a symbol not on the watchlist.
+
+    Not a DagsterUnknownPartitionError on purpose: `dagster asset materialize --partition-range`
+    turns that one into an error naming the range's *start* key whichever key is missing; this one
+    reaches the user as it is, naming the key and what about it does not exist."""
+
+
+class SessionSymbolPartitions(dg.MultiPartitionsDefinition):
+    """Session x symbol partitions whose validation says which part of a key does not exist.
+
+    Everything else is Dagster's MultiPartitionsDefinition (the UI and the instance see one: its
+    snapshot is a plain multi-partitions snapshot, and it compares equal to one)."""
+
+    def validate_partition_key(self, partition_key, context=None) -> None:
+        try:
+            super().validate_partition_key(partition_key, context)
+        except dg.DagsterUnknownPartitionError as exc:
+            raise UnknownPartitionKeyError(self.why_missing(partition_key, context)) from exc
+
+    def why_missing(self, partition_key, context=None) -> str:
+        """What about `partition_key` ('2026-11-20|MSFT') is not a partition now."""
+        if isinstance(partition_key, dg.MultiPartitionKey):
+            day, symbol = partition_key.keys_by_dimension["date"], partition_key.keys_by_dimension["symbol"]
+        else:
+            day, _, symbol = str(partition_key).partition("|")
+        reasons = []
+        with partition_loading_context(new_ctx=context):
+            if not self.get_partitions_def_for_dimension("date").has_partition_key(day):
+                reasons.append(f"{day!r} is not a session partition (a weekend, an NYSE holiday, before "
+                               "BACKFILL_HISTORY_START or after the next session)")
+            if not symbol or not self.get_partitions_def_for_dimension("symbol").has_partition_key(symbol):
+                reasons.append(f"{symbol!r} is not a symbol partition: it is not an active watchlist symbol "
+                               f"(backfill-dagster watchlist list; add it with backfill-dagster watchlist add {symbol})")
+        return f"partition key {str(partition_key)!r} does not exist: " + ("; ".join(reasons) or "not a partition")
+
+
 def bar_partitions(history_start: date, calendar: SessionCalendar) -> dg.MultiPartitionsDefinition:
-    return dg.MultiPartitionsDefinition(
+    return SessionSymbolPartitions(
         {"date": session_partitions(history_start, calendar), "symbol": SYMBOL_PARTITIONS}
     )
 
@@ -78,10 +116,6 @@ def parse_partition_key(key: str | dg.MultiPartitionKey, calendar: SessionCalend
     if symbol != raw_symbol:
         raise PartitionKeyError(f"partition key {key!r}: symbols are upper-case, share classes with '.' ({symbol!r})")
     return symbol, session
-
-
-def parse_partition_keys(keys: Iterable[str], calendar: SessionCalendar) -> list[Partition]:
-    return [parse_partition_key(k, calendar) for k in keys]
 
 
 def range_tags(first: Partition, last: Partition) -> dict[str, str]:
@@ -129,6 +163,44 @@ def symbol_partition_changes(
     new = list(dict.fromkeys(s for s in add if s not in existing))
     gone = [s for s in dict.fromkeys(remove) if s in existing]
     return new, gone
+
+
+@dataclass(frozen=True)
+class WatchlistSync:
+    """What one watchlist_sync tick does to make the symbol partitions and the watchlist agree."""
+
+    adopt: list[str]  # partitions added outside the watchlist (the UI's "Add partition"): put on it
+    refused: dict[str, str]  # such partitions that are no valid symbol: deleted, with why
+    add: list[str]  # active symbols without a partition
+    delete: list[str]  # partitions of symbols no longer active
+    synced: list[str]  # the partitions after this tick: the next tick's `synced`
+
+
+def plan_watchlist_sync(active: Sequence[str], current: Sequence[str], synced: Sequence[str] | None) -> WatchlistSync:
+    """Partitions the last tick left (`synced`; None before the first tick) whose symbol is no longer
+    active were removed from the watchlist: their partitions go. Partitions that appeared since and
+    are not active symbols were added outside it — Dagster's "Add partition" in the UI — and are put
+    on the watchlist, as `backfill-dagster watchlist add` would (a key that is no valid stored
+    spelling of a symbol is deleted instead, saying why). Active symbols without one get one."""
+    wanted = set(active)
+    before = set(current) if synced is None else set(synced)
+    adopt, refused = [], {}
+    for key in current:
+        if key in wanted or key in before:
+            continue
+        try:
+            spelled = normalize_symbol(key)
+        except InvalidSymbolError as exc:
+            refused[key] = str(exc)
+            continue
+        if spelled != key:
+            refused[key] = f"symbol partitions use the stored spelling {spelled!r}"
+        else:
+            adopt.append(key)
+    kept = wanted | set(adopt)
+    add, delete = symbol_partition_changes(current, add=active, remove=[s for s in current if s not in kept])
+    gone = set(delete)
+    return WatchlistSync(adopt, refused, add, delete, [*(s for s in current if s not in gone), *add])
 
 
 def sync_symbol_partitions(instance: dg.DagsterInstance, add: Sequence[str] = (), remove: Sequence[str] = ()) -> None:

@@ -17,6 +17,7 @@ from backfill_dagster.domain.calendar import xnys
 from backfill_dagster.domain.corporate_actions import ratio_text
 from backfill_dagster.domain.split_jumps import SPLIT_RATIOS, TOLERANCE, suspected_splits
 from backfill_dagster.domain.timeframes import Timeframe
+from backfill_dagster.orchestration.checks import skip_without_partitions
 from backfill_dagster.orchestration.partitions import SYMBOLS_PARTITIONS_NAME, parse_partition_key
 from backfill_dagster.orchestration.resources import StoreResource
 
@@ -24,13 +25,12 @@ CHECK = "no_unrecorded_split"
 WORST_NAMED = 20
 
 
-def run_box(context: dg.AssetCheckExecutionContext) -> tuple[list[str], date, date]:
-    """The run's symbols (in the partitions' order) and first and last session, from its key range."""
+def run_box(context: dg.AssetCheckExecutionContext) -> tuple[list[str], date, date] | None:
+    """The run's symbols (in the partitions' order) and first and last session, from its key range;
+    None for a run without partitions."""
     calendar = xnys()
     if not context.has_partition_key_range and not context.has_partition_key:
-        raise dg.Failure(description=(
-            f"{CHECK} judges the d1 partitions of its run, and the run has none: launch it with bars_d1 "
-            "over a partition or a range (UI: Materialize, or a backfill; CLI: --partition or --partition-range)"))
+        return None
     key_range = context.op_execution_context.partition_key_range
     (first_symbol, first), (last_symbol, last) = (parse_partition_key(k, calendar) for k in (key_range.start, key_range.end))
     if first_symbol == last_symbol:
@@ -52,7 +52,11 @@ def suspected_split_check(d1: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
     )
     def _no_unrecorded_split(context: dg.AssetCheckExecutionContext, store: StoreResource):
         calendar = xnys()
-        symbols, first, last = run_box(context)
+        box = run_box(context)
+        if box is None:
+            yield from skip_without_partitions(context, d1.key, CHECK, "d1")
+            return
+        symbols, first, last = box
         before = calendar.previous_session(first)
         bars = store.bar_store(calendar).read_bars(
             Timeframe.D1, [(s, d) for s in symbols for d in calendar.sessions(before, last)])

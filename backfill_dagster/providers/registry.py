@@ -36,6 +36,21 @@ FACTORIES: dict[str, Factory] = {
 }
 
 
+# Each provider's class, for what it is without building it (no keys needed).
+CLASSES: dict[str, type[Provider]] = {
+    "demo": DemoProvider,
+    "alpaca": AlpacaProvider,
+    "polygon": PolygonProvider,
+    "tradier": TradierProvider,
+    "yahoo": YahooProvider,
+}
+
+
+def action_publishers(names: Sequence[str] | None = None) -> list[str]:
+    """The providers among `names` (default: every known one) that publish corporate actions."""
+    return [n for n in (FACTORIES if names is None else names) if CLASSES[n].publishes_corporate_actions]
+
+
 def check_provider_names(names: Sequence[str]) -> None:
     unknown = [n for n in names if n not in FACTORIES]
     if unknown:

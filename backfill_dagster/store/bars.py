@@ -29,6 +29,7 @@ from backfill_dagster.domain.ledger import Decision, LedgerStatus, Partition, St
 from backfill_dagster.domain.split_basis import missing_bars
 from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.store.database import shared_engine
+from backfill_dagster.store.ledger_rule import status_recorded
 from backfill_dagster.store.pg_copy import copy_frame
 from backfill_dagster.store.pg_statements import (
     DELETE_BAR_RANGES,
@@ -38,9 +39,6 @@ from backfill_dagster.store.pg_statements import (
     coverage_upsert,
 )
 from backfill_dagster.store.schema import BAR_STORE_COLUMNS, bar_coverage, ohlc_bars, rejected_bars
-
-
-COVERAGE_STATUSES = tuple(s.value for s in LedgerStatus)
 
 
 @dataclass(frozen=True)
@@ -488,10 +486,7 @@ class BarStore:
             conn.execute(coverage_upsert(names, tuple(constant), replaced, keep_final, _STICKY), params)
             return
         statement = sqlite.insert(bar_coverage)
-        new_status = statement.excluded.status
-        if keep_final:
-            final = sa.and_(bar_coverage.c.session_closed, bar_coverage.c.bars > 0)
-            new_status = sa.case((final, LedgerStatus.COMPLETE.value), else_=statement.excluded.status)
+        new_status = status_recorded(statement.excluded.status) if keep_final else statement.excluded.status
         updates = {c: statement.excluded[c] for c in replaced}
         for c in _STICKY:
             if c in updates:

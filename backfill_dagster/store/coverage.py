@@ -5,7 +5,8 @@ These read the small ledger table, never the bars, so they stay fast at any hist
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import date
 
 import pandas as pd
 import sqlalchemy as sa
@@ -19,17 +20,26 @@ def _count(status: str):
 
 
 def coverage_summary(
-    engine: Engine, *, symbols: Sequence[str] | None = None, timeframe: str | None = None
+    engine: Engine,
+    *,
+    symbols: Sequence[str] | None = None,
+    timeframe: str | None = None,
+    horizon_starts: Mapping[str, date] | None = None,
 ) -> pd.DataFrame:
     """One row per symbol x timeframe: complete/partial/empty/failed sessions, bars vs expected, the
     first session in the ledger (`since`), the first and last session holding bars, and the last
-    successful fetch."""
+    successful fetch; with `horizon_starts` (timeframe -> first day of the gap sensor's horizon),
+    also the complete sessions inside the horizon (`complete_in_horizon`)."""
     with_bars = sa.case((cov.c.bars > 0, cov.c.session), else_=None)
+    in_horizon = sa.or_(*(sa.and_(cov.c.timeframe == tf, cov.c.session >= start)
+                          for tf, start in (horizon_starts or {}).items()), sa.false())
     query = (
         sa.select(
             cov.c.symbol,
             cov.c.timeframe,
             _count("complete").label("complete"),
+            sa.func.sum(sa.case((sa.and_(cov.c.status == "complete", in_horizon), 1), else_=0))
+            .label("complete_in_horizon"),
             _count("partial").label("partial"),
             _count("empty").label("empty"),
             _count("failed").label("failed"),
@@ -50,7 +60,7 @@ def coverage_summary(
     with engine.connect() as conn:
         result = conn.execute(query)
         frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
-    for column in ("complete", "partial", "empty", "failed", "bars", "expected"):
+    for column in ("complete", "complete_in_horizon", "partial", "empty", "failed", "bars", "expected"):
         frame[column] = frame[column].fillna(0).astype(int)
     frame["last_fetch"] = pd.to_datetime(frame["last_fetch"], utc=True)
     # SQLite returns min/max of a date column as text; make both dialects agree.

@@ -8,6 +8,8 @@ from datetime import date, datetime
 
 import sqlalchemy as sa
 
+from backfill_dagster.store.ledger_rule import status_recorded_postgres_sql
+
 LOCK_PARTITIONS = sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
 LOCK_PARTITIONS_SHARED = sa.text("SELECT pg_advisory_xact_lock_shared(hashtextextended(:key, 0))")
 DELETE_BAR_RANGES = sa.text(
@@ -48,10 +50,8 @@ def coverage_upsert(
 ) -> sa.TextClause:
     """INSERT ... SELECT unnest(arrays) ON CONFLICT DO UPDATE of ledger rows: `varying` columns as
     arrays, `constant` ones as scalars; `replaced` columns are updated (`sticky` ones only when the
-    write gives a value); `keep_final` keeps a final row complete."""
-    status = "EXCLUDED.status"
-    if keep_final:
-        status = "CASE WHEN bar_coverage.session_closed AND bar_coverage.bars > 0 THEN 'complete' ELSE EXCLUDED.status END"
+    write gives a value); `keep_final` keeps a final row complete (store/ledger_rule.py)."""
+    status = status_recorded_postgres_sql("EXCLUDED.status") if keep_final else "EXCLUDED.status"
     sets = ", ".join(
         [f"{c} = COALESCE(EXCLUDED.{c}, bar_coverage.{c})" if c in sticky else f"{c} = EXCLUDED.{c}"
          for c in replaced if c != "status"]

@@ -10,9 +10,9 @@ from backfill_dagster.domain.gap_policy import (
     DEFAULT_HISTORY_DAYS,
     GapPolicy,
     GapPolicyError,
+    closed_horizons,
     horizons,
     ledger_horizons,
-    sessions_expected,
     settled_sessions,
 )
 from backfill_dagster.domain.timeframes import Timeframe
@@ -212,19 +212,28 @@ def test_no_gaps_summary():
     assert result.boxes == [] and result.summary() == "no gaps: every partition in the horizon is covered"
 
 
-def test_sessions_expected_run_from_the_horizon_or_an_earlier_backfill_to_the_last_close(calendar):
-    coverage = pd.DataFrame({
-        "timeframe": ["m15", "d1", "h1"],
-        "since": [date(2024, 12, 3), date(2024, 11, 1), None],  # d1 backfilled beyond its 14 days
-    })
-    # m15, 7 days back from Fri 12-06: 11-29 (early close) and 12-02..06. d1 from 11-01: 20 November
-    # sessions (Thanksgiving out) + 5. h1, 10 days back: 11-26, 27, 29 and 12-02..06.
-    assert sessions_expected(coverage, policy(), calendar, NOW, HISTORY_START) == [6, 25, 8]
+def test_closed_horizons_run_from_their_days_back_to_the_last_close(calendar):
+    # m15, 7 days back from Fri 12-06: 11-29 (early close) and 12-02..06; h1, 10 days back: 11-26, 27,
+    # 29 and 12-02..06.
+    got = closed_horizons(policy(), calendar, NOW, HISTORY_START)
+    assert got[Timeframe.M15].start == date(2024, 11, 29) and len(got[Timeframe.M15].sessions) == 6
+    assert len(got[Timeframe.H1].sessions) == 8
     # While the 6th is open it is not due yet; nor are sessions before the partitions' start.
-    assert sessions_expected(coverage, policy(), calendar, ny("2024-12-06 12:00"), HISTORY_START) == [5, 24, 7]
-    # m15 then from its first ledger session (12-03), h1 from the start (12-04).
-    assert sessions_expected(coverage, policy(), calendar, NOW, date(2024, 12, 4)) == [4, 25, 3]
-    assert sessions_expected(coverage.iloc[:0], policy(), calendar, NOW, HISTORY_START) == []
+    assert len(closed_horizons(policy(), calendar, ny("2024-12-06 12:00"), HISTORY_START)[Timeframe.M15].sessions) == 5
+    assert closed_horizons(policy(), calendar, NOW, date(2024, 12, 4))[Timeframe.H1].sessions == calendar.sessions(
+        date(2024, 12, 4), date(2024, 12, 6))
+
+
+def test_missing_sessions_split_at_the_horizon_start(calendar):
+    horizon = closed_horizons(policy(), calendar, NOW, HISTORY_START)[Timeframe.M15]  # from 11-29
+    closed = calendar.sessions(date(2024, 11, 25), date(2024, 12, 6))
+    missing = [date(2024, 11, 26), date(2024, 11, 27), date(2024, 11, 29), date(2024, 12, 2), date(2024, 12, 5)]
+    assert horizon.split(missing, closed) == [
+        ([date(2024, 11, 26), date(2024, 11, 27)], False),
+        ([date(2024, 11, 29), date(2024, 12, 2)], True),
+        ([date(2024, 12, 5)], True),
+    ]
+    assert horizon.split([], closed) == []
 
 
 def test_empty_sessions_are_rechecked_a_bounded_number_of_times():

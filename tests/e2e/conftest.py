@@ -1,36 +1,25 @@
 """A real deployment for end-to-end tests: PostgreSQL for the store and the Dagster instance (the
 project's own dagster.yaml), dagster-webserver and dagster-daemon as processes on free loopback
-ports, started and stopped by the fixture within bounded time."""
+ports, started and stopped by the fixture within bounded time (the harness in tests/deploy.py,
+which the benchmarks use too)."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import psycopg
 import pytest
 
 from tests.conftest import PG_ADMIN_URL
+from tests.deploy import BIN, ROOT, Services, create_database, drop_database
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-START_TIMEOUT_S = 120
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["BIN", "ROOT", "Deployment", "deployment"]
 
 
 def _pg(dbname: str) -> str:
@@ -39,70 +28,15 @@ def _pg(dbname: str) -> str:
 
 
 @dataclass
-class Deployment:
+class Deployment(Services):
     home: Path
     env: dict[str, str]
     store_url: str
     databases: list[str]
     logs: Path
+    code_root: Path = ROOT
     webserver_url: str = ""
-    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
-
-    # ------------------------------------------------------------------ processes
-    def start(self, name: str, args: list[str]) -> subprocess.Popen:
-        log = open(self.logs / f"{name}.log", "ab")
-        proc = subprocess.Popen(
-            args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        self.processes[name] = proc
-        return proc
-
-    def start_webserver(self) -> None:
-        port = free_port()
-        self.webserver_url = f"http://127.0.0.1:{port}"
-        self.start("webserver", [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-p", str(port)])
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.processes["webserver"].poll() is not None:
-                raise RuntimeError(f"dagster-webserver exited:\n{self.log('webserver')}")
-            try:
-                if httpx.get(f"{self.webserver_url}/server_info", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"dagster-webserver did not answer within {START_TIMEOUT_S}s:\n{self.log('webserver')}")
-
-    def start_daemon(self) -> None:
-        self.start("daemon", [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"])
-
-    def stop(self) -> None:
-        for proc in self.processes.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.processes.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-
-    def log(self, name: str) -> str:
-        path = self.logs / f"{name}.log"
-        return path.read_text(errors="replace")[-6000:] if path.exists() else ""
-
-    # ------------------------------------------------------------------ clients
-    def graphql(self, query: str, variables: dict | None = None) -> dict:
-        response = httpx.post(f"{self.webserver_url}/graphql", json={"query": query, "variables": variables or {}},
-                              timeout=60)
-        response.raise_for_status()
-        body = response.json()
-        assert "errors" not in body, body["errors"]
-        return body["data"]
-
-    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([str(a) for a in args], cwd=ROOT, env=self.env, capture_output=True, text=True,
-                              timeout=timeout)
+    processes: dict = field(default_factory=dict)
 
     def wait_for(self, predicate, timeout: float, what: str, interval: float = 1.0):
         deadline = time.monotonic() + timeout
@@ -121,9 +55,8 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
     """PostgreSQL-backed store and instance, with the project's dagster.yaml; no processes yet."""
     tag = uuid.uuid4().hex[:8]
     dagster_db, store_db = f"bfd_e2e_dagster_{tag}", f"bfd_e2e_store_{tag}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{dagster_db}"')
-        admin.execute(f'CREATE DATABASE "{store_db}"')
+    for name in (dagster_db, store_db):
+        create_database(PG_ADMIN_URL, name)
     home = tmp_path_factory.mktemp("dagster_home")
     shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
     logs = tmp_path_factory.mktemp("logs")
@@ -146,6 +79,5 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
         yield deployment
     finally:
         deployment.stop()
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-            for name in deployment.databases:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for name in deployment.databases:
+            drop_database(PG_ADMIN_URL, name)

@@ -17,7 +17,7 @@ from backfill_dagster.domain.synthetic import synthetic_session_m15
 from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.store import shared_engine
 from tests.conftest import PG_ADMIN_URL
-from tests.e2e.conftest import BIN, ROOT
+from tests.deploy import BIN, ROOT
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 

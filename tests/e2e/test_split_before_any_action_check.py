@@ -21,7 +21,7 @@ from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.fakes import FakeConfig, FakeProviders
 from backfill_dagster.fakes.actions import CorporateActions, Split
 from backfill_dagster.store import BarStore, shared_engine
-from tests.e2e.conftest import BIN
+from tests.deploy import BIN
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 

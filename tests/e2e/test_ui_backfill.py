@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from backfill_dagster.domain.calendar import xnys
 from backfill_dagster.store import shared_engine
-from tests.e2e.conftest import ROOT, BIN
+from tests.deploy import BACKFILL_STATUS, BIN, LAUNCH_BACKFILL, ROOT
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -22,36 +22,6 @@ ASSETS = ["bars_m15", "bars_h1", "bars_h4", "bars_d1"]
 SYMBOLS = ["AAPL", "MSFT"]
 ARTIFACTS = Path(os.environ.get("BACKFILL_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-LAUNCH = """
-mutation Launch($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message }
-    ... on UnauthorizedError { message }
-    ... on PartitionSetNotFoundError { message }
-  }
-}
-"""
-STATUS = """
-query Status($id: String!) {
-  partitionBackfillOrError(backfillId: $id) {
-    __typename
-    ... on PartitionBackfill {
-      status
-      numPartitions
-      assetBackfillData {
-        assetBackfillStatuses {
-          ... on AssetPartitionsStatusCounts {
-            assetKey { path } numPartitionsTargeted numPartitionsMaterialized numPartitionsFailed
-          }
-        }
-      }
-    }
-  }
-}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +41,7 @@ def instance_of(deployment) -> dg.DagsterInstance:
 def test_a_ui_backfill_of_all_four_assets_fills_the_box(running):
     sessions = xnys().sessions("2024-11-18", "2024-11-22")
     keys = [f"{d.isoformat()}|{s}" for s in SYMBOLS for d in sessions]
-    data = running.graphql(LAUNCH, {"params": {
+    data = running.graphql(LAUNCH_BACKFILL, {"params": {
         "assetSelection": [{"path": [a]} for a in ASSETS],
         "partitionNames": keys,
         "fromFailure": False,
@@ -83,7 +53,7 @@ def test_a_ui_backfill_of_all_four_assets_fills_the_box(running):
     backfill_id = launched["backfillId"]
 
     def finished():
-        status = running.graphql(STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+        status = running.graphql(BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
         return status if status["status"] in ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED") else None
 
     status = running.wait_for(finished, timeout=420, what=f"backfill {backfill_id}", interval=3)

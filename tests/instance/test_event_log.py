@@ -23,13 +23,14 @@ from dagster_postgres.event_log import PostgresEventLogStorage
 from dagster_postgres.run_storage import PostgresRunStorage
 
 from backfill_dagster.instance import event_json, event_log
-from backfill_dagster.instance.event_log import POOL_SIZE, BulkPostgresEventLogStorage, storage_yaml
+from backfill_dagster.instance.event_log import POOL_SIZE, BulkPostgresEventLogStorage
 from backfill_dagster.instance.run_storage import PooledPostgresRunStorage
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
 from backfill_dagster.orchestration.partitions import range_tags
 from backfill_dagster.providers import registry
 from backfill_dagster.settings import Settings
 from tests.conftest import _admin, _pg_url
+from tests.deploy import storage_yaml
 from tests.orchestration.conftest import add_symbols
 from tests.orchestration.test_assets import _flaky_factory, failed, materialized
 from tests.orchestration.test_checks import CHECKS

@@ -8,7 +8,7 @@ import pytest
 
 from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
-from backfill_dagster.orchestration.partitions import range_tags
+from backfill_dagster.orchestration.partitions import UnknownPartitionKeyError, range_tags
 from backfill_dagster.providers import registry
 from backfill_dagster.providers.base import FetchResult
 from backfill_dagster.providers.demo import DemoProvider
@@ -131,11 +131,13 @@ def test_a_partly_failed_m15_step_derives_h1_h4_of_what_it_wrote(tmp_path, insta
     assert len(store.read_bars(Timeframe.H1, [("AAPL", bad)])) == 7 and store.read_bars(Timeframe.H1, [("MSFT", bad)]).empty
 
 
-def test_a_non_session_partition_is_refused_by_dagster(defs, instance, store_url):
+def test_a_non_session_or_unknown_symbol_partition_is_refused_naming_what_is_missing(defs, instance, store_url):
     add_symbols(instance, store_url, ["AAPL"])
     job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey("bars_m15")})
-    with pytest.raises(dg.DagsterUnknownPartitionError, match="2024-11-28"):
+    with pytest.raises(UnknownPartitionKeyError, match="'2024-11-28' is not a session partition"):
         job.execute_in_process(instance=instance, partition_key="2024-11-28|AAPL")
+    with pytest.raises(UnknownPartitionKeyError, match="'MSFT' is not a symbol partition"):
+        job.execute_in_process(instance=instance, partition_key="2024-11-27|MSFT")
 
 
 def _short_factory():

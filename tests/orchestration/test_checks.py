@@ -168,13 +168,31 @@ def test_single_partition_runs_and_backfill_runs_each_show_their_own_summary(def
     assert shown(instance, check) is None
 
 
-def test_a_check_launched_without_partitions_fails_saying_how_to_launch_it(defs, instance, store_url):
+def latest_status(instance, check_key):
+    async def read():
+        context = LoadingContextForTest(instance)
+        record = await AssetCheckExecutionRecord.gen(context, check_key)
+        return None if record is None else await record.resolve_status(context)
+
+    return asyncio.run(read())
+
+
+@pytest.mark.parametrize("check", [*CHECKS, dg.AssetCheckKey(dg.AssetKey("bars_d1"), "no_unrecorded_split")],
+                         ids=lambda k: k.to_user_string())
+def test_a_check_executed_alone_without_partitions_is_skipped_not_red(defs, instance, store_url, check):
+    """The UI's Execute on a check launches it without partitions: it has nothing to judge, so the run
+    succeeds, the check shows skipped (never failed), and the run's log says how to check data."""
     add_symbols(instance, store_url, ["AAPL"])
-    result = check_only(defs, CHECKS[0]).execute_in_process(instance=instance, raise_on_error=False)
-    assert not result.success
-    message = result.get_step_failure_events()[0].step_failure_data.error.message
-    assert "summarises the partitions of its run, and the run has none" in message
-    assert "--partition-range" in message
+    checked = defs.resolve_job_def(ALL_BARS_JOB).execute_in_process(instance=instance, partition_key="2024-11-20|AAPL")
+    assert latest_status(instance, check) == Resolved.SUCCEEDED
+    result = check_only(defs, check).execute_in_process(instance=instance, raise_on_error=False)
+    assert result.success
+    assert result.get_asset_check_evaluations() == []
+    assert latest_status(instance, check) == Resolved.SKIPPED
+    logged = [e.message for e in instance.all_logs(result.run_id) if e.level == 30]  # WARNING
+    assert any(f"{check.name} on {check.asset_key.to_user_string()}: skipped, nothing to check" in m
+               and "--partition-range" in m for m in logged), logged
+    assert checked.success
 
 
 @pytest.mark.parametrize("first, last", [
@@ -187,14 +205,14 @@ def test_run_partitions_are_the_keys_dagster_names(defs, instance, store_url, ca
     """The steps compute a run's box themselves (partitions.run_partitions), without Dagster's
     object per key: it must be exactly `context.partition_keys`, in its order."""
     from backfill_dagster.orchestration.partitions import run_partitions
-    from backfill_dagster.orchestration.partitions import parse_partition_keys
+    from backfill_dagster.orchestration.partitions import parse_partition_key
 
     add_symbols(instance, store_url, ["AAPL", "MSFT", "NVDA"])
     seen = {}
 
     @dg.asset(partitions_def=defs.resolve_assets_def("bars_m15").partitions_def)
     def probe(context: dg.AssetExecutionContext) -> None:
-        seen["dagster"] = parse_partition_keys(context.partition_keys, calendar)
+        seen["dagster"] = [parse_partition_key(k, calendar) for k in context.partition_keys]
         seen["ours"] = run_partitions(context, calendar)
 
     tags = range_tags((first[0], date.fromisoformat(first[1])), (last[0], date.fromisoformat(last[1])))

@@ -194,16 +194,6 @@ def test_a_recorded_split_explains_its_jump(fakes, tmp_path, store_url, instance
     assert checks_of(result)["no_unrecorded_split"].passed
 
 
-def test_the_d1_check_without_partitions_says_how_to_run_it(tmp_path, store_url, instance):
-    defs = provider_defs(tmp_path, store_url, ["demo"])
-    key = dg.AssetCheckKey(dg.AssetKey("bars_d1"), "no_unrecorded_split")
-    job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_check_selection={key}, asset_selection=set())
-    result = job.execute_in_process(instance=instance, raise_on_error=False)
-    assert not result.success
-    message = result.get_step_failure_events()[0].step_failure_data.error.message
-    assert "judges the d1 partitions of its run, and the run has none" in message
-
-
 def test_a_bad_symbol_in_the_run_config_is_refused_naming_it(tmp_path, store_url, instance):
     result = refresh(provider_defs(tmp_path, store_url, ["demo"]), instance, ["AA|PL"])
     assert not result.success

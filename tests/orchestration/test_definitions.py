@@ -101,7 +101,7 @@ def test_deployed_runs_print_no_line_per_partition_but_keep_every_event(defs, st
 
     from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
     from backfill_dagster.orchestration.partitions import range_tags
-    from tests.e2e.conftest import ROOT
+    from tests.deploy import ROOT
     from tests.orchestration.conftest import add_symbols
 
     deployed = yaml.safe_load((ROOT / "dagster.yaml").read_text())["python_logs"]

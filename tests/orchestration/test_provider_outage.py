@@ -108,7 +108,7 @@ def test_with_no_provider_left_the_step_fails_saying_until_when_and_why(fakes, t
 def test_the_deployed_instance_puts_the_clients_own_warnings_in_the_run_log(fakes, tmp_path, store_url):
     import yaml
 
-    from tests.e2e.conftest import ROOT
+    from tests.deploy import ROOT
 
     deployed = yaml.safe_load((ROOT / "dagster.yaml").read_text())["python_logs"]
     with dg.instance_for_test(overrides={"python_logs": deployed}) as instance:

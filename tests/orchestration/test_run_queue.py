@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -20,14 +19,9 @@ from dagster._core.test_utils import create_run_for_test, create_test_daemon_wor
 from dagster._core.workspace.load_target import GrpcServerTarget
 from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.deploy import ROOT, free_port
+
 LOCATION = "tiny"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
