@@ -59,7 +59,7 @@ def build_definitions(
             "store": store_resource(settings, env_has_database_url),
             "providers": providers_resource(settings),
         },
-        # The steps are I/O-bound; a process per step would cost ~2 s each (DESIGN §4).
+        # The steps are I/O-bound; a process per step would cost ~2 s each (docs/design.md).
         executor=dg.in_process_executor,
     )
 

@@ -6,7 +6,7 @@
 
 For each provider, symbols x sessions of bars_m15 (default 20 x 504 = 10,080 partitions, the 504
 sessions ending 2025-12-31) are backfilled as the UI does it for this box: bars_m15 has
-`BackfillPolicy.single_run()`, and Dagster then makes one run per symbol (DESIGN §4), so this is 20
+`BackfillPolicy.single_run()`, and Dagster then makes one run per symbol (docs/design.md), so this is 20
 range runs of the all_bars job subset to bars_m15 (with its completeness check, as the UI includes
 it: one summary per run), executed in-process on a persistent PostgreSQL instance with the project's DAGSTER_EVENT_BATCH_SIZE and the
 deployed event log (dagster.yaml: BulkPostgresEventLogStorage; --event-log stock: dagster-postgres's).

@@ -1,4 +1,4 @@
-"""Automation at whole-market scale (issue 15's acceptance): the daemon's sensors on an empty store
+"""Automation at whole-market scale: the daemon's sensors on an empty store
 when 500 symbols join the watchlist.
 
     python bench/scale_daemon.py [--symbols 500] [--sessions 504] [--minutes 15] [--keep]
@@ -11,7 +11,7 @@ for `--minutes`. Meanwhile the daemon's process tree is sampled every second fro
 its code server, the run workers it launches). Then it reports, from Dagster's own records:
 
 - every sensor/schedule tick since the symbols were added: duration (tick timestamp to end
-  timestamp), status, runs requested; ticks over 10 s flagged (the issue's target);
+  timestamp), status, runs requested; ticks over 10 s flagged (the target);
 - the runs created, by who requested them and their state, and their wall times;
 - peak RSS: daemon process, code server, each run worker, the whole tree;
 - the daemon log's growth (bytes, lines, the longest line);
@@ -160,7 +160,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=504)
     parser.add_argument("--minutes", type=float, default=15.0)
     parser.add_argument("--warmup-s", type=float, default=60.0, help="daemon ticks on the empty watchlist first")
-    parser.add_argument("--limit-s", type=float, default=10.0, help="flag ticks longer than this (issue 15: 10 s)")
+    parser.add_argument("--limit-s", type=float, default=10.0, help="flag ticks longer than this ")
     parser.add_argument("--keep", action="store_true", help="leave the databases afterwards")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_scale_daemon"))
     args = parser.parse_args()

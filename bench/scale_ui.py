@@ -1,4 +1,4 @@
-"""The UI at whole-market scale (issue 13): every GraphQL query the asset pages issue, timed in a
+"""The UI at whole-market scale : every GraphQL query the asset pages issue, timed in a
 real browser, with ~252,000 checked partitions per asset.
 
     python bench/scale_ui.py [--symbols 500] [--sessions 504] [--box 10] [--assets all|m15,d1]
@@ -18,7 +18,7 @@ real browser, with ~252,000 checked partitions per asset.
    checks pages of bars_m15 and bars_d1, `--rounds` times each. Every GraphQL request's
    operationName and duration (browser resource timing: request start to response end) is
    recorded until no GraphQL request has been pending for `--quiet-s` seconds. Prints a table
-   (page, query, seconds, max) and flags every request over `--limit-s` (the issue's 3 s) or not
+   (page, query, seconds, max) and flags every request over `--limit-s` (3 s by default) or not
    finished when the page was left.
 
 `--keep` leaves the databases (bench_scale_ui_<symbols>x<sessions>_{dagster,store}) and reuses them

@@ -1,4 +1,4 @@
-"""The import boundaries of the layout (DESIGN §10), read from every module's imports with `ast`.
+"""The import boundaries of the layout (docs/design.md, "Layout and boundaries"), read from every module's imports with `ast`.
 
 - the pure domain (domain/) imports neither Dagster nor the store (nor SQL) nor the providers:
   nothing of the package outside domain/;

@@ -158,7 +158,7 @@ def test_derive_refuses_partitions_whose_m15_is_missing(store, calendar):
     assert "its m15 partition is never fetched; materialize bars_m15 for it first" in report.failures[parts[2]]
 
 
-# ---------------------------------------------------------------- coverage you can trust (issue 11)
+# ---------------------------------------------------------------- coverage you can trust
 class Clock:
     """A shared virtual clock: the provider reads it before it answers, and the answer takes time."""
 

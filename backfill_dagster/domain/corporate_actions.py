@@ -138,7 +138,7 @@ class Disagreement:
 def disagreements(records: Iterable[ActionRecord], *, near_days: int = 7) -> list[Disagreement]:
     """Actions whose providers disagree: on a split's ratio or a dividend's amount for the same
     ex-date, and on the date of a split (one provider's split within `near_days` calendar days of
-    another's, a known off-by-days error of the feeds: reference/corporate_actions.md §2.5)."""
+    another's, a known off-by-days error of the feeds)."""
     by_key: dict[Key, list[ActionRecord]] = defaultdict(list)
     for record in records:
         by_key[key_of(record)].append(record)
@@ -172,7 +172,7 @@ def _figure_text(record: ActionRecord) -> str:
 # ---------------------------------------------------------------------------- which bars are stale
 def ex_date_start(ex_date: date) -> datetime:
     """00:00 New York of the ex-date: providers re-base history overnight, and the ex-date's
-    pre-market already trades on the new basis (reference/corporate_actions.md §2.3)."""
+    pre-market already trades on the new basis."""
     return pd.Timestamp(ex_date).tz_localize(NEW_YORK).tz_convert("UTC").to_pydatetime()
 
 

@@ -12,7 +12,7 @@ A partition (symbol x session x timeframe) inside its timeframe's history horizo
   of times (a halted or delisted symbol really has none), spaced by `retry_empty_after`;
 - (h1/h4) its m15 was fetched again after it was derived (stale).
 A session fetched successfully after its close is covered, however few bars it holds: providers
-omit intervals without trades, and chasing them would fetch the same bars forever (DESIGN §2).
+omit intervals without trades, and chasing them would fetch the same bars forever (docs/design.md, "The ledger's promise").
 Today's session belongs to the schedules until it has closed and settled (`GapPolicy.settle`).
 Which gaps are asked for now is one rule, `select_gaps`, for the sensor and `ensure-coverage`
 alike; only the policy differs, by name: an operator's request (`GapPolicy.on_request()`) asks

@@ -37,7 +37,7 @@ class GapPolicy:
 
     history_days: Mapping[Timeframe, int] = field(default_factory=lambda: dict(DEFAULT_HISTORY_DAYS))
     max_sessions_per_run: int = 64
-    # Dagster writes events per partition of a run (DESIGN §4): a few thousand keeps a run minutes.
+    # Dagster writes events per partition of a run (docs/benchmarks.md): a few thousand keeps a run minutes.
     max_partitions_per_run: int = 2000
     max_runs_per_tick: int = 10
     # The daemon creates a tick's runs inside the tick, and a run's creation costs per asset

@@ -1,6 +1,6 @@
 """Loopback HTTP fakes of the four bar providers (Alpaca, Polygon, Tradier, Yahoo).
 
-They reproduce each API's documented behaviour (reference/providers.md): response shapes, paging,
+They reproduce each API's documented behaviour: response shapes, paging,
 auth errors, history limits, rate limits with their headers, and injected faults, serving the
 deterministic synthetic bars of the demo provider. Tests, the benchmark and local runs point the
 real clients at them through `FakeProviders.env()`.

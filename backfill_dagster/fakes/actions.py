@@ -17,8 +17,7 @@ An action is known from its `announced` date on — which may be after its ex-da
 lists a split late does; asked earlier, a fake does not list it.
 
 The bars (fakes/data.py) model the series adjusted for every split of the registry; what a fake
-serves is that series times `price_factor` (volume divided by it), reference/corporate_actions.md
-§5.2: raw answers carry every split after the session (pre-split prices are higher by the ratio),
+serves is that series times `price_factor` (volume divided by it): raw answers carry every split after the session (pre-split prices are higher by the ratio),
 split-adjusted answers leave out the splits a provider has applied — announced and effective
 (ex-date reached) by the day asked. So before a split is announced a provider serves the history on
 the old basis, as a real one does, and once it is, the new basis.

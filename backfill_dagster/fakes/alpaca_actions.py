@@ -1,4 +1,4 @@
-"""Fake Alpaca Market Data v1 corporate actions (reference/corporate_actions.md §1), from the fakes'
+"""Fake Alpaca Market Data v1 corporate actions (`/v1/corporate-actions`), from the fakes'
 registry (fakes/actions.py).
 
 - `GET /v1/corporate-actions?symbols=A,B&types=forward_split,reverse_split,cash_dividend&start=&end=

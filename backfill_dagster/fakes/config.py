@@ -50,7 +50,7 @@ class FakeConfig:
     now: Callable[[], pd.Timestamp] | None = None
     latency_s: float = 0.0  # added to every request
 
-    # Documented plan limits, each a switch (see reference/providers.md).
+    # Documented plan limits, each a switch.
     # Alpaca free plan: SIP data of the latest 15 minutes is refused (403); 0 turns it off.
     alpaca_sip_delay_s: float = 900.0
     # Polygon free plan: ~2 years of history; a window entirely older is refused (403), one that

@@ -1,5 +1,4 @@
-"""Fake Massive (Polygon) `/stocks/v1/splits` and `/stocks/v1/dividends` (reference/corporate_actions.md
-§2.3), from the fakes' registry (fakes/actions.py); auth as the aggregates.
+"""Fake Massive (Polygon) `/stocks/v1/splits` and `/stocks/v1/dividends`, from the fakes' registry (fakes/actions.py); auth as the aggregates.
 
 - Filters: `ticker`, `ticker.any_of` (comma list), and the date with `.gte/.gt/.lte/.lt`
   (`execution_date` for splits, `ex_dividend_date` for dividends); splits also `adjustment_type`

@@ -5,7 +5,7 @@ Dagster answers from a cache row per asset (`asset_keys.cached_status_data`) and
 date first (`_build_status_cache`). When nothing has been materialized or planned since the row
 was written, the update changes nothing, yet Dagster still parses the stored subsets and serializes
 them again: at 252,000 partitions per asset, sorting and dumping 252,000 keys per asset per request,
-~60% of the global asset graph's `AssetGraphLiveQuery` (README "Whole-market scale").
+~60% of the global asset graph's `AssetGraphLiveQuery` (docs/benchmarks.md).
 
 `unchanged_cache_value` says when Dagster's update would give the stored value back: the asset's
 latest materialization and latest planned event are the ones the row already covers, the row was

@@ -13,7 +13,7 @@ visible in the order they were taken across run workers (`_one_transaction`: Dag
 takes the stored row as it is when nothing happened since it was written (cached_status.py), and
 the partitions planned but not materialized since are found in one query; other reads and the
 statements of other writes are Dagster's own. It turns on event batching in every
-process that opens the instance. Figures and what was not adopted: README, "Benchmarks"; same
+process that opens the instance. Figures and what was not adopted: docs/benchmarks.md; same
 statuses as the stock storage: tests/instance/test_event_log.py; the Dagster internals it relies
 on: tests/orchestration/test_dagster_internals.py.
 """
@@ -366,7 +366,7 @@ class BulkPostgresEventLogStorage(PostgresEventLogStorage):
         and partition, fetches the latest planned and the latest materialization of every partition
         in two queries (252,000 rows each at whole-market scale) and compares them in Python: 9.1 s
         for one asset whose status cache is built from nothing, and 1.0 s this way, which returns
-        only the partitions that answer (bench/status_cache_build.py, README "Whole-market scale"). The same filters (asset,
+        only the partitions that answer (bench/status_cache_build.py, docs/benchmarks.md). The same filters (asset,
         partition set, event types, `after_storage_id`, the asset's last wipe); the same answer as
         Dagster's: tests/instance/test_event_log.py."""
         table = SqlEventLogStorageTable

@@ -1,9 +1,9 @@
 """Event-log tuning for every process that writes Dagster events: batched events handed straight
-to the instance (log_manager.py), and one held connection instead of a new one per write (DESIGN §4).
+to the instance (log_manager.py), and one held connection instead of a new one per write (docs/design.md).
 
 A range run writes at least one event per partition and asset, and dagster-postgres's stock event
 log opens a connection for every write; holding one for the run worker's life cuts that cost
-roughly by three (README, "Benchmarks"). The project's own storages (event_log.py, run_storage.py)
+roughly by three (docs/benchmarks.md). The project's own storages (event_log.py, run_storage.py)
 pool anyway.
 """
 

@@ -4,7 +4,7 @@ The asset page's partitions bar (`PartitionHealthQuery`) groups the materialized
 in-progress partitions by the primary dimension. Dagster's `build_multi_partition_ranges_generic`
 does it by parsing every key into a `MultiPartitionKey` (type checks, a sort, a named tuple per
 dimension, the string rebuilt) and then asking it for a dict of its dimensions, twice: at 252,000
-partitions that was 78% of the query's 2.4-3.0 s (py-spy, README "Whole-market scale"). A key's
+partitions that was 78% of the query's 2.4-3.0 s (py-spy, docs/benchmarks.md). A key's
 string is its dimensions' keys joined by `|` in the order of `partitions_defs` — exactly how
 `get_partition_key_from_str` reads it — so this version splits the string once and keeps the two
 parts. Everything else (which keys count, the per-primary-key subsets, the run-length encoding,

@@ -3,7 +3,7 @@
 Each check judges every partition of its run with the pure rules of `backfill_dagster.domain.quality`
 and reports one unpartitioned result: passed only if every partition passed, the rule's severity,
 counts and the worst partitions by name in its metadata. Per-partition check results do not scale
-(DESIGN §8): each is its own event-log transaction, and the UI resolves every checked partition
+(docs/design.md, "Checks at scale"): each is its own event-log transaction, and the UI resolves every checked partition
 on every asset-page request. The per-partition truth stays in the coverage ledger, in failed
 materializations (the partitions view shows them red) and in `sql/queries/check_verdicts.sql`.
 """

@@ -3,7 +3,7 @@
 Both tick by cron on weekdays (America/New_York) and decide from the NYSE calendar, so holidays,
 ad-hoc closures, early closes and DST changes need no cron of their own. Each asks for one range run
 over today x every active symbol (one per block of symbols contiguous in the partitions' order;
-DESIGN §7), and skips with a reason whenever there is nothing to do — intraday_refresh also when
+docs/design.md, "Automation"), and skips with a reason whenever there is nothing to do — intraday_refresh also when
 no configured provider serves the open session (Polygon, Alpaca's SIP feed on the free plan: the
 session's bars then come from end_of_day). end_of_day runs
 BACKFILL_EOD_DELAY_MINUTES after the close (settings.py).

@@ -5,7 +5,7 @@ Dagster keeps each partitioned asset's materialized, failed and in-progress part
 row, and brings it up to date when something reads it: a UI page, usually. Brought up to date
 often, each update reads only the events since the last one; left alone during a whole-market
 backfill, the first page opened afterwards rebuilds it from every event (38-70 s per page at
-252,000 partitions per asset, README "Whole-market scale"). This sensor reads it through Dagster's
+252,000 partitions per asset, docs/benchmarks.md). This sensor reads it through Dagster's
 public `get_status_by_partition` each minute, so that work happens here, a little at a time; an
 asset whose row already covers every event is left alone (instance/cached_status.py: re-serializing
 252,000 keys that did not change is most of what an update costs).

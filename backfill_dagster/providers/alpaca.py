@@ -52,9 +52,9 @@ PAGE_LIMIT = 10_000  # the API's maximum bars per page (all symbols together)
 MAX_SYMBOLS = 100
 # m15: about a year a request, long enough that one symbol's request fills its 10,000-bar pages (a
 # UI backfill often asks for one symbol), short enough that a failed request loses at most a year
-# of one batch (calls per floor: README, "Benchmarks"). d1: ten years, so one symbol's two years
+# of one batch (calls per floor: docs/benchmarks.md). d1: ten years, so one symbol's two years
 # are one page, not two requests of a page each (one call a symbol of the whole-market backfill:
-# README, "Whole-market scale"); a batch of 100 symbols pages at 10,000 bars whatever the window.
+# docs/benchmarks.md); a batch of 100 symbols pages at 10,000 bars whatever the window.
 MAX_SESSIONS = {Timeframe.M15: 260, Timeframe.D1: 2_520}
 HISTORY_START = date(2016, 1, 1)  # Alpaca's stock history begins here on every plan
 SIP_DELAY = pd.Timedelta(minutes=15)  # free plans may not query the latest 15 minutes of SIP

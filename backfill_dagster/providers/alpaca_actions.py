@@ -1,7 +1,7 @@
 """Alpaca Market Data v1 corporate actions: splits and cash dividends of many symbols a request.
 
 `GET /v1/corporate-actions?symbols=A,B&types=forward_split,reverse_split,cash_dividend&start=&end=
-&limit=1000` (reference/corporate_actions.md §1), the bars' key headers. Quirks handled here:
+&limit=1000` (Alpaca Market Data v1), the bars' key headers. Quirks handled here:
 - `start` and `end` default to *today*: both are always sent. They filter on `process_date`, the
   booking date, which for a cash dividend is its payable date, weeks after the ex-date: the caller
   asks up to a date well past today to see dividends whose ex-date has come.

@@ -1,6 +1,6 @@
 """Massive (Polygon) `/stocks/v1/splits` and `/stocks/v1/dividends`: many tickers a request.
 
-(reference/corporate_actions.md §2.3; the `/v3/reference/*` endpoints are deprecated.) Quirks handled
+(The `/v3/reference/*` endpoints are deprecated.) Quirks handled
 here:
 - `sort` defaults to the date *descending* and `limit` to 100: both are always sent (ascending, the
   maximum 5000), and `next_url` is followed like the aggregates' (its path and query on the

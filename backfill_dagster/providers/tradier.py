@@ -13,7 +13,7 @@ split-adjusted but not reliably dividend-adjusted, and there is no raw series: o
 stores may use Tradier.
 
 No corporate actions: the v1 market-data endpoints publish none (the beta fundamentals endpoints
-that do are for brokerage account holders only, reference/corporate_actions.md §4). With Tradier
+that do are for brokerage account holders only). With Tradier
 alone, splits are found by the suspected-split check on d1 bars, or from another provider.
 """
 

@@ -1,7 +1,7 @@
 """Yahoo chart `events`: the splits and cash dividends of one symbol a request, no key.
 
 `GET /v8/finance/chart/{symbol}?interval=1d&period1=&period2=&events=div,splits`
-(reference/corporate_actions.md §3). Quirks handled here:
+(the chart endpoint's events). Quirks handled here:
 - Events come only for the window asked, under `chart.result[0].events.splits` / `.dividends`, each
   an object keyed by the event's time in Unix seconds (the ex-date's regular open), absent when
   there are none. The ex-date is the New York date of that time.

@@ -1,4 +1,4 @@
-"""Validation: every DESIGN §8 rule rejects with a reason, and valid bars pass untouched."""
+"""Validation: every validation rule rejects with a reason, and valid bars pass untouched."""
 
 from datetime import date
 

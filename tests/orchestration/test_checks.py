@@ -74,7 +74,7 @@ def test_a_range_run_records_one_summary_per_check_and_the_ui_shows_it(defs, ins
         # the asset page: passed, and about the latest materialization
         status, _ = shown(instance, check)
         assert status == Resolved.SUCCEEDED, check
-        # nothing per partition for the UI to resolve on every request (DESIGN §8)
+        # nothing per partition for the UI to resolve on every request (docs/design.md)
         assert [i.partition_key for i in instance.event_log_storage.get_asset_check_partition_info([check])] == [None]
     completeness = {k: v.value for k, v in evaluations[CHECKS[0]].metadata.items()}
     assert completeness["bars"] == completeness["bars_expected"] == 2 * (9 * 26 + 14)

@@ -2,7 +2,7 @@
 Dagster runs of the `all_bars` job against the fakes on loopback: the run falls back to the next
 provider at once, the shared budget shows the provider unavailable until the time the server gave,
 a later run falls back without sending it anything, and with nothing to fall back to the step fails
-saying until when and why (issue 11, item 6)."""
+saying until when and why."""
 
 import time
 

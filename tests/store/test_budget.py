@@ -161,7 +161,7 @@ def test_a_slot_counts_from_the_answer_not_the_booking(store_url):
     assert budget.booked() == moved
 
 
-# ---------------------------------------------------------------------------- clocks (issue 11, item 7)
+# ---------------------------------------------------------------------------- clocks
 class WaitedTooLong(Exception):
     pass
 
@@ -278,7 +278,7 @@ def test_a_bad_wait_bound_is_refused_naming_the_setting(store_url, monkeypatch):
             SharedBudget(engine, "alpaca", RateLimit(limit=5), max_wait_s=bad)
 
 
-# ---------------------------------------------------------------------------- a spent quota (issue 11, item 6)
+# ---------------------------------------------------------------------------- a spent quota
 def test_a_wait_too_long_to_sit_out_makes_the_provider_unavailable_to_every_process_until_then(store_url, caplog):
     """`Retry-After` beyond what a retry waits: the request fails at once, not retryable; every
     process sharing the budget refuses the provider's requests without sending them until then, and
