@@ -1,4 +1,4 @@
-"""The UI at whole-market scale : every GraphQL query the asset pages issue, timed in a
+"""The UI at whole-market scale: every GraphQL query the asset pages issue, timed in a
 real browser, with ~252,000 checked partitions per asset.
 
     python bench/scale_ui.py [--symbols 500] [--sessions 504] [--box 10] [--assets all|m15,d1]
