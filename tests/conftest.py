@@ -9,6 +9,7 @@ them on purpose (CI never sets it).
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 import warnings
 from datetime import date
@@ -21,6 +22,24 @@ from backfill_dagster.domain.calendar import xnys
 from backfill_dagster.store import BarStore, create_engine, dispose_engine, shared_engine
 
 warnings.filterwarnings("ignore", message=".*is currently in beta.*")
+
+
+def _scratch_in_memory() -> None:
+    """Put the tests' scratch files (pytest's tmp_path, Dagster's test instances, the SQLite stores,
+    the DAGSTER_HOME of every subprocess) on tmpfs when the machine has one and TMPDIR names no
+    other place. SQLite syncs to disk on every commit and on closing a WAL connection, and Dagster's
+    SQLite storages open a connection per operation: on a disk shared with other work that was half
+    the time of an in-process run. What the tests check does not depend on the disk."""
+    shm = "/dev/shm"
+    if os.environ.get("TMPDIR") or not (os.path.isdir(shm) and os.access(shm, os.W_OK)):
+        return
+    scratch = os.path.join(shm, "backfill-dagster-tests")
+    os.makedirs(scratch, exist_ok=True)
+    os.environ["TMPDIR"] = scratch  # inherited by every subprocess the tests start
+    tempfile.tempdir = scratch  # this process may have asked tempfile already
+
+
+_scratch_in_memory()
 
 PG_ADMIN_URL = os.environ.get(
     "BACKFILL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -35,6 +54,13 @@ def _pg_url(dbname: str) -> str:
 
 def _admin():
     return psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
+
+
+def no_commit_wait(conn, dbname: str) -> None:
+    """A test database's commits do not wait for the WAL to reach the disk (it would survive only a
+    server crash, which no test makes); atomicity and what other connections see are unchanged.
+    Set per database, so the server and other databases keep their settings."""
+    conn.execute(f'ALTER DATABASE "{dbname}" SET synchronous_commit = off')
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +83,7 @@ def pg_template():
     with conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}"')
         conn.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
+        no_commit_wait(conn, TEMPLATE_DB)
     engine = create_engine(_pg_url(TEMPLATE_DB))
     engine.dispose()
     yield TEMPLATE_DB
@@ -69,6 +96,7 @@ def pg_url(pg_template):
     name = f"bfd_test_{uuid.uuid4().hex[:12]}"
     with _admin() as conn:
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+        no_commit_wait(conn, name)
     url = _pg_url(name)
     yield url
     dispose_engine(url)

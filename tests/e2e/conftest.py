@@ -20,7 +20,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import PG_ADMIN_URL, no_commit_wait
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -124,6 +124,8 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{dagster_db}"')
         admin.execute(f'CREATE DATABASE "{store_db}"')
+        no_commit_wait(admin, dagster_db)
+        no_commit_wait(admin, store_db)
     home = tmp_path_factory.mktemp("dagster_home")
     shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
     logs = tmp_path_factory.mktemp("logs")
