@@ -63,6 +63,24 @@ def no_commit_wait(conn, dbname: str) -> None:
     conn.execute(f'ALTER DATABASE "{dbname}" SET synchronous_commit = off')
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Under pytest-xdist (`--dist loadscope`, pyproject.toml): each module under tests/e2e runs in
+    one worker, as its tests share one deployment (a module-scoped fixture) and some build on what
+    an earlier one left; every other test is a unit of its own, handed to whichever worker is free.
+    (xdist's own `loadgroup` marks no longer take effect with pytest 9.2.)"""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class EndToEndModulesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module.startswith("tests/e2e/") else nodeid
+
+    return EndToEndModulesTogether(config, log)
+
+
 @pytest.fixture(scope="session")
 def calendar():
     return xnys()

@@ -74,7 +74,9 @@ class Deployment:
         raise RuntimeError(f"dagster-webserver did not answer within {START_TIMEOUT_S}s:\n{self.log('webserver')}")
 
     def start_daemon(self) -> None:
-        self.start("daemon", [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"])
+        """`dagster-daemon run`, its backfill loop and run queue polled faster (quick_daemon.py)."""
+        self.start("daemon", [sys.executable, str(Path(__file__).with_name("quick_daemon.py")), "run", "-w",
+                              "workspace.yaml"])
 
     def stop(self) -> None:
         for proc in self.processes.values():
