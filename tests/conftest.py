@@ -63,6 +63,11 @@ def no_commit_wait(conn, dbname: str) -> None:
     conn.execute(f'ALTER DATABASE "{dbname}" SET synchronous_commit = off')
 
 
+# End-to-end modules whose tests each build their own deployment: spread over the workers like any
+# other test (the two-year repair alone takes minutes on a busy machine).
+E2E_MODULES_OF_INDEPENDENT_TESTS = {"tests/e2e/test_split_repair.py"}
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     """Under pytest-xdist (`--dist loadscope`, pyproject.toml): each module under tests/e2e runs in
@@ -76,7 +81,8 @@ def pytest_xdist_make_scheduler(config, log):
     class EndToEndModulesTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             module = nodeid.split("::", 1)[0]
-            return module if module.startswith("tests/e2e/") else nodeid
+            together = module.startswith("tests/e2e/") and module not in E2E_MODULES_OF_INDEPENDENT_TESTS
+            return module if together else nodeid
 
     return EndToEndModulesTogether(config, log)
 
