@@ -9,6 +9,7 @@ them on purpose (CI never sets it).
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 import warnings
 from datetime import date
@@ -21,6 +22,24 @@ from backfill_dagster.domain.calendar import xnys
 from backfill_dagster.store import BarStore, create_engine, dispose_engine, shared_engine
 
 warnings.filterwarnings("ignore", message=".*is currently in beta.*")
+
+
+def _scratch_in_memory() -> None:
+    """Put the tests' scratch files (pytest's tmp_path, Dagster's test instances, the SQLite stores,
+    the DAGSTER_HOME of every subprocess) on tmpfs when the machine has one and TMPDIR names no
+    other place. SQLite syncs to disk on every commit and on closing a WAL connection, and Dagster's
+    SQLite storages open a connection per operation: on a disk shared with other work that was half
+    the time of an in-process run. What the tests check does not depend on the disk."""
+    shm = "/dev/shm"
+    if os.environ.get("TMPDIR") or not (os.path.isdir(shm) and os.access(shm, os.W_OK)):
+        return
+    scratch = os.path.join(shm, "backfill-dagster-tests")
+    os.makedirs(scratch, exist_ok=True)
+    os.environ["TMPDIR"] = scratch  # inherited by every subprocess the tests start
+    tempfile.tempdir = scratch  # this process may have asked tempfile already
+
+
+_scratch_in_memory()
 
 PG_ADMIN_URL = os.environ.get(
     "BACKFILL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -35,6 +54,37 @@ def _pg_url(dbname: str) -> str:
 
 def _admin():
     return psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
+
+
+def no_commit_wait(conn, dbname: str) -> None:
+    """A test database's commits do not wait for the WAL to reach the disk (it would survive only a
+    server crash, which no test makes); atomicity and what other connections see are unchanged.
+    Set per database, so the server and other databases keep their settings."""
+    conn.execute(f'ALTER DATABASE "{dbname}" SET synchronous_commit = off')
+
+
+# End-to-end modules whose tests each build their own deployment: spread over the workers like any
+# other test (the two-year repair alone takes minutes on a busy machine).
+E2E_MODULES_OF_INDEPENDENT_TESTS = {"tests/e2e/test_split_repair.py"}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Under pytest-xdist (`--dist loadscope`, pyproject.toml): each module under tests/e2e runs in
+    one worker, as its tests share one deployment (a module-scoped fixture) and some build on what
+    an earlier one left; every other test is a unit of its own, handed to whichever worker is free.
+    (xdist's own `loadgroup` marks no longer take effect with pytest 9.2.)"""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class EndToEndModulesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            together = module.startswith("tests/e2e/") and module not in E2E_MODULES_OF_INDEPENDENT_TESTS
+            return module if together else nodeid
+
+    return EndToEndModulesTogether(config, log)
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +107,7 @@ def pg_template():
     with conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}"')
         conn.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
+        no_commit_wait(conn, TEMPLATE_DB)
     engine = create_engine(_pg_url(TEMPLATE_DB))
     engine.dispose()
     yield TEMPLATE_DB
@@ -69,6 +120,7 @@ def pg_url(pg_template):
     name = f"bfd_test_{uuid.uuid4().hex[:12]}"
     with _admin() as conn:
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+        no_commit_wait(conn, name)
     url = _pg_url(name)
     yield url
     dispose_engine(url)

@@ -15,7 +15,7 @@ from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.ingest import fetch_partitions
 from backfill_dagster.providers.demo import DemoProvider
 from backfill_dagster.providers.router import Router
-from tests.conftest import PG_ADMIN_URL, THANKSGIVING_WEEK, fixed_clock
+from tests.conftest import PG_ADMIN_URL, THANKSGIVING_WEEK, fixed_clock, no_commit_wait
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -26,6 +26,7 @@ def test_production_dagster_yaml_loads_on_postgres(tmp_path, pg_template):
     name = f"bfd_dagster_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
+        no_commit_wait(admin, name)
     try:
         shutil.copy(ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
         host = psycopg.conninfo.conninfo_to_dict(PG_ADMIN_URL)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import PG_ADMIN_URL, no_commit_wait
 from tests.deploy import BIN, ROOT, Services, create_database, drop_database
 
 __all__ = ["BIN", "ROOT", "Deployment", "deployment"]
@@ -38,6 +39,11 @@ class Deployment(Services):
     webserver_url: str = ""
     processes: dict = field(default_factory=dict)
 
+    def start_daemon(self):
+        """`dagster-daemon run`, its backfill loop and run queue polled faster (quick_daemon.py)."""
+        return self.start("daemon", [sys.executable, Path(__file__).with_name("quick_daemon.py"), "run", "-w",
+                                     "workspace.yaml"])
+
     def wait_for(self, predicate, timeout: float, what: str, interval: float = 1.0):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -57,6 +63,9 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
     dagster_db, store_db = f"bfd_e2e_dagster_{tag}", f"bfd_e2e_store_{tag}"
     for name in (dagster_db, store_db):
         create_database(PG_ADMIN_URL, name)
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        for name in (dagster_db, store_db):
+            no_commit_wait(admin, name)
     home = tmp_path_factory.mktemp("dagster_home")
     shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
     logs = tmp_path_factory.mktemp("logs")

@@ -56,7 +56,7 @@ def test_a_ui_backfill_of_all_four_assets_fills_the_box(running):
         status = running.graphql(BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
         return status if status["status"] in ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED") else None
 
-    status = running.wait_for(finished, timeout=420, what=f"backfill {backfill_id}", interval=3)
+    status = running.wait_for(finished, timeout=420, what=f"backfill {backfill_id}", interval=1)
     assert status["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), status
     counts = {tuple(s["assetKey"]["path"]): s for s in status["assetBackfillData"]["assetBackfillStatuses"]}
     for asset in ASSETS:
@@ -140,7 +140,7 @@ def test_the_asset_page_in_a_real_browser(running):
             new = [b for b in instance.get_backfills() if b.backfill_id not in before]
             return new[0] if new and new[0].status.value in ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED") else None
 
-    backfill = running.wait_for(launched, timeout=300, what="the backfill launched by clicking", interval=2)
+    backfill = running.wait_for(launched, timeout=300, what="the backfill launched by clicking", interval=1)
     assert backfill.status.value in ("COMPLETED", "COMPLETED_SUCCESS")
     with instance_of(running) as instance:
         done = instance.get_materialized_partitions(dg.AssetKey("bars_m15"))

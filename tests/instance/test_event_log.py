@@ -29,7 +29,7 @@ from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
 from backfill_dagster.orchestration.partitions import range_tags
 from backfill_dagster.providers import registry
 from backfill_dagster.settings import Settings
-from tests.conftest import _admin, _pg_url
+from tests.conftest import _admin, _pg_url, no_commit_wait
 from tests.deploy import storage_yaml
 from tests.orchestration.conftest import add_symbols
 from tests.orchestration.test_assets import _flaky_factory, failed, materialized
@@ -46,6 +46,7 @@ def dagster_pg(tmp_path, pg_template):
         name = f"bfd_dagster_{uuid.uuid4().hex[:10]}"
         with _admin() as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
+            no_commit_wait(conn, name)
         home = tmp_path / f"home_{kind}_{len(made)}"
         home.mkdir()
         url = _pg_url(name).replace("postgresql://", "postgresql+psycopg2://")
