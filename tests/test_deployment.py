@@ -110,7 +110,7 @@ def test_quickstart_demo_runs_on_the_embedded_default(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert ": SUCCESS" in out.stdout
     lines = [line.split() for line in out.stdout.splitlines() if line.startswith(("AAPL", "MSFT"))]
-    assert {(l[0], l[1]) for l in lines} == {(s, t) for s in ("AAPL", "MSFT") for t in ("m15", "h1", "h4", "d1")}
-    # columns: symbol tf sessions(complete/due) complete partial empty failed bars expected ...
-    assert all(l[2].startswith("3/") and l[3] == "3" and l[7] == l[8] for l in lines), lines
+    assert {(l[0], l[1], l[2]) for l in lines} == {(s, "active", t) for s in ("AAPL", "MSFT") for t in ("m15", "h1", "h4", "d1")}
+    # columns: symbol watchlist tf horizon(complete/closed) older complete partial empty failed bars expected ...
+    assert all(l[3].startswith("3/") and l[5] == "3" and l[9] == l[10] for l in lines), lines
     assert (tmp_path / "backfill.sqlite").exists() and (tmp_path / "dagster_home" / "dagster.yaml").exists()
