@@ -20,48 +20,31 @@ from backfill_dagster.fakes.config import ALL_FAULT_KINDS, FAULT_KINDS, MISDATED
 from backfill_dagster.fakes.server import FakeProviders
 
 
-def _rate_limit(text: str) -> tuple[str, int]:
-    provider, sep, count = text.partition("=")
+def _provider_value(text: str, providers, unit: str, parse, what: str, least: float, least_says: str):
+    """`PROVIDER=VALUE` for a command-line switch: the provider and the parsed value, or why not."""
+    provider, sep, raw = text.partition("=")
     provider = provider.strip().lower()
-    if not sep or provider not in PROVIDERS:
-        raise argparse.ArgumentTypeError(f"{text!r}: use PROVIDER=N with PROVIDER one of {', '.join(PROVIDERS)}")
+    if not sep or provider not in providers:
+        raise argparse.ArgumentTypeError(f"{text!r}: use PROVIDER={unit} with PROVIDER one of {', '.join(providers)}")
     try:
-        value = int(count)
+        value = parse(raw)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: N must be a whole number of requests") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: N must be at least 1")
+        raise argparse.ArgumentTypeError(f"{text!r}: {unit} must be {what}") from None
+    if not value >= least:
+        raise argparse.ArgumentTypeError(f"{text!r}: {unit} {least_says}")
     return provider, value
+
+
+def _rate_limit(text: str) -> tuple[str, int]:
+    return _provider_value(text, PROVIDERS, "N", int, "a whole number of requests", 1, "must be at least 1")
 
 
 def _quota(text: str) -> tuple[str, float]:
-    provider, sep, seconds = text.partition("=")
-    provider = provider.strip().lower()
-    if not sep or provider not in PROVIDERS:
-        raise argparse.ArgumentTypeError(f"{text!r}: use PROVIDER=SECONDS with PROVIDER one of {', '.join(PROVIDERS)}")
-    try:
-        value = float(seconds)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: SECONDS must be a number (the Retry-After sent)") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: SECONDS cannot be negative")
-    return provider, value
+    return _provider_value(text, PROVIDERS, "SECONDS", float, "a number (the Retry-After sent)", 0, "cannot be negative")
 
 
 def _misdated(text: str) -> tuple[str, int]:
-    provider, sep, sessions = text.partition("=")
-    provider = provider.strip().lower()
-    if not sep or provider not in MISDATED_PROVIDERS:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: use PROVIDER=SESSIONS with PROVIDER one of {', '.join(MISDATED_PROVIDERS)}"
-        )
-    try:
-        value = int(sessions)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: SESSIONS must be a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: SESSIONS must be at least 1")
-    return provider, value
+    return _provider_value(text, MISDATED_PROVIDERS, "SESSIONS", int, "a whole number", 1, "must be at least 1")
 
 
 def _faults(text: str) -> tuple[str, ...]:
