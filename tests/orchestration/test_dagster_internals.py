@@ -205,11 +205,20 @@ def source_hash(qualified: str) -> str:
 
 def test_dagster_is_the_version_the_internals_were_read_in():
     installed = {name: version(name) for name in PINNED_VERSIONS}
-    minor = {name: v.rsplit(".", 1)[0] for name, v in PINNED_VERSIONS.items()}
-    assert {n: v.rsplit(".", 1)[0] for n, v in installed.items()} == minor, (
-        f"installed {installed}; the project relies on internals of {PINNED_VERSIONS} (pyproject pins the minor "
-        "versions): re-read every entry of INTERNALS in this file before moving the pin"
+    assert installed == PINNED_VERSIONS, (
+        f"installed {installed}; the project relies on internals of {PINNED_VERSIONS} (pyproject pins these "
+        "exact versions): re-read every entry of INTERNALS in this file before moving the pin"
     )
+
+
+def test_pyproject_pins_the_versions_the_internals_were_read_in():
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    pins = {d.split("==")[0]: d.split("==")[1] for d in project["dependencies"] if d.startswith("dagster")}
+    assert pins == {"dagster": PINNED_VERSIONS["dagster"], "dagster-webserver": PINNED_VERSIONS["dagster"],
+                    "dagster-graphql": PINNED_VERSIONS["dagster"], "dagster-postgres": PINNED_VERSIONS["dagster-postgres"]}
 
 
 @pytest.mark.parametrize("qualified", sorted(INTERNALS))
