@@ -7,6 +7,7 @@ backfill. Nothing here is imported by the package: it only serves tests and benc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -101,6 +102,24 @@ def storage_yaml(postgres_url: str, event_log: str = "bulk", home: str | os.Path
 
 
 # ---------------------------------------------------------------------------------------- processes
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` (children, theirs, ...), read from /proc."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in parents.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
 class Services:
     """Dagster's processes of one deployment. The class using it provides `env` (the processes'
     environment), `logs` (a folder for their output), `code_root` (the checkout they run from:
@@ -139,7 +158,10 @@ class Services:
         return self.start("daemon", [BIN / "dagster-daemon", "run", "-w", "workspace.yaml"])
 
     def stop(self) -> None:
-        """SIGTERM to each process group, SIGKILL to those still there 30 s later."""
+        """SIGTERM to each process group, SIGKILL to those still there 30 s later; then SIGKILL to
+        their descendants in other sessions (the code servers the webserver and the daemon start
+        in their own sessions, which could outlive them idle)."""
+        children = {pid for proc in self.processes.values() if proc.poll() is None for pid in descendants(proc.pid)}
         for proc in self.processes.values():
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -149,6 +171,9 @@ class Services:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
         self.processes.clear()
 
     def log(self, name: str, chars: int = 6000) -> str:

@@ -2,9 +2,11 @@
 location, the operator queries in sql/queries run, and the quickstart command works."""
 
 import os
+import signal
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -114,3 +116,21 @@ def test_quickstart_demo_runs_on_the_embedded_default(tmp_path):
     # columns: symbol watchlist tf horizon(complete/closed) older complete partial empty failed bars expected ...
     assert all(l[3].startswith("3/") and l[5] == "3" and l[9] == l[10] for l in lines), lines
     assert (tmp_path / "backfill.sqlite").exists() and (tmp_path / "dagster_home" / "dagster.yaml").exists()
+
+
+def test_the_harness_finds_a_process_s_descendants_in_other_sessions():
+    # The e2e deployments stop the code servers Dagster starts in their own sessions this way.
+    from tests.deploy import descendants
+
+    parent = subprocess.Popen(["sh", "-c", "setsid sleep 60 & wait"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (found := descendants(parent.pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert found and all(Path(f"/proc/{pid}").exists() for pid in found)
+        assert parent.pid not in found and descendants(os.getpid()) >= {parent.pid} | found
+    finally:
+        for pid in descendants(parent.pid):
+            os.kill(pid, signal.SIGKILL)
+        parent.kill()
+        parent.wait(timeout=10)

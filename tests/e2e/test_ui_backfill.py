@@ -97,9 +97,11 @@ def test_cli_materialize_one_partition_and_a_range_on_postgres(running):
 
 def dismiss_newsletter_prompt(page) -> None:
     """Dagster's UI shows a one-time 'Join the Dagster community' prompt over everything, whenever
-    it is ready: Playwright skips it before any action it would block, however late it comes."""
+    it is ready: Playwright skips it before any action it would block, however late it comes. The
+    click is dispatched to the button itself: when the prompt comes while the launch dialog is open,
+    a pointer click lands on the dialog's overlay and the prompt stays (seen once)."""
     skip = page.get_by_role("button", name="Skip")
-    page.add_locator_handler(skip, lambda *_: skip.click())
+    page.add_locator_handler(skip, lambda *_: skip.dispatch_event("click"))
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
