@@ -83,15 +83,21 @@ def _flaky_factory(bad_session):
     return lambda _config, calendar, clock, _budget, _policy=None: Flaky(calendar, clock)
 
 
-def test_a_partly_failed_run_reports_true_per_partition_status(tmp_path, instance, store_url, calendar, monkeypatch):
+def flaky_box(tmp_path, instance, store_url, calendar, monkeypatch, bad):
+    """Definitions whose provider serves MSFT an invalid bar on `bad`, and a box of AAPL, MSFT x
+    2024-11-22..27 (its sessions returned)."""
     from backfill_dagster.definitions import build_definitions
     from backfill_dagster.settings import Settings
 
-    bad = date(2024, 11, 26)
     monkeypatch.setitem(registry.FACTORIES, "flaky", _flaky_factory(bad))
     defs = build_definitions(Settings(data_dir=tmp_path, database_url=store_url, providers=("flaky",)))
     add_symbols(instance, store_url, ["AAPL", "MSFT"])
-    sessions = calendar.sessions("2024-11-22", "2024-11-27")
+    return defs, calendar.sessions("2024-11-22", "2024-11-27")
+
+
+def test_a_partly_failed_run_reports_true_per_partition_status(tmp_path, instance, store_url, calendar, monkeypatch):
+    bad = date(2024, 11, 26)
+    defs, sessions = flaky_box(tmp_path, instance, store_url, calendar, monkeypatch, bad)
     job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey("bars_m15")})
     result = job.execute_in_process(instance=instance, tags=range_tags(("AAPL", sessions[0]), ("MSFT", sessions[-1])), raise_on_error=False)
     assert not result.success
@@ -110,14 +116,8 @@ def test_a_partly_failed_m15_step_derives_h1_h4_of_what_it_wrote(tmp_path, insta
     # Dagster skips the run's h1/h4 steps whole once m15 fails: the m15 step derives them for the
     # partitions it wrote, so only the failed partition shows failed in every timeframe. A whole
     # job executed in process (its run's asset_selection empty) included.
-    from backfill_dagster.definitions import build_definitions
-    from backfill_dagster.settings import Settings
-
     bad = date(2024, 11, 26)
-    monkeypatch.setitem(registry.FACTORIES, "flaky", _flaky_factory(bad))
-    defs = build_definitions(Settings(data_dir=tmp_path, database_url=store_url, providers=("flaky",)))
-    add_symbols(instance, store_url, ["AAPL", "MSFT"])
-    sessions = calendar.sessions("2024-11-22", "2024-11-27")
+    defs, sessions = flaky_box(tmp_path, instance, store_url, calendar, monkeypatch, bad)
     everything = {f"{d.isoformat()}|{s}" for s in ("AAPL", "MSFT") for d in sessions}
     intraday = {dg.AssetKey(a) for a in ("bars_m15", "bars_h1", "bars_h4")}
     whole = defs.resolve_implicit_global_asset_job_def()
