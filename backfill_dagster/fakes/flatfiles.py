@@ -36,7 +36,9 @@ The pitfalls of the real service, each a setting of `FlatFilesConfig` (defaults 
   `duplicated_day_files` (2019-08-13 carried duplicate rows);
 - tickers absent from a session: the market's unknown symbols (`FakeConfig.unknown_symbols`, the
   ZZZ prefix) and withheld (symbol, session) pairs have no rows, as a delisted or halted stock;
-- raw prices: a split symbol's prices jump by the ratio at its ex-date (fakes/actions.py).
+- raw prices: a split symbol's prices jump by the ratio at its ex-date (fakes/actions.py);
+- transport faults (`fault_rate`, `faults`: 500, 503 SlowDown, a body cut off) and a bandwidth
+  cap (`bandwidth_bytes_per_s`), off by default.
 
 Listings show only published keys, out-of-plan ones included (entitlement is checked on GET).
 A listing's Size is exact for files already generated; for the others it is an estimate unless
@@ -58,6 +60,7 @@ import time
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from datetime import time as clock_time
@@ -72,6 +75,7 @@ import pandas as pd
 from backfill_dagster.domain.calendar import NEW_YORK
 from backfill_dagster.fakes import flatfile_data
 from backfill_dagster.fakes.config import FakeConfig
+from backfill_dagster.fakes.control import FaultDraws
 from backfill_dagster.fakes.data import BarData
 
 log = logging.getLogger(__name__)
@@ -81,6 +85,7 @@ MINUTE_PREFIX = "us_stocks_sip/minute_aggs_v1/"
 DAY_PREFIX = "us_stocks_sip/day_aggs_v1/"
 DATASETS = {"minute": MINUTE_PREFIX, "day": DAY_PREFIX}
 PAGE_SIZE = 1000  # S3's most keys a listing page
+FLATFILE_FAULTS = ("500", "503", "truncated")
 _KEY = re.compile(r"^us_stocks_sip/(minute|day)_aggs_v1/(\d{4})/(\d{2})/(\d{4})-(\d{2})-(\d{2})\.csv\.gz$")
 _CHUNK = 256 * 1024
 
@@ -151,6 +156,14 @@ class FlatFilesConfig:
     cache_dir: str | None = None
     cache_max_bytes: int = 4 * 1024**3
     exact_listing_sizes: bool = False
+    # Probability that a GetObject that would succeed meets a fault from `faults` instead: "500"
+    # (InternalError), "503" (SlowDown) or "truncated" (the full Content-Length announced, half the
+    # body sent, the connection closed). Drawn per key reproducibly (`seed`); a retry draws afresh.
+    fault_rate: float = 0.0
+    faults: tuple[str, ...] = FLATFILE_FAULTS
+    seed: int = 0
+    # Most body bytes a second per download (None: as fast as loopback goes); peers cap ~50 MB/s.
+    bandwidth_bytes_per_s: float | None = None
 
     def __post_init__(self):
         self.validate()
@@ -168,6 +181,15 @@ class FlatFilesConfig:
             raise ValueError("cache_max_bytes must be positive")
         if not self.bucket:
             raise ValueError("bucket cannot be empty")
+        if not 0.0 <= self.fault_rate <= 1.0:
+            raise ValueError(f"fault_rate {self.fault_rate} must be between 0 and 1")
+        unknown = sorted(set(self.faults) - set(FLATFILE_FAULTS))
+        if unknown:
+            raise ValueError(f"unknown fault kind(s) {unknown}: use {', '.join(FLATFILE_FAULTS)}")
+        if self.fault_rate > 0 and not self.faults:
+            raise ValueError("fault_rate > 0 needs at least one fault kind in faults")
+        if self.bandwidth_bytes_per_s is not None and not self.bandwidth_bytes_per_s > 0:
+            raise ValueError("bandwidth_bytes_per_s must be positive (or None: unlimited)")
 
     def tickers(self, market: FakeConfig) -> list[str]:
         """The tickers files carry, in file order (unknown symbols of the market left out)."""
@@ -221,6 +243,7 @@ class FakeFlatFiles:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
+        self._faults = FaultDraws()
         self._cache = _DiskCache(self.config.cache_dir, self.config.cache_max_bytes)
 
     # ------------------------------------------------------------------ lifecycle
@@ -286,9 +309,10 @@ class FakeFlatFiles:
             return list(self._log)
 
     def reset(self) -> None:
-        """Forget the request log (generated files stay cached)."""
+        """Forget the request log and the fault draws (generated files stay cached)."""
         with self._lock:
             self._log.clear()
+        self._faults.clear()
 
     def gets(self, key: str | None = None, *, prefix: str = "") -> int:
         """GetObject requests (any status), of one key or of keys under a prefix."""
@@ -330,16 +354,15 @@ class FakeFlatFiles:
             raise KeyError(f"no such flat file: {key}")
         return self._generated(key, *parsed)
 
-    def warm(self, sessions: Iterable[date], datasets: Iterable[str] = ("day", "minute")) -> int:
-        """Generate the files of these sessions now (a benchmark keeps generation out of its timing);
-        returns how many files were made or found."""
-        count = 0
-        for session in sessions:
-            for dataset in datasets:
-                if self._exists(dataset, session):
-                    self._generated(object_key(dataset, session), dataset, session)
-                    count += 1
-        return count
+    def warm(self, sessions: Iterable[date], datasets: Iterable[str] = ("day", "minute"), *, workers: int = 2) -> int:
+        """Generate the files of these sessions now, `workers` at a time (threads: gzip and most
+        numpy work release the GIL), so a benchmark keeps generation out of its timing; returns
+        how many files were made or found. A 500-ticker minute file costs ~3 CPU seconds."""
+        todo = [(object_key(d, s), d, s) for s in sessions for d in datasets if self._exists(d, s)]
+        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="flatfiles-warm") as pool:
+            for _ in pool.map(lambda job: self._generated(*job), todo):
+                pass
+        return len(todo)
 
     def _exists(self, dataset: str, session: date) -> bool:
         calendar = self._data.calendar
@@ -377,12 +400,22 @@ class FakeFlatFiles:
         path = unquote(split.path)
         bucket, _, key = path.lstrip("/").partition("/")
         operation = _operation(method, bucket, key, query)
+        fault = None
         try:
             answer = self._answer(method, operation, bucket, key, query, handler.headers)
+            config = self.config
+            if operation == "GetObject" and answer.status in (200, 206) and config.fault_rate > 0:
+                request = f"{key}|{handler.headers.get('Range') or ''}"
+                fault = self._faults.draw(config.seed, "flatfiles", request, config.fault_rate, tuple(config.faults))
+                if fault == "500":
+                    answer = _error(500, "InternalError", "We encountered an internal error. Please try again.")
+                elif fault == "503":
+                    answer = _error(503, "SlowDown", "Please reduce your request rate.")
         except Exception:  # a bug in the fake: say so rather than hang the client
             log.exception("flat-files fake failed on %s %s", method, handler.path)
             answer = _error(500, "InternalError", "We encountered an internal error. Please try again.")
-        sent = _send(handler, answer, head=method == "HEAD")
+        sent = _send(handler, answer, head=method == "HEAD", truncate=fault == "truncated",
+                     bandwidth=self.config.bandwidth_bytes_per_s)
         entry = S3Logged(method, operation, key or None, answer.status, sent, handler.headers.get("Range"), at)
         with self._lock:
             self._log.append(entry)
@@ -764,9 +797,12 @@ def _list_buckets(bucket: str) -> str:
     )
 
 
-def _send(handler: _Handler, answer: _Answer, *, head: bool) -> int:
-    """Write the answer (streaming a file from disk); returns the body bytes written."""
+def _send(handler: _Handler, answer: _Answer, *, head: bool, truncate: bool = False,
+          bandwidth: float | None = None) -> int:
+    """Write the answer (streaming a file from disk, at most `bandwidth` bytes a second); returns
+    the body bytes written. `truncate`: announce the whole file, send half, hang up."""
     sent = 0
+    started = time.monotonic()
     try:
         handler.send_response(answer.status)
         headers = {"x-amz-request-id": uuid.uuid4().hex[:16].upper(), "Server": "AmazonS3", **answer.headers}
@@ -782,7 +818,7 @@ def _send(handler: _Handler, answer: _Answer, *, head: bool) -> int:
             return len(answer.body)
         with open(answer.path, "rb") as f:
             f.seek(answer.start)
-            left = answer.length
+            left = answer.length // 2 if truncate else answer.length
             while left > 0:
                 chunk = f.read(min(_CHUNK, left))
                 if not chunk:
@@ -790,7 +826,13 @@ def _send(handler: _Handler, answer: _Answer, *, head: bool) -> int:
                 handler.wfile.write(chunk)
                 sent += len(chunk)
                 left -= len(chunk)
+                if bandwidth is not None:
+                    ahead = started + sent / bandwidth - time.monotonic()
+                    if ahead > 0:
+                        time.sleep(ahead)
         handler.wfile.flush()
     except (BrokenPipeError, ConnectionResetError, OSError):
         handler.close_connection = True  # the client hung up mid-file
+    if truncate:
+        handler.close_connection = True
     return sent
