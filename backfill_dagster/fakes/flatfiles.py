@@ -48,6 +48,8 @@ A listing's Size is exact for files already generated; for the others it is an e
 from __future__ import annotations
 
 import base64
+import bisect
+import functools
 import hashlib
 import logging
 import os
@@ -104,7 +106,8 @@ ENV_ENDPOINT, ENV_BUCKET, ENV_KEY_ID, ENV_SECRET = (
 def object_key(dataset: str, session: date) -> str:
     """The key of a session's file: `object_key("minute", date(2024, 3, 15))` ->
     `us_stocks_sip/minute_aggs_v1/2024/03/2024-03-15.csv.gz` (dataset "minute" or "day")."""
-    return f"{DATASETS[dataset]}{session:%Y/%m/%Y-%m-%d}.csv.gz"
+    iso = session.isoformat()
+    return f"{DATASETS[dataset]}{iso[:4]}/{iso[5:7]}/{iso}.csv.gz"
 
 
 def parse_key(key: str) -> tuple[str, date] | None:
@@ -244,6 +247,7 @@ class FakeFlatFiles:
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
         self._faults = FaultDraws()
+        self._keys_memo: tuple | None = None
         self._cache = _DiskCache(self.config.cache_dir, self.config.cache_max_bytes)
 
     # ------------------------------------------------------------------ lifecycle
@@ -330,8 +334,7 @@ class FakeFlatFiles:
     # ------------------------------------------------------------------ the files
     def published_at(self, session: date) -> pd.Timestamp:
         """When a session's files appear (UTC)."""
-        day = session + timedelta(days=self.config.publish_days_after)
-        return pd.Timestamp(datetime.combine(day, self.config.publish_time), tz=NEW_YORK).tz_convert("UTC")
+        return _published_at(session, self.config.publish_days_after, self.config.publish_time)
 
     def rows(self, dataset: str, session: date) -> flatfile_data.Rows:
         """The rows of a session's file, defects included (whether or not it is published)."""
@@ -388,8 +391,9 @@ class FakeFlatFiles:
         fingerprint = self._fingerprint()
         return self._cache.get(f"{fingerprint}/{key}", lambda: flatfile_data.csv_gz(self.rows(dataset, session), self.config.gzip_level))
 
-    def _etag(self, key: str) -> str:
-        return '"' + hashlib.md5(f"{self._fingerprint()}|{key}".encode()).hexdigest() + '"'
+    def _etag(self, key: str, fingerprint: str | None = None) -> str:
+        text = f"{fingerprint or self._fingerprint()}|{key}"
+        return '"' + hashlib.md5(text.encode()).hexdigest() + '"'
 
     # ------------------------------------------------------------------ requests
     def _handle(self, handler: _Handler) -> None:
@@ -502,20 +506,27 @@ class FakeFlatFiles:
                              "Content-Range": f"bytes {start}-{end}/{size}"}, path=path, start=start, length=end - start + 1)
 
     def _published_keys(self) -> list[str]:
+        """Every published key, in key order (day_aggs_v1 < minute_aggs_v1); remembered until the
+        clock publishes another session or the settings change."""
         calendar = self._data.calendar
         now = self.market.current_time()
         first = max(self.config.history_start, calendar.first_day)
         last = min(calendar.last_day, now.tz_convert(NEW_YORK).date())
-        keys = []
-        for dataset in ("day", "minute"):  # S3 lists in key order: day_aggs_v1 < minute_aggs_v1
-            for session in calendar.sessions(first, last) if first <= last else []:
-                if self._exists(dataset, session) and now >= self.published_at(session):
-                    keys.append(object_key(dataset, session))
+        sessions = calendar.sessions(first, last) if first <= last else []
+        while sessions and now < self.published_at(sessions[-1]):  # only the latest may be unpublished
+            sessions.pop()
+        signature = (first, sessions[-1] if sessions else None, frozenset(self.config.missing_minute_files))
+        with self._lock:
+            if self._keys_memo is not None and self._keys_memo[0] == signature:
+                return self._keys_memo[1]
+        missing = signature[2]
+        keys = [object_key("day", s) for s in sessions] + [object_key("minute", s) for s in sessions if s not in missing]
+        with self._lock:
+            self._keys_memo = (signature, keys)
         return keys
 
-    def _size(self, key: str) -> int:
+    def _size(self, key: str, fingerprint: str, tickers: int) -> int:
         dataset, session = parse_key(key)
-        fingerprint = self._fingerprint()
         cached = self._cache.size(f"{fingerprint}/{key}")
         if cached is not None:
             return cached
@@ -523,7 +534,7 @@ class FakeFlatFiles:
             return self._generated(key, dataset, session).stat().st_size
         # Estimates: ~13 bytes a minute row gzipped, ~900 of them a ticker; ~30 bytes a day row.
         per_ticker = 13 * 900 if dataset == "minute" else 30
-        return 60 + per_ticker * len(self.config.tickers(self.market))
+        return 60 + per_ticker * tickers
 
     def _list(self, query: dict, *, v2: bool) -> _Answer:
         prefix = query.get("prefix", "")
@@ -548,9 +559,11 @@ class FakeFlatFiles:
         entries: list[tuple[str, bool]] = []  # (key or common prefix, is prefix)
         seen_prefixes = set()
         truncated = False
-        for key in self._published_keys():
-            if not key.startswith(prefix) or key <= after:
-                continue
+        keys = self._published_keys()
+        # Keys under a prefix are contiguous in key order: start at the later of the prefix and `after`.
+        for key in keys[max(bisect.bisect_left(keys, prefix), bisect.bisect_right(keys, after)) :]:
+            if not key.startswith(prefix):
+                break
             if delimiter:
                 cut = key.find(delimiter, len(prefix))
                 if cut >= 0:
@@ -573,6 +586,7 @@ class FakeFlatFiles:
         def enc(text: str) -> str:
             return escape(quote(text, safe="/") if url_encoded else text)
 
+        fingerprint, tickers = self._fingerprint(), len(self.config.tickers(self.market))
         parts = [f"<Name>{escape(self.config.bucket)}</Name>", f"<Prefix>{enc(prefix)}</Prefix>"]
         if v2:
             parts.append(f"<KeyCount>{len(entries)}</KeyCount>")
@@ -597,10 +611,10 @@ class FakeFlatFiles:
         for name, is_prefix in entries:
             if is_prefix:
                 continue
-            modified = self.published_at(parse_key(name)[1])
+            modified = _iso(self.published_at(parse_key(name)[1]))
             parts.append(
-                f"<Contents><Key>{enc(name)}</Key><LastModified>{_iso(modified)}</LastModified>"
-                f"<ETag>{escape(self._etag(name))}</ETag><Size>{self._size(name)}</Size>"
+                f"<Contents><Key>{enc(name)}</Key><LastModified>{modified}</LastModified>"
+                f"<ETag>{escape(self._etag(name, fingerprint))}</ETag><Size>{self._size(name, fingerprint, tickers)}</Size>"
                 "<StorageClass>STANDARD</StorageClass></Contents>"
             )
         for name, is_prefix in entries:
@@ -638,8 +652,12 @@ class _DiskCache:
         with self._lock:
             if name in self._sizes:
                 return self._sizes[name]
-        path = self.folder / name
-        return path.stat().st_size if path.exists() else None
+            if self._own:
+                return None  # a folder of our own holds only what we made
+        try:
+            return os.stat(os.path.join(self.folder, name)).st_size
+        except OSError:
+            return None
 
     def get(self, name: str, make) -> Path:
         path = self.folder / name
@@ -744,6 +762,12 @@ _PRESIGN = {"X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires"
             "X-Amz-Signature", "X-Amz-Security-Token", "x-id"}
 
 
+@functools.lru_cache(maxsize=16_384)
+def _published_at(session: date, days_after: int, at: clock_time) -> pd.Timestamp:
+    day = session + timedelta(days=days_after)
+    return pd.Timestamp(datetime.combine(day, at), tz=NEW_YORK).tz_convert("UTC")
+
+
 def _byte_range(header: str, size: int):
     """(first, last) inclusive of a single `bytes=` range; None if unsatisfiable; ... if S3 would
     ignore the header (not a single byte range)."""
@@ -773,6 +797,7 @@ def _not_modified_since(modified: pd.Timestamp, header: str) -> bool:
     return modified.to_pydatetime() <= since
 
 
+@functools.lru_cache(maxsize=16_384)
 def _iso(ts: pd.Timestamp) -> str:
     return ts.tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
