@@ -21,6 +21,7 @@ from botocore.exceptions import ClientError
 from backfill_dagster.domain.calendar import NEW_YORK
 from backfill_dagster.fakes import FakeConfig, FakeProviders
 from backfill_dagster.fakes.actions import CorporateActions, Split
+from backfill_dagster.fakes import flatfile_data
 from backfill_dagster.fakes.flatfile_data import HEADER, PITFALL_TICKERS, decompose
 from backfill_dagster.fakes.flatfiles import FakeFlatFiles, FlatFilesConfig, object_key
 
@@ -397,3 +398,16 @@ def test_any_valid_bar_decomposes_into_minutes_that_aggregate_back_exactly(open_
     assert v.sum() == volume and n.sum() == trades
     assert (h >= np.maximum(o, c)).all() and (lo <= np.minimum(o, c)).all() and (lo >= 1).all()
     assert 1 <= len(ts) <= 15 and (np.diff(ts) > 0).all()
+
+
+@pytest.mark.slow  # starts two worker processes
+def test_warming_in_worker_processes_makes_the_files_a_get_then_serves_without_generating(market):
+    sessions = [date(2024, 11, 25), date(2024, 11, 26), date(2024, 11, 27)]
+    with FakeFlatFiles(FlatFilesConfig(symbols=("NVDA",), fillers=2), market) as files:
+        assert files.warm(sessions, processes=2) == 6
+        made = {path.name for path in files.file_path(object_key("day", sessions[0])).parent.iterdir()}
+        assert {f"{d.isoformat()}.csv.gz" for d in sessions} <= made
+        s3 = client(files)
+        for session in sessions:  # the workers' files are the ones this process would have made
+            body = get(s3, "minute", session)
+            assert body == flatfile_data.csv_gz(files.rows("minute", session))
