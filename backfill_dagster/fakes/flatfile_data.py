@@ -19,7 +19,7 @@ prices print as `k/100` floats, which parse back to exactly the REST fakes' 2-de
 from __future__ import annotations
 
 import gzip
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 
@@ -258,10 +258,10 @@ def _width(x: np.ndarray) -> int:
     return -(-digits // 4) * 4
 
 
-def csv_bytes(rows: Rows) -> bytes:
+def csv_bytes(rows: Rows, *, header: bool = True) -> bytes:
     """The CSV (header, and a newline after every row) of the rows. Prices print as the shortest
     decimal of their cents (172.5, 75, 73.44), which reads back as exactly that 2-decimal double."""
-    header = (HEADER + "\n").encode()
+    header = (HEADER + "\n").encode() if header else b""
     n = len(rows)
     if n == 0:
         return header
@@ -310,3 +310,23 @@ def csv_text(rows: Rows) -> str:
 def csv_gz(rows: Rows, level: int = GZIP_LEVEL) -> bytes:
     """The gzip file of the rows' CSV (mtime 0: the same bytes every time)."""
     return gzip.compress(csv_bytes(rows), compresslevel=level, mtime=0)
+
+
+# Tickers whose minute rows are made, formatted and compressed at a time: a file's peak memory
+# is that many tickers' rows (~60 MB for 100), whatever the universe's size.
+TICKERS_PER_CHUNK = 100
+
+
+def minute_csv_chunks(data: BarData, tickers: Sequence[str], session: date, *, no_trade_rate: float = 0.0,
+                      per_chunk: int = TICKERS_PER_CHUNK) -> Iterator[bytes]:
+    """The minute file's CSV in pieces, a run of consecutive tickers each (the tickers in file order)."""
+    for i in range(0, max(len(tickers), 1), per_chunk):
+        rows = minute_rows(data, tickers[i : i + per_chunk], session, no_trade_rate=no_trade_rate)
+        yield csv_bytes(rows, header=i == 0)
+
+
+def write_gz(pieces: Iterable[bytes], path, level: int = GZIP_LEVEL) -> None:
+    """A gzip file of the concatenated pieces (no name, mtime 0: the same bytes every time)."""
+    with open(path, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=level, mtime=0) as gz:
+        for piece in pieces:
+            gz.write(piece)

@@ -397,7 +397,15 @@ class FakeFlatFiles:
 
     def _generated(self, key: str, dataset: str, session: date) -> Path:
         fingerprint = self._fingerprint()
-        return self._cache.get(f"{fingerprint}/{key}", lambda: flatfile_data.csv_gz(self.rows(dataset, session), self.config.gzip_level))
+        return self._cache.get(f"{fingerprint}/{key}", lambda path: self._write(path, dataset, session))
+
+    def _write(self, path: Path, dataset: str, session: date) -> None:
+        if dataset == "minute":  # in runs of tickers: memory stays flat however broad the universe
+            pieces = flatfile_data.minute_csv_chunks(
+                self._data, self.config.tickers(self.market), session, no_trade_rate=self.market.no_trade_rate)
+        else:
+            pieces = [flatfile_data.csv_bytes(self.rows(dataset, session))]
+        flatfile_data.write_gz(pieces, path, self.config.gzip_level)
 
     def _etag(self, key: str, fingerprint: str | None = None) -> str:
         text = f"{fingerprint or self._fingerprint()}|{key}"
@@ -680,7 +688,8 @@ class _DiskCache:
         except OSError:
             return None
 
-    def get(self, name: str, make) -> Path:
+    def get(self, name: str, write) -> Path:
+        """The file `name`, written by `write(path)` if it is not there yet."""
         path = self.folder / name
         with self._lock:
             if name in self._sizes and path.exists():
@@ -689,11 +698,13 @@ class _DiskCache:
             making = self._making.setdefault(name, threading.Lock())
         with making:
             if not path.exists():
-                body = make()
                 path.parent.mkdir(parents=True, exist_ok=True)
                 partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-                partial.write_bytes(body)
-                os.replace(partial, path)  # readers never see half a file
+                try:
+                    write(partial)
+                    os.replace(partial, path)  # readers never see half a file
+                finally:
+                    partial.unlink(missing_ok=True)
             size = path.stat().st_size
             with self._lock:
                 self._making.pop(name, None)

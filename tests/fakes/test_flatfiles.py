@@ -410,4 +410,15 @@ def test_warming_in_worker_processes_makes_the_files_a_get_then_serves_without_g
         s3 = client(files)
         for session in sessions:  # the workers' files are the ones this process would have made
             body = get(s3, "minute", session)
-            assert body == flatfile_data.csv_gz(files.rows("minute", session))
+            assert gzip.decompress(body) == flatfile_data.csv_bytes(files.rows("minute", session))
+
+
+def test_a_minute_file_made_in_runs_of_tickers_is_the_file_made_at_once():
+    from backfill_dagster.fakes.data import BarData
+
+    data, session = BarData(), date(2024, 11, 29)
+    tickers = flatfile_data.universe(["AAPL", "NVDA"], 3)
+    pieces = list(flatfile_data.minute_csv_chunks(data, tickers, session, per_chunk=2))
+    assert len(pieces) == len(tickers) // 2 + len(tickers) % 2
+    assert b"".join(pieces) == flatfile_data.csv_bytes(flatfile_data.minute_rows(data, tickers, session))
+    assert pieces[0].startswith(HEADER.encode()) and not pieces[1].startswith(HEADER.encode())
