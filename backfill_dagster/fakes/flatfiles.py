@@ -10,11 +10,12 @@ generated on demand from the same synthetic market as the REST fakes (fakes/flat
 `python -m backfill_dagster.fakes flatfiles --port 9000` serves it until interrupted.
 
 Why not moto's server: moto keeps every object in memory and needs every object put before it is
-read. Two years of minute files for 500 symbols are ~3 GB gzipped, and a file costs about a second
-to generate, so this server makes a file when it is first asked for and keeps it in a bounded disk
-cache (a temporary folder unless `cache_dir` is set), streaming it from there; everything else is
-the standard library's HTTP server, like the REST fakes (fakes/server.py), with its own request
-log because S3 answers are streamed files and XML, not JSON pages of bars.
+read. Two years of minute files for 500 symbols are ~3 GB gzipped, and a file costs about three
+CPU seconds to generate (mostly gzip), so this server makes a file when it is first asked for
+and keeps it in a bounded disk cache (a temporary folder unless `cache_dir` is set), streaming it
+from there; everything else is the standard library's HTTP server, like the REST fakes
+(fakes/server.py), with its own request log because S3 answers are streamed files and XML, not
+JSON pages of bars.
 
 What it does as S3 does (path-style addressing, any region):
 - GetObject (streamed; Content-Length, ETag, Last-Modified; `Range: bytes=...` -> 206, an

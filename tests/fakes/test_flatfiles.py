@@ -258,6 +258,21 @@ def xnys_served_grid(session: date) -> pd.DatetimeIndex:
     return pd.date_range(lo, hi, freq="15min", inclusive="left")
 
 
+def test_minutes_equal_what_the_polygon_fake_answers_over_http_for_adjusted_false(files, s3, rest, market):
+    import httpx
+
+    session = date(2024, 6, 7)  # before NVDA's 10-for-1 split: raw prices are ten times the adjusted
+    answer = httpx.get(
+        f"{rest.url}/v2/aggs/ticker/NVDA/range/15/minute/{session}/{session}",
+        params={"adjusted": "false", "limit": 50000, "apiKey": market.polygon_key}, timeout=30,
+    ).json()
+    served = pd.DataFrame(answer["results"])
+    built = aggregate_minutes(read_csv(get(s3, "minute", session)), "NVDA")
+    assert [int(t.value // 10**6) for t in built.index] == served["t"].tolist()
+    for mine, theirs in (("open", "o"), ("high", "h"), ("low", "l"), ("close", "c"), ("volume", "v"), ("trade_count", "n")):
+        assert built[mine].tolist() == served[theirs].tolist(), mine
+
+
 def test_a_bucket_may_lack_its_first_or_last_minute_so_bucketing_must_use_the_minutes_present(files, s3):
     minutes = read_csv(get(s3, "minute", date(2024, 11, 29)))
     offsets = (minutes["window_start"] // 60_000_000_000) % 15
