@@ -437,3 +437,35 @@ def test_a_minute_file_made_in_runs_of_tickers_is_the_file_made_at_once():
     assert len(pieces) == len(tickers) // 2 + len(tickers) % 2
     assert b"".join(pieces) == flatfile_data.csv_bytes(flatfile_data.minute_rows(data, tickers, session))
     assert pieces[0].startswith(HEADER.encode()) and not pieces[1].startswith(HEADER.encode())
+
+
+def test_list_objects_v1_pages_with_markers_and_the_bucket_answers_head_and_list_buckets(files, s3):
+    prefix = "us_stocks_sip/day_aggs_v1/2024/11/"
+    first = s3.list_objects(Bucket="flatfiles", Prefix=prefix, MaxKeys=3)
+    assert first["IsTruncated"] and len(first["Contents"]) == 3
+    rest_of_it = s3.list_objects(Bucket="flatfiles", Prefix=prefix, Marker=first["Contents"][-1]["Key"])
+    keys = [c["Key"] for c in first["Contents"] + rest_of_it["Contents"]]
+    assert keys == [c["Key"] for c in s3.list_objects_v2(Bucket="flatfiles", Prefix=prefix)["Contents"]]
+    assert s3.head_bucket(Bucket="flatfiles")["ResponseMetadata"]["HTTPStatusCode"] == 200
+    assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == ["flatfiles"]
+    assert status_of(lambda: s3.put_object(Bucket="flatfiles", Key="x.csv.gz", Body=b"x")) == 403  # read-only
+
+
+def test_conditional_gets_follow_the_etag(files, s3):
+    key = object_key("day", date(2024, 11, 29))
+    etag = s3.head_object(Bucket="flatfiles", Key=key)["ETag"]
+    assert len(s3.get_object(Bucket="flatfiles", Key=key, IfMatch=etag)["Body"].read()) > 0
+    assert status_of(lambda: s3.get_object(Bucket="flatfiles", Key=key, IfMatch='"other"')) == 412
+    assert status_of(lambda: s3.get_object(Bucket="flatfiles", Key=key, IfNoneMatch=etag)) == 304
+
+
+def test_the_disk_cache_stays_within_its_bound_and_an_evicted_file_is_made_again_alike(market):
+    config = FlatFilesConfig(symbols=("AAPL",), fillers=0, cache_max_bytes=1)
+    with FakeFlatFiles(config, market) as files:
+        s3 = client(files)
+        first = get(s3, "day", date(2024, 11, 25))
+        get(s3, "day", date(2024, 11, 26))
+        folder = files.file_path(object_key("day", date(2024, 11, 26))).parent
+        assert [p.name for p in folder.iterdir()] == ["2024-11-26.csv.gz"]  # only the latest kept
+        assert get(s3, "day", date(2024, 11, 25)) == first
+    assert not folder.exists()  # a temporary cache goes with the server
