@@ -5,6 +5,7 @@ client needs (endpoint, bucket, key pair):
 
     python -m backfill_dagster.fakes flatfiles --port 9000 --symbols AAPL,MSFT,NVDA --fillers 500
     python -m backfill_dagster.fakes flatfiles --now 2024-06-03T15:00:00Z --plan-first-date 2022-01-03
+    python -m backfill_dagster.fakes flatfiles --fault-rate 0.1 --faults 503,truncated --bandwidth 50e6
     aws --endpoint-url http://127.0.0.1:9000 s3 ls s3://flatfiles/us_stocks_sip/minute_aggs_v1/2024/03/
 """
 
@@ -18,7 +19,7 @@ from datetime import date
 
 from backfill_dagster.fakes.__main__ import _fixed_now
 from backfill_dagster.fakes.config import FakeConfig
-from backfill_dagster.fakes.flatfiles import DEFAULT_SYMBOLS, FakeFlatFiles, FlatFilesConfig
+from backfill_dagster.fakes.flatfiles import DEFAULT_SYMBOLS, FLATFILE_FAULTS, FakeFlatFiles, FlatFilesConfig
 
 
 def _date(text: str) -> date:
@@ -36,6 +37,14 @@ def _symbols(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def _faults(text: str) -> tuple[str, ...]:
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in FLATFILE_FAULTS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown fault kind(s) {unknown}: use {', '.join(FLATFILE_FAULTS)}")
+    return kinds
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = FlatFilesConfig()
     parser = argparse.ArgumentParser(prog="python -m backfill_dagster.fakes flatfiles", description=__doc__.splitlines()[0])
@@ -51,6 +60,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--missing-minute-files", type=_dates, default=frozenset(), help="comma list of sessions")
     parser.add_argument("--unknown", type=_symbols, default=(), help="comma list of symbols absent from every file")
     parser.add_argument("--gzip-level", type=int, default=defaults.gzip_level)
+    parser.add_argument("--fault-rate", type=float, default=0.0, help="probability a GET meets a fault")
+    parser.add_argument("--faults", type=_faults, default=FLATFILE_FAULTS,
+                        help=f"comma list of fault kinds to draw ({', '.join(FLATFILE_FAULTS)})")
+    parser.add_argument("--bandwidth", type=float, default=None, metavar="BYTES_PER_S",
+                        help="most body bytes a second per download (default: unlimited)")
     parser.add_argument("--cache-dir", default=None, help="keep generated files here (default: a temporary folder)")
     return parser.parse_args(argv)
 
@@ -63,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             access_key_id=args.access_key_id, secret_access_key=args.secret_access_key, symbols=args.symbols,
             fillers=args.fillers, plan_first_date=args.plan_first_date, missing_key_status=args.missing_key_status,
             missing_minute_files=args.missing_minute_files, gzip_level=args.gzip_level, cache_dir=args.cache_dir,
+            fault_rate=args.fault_rate, faults=args.faults, bandwidth_bytes_per_s=args.bandwidth,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

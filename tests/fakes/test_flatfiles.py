@@ -469,3 +469,15 @@ def test_the_disk_cache_stays_within_its_bound_and_an_evicted_file_is_made_again
         assert [p.name for p in folder.iterdir()] == ["2024-11-26.csv.gz"]  # only the latest kept
         assert get(s3, "day", date(2024, 11, 25)) == first
     assert not folder.exists()  # a temporary cache goes with the server
+
+
+def test_the_command_line_refuses_settings_it_cannot_honour(capsys):
+    from backfill_dagster.fakes.flatfiles_cli import main, parse_args
+
+    args = parse_args(["--fault-rate", "0.2", "--faults", "503,truncated", "--bandwidth", "5e7", "--symbols", "A,BRK.B"])
+    assert (args.fault_rate, args.faults, args.bandwidth, args.symbols) == (0.2, ("503", "truncated"), 5e7, ("A", "BRK.B"))
+    with pytest.raises(SystemExit):
+        parse_args(["--faults", "timeout"])
+    assert "unknown fault kind" in capsys.readouterr().err
+    assert main(["--fault-rate", "2"]) == 2
+    assert "fault_rate 2.0 must be between 0 and 1" in capsys.readouterr().err
