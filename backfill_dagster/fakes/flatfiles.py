@@ -55,22 +55,17 @@ import functools
 import hashlib
 import logging
 import multiprocessing
-import os
 import re
-import shutil
 import socket
-import tempfile
 import threading
 import time
-import uuid
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from datetime import time as clock_time
-from email.utils import format_datetime, parsedate_to_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from email.utils import format_datetime
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 from xml.sax.saxutils import escape
@@ -81,6 +76,20 @@ from backfill_dagster.domain.calendar import NEW_YORK
 from backfill_dagster.fakes import flatfile_data
 from backfill_dagster.fakes.config import FakeConfig
 from backfill_dagster.fakes.control import FaultDraws
+from backfill_dagster.fakes.disk_cache import DiskCache
+from backfill_dagster.fakes.s3_wire import (
+    Answer,
+    S3Handler,
+    S3Server,
+    byte_range,
+    error,
+    iso,
+    list_buckets,
+    not_modified_since,
+    operation_of,
+    send,
+    xml,
+)
 from backfill_dagster.fakes.data import BarData
 
 log = logging.getLogger(__name__)
@@ -92,7 +101,6 @@ DATASETS = {"minute": MINUTE_PREFIX, "day": DAY_PREFIX}
 PAGE_SIZE = 1000  # S3's most keys a listing page
 FLATFILE_FAULTS = ("500", "503", "truncated")
 _KEY = re.compile(r"^us_stocks_sip/(minute|day)_aggs_v1/(\d{4})/(\d{2})/(\d{4})-(\d{2})-(\d{2})\.csv\.gz$")
-_CHUNK = 256 * 1024
 
 # Names a client may know from the REST fakes' demos, then filler names make the universe broad.
 DEFAULT_SYMBOLS = (
@@ -216,16 +224,6 @@ class S3Logged:
     at: float  # arrival, epoch seconds
 
 
-@dataclass
-class _Answer:
-    status: int
-    headers: dict[str, str]
-    body: bytes = b""
-    path: Path | None = None  # a file to stream (GetObject)
-    start: int = 0
-    length: int = 0
-
-
 class FakeFlatFiles:
     """The flat-files S3 fake on host:port; a context manager. `market` is the REST fakes'
     `FakeConfig` (clock, splits, unknown and withheld symbols, no-trade slots), so files carry
@@ -246,12 +244,12 @@ class FakeFlatFiles:
         self._data = BarData(withheld=lambda: self.market.withheld, actions=lambda: self.market.corporate_actions)
         self._lock = threading.Lock()
         self._log: list[S3Logged] = []
-        self._server: _Server | None = None
+        self._server: S3Server | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
         self._faults = FaultDraws()
         self._keys_memo: tuple | None = None
-        self._cache = _DiskCache(self.config.cache_dir, self.config.cache_max_bytes)
+        self._cache = DiskCache(self.config.cache_dir, self.config.cache_max_bytes)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> FakeFlatFiles:
@@ -259,7 +257,7 @@ class FakeFlatFiles:
             return self
         self.config.validate()
         self.market.validate()
-        self._server = _Server((self.host, self._requested_port), _Handler)
+        self._server = S3Server((self.host, self._requested_port), S3Handler)
         self._server.owner = self
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-flatfiles", daemon=True
@@ -413,14 +411,14 @@ class FakeFlatFiles:
         return '"' + hashlib.md5(text.encode()).hexdigest() + '"'
 
     # ------------------------------------------------------------------ requests
-    def _handle(self, handler: _Handler) -> None:
+    def _handle(self, handler: S3Handler) -> None:
         at = time.time()
         method = handler.command
         split = urlsplit(handler.path)
         query = dict(parse_qsl(split.query, keep_blank_values=True))
         path = unquote(split.path)
         bucket, _, key = path.lstrip("/").partition("/")
-        operation = _operation(method, bucket, key, query)
+        operation = operation_of(method, bucket, key, query)
         fault = None
         try:
             answer = self._answer(method, operation, bucket, key, query, handler.headers)
@@ -429,36 +427,36 @@ class FakeFlatFiles:
                 request = f"{key}|{handler.headers.get('Range') or ''}"
                 fault = self._faults.draw(config.seed, "flatfiles", request, config.fault_rate, tuple(config.faults))
                 if fault == "500":
-                    answer = _error(500, "InternalError", "We encountered an internal error. Please try again.")
+                    answer = error(500, "InternalError", "We encountered an internal error. Please try again.")
                 elif fault == "503":
-                    answer = _error(503, "SlowDown", "Please reduce your request rate.")
+                    answer = error(503, "SlowDown", "Please reduce your request rate.")
         except Exception:  # a bug in the fake: say so rather than hang the client
             log.exception("flat-files fake failed on %s %s", method, handler.path)
-            answer = _error(500, "InternalError", "We encountered an internal error. Please try again.")
-        sent = _send(handler, answer, head=method == "HEAD", truncate=fault == "truncated",
+            answer = error(500, "InternalError", "We encountered an internal error. Please try again.")
+        sent = send(handler, answer, head=method == "HEAD", truncate=fault == "truncated",
                      bandwidth=self.config.bandwidth_bytes_per_s)
         entry = S3Logged(method, operation, key or None, answer.status, sent, handler.headers.get("Range"), at)
         with self._lock:
             self._log.append(entry)
 
-    def _answer(self, method: str, operation: str, bucket: str, key: str, query: dict, headers) -> _Answer:
+    def _answer(self, method: str, operation: str, bucket: str, key: str, query: dict, headers) -> Answer:
         refused = self._authenticate(headers, query)
         if refused is not None:
             return refused
         if operation == "ListBuckets":
-            return _xml(200, _list_buckets(self.config.bucket))
+            return xml(200, list_buckets(self.config.bucket))
         if bucket != self.config.bucket:
-            return _error(404, "NoSuchBucket", "The specified bucket does not exist", BucketName=bucket)
+            return error(404, "NoSuchBucket", "The specified bucket does not exist", BucketName=bucket)
         if operation == "HeadBucket":
-            return _Answer(200, {"x-amz-bucket-region": "us-east-1"})
+            return Answer(200, {"x-amz-bucket-region": "us-east-1"})
         if operation in ("ListObjectsV2", "ListObjects"):
             return self._list(query, v2=operation == "ListObjectsV2")
         if operation in ("GetObject", "HeadObject"):
             return self._object(key, headers, head=operation == "HeadObject")
         # Other sub-resources and writes: the bucket is read-only for its customers.
-        return _error(403, "AccessDenied", "Access Denied")
+        return error(403, "AccessDenied", "Access Denied")
 
-    def _authenticate(self, headers, query: dict) -> _Answer | None:
+    def _authenticate(self, headers, query: dict) -> Answer | None:
         auth = headers.get("Authorization") or ""
         found = re.search(r"Credential=([^/,\s]+)/", auth)
         if found is None and auth.startswith("AWS "):  # SigV2: "AWS key:signature"
@@ -467,26 +465,26 @@ class FakeFlatFiles:
         if key_id is None and "X-Amz-Credential" in query:  # a presigned URL
             key_id = query["X-Amz-Credential"].split("/", 1)[0]
         if key_id is None:
-            return _error(403, "AccessDenied", "Access Denied: the request carries no credentials")
+            return error(403, "AccessDenied", "Access Denied: the request carries no credentials")
         if key_id != self.config.access_key_id:
-            return _error(403, "AccessDenied", "Access Denied: the access key id is not known")
+            return error(403, "AccessDenied", "Access Denied: the access key id is not known")
         return None
 
-    def _availability(self, dataset: str, session: date) -> _Answer | None:
+    def _availability(self, dataset: str, session: date) -> Answer | None:
         """The refusal for an existing key the caller may not read now, else None."""
         plan = self.config.plan_first_date
         if plan is not None and session < plan:
-            return _error(403, "AccessDenied", "Access Denied")
+            return error(403, "AccessDenied", "Access Denied")
         if self.market.current_time() < self.published_at(session):
-            return _error(403, "AccessDenied", "Access Denied")
+            return error(403, "AccessDenied", "Access Denied")
         return None
 
-    def _object(self, key: str, headers, *, head: bool) -> _Answer:
+    def _object(self, key: str, headers, *, head: bool) -> Answer:
         parsed = parse_key(key)
         if parsed is None or not self._exists(*parsed):
             if self.config.missing_key_status == 403:
-                return _error(403, "AccessDenied", "Access Denied")
-            return _error(404, "NoSuchKey", "The specified key does not exist.", Key=key)
+                return error(403, "AccessDenied", "Access Denied")
+            return error(404, "NoSuchKey", "The specified key does not exist.", Key=key)
         refused = self._availability(*parsed)
         if refused is not None:
             return refused
@@ -494,7 +492,7 @@ class FakeFlatFiles:
         modified = self.published_at(parsed[1])
         if_match, if_none = headers.get("If-Match"), headers.get("If-None-Match")
         if if_match is not None and if_match.strip() not in (etag, "*"):
-            return _error(412, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold",
+            return error(412, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold",
                           Condition="If-Match")
         base = {
             "ETag": etag,
@@ -503,23 +501,23 @@ class FakeFlatFiles:
             "Content-Type": "application/octet-stream",
         }
         if if_none is not None and if_none.strip() in (etag, "*"):
-            return _Answer(304, base)
+            return Answer(304, base)
         since = headers.get("If-Modified-Since")
-        if since is not None and if_none is None and _not_modified_since(modified, since):
-            return _Answer(304, base)
+        if since is not None and if_none is None and not_modified_since(modified, since):
+            return Answer(304, base)
         path = self._generated(key, *parsed)
         size = path.stat().st_size
         wanted = headers.get("Range")
         if wanted is None or head:
-            return _Answer(200, {**base, "Content-Length": str(size)}, path=None if head else path, length=size)
-        span = _byte_range(wanted, size)
+            return Answer(200, {**base, "Content-Length": str(size)}, path=None if head else path, length=size)
+        span = byte_range(wanted, size)
         if span is None:
-            return _error(416, "InvalidRange", "The requested range is not satisfiable", RangeRequested=wanted,
+            return error(416, "InvalidRange", "The requested range is not satisfiable", RangeRequested=wanted,
                           ActualObjectSize=str(size))
         if span is ...:  # a Range header S3 ignores (malformed): the whole object
-            return _Answer(200, {**base, "Content-Length": str(size)}, path=path, length=size)
+            return Answer(200, {**base, "Content-Length": str(size)}, path=path, length=size)
         start, end = span
-        return _Answer(206, {**base, "Content-Length": str(end - start + 1),
+        return Answer(206, {**base, "Content-Length": str(end - start + 1),
                              "Content-Range": f"bytes {start}-{end}/{size}"}, path=path, start=start, length=end - start + 1)
 
     def _published_keys(self) -> list[str]:
@@ -553,16 +551,16 @@ class FakeFlatFiles:
         per_ticker = 13 * 900 if dataset == "minute" else 30
         return 60 + per_ticker * tickers
 
-    def _list(self, query: dict, *, v2: bool) -> _Answer:
+    def _list(self, query: dict, *, v2: bool) -> Answer:
         prefix = query.get("prefix", "")
         delimiter = query.get("delimiter", "")
         url_encoded = query.get("encoding-type") == "url"
         try:
             max_keys = min(int(query.get("max-keys", PAGE_SIZE)), PAGE_SIZE)
         except ValueError:
-            return _error(400, "InvalidArgument", "max-keys must be a whole number")
+            return error(400, "InvalidArgument", "max-keys must be a whole number")
         if max_keys < 0:
-            return _error(400, "InvalidArgument", "max-keys cannot be negative")
+            return error(400, "InvalidArgument", "max-keys cannot be negative")
         token = query.get("continuation-token")
         if v2:
             after = query.get("start-after", "")
@@ -570,7 +568,7 @@ class FakeFlatFiles:
                 try:
                     after = base64.urlsafe_b64decode(token.encode()).decode()
                 except (ValueError, UnicodeDecodeError):
-                    return _error(400, "InvalidArgument", "The continuation token provided is incorrect")
+                    return error(400, "InvalidArgument", "The continuation token provided is incorrect")
         else:
             after = query.get("marker", "")
         entries: list[tuple[str, bool]] = []  # (key or common prefix, is prefix)
@@ -597,7 +595,7 @@ class FakeFlatFiles:
                 truncated = True
                 break
             entries.append((key, False))
-        return _xml(200, self._list_xml(query, prefix, delimiter, max_keys, entries, truncated, url_encoded, v2, token))
+        return xml(200, self._list_xml(query, prefix, delimiter, max_keys, entries, truncated, url_encoded, v2, token))
 
     def _list_xml(self, query, prefix, delimiter, max_keys, entries, truncated, url_encoded, v2, token) -> str:
         def enc(text: str) -> str:
@@ -628,7 +626,7 @@ class FakeFlatFiles:
         for name, is_prefix in entries:
             if is_prefix:
                 continue
-            modified = _iso(self.published_at(parse_key(name)[1]))
+            modified = iso(self.published_at(parse_key(name)[1]))
             parts.append(
                 f"<Contents><Key>{enc(name)}</Key><LastModified>{modified}</LastModified>"
                 f"<ETag>{escape(self._etag(name, fingerprint))}</ETag><Size>{self._size(name, fingerprint, tickers)}</Size>"
@@ -657,240 +655,7 @@ def _warm_worker_make(job: tuple[str, str, date]) -> None:
     _worker._generated(*job)
 
 
-# ---------------------------------------------------------------------- the disk cache
-class _DiskCache:
-    """Generated files on disk, least recently used evicted beyond `max_bytes`; one generation
-    per name at a time (concurrent requests for the same file wait for the first)."""
-
-    def __init__(self, folder: str | None, max_bytes: int):
-        self._own = folder is None
-        self._folder = Path(folder) if folder else None
-        self._max = max_bytes
-        self._lock = threading.Lock()
-        self._making: dict[str, threading.Lock] = {}
-        self._sizes: OrderedDict[str, int] = OrderedDict()
-        self._total = 0
-
-    @property
-    def folder(self) -> Path:
-        with self._lock:
-            if self._folder is None:
-                self._folder = Path(tempfile.mkdtemp(prefix="fake-flatfiles-"))
-            return self._folder
-
-    def size(self, name: str) -> int | None:
-        with self._lock:
-            if name in self._sizes:
-                return self._sizes[name]
-            if self._own:
-                return None  # a folder of our own holds only what we made
-        try:
-            return os.stat(os.path.join(self.folder, name)).st_size
-        except OSError:
-            return None
-
-    def get(self, name: str, write) -> Path:
-        """The file `name`, written by `write(path)` if it is not there yet."""
-        path = self.folder / name
-        with self._lock:
-            if name in self._sizes and path.exists():
-                self._sizes.move_to_end(name)
-                return path
-            making = self._making.setdefault(name, threading.Lock())
-        with making:
-            if not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-                try:
-                    write(partial)
-                    os.replace(partial, path)  # readers never see half a file
-                finally:
-                    partial.unlink(missing_ok=True)
-            size = path.stat().st_size
-            with self._lock:
-                self._making.pop(name, None)
-                if name not in self._sizes:
-                    self._total += size
-                self._sizes[name] = size
-                self._sizes.move_to_end(name)
-                self._evict(keep=name)
-        return path
-
-    def _evict(self, keep: str) -> None:
-        # An evicted file still being streamed stays readable through its open descriptor.
-        while self._total > self._max and len(self._sizes) > 1:
-            name, size = next(iter(self._sizes.items()))
-            if name == keep:
-                self._sizes.move_to_end(name)
-                continue
-            del self._sizes[name]
-            self._total -= size
-            try:
-                (self._folder / name).unlink()
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        if self._own and self._folder is not None:
-            shutil.rmtree(self._folder, ignore_errors=True)
-            with self._lock:
-                self._folder = None
-                self._sizes.clear()
-                self._total = 0
-
-
-# ---------------------------------------------------------------------- HTTP
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
-    owner: FakeFlatFiles
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.owner._track(self.connection, True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.owner._track(self.connection, False)
-
-    def _any(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)  # drain a body (a refused PUT) so the connection stays usable
-        self.server.owner._handle(self)
-
-    do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _any  # noqa: N815 (http.server's naming)
-
-    def log_message(self, format: str, *args) -> None:  # noqa: A002
-        log.debug("%s %s", self.address_string(), format % args)
-
-
-def _operation(method: str, bucket: str, key: str, query: dict) -> str:
-    if not bucket:
-        return "ListBuckets" if method == "GET" else "Unsupported"
-    if not key:
-        if method == "HEAD":
-            return "HeadBucket"
-        if method == "GET" and not (set(query) - {"list-type", "prefix", "delimiter", "max-keys", "continuation-token",
-                                                  "start-after", "encoding-type", "fetch-owner", "marker"}):
-            return "ListObjectsV2" if query.get("list-type") == "2" else "ListObjects"
-        return "Unsupported"
-    if method == "GET" and not (set(query) - {"partNumber", "versionId", "response-content-type"} - _PRESIGN):
-        return "GetObject"
-    if method == "HEAD":
-        return "HeadObject"
-    return "Unsupported"
-
-
-_PRESIGN = {"X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires", "X-Amz-SignedHeaders",
-            "X-Amz-Signature", "X-Amz-Security-Token", "x-id"}
-
-
 @functools.lru_cache(maxsize=16_384)
 def _published_at(session: date, days_after: int, at: clock_time) -> pd.Timestamp:
     day = session + timedelta(days=days_after)
     return pd.Timestamp(datetime.combine(day, at), tz=NEW_YORK).tz_convert("UTC")
-
-
-def _byte_range(header: str, size: int):
-    """(first, last) inclusive of a single `bytes=` range; None if unsatisfiable; ... if S3 would
-    ignore the header (not a single byte range)."""
-    match = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", header)
-    if match is None or match.group(1) == match.group(2) == "":
-        return ...
-    first, last = match.groups()
-    if first == "":  # the last N bytes
-        n = int(last)
-        if n == 0 or size == 0:
-            return None
-        return max(0, size - n), size - 1
-    start = int(first)
-    end = size - 1 if last == "" else min(int(last), size - 1)
-    if last != "" and int(last) < start:
-        return ...
-    if start >= size:
-        return None
-    return start, end
-
-
-def _not_modified_since(modified: pd.Timestamp, header: str) -> bool:
-    try:
-        since = parsedate_to_datetime(header)
-    except (TypeError, ValueError):
-        return False
-    return modified.to_pydatetime() <= since
-
-
-@functools.lru_cache(maxsize=16_384)
-def _iso(ts: pd.Timestamp) -> str:
-    return ts.tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%S.000Z")
-
-
-def _xml(status: int, inner: str) -> _Answer:
-    body = ('<?xml version="1.0" encoding="UTF-8"?>\n' + inner).encode()
-    return _Answer(status, {"Content-Type": "application/xml"}, body=body)
-
-
-def _error(status: int, code: str, message: str, **extra: str) -> _Answer:
-    fields = "".join(f"<{k}>{escape(str(v))}</{k}>" for k, v in extra.items())
-    return _xml(status, f"<Error><Code>{code}</Code><Message>{escape(message)}</Message>{fields}"
-                        f"<RequestId>{uuid.uuid4().hex[:16].upper()}</RequestId></Error>")
-
-
-def _list_buckets(bucket: str) -> str:
-    return (
-        '<ListAllMyBucketsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
-        "<Owner><ID>flatfiles</ID><DisplayName>flatfiles</DisplayName></Owner>"
-        f"<Buckets><Bucket><Name>{escape(bucket)}</Name><CreationDate>2020-01-01T00:00:00.000Z</CreationDate>"
-        "</Bucket></Buckets></ListAllMyBucketsResult>"
-    )
-
-
-def _send(handler: _Handler, answer: _Answer, *, head: bool, truncate: bool = False,
-          bandwidth: float | None = None) -> int:
-    """Write the answer (streaming a file from disk, at most `bandwidth` bytes a second); returns
-    the body bytes written. `truncate`: announce the whole file, send half, hang up."""
-    sent = 0
-    started = time.monotonic()
-    try:
-        handler.send_response(answer.status)
-        headers = {"x-amz-request-id": uuid.uuid4().hex[:16].upper(), "Server": "AmazonS3", **answer.headers}
-        if "Content-Length" not in headers:
-            headers["Content-Length"] = "0" if head or answer.status == 304 else str(len(answer.body))
-        for name, value in headers.items():
-            handler.send_header(name, value)
-        handler.end_headers()
-        if head or answer.status == 304:
-            return 0
-        if answer.path is None:
-            handler.wfile.write(answer.body)
-            return len(answer.body)
-        with open(answer.path, "rb") as f:
-            f.seek(answer.start)
-            left = answer.length // 2 if truncate else answer.length
-            while left > 0:
-                chunk = f.read(min(_CHUNK, left))
-                if not chunk:
-                    break
-                handler.wfile.write(chunk)
-                sent += len(chunk)
-                left -= len(chunk)
-                if bandwidth is not None:
-                    ahead = started + sent / bandwidth - time.monotonic()
-                    if ahead > 0:
-                        time.sleep(ahead)
-        handler.wfile.flush()
-    except (BrokenPipeError, ConnectionResetError, OSError):
-        handler.close_connection = True  # the client hung up mid-file
-    if truncate:
-        handler.close_connection = True
-    return sent
