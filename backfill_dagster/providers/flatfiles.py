@@ -108,7 +108,7 @@ class FlatFilesProvider(Provider):
         self._splits: SplitLookup | None = None
         self._client = client or _s3_client(endpoint_url, access_key_id, secret_access_key, attempts)
         self.bytes_read = 0  # compressed bytes downloaded (a benchmark's figure)
-        self.gets = 0
+        self.gets = 0  # GETs sent, answered or not
         self.capabilities = Capabilities(
             timeframes=frozenset(DATASETS),
             adjustments=frozenset({Adjustment.SPLIT, Adjustment.RAW}),  # raw files, adjusted here
@@ -240,6 +240,7 @@ class FlatFilesProvider(Provider):
         from botocore.exceptions import BotoCoreError, ClientError
 
         self._budget.acquire()
+        self.gets += 1  # sent, whatever the answer
         try:
             reply = self._client.get_object(Bucket=self._bucket, Key=key)
         except ClientError as exc:
@@ -260,7 +261,6 @@ class FlatFilesProvider(Provider):
                                 request=request, retryable=True) from None
         finally:
             self._budget.sent()
-        self.gets += 1
         return reply["Body"]
 
     def close(self) -> None:

@@ -205,7 +205,7 @@ def test_fallback_empty_and_rejected_through_the_store(s3_url, bucket, calendar,
     assert ledger.loc[("AAPL", MON), "provider"] == "flatfiles" and ledger.loc[("AAPL", MON), "bars"] == 26
     assert ledger.loc[("AAPL", TUE), "provider"] == "backup"
     assert ledger.loc[("BAD", MON), "provider"] == "backup"  # rejected rows: fell back
-    assert ledger.loc[("GONE", TUE), "provider"] == "backup"
+    assert ledger.loc[("GONE", TUE), "provider"] == "backup" and ledger.loc[("GONE", MON), "provider"] == "backup"
     # GONE is not in MON's published file: flatfiles answered "no bars"; a worse answer than none
     # stored is never written, so the backup was asked and it served
     assert report.ok and report.rejected_bars == 3
