@@ -5,6 +5,9 @@ Prints the base URL on one line (flushed) once the server listens, so a parent p
     python -m backfill_dagster.fakes --host 127.0.0.1 --port 0 --rate-limit alpaca=200 --fault-rate 0.05
     python -m backfill_dagster.fakes --quota-exhausted alpaca=3600   # every Alpaca request: 429, Retry-After 3600
     python -m backfill_dagster.fakes --misdated alpaca=1 --polygon-epoch-seconds   # answers for the wrong dates
+
+`python -m backfill_dagster.fakes flatfiles ...` serves the flat-files S3 fake instead (its URL on
+one line, then the settings a client needs on stderr): see `flatfiles --help`.
 """
 
 from __future__ import annotations
@@ -96,6 +99,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["flatfiles"]:
+        from backfill_dagster.fakes.flatfiles_cli import main as flatfiles_main
+
+        return flatfiles_main(argv[1:])
     args = parse_args(argv)
     try:
         config = FakeConfig(

@@ -142,23 +142,35 @@ class BarData:
         for session in self.sessions_between(start_ns, end_ns):
             if (symbol, session) in withheld:
                 continue
-            ts, values, regular = self._session(symbol, session)
-            basis = self.basis(symbol, session, now_ns, adjusted)
-            if basis != SAME:
-                values = scale(values, *basis)
-            if regular_only:
-                ts, values = ts[regular], values[regular]
-            traded = np.ones(len(ts), dtype=bool)
-            if no_trade_rate > 0:
-                draws = self._no_trade_draws(symbol, session)
-                quiet = ~regular & (draws < no_trade_rate)  # thin trading only outside regular hours
-                traded = ~(quiet[regular] if regular_only else quiet)
-            parts.append((ts, values, traded))
+            parts.append(self._session_slots(symbol, session, now_ns, regular_only, no_trade_rate, adjusted))
         if not parts:
             return Slots(np.empty(0, np.int64), np.empty((0, 7)), np.empty(0, bool))
         ts = np.concatenate([p[0] for p in parts])
         keep = (ts >= start_ns) & (ts < end_ns)
         return Slots(ts[keep], np.concatenate([p[1] for p in parts])[keep], np.concatenate([p[2] for p in parts])[keep])
+
+    def session_slots(
+        self, symbol: str, session: date, now_ns: int, *, no_trade_rate: float = 0.0, adjusted: bool = True
+    ) -> Slots:
+        """The whole served day (04:00-20:00) of one closed session, as `m15` serves it, without
+        `m15`'s date arithmetic: the flat-files fake asks this for 500 symbols a file."""
+        if (symbol, session) in self._withheld():
+            return Slots(np.empty(0, np.int64), np.empty((0, 7)), np.empty(0, bool))
+        return Slots(*self._session_slots(symbol, session, now_ns, False, no_trade_rate, adjusted))
+
+    def _session_slots(self, symbol, session, now_ns, regular_only, no_trade_rate, adjusted):
+        ts, values, regular = self._session(symbol, session)
+        basis = self.basis(symbol, session, now_ns, adjusted)
+        if basis != SAME:
+            values = scale(values, *basis)
+        if regular_only:
+            ts, values = ts[regular], values[regular]
+        traded = np.ones(len(ts), dtype=bool)
+        if no_trade_rate > 0:
+            draws = self._no_trade_draws(symbol, session)
+            quiet = ~regular & (draws < no_trade_rate)  # thin trading only outside regular hours
+            traded = ~(quiet[regular] if regular_only else quiet)
+        return ts, values, traded
 
     # ------------------------------------------------------------------ d1
     def daily(self, symbol: str, first: date, last: date, now_ns: int, *, adjusted: bool = True) -> Days:
@@ -191,6 +203,14 @@ class BarData:
             np.array(opens, dtype=np.int64),
             np.array(rows, dtype=np.float64).reshape(-1, 7),
         )
+
+    def session_day(self, symbol: str, session: date, now_ns: int, *, adjusted: bool = True) -> tuple[float, ...] | None:
+        """The d1 row of one session closed by `now_ns`, as `daily` serves it (None: withheld),
+        without `daily`'s calendar look-ups: the flat-files fake asks this for 500 symbols a file."""
+        if (symbol, session) in self._withheld():
+            return None
+        basis = self.basis(symbol, session, now_ns, adjusted)
+        return self._scaled_day(symbol, session, basis) if basis != SAME else self._day(symbol, session)
 
     # ------------------------------------------------------------------ frames (for assertions)
     def frame(

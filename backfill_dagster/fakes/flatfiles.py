@@ -1,0 +1,796 @@
+"""A fake of Polygon/Massive flat files: a read-only S3 endpoint on loopback serving the bucket
+`flatfiles` with one gzip CSV of every ticker's minute bars and one of their day bars per session,
+generated on demand from the same synthetic market as the REST fakes (fakes/flatfile_data.py).
+
+    with FakeFlatFiles(FlatFilesConfig(symbols=("AAPL", "MSFT")), market=fake_config) as files:
+        s3 = boto3.client("s3", endpoint_url=files.url, aws_access_key_id=..., ...)   # files.env()
+        s3.get_object(Bucket="flatfiles", Key="us_stocks_sip/minute_aggs_v1/2024/03/2024-03-15.csv.gz")
+        assert files.gets() == 1
+
+`python -m backfill_dagster.fakes flatfiles --port 9000` serves it until interrupted.
+
+Why not moto's server: moto keeps every object in memory and needs every object put before it is
+read. Two years of minute files for 500 symbols are ~3 GB gzipped, and a file costs about a second
+to generate, so this server makes a file when it is first asked for and keeps it in a bounded disk
+cache (a temporary folder unless `cache_dir` is set), streaming it from there; everything else is
+the standard library's HTTP server, like the REST fakes (fakes/server.py), with its own request
+log because S3 answers are streamed files and XML, not JSON pages of bars.
+
+What it does as S3 does (path-style addressing, any region):
+- GetObject (streamed; Content-Length, ETag, Last-Modified; `Range: bytes=...` -> 206, an
+  unsatisfiable range -> 416; If-Match -> 412, If-None-Match -> 304), HeadObject, HeadBucket,
+  ListObjectsV2 (prefix, delimiter, start-after, max-keys, continuation token, 1000 keys a page,
+  `encoding-type=url`), ListObjects (v1: marker) and ListBuckets. Anything else: 403 or 405.
+- Every request must carry credentials (an `Authorization` header or a presigned query); the
+  signature is not checked, the access key id is: another key -> 403 `AccessDenied` XML.
+- Errors are S3's XML (`<Error><Code>NoSuchKey</Code>...`); HEAD errors have no body.
+
+The pitfalls of the real service, each a setting of `FlatFilesConfig` (defaults as observed):
+- a session's files appear at 11:00 New York the next day (`publish_days_after`,
+  `publish_time`), by the market's clock (`FakeConfig.now`); asked before, 403 AccessDenied;
+- a plan window (`plan_first_date`): older files answer 403;
+- a key that does not exist (a holiday, a date before `history_start`, a minute file in
+  `missing_minute_files`): 404 NoSuchKey, or 403 (`missing_key_status`) as S3 answers a caller
+  that may not list the bucket;
+- defective day files: `misdated_day_files` (the 2019-08-12 file carried 2019-08-13 timestamps) and
+  `duplicated_day_files` (2019-08-13 carried duplicate rows);
+- tickers absent from a session: the market's unknown symbols (`FakeConfig.unknown_symbols`, the
+  ZZZ prefix) and withheld (symbol, session) pairs have no rows, as a delisted or halted stock;
+- raw prices: a split symbol's prices jump by the ratio at its ex-date (fakes/actions.py).
+
+Listings show only published keys, out-of-plan ones included (entitlement is checked on GET).
+A listing's Size is exact for files already generated; for the others it is an estimate unless
+`exact_listing_sizes` (which generates them: slow for long listings). ETag and LastModified never depend on whether a file was generated.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import re
+import shutil
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter, OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from datetime import time as clock_time
+from email.utils import format_datetime, parsedate_to_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from xml.sax.saxutils import escape
+
+import pandas as pd
+
+from backfill_dagster.domain.calendar import NEW_YORK
+from backfill_dagster.fakes import flatfile_data
+from backfill_dagster.fakes.config import FakeConfig
+from backfill_dagster.fakes.data import BarData
+
+log = logging.getLogger(__name__)
+
+BUCKET = "flatfiles"
+MINUTE_PREFIX = "us_stocks_sip/minute_aggs_v1/"
+DAY_PREFIX = "us_stocks_sip/day_aggs_v1/"
+DATASETS = {"minute": MINUTE_PREFIX, "day": DAY_PREFIX}
+PAGE_SIZE = 1000  # S3's most keys a listing page
+_KEY = re.compile(r"^us_stocks_sip/(minute|day)_aggs_v1/(\d{4})/(\d{2})/(\d{4})-(\d{2})-(\d{2})\.csv\.gz$")
+_CHUNK = 256 * 1024
+
+# Names a client may know from the REST fakes' demos, then filler names make the universe broad.
+DEFAULT_SYMBOLS = (
+    "AAPL", "AMD", "AMZN", "AVGO", "BAC", "COST", "CRM", "CSCO", "DIS", "GOOGL", "HD", "IBM", "INTC",
+    "JNJ", "JPM", "KO", "MA", "META", "MSFT", "NFLX", "NVDA", "ORCL", "PEP", "PFE", "QQQ", "SPY",
+    "TSLA", "UNH", "V", "WMT", "XOM",
+)
+# Keys the client needs (FakeFlatFiles.env()).
+ENV_ENDPOINT, ENV_BUCKET, ENV_KEY_ID, ENV_SECRET = (
+    "FLATFILES_ENDPOINT_URL", "FLATFILES_BUCKET", "FLATFILES_ACCESS_KEY_ID", "FLATFILES_SECRET_ACCESS_KEY",
+)
+
+
+def object_key(dataset: str, session: date) -> str:
+    """The key of a session's file: `object_key("minute", date(2024, 3, 15))` ->
+    `us_stocks_sip/minute_aggs_v1/2024/03/2024-03-15.csv.gz` (dataset "minute" or "day")."""
+    return f"{DATASETS[dataset]}{session:%Y/%m/%Y-%m-%d}.csv.gz"
+
+
+def parse_key(key: str) -> tuple[str, date] | None:
+    """(dataset, session) of a well-formed key whose folders match its date, else None."""
+    match = _KEY.match(key)
+    if match is None:
+        return None
+    kind, year, month, y, m, d = match.groups()
+    if (year, month) != (y, m):
+        return None
+    try:
+        return kind, date(int(y), int(m), int(d))
+    except ValueError:
+        return None
+
+
+@dataclass
+class FlatFilesConfig:
+    """The flat-files fake's settings; read on every request, so a test may change them while it runs."""
+
+    access_key_id: str = "fake-flatfiles-access-key"
+    secret_access_key: str = "fake-flatfiles-secret-key"  # not checked: signatures are not verified
+    bucket: str = BUCKET
+    # The universe: these symbols, `fillers` made-up ones (XAAA, XAAB, ...) and, with
+    # `pitfall_tickers`, NA, BCpA, AAp, BRK.B, TpC and TPC. A symbol outside it is absent from
+    # every file (as a delisted stock), so put a run's watchlist here.
+    symbols: tuple[str, ...] = DEFAULT_SYMBOLS
+    fillers: int = 100
+    pitfall_tickers: bool = True
+    # The first file (peers list 2003-09-10); earlier keys do not exist.
+    history_start: date = date(2003, 9, 10)
+    # Files before this date are outside the plan: 403. None: the whole history.
+    plan_first_date: date | None = None
+    # A session's files are published at `publish_time` New York, `publish_days_after` calendar
+    # days after the session; asked earlier: 403.
+    publish_days_after: int = 1
+    publish_time: clock_time = clock_time(11, 0)
+    # The answer for a key that does not exist: 404 NoSuchKey, or 403 AccessDenied.
+    missing_key_status: int = 404
+    # Day files whose rows carry another session's window_start: file session -> date carried.
+    misdated_day_files: dict[date, date] = field(default_factory=lambda: {date(2019, 8, 12): date(2019, 8, 13)})
+    # Day files with some tickers' rows written twice.
+    duplicated_day_files: frozenset[date] = frozenset({date(2019, 8, 13)})
+    # Sessions whose minute file is missing while the day file is there (as 2025-08-07/08 were for days).
+    missing_minute_files: frozenset[date] = frozenset()
+    gzip_level: int = flatfile_data.GZIP_LEVEL
+    # Where generated files are kept (None: a temporary folder removed on stop), and how many bytes
+    # at most (least recently used files go first).
+    cache_dir: str | None = None
+    cache_max_bytes: int = 4 * 1024**3
+    exact_listing_sizes: bool = False
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        if self.missing_key_status not in (403, 404):
+            raise ValueError(f"missing_key_status must be 403 or 404, not {self.missing_key_status}")
+        if self.fillers < 0:
+            raise ValueError("fillers cannot be negative")
+        if self.publish_days_after < 0:
+            raise ValueError("publish_days_after cannot be negative")
+        if not 0 <= self.gzip_level <= 9:
+            raise ValueError("gzip_level must be 0..9")
+        if self.cache_max_bytes < 1:
+            raise ValueError("cache_max_bytes must be positive")
+        if not self.bucket:
+            raise ValueError("bucket cannot be empty")
+
+    def tickers(self, market: FakeConfig) -> list[str]:
+        """The tickers files carry, in file order (unknown symbols of the market left out)."""
+        names = flatfile_data.universe(self.symbols, self.fillers, pitfalls=self.pitfall_tickers)
+        return [t for t in names if not market.is_unknown(t)]
+
+
+@dataclass(frozen=True)
+class S3Logged:
+    """One request as the fake saw it; `bytes_sent` counts body bytes actually written."""
+
+    method: str  # GET, HEAD, ...
+    operation: str  # GetObject, HeadObject, ListObjectsV2, ...
+    key: str | None
+    status: int
+    bytes_sent: int
+    range: str | None
+    at: float  # arrival, epoch seconds
+
+
+@dataclass
+class _Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes = b""
+    path: Path | None = None  # a file to stream (GetObject)
+    start: int = 0
+    length: int = 0
+
+
+class FakeFlatFiles:
+    """The flat-files S3 fake on host:port; a context manager. `market` is the REST fakes'
+    `FakeConfig` (clock, splits, unknown and withheld symbols, no-trade slots), so files carry
+    the bars the REST fakes serve; pass the same object to both."""
+
+    def __init__(
+        self,
+        config: FlatFilesConfig | None = None,
+        market: FakeConfig | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ):
+        self.config = config or FlatFilesConfig()
+        self.market = market or FakeConfig()
+        self.host = host
+        self._requested_port = port
+        self._data = BarData(withheld=lambda: self.market.withheld, actions=lambda: self.market.corporate_actions)
+        self._lock = threading.Lock()
+        self._log: list[S3Logged] = []
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._connections: set[socket.socket] = set()
+        self._cache = _DiskCache(self.config.cache_dir, self.config.cache_max_bytes)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> FakeFlatFiles:
+        if self._server is not None:
+            return self
+        self.config.validate()
+        self.market.validate()
+        self._server = _Server((self.host, self._requested_port), _Handler)
+        self._server.owner = self
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-flatfiles", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            with self._lock:
+                for conn in list(self._connections):
+                    try:
+                        conn.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+            if self._thread is not None:
+                self._thread.join(timeout=5)
+            self._server, self._thread = None, None
+        self._cache.close()
+
+    def __enter__(self) -> FakeFlatFiles:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ what clients need
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the flat-files fake is not running: call start() or use `with`")
+        return self._server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        """Endpoint, bucket and key pair a client needs."""
+        return {
+            ENV_ENDPOINT: self.url,
+            ENV_BUCKET: self.config.bucket,
+            ENV_KEY_ID: self.config.access_key_id,
+            ENV_SECRET: self.config.secret_access_key,
+        }
+
+    # ------------------------------------------------------------------ what tests assert on
+    @property
+    def log(self) -> list[S3Logged]:
+        with self._lock:
+            return list(self._log)
+
+    def reset(self) -> None:
+        """Forget the request log (generated files stay cached)."""
+        with self._lock:
+            self._log.clear()
+
+    def gets(self, key: str | None = None, *, prefix: str = "") -> int:
+        """GetObject requests (any status), of one key or of keys under a prefix."""
+        return sum(1 for e in self.log if e.operation == "GetObject" and e.key is not None
+                   and (e.key == key if key is not None else e.key.startswith(prefix)))
+
+    def get_counts(self) -> Counter[str]:
+        """GetObject requests per key."""
+        return Counter(e.key for e in self.log if e.operation == "GetObject" and e.key is not None)
+
+    def bytes_sent(self, *, prefix: str = "") -> int:
+        """Object bytes sent by GetObject (ranges and cut-off downloads count what was written)."""
+        return sum(e.bytes_sent for e in self.log if e.operation == "GetObject" and (e.key or "").startswith(prefix))
+
+    # ------------------------------------------------------------------ the files
+    def published_at(self, session: date) -> pd.Timestamp:
+        """When a session's files appear (UTC)."""
+        day = session + timedelta(days=self.config.publish_days_after)
+        return pd.Timestamp(datetime.combine(day, self.config.publish_time), tz=NEW_YORK).tz_convert("UTC")
+
+    def rows(self, dataset: str, session: date) -> flatfile_data.Rows:
+        """The rows of a session's file, defects included (whether or not it is published)."""
+        tickers = self.config.tickers(self.market)
+        if dataset == "minute":
+            return flatfile_data.minute_rows(self._data, tickers, session, no_trade_rate=self.market.no_trade_rate)
+        rows = flatfile_data.day_rows(self._data, tickers, session)
+        carried = self.config.misdated_day_files.get(session)
+        if carried is not None:
+            midnight = pd.Timestamp(carried).tz_localize(NEW_YORK).value
+            rows = flatfile_data.misdated(rows, midnight)
+        if session in self.config.duplicated_day_files:
+            rows = flatfile_data.with_duplicates(rows, session)
+        return rows
+
+    def file_path(self, key: str) -> Path:
+        """The generated file of a key (generated now if need be), whatever its availability."""
+        parsed = parse_key(key)
+        if parsed is None or not self._exists(*parsed):
+            raise KeyError(f"no such flat file: {key}")
+        return self._generated(key, *parsed)
+
+    def warm(self, sessions: Iterable[date], datasets: Iterable[str] = ("day", "minute")) -> int:
+        """Generate the files of these sessions now (a benchmark keeps generation out of its timing);
+        returns how many files were made or found."""
+        count = 0
+        for session in sessions:
+            for dataset in datasets:
+                if self._exists(dataset, session):
+                    self._generated(object_key(dataset, session), dataset, session)
+                    count += 1
+        return count
+
+    def _exists(self, dataset: str, session: date) -> bool:
+        calendar = self._data.calendar
+        if not (max(self.config.history_start, calendar.first_day) <= session <= calendar.last_day):
+            return False
+        if not calendar.is_session(session):
+            return False
+        return not (dataset == "minute" and session in self.config.missing_minute_files)
+
+    def _fingerprint(self) -> str:
+        """What a file's content depends on besides its key: the cache and ETags follow it."""
+        c, m = self.config, self.market
+        actions = m.corporate_actions
+        splits = [(s, actions.splits(s, date.min, date.max)) for s in actions.split_symbols()]
+        text = repr((
+            self.config.tickers(m), sorted(m.withheld), m.no_trade_rate, splits,
+            sorted((k, repr(v)) for k, v in getattr(actions, "_gaps", {}).items()),
+            sorted(c.misdated_day_files.items()), sorted(c.duplicated_day_files), c.gzip_level,
+        ))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def _generated(self, key: str, dataset: str, session: date) -> Path:
+        fingerprint = self._fingerprint()
+        return self._cache.get(f"{fingerprint}/{key}", lambda: flatfile_data.csv_gz(self.rows(dataset, session), self.config.gzip_level))
+
+    def _etag(self, key: str) -> str:
+        return '"' + hashlib.md5(f"{self._fingerprint()}|{key}".encode()).hexdigest() + '"'
+
+    # ------------------------------------------------------------------ requests
+    def _handle(self, handler: _Handler) -> None:
+        at = time.time()
+        method = handler.command
+        split = urlsplit(handler.path)
+        query = dict(parse_qsl(split.query, keep_blank_values=True))
+        path = unquote(split.path)
+        bucket, _, key = path.lstrip("/").partition("/")
+        operation = _operation(method, bucket, key, query)
+        try:
+            answer = self._answer(method, operation, bucket, key, query, handler.headers)
+        except Exception:  # a bug in the fake: say so rather than hang the client
+            log.exception("flat-files fake failed on %s %s", method, handler.path)
+            answer = _error(500, "InternalError", "We encountered an internal error. Please try again.")
+        sent = _send(handler, answer, head=method == "HEAD")
+        entry = S3Logged(method, operation, key or None, answer.status, sent, handler.headers.get("Range"), at)
+        with self._lock:
+            self._log.append(entry)
+
+    def _answer(self, method: str, operation: str, bucket: str, key: str, query: dict, headers) -> _Answer:
+        refused = self._authenticate(headers, query)
+        if refused is not None:
+            return refused
+        if operation == "ListBuckets":
+            return _xml(200, _list_buckets(self.config.bucket))
+        if bucket != self.config.bucket:
+            return _error(404, "NoSuchBucket", "The specified bucket does not exist", BucketName=bucket)
+        if operation == "HeadBucket":
+            return _Answer(200, {"x-amz-bucket-region": "us-east-1"})
+        if operation in ("ListObjectsV2", "ListObjects"):
+            return self._list(query, v2=operation == "ListObjectsV2")
+        if operation in ("GetObject", "HeadObject"):
+            return self._object(key, headers, head=operation == "HeadObject")
+        # Other sub-resources and writes: the bucket is read-only for its customers.
+        return _error(403, "AccessDenied", "Access Denied")
+
+    def _authenticate(self, headers, query: dict) -> _Answer | None:
+        auth = headers.get("Authorization") or ""
+        found = re.search(r"Credential=([^/,\s]+)/", auth)
+        if found is None and auth.startswith("AWS "):  # SigV2: "AWS key:signature"
+            found = re.match(r"AWS ([^:]+):", auth)
+        key_id = found.group(1) if found else None
+        if key_id is None and "X-Amz-Credential" in query:  # a presigned URL
+            key_id = query["X-Amz-Credential"].split("/", 1)[0]
+        if key_id is None:
+            return _error(403, "AccessDenied", "Access Denied: the request carries no credentials")
+        if key_id != self.config.access_key_id:
+            return _error(403, "AccessDenied", "Access Denied: the access key id is not known")
+        return None
+
+    def _availability(self, dataset: str, session: date) -> _Answer | None:
+        """The refusal for an existing key the caller may not read now, else None."""
+        plan = self.config.plan_first_date
+        if plan is not None and session < plan:
+            return _error(403, "AccessDenied", "Access Denied")
+        if self.market.current_time() < self.published_at(session):
+            return _error(403, "AccessDenied", "Access Denied")
+        return None
+
+    def _object(self, key: str, headers, *, head: bool) -> _Answer:
+        parsed = parse_key(key)
+        if parsed is None or not self._exists(*parsed):
+            if self.config.missing_key_status == 403:
+                return _error(403, "AccessDenied", "Access Denied")
+            return _error(404, "NoSuchKey", "The specified key does not exist.", Key=key)
+        refused = self._availability(*parsed)
+        if refused is not None:
+            return refused
+        etag = self._etag(key)
+        modified = self.published_at(parsed[1])
+        if_match, if_none = headers.get("If-Match"), headers.get("If-None-Match")
+        if if_match is not None and if_match.strip() not in (etag, "*"):
+            return _error(412, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold",
+                          Condition="If-Match")
+        base = {
+            "ETag": etag,
+            "Last-Modified": format_datetime(modified.to_pydatetime(), usegmt=True),
+            "Accept-Ranges": "bytes",
+            "Content-Type": "application/octet-stream",
+        }
+        if if_none is not None and if_none.strip() in (etag, "*"):
+            return _Answer(304, base)
+        since = headers.get("If-Modified-Since")
+        if since is not None and if_none is None and _not_modified_since(modified, since):
+            return _Answer(304, base)
+        path = self._generated(key, *parsed)
+        size = path.stat().st_size
+        wanted = headers.get("Range")
+        if wanted is None or head:
+            return _Answer(200, {**base, "Content-Length": str(size)}, path=None if head else path, length=size)
+        span = _byte_range(wanted, size)
+        if span is None:
+            return _error(416, "InvalidRange", "The requested range is not satisfiable", RangeRequested=wanted,
+                          ActualObjectSize=str(size))
+        if span is ...:  # a Range header S3 ignores (malformed): the whole object
+            return _Answer(200, {**base, "Content-Length": str(size)}, path=path, length=size)
+        start, end = span
+        return _Answer(206, {**base, "Content-Length": str(end - start + 1),
+                             "Content-Range": f"bytes {start}-{end}/{size}"}, path=path, start=start, length=end - start + 1)
+
+    def _published_keys(self) -> list[str]:
+        calendar = self._data.calendar
+        now = self.market.current_time()
+        first = max(self.config.history_start, calendar.first_day)
+        last = min(calendar.last_day, now.tz_convert(NEW_YORK).date())
+        keys = []
+        for dataset in ("day", "minute"):  # S3 lists in key order: day_aggs_v1 < minute_aggs_v1
+            for session in calendar.sessions(first, last) if first <= last else []:
+                if self._exists(dataset, session) and now >= self.published_at(session):
+                    keys.append(object_key(dataset, session))
+        return keys
+
+    def _size(self, key: str) -> int:
+        dataset, session = parse_key(key)
+        fingerprint = self._fingerprint()
+        cached = self._cache.size(f"{fingerprint}/{key}")
+        if cached is not None:
+            return cached
+        if self.config.exact_listing_sizes:
+            return self._generated(key, dataset, session).stat().st_size
+        # Estimates: ~13 bytes a minute row gzipped, ~900 of them a ticker; ~30 bytes a day row.
+        per_ticker = 13 * 900 if dataset == "minute" else 30
+        return 60 + per_ticker * len(self.config.tickers(self.market))
+
+    def _list(self, query: dict, *, v2: bool) -> _Answer:
+        prefix = query.get("prefix", "")
+        delimiter = query.get("delimiter", "")
+        url_encoded = query.get("encoding-type") == "url"
+        try:
+            max_keys = min(int(query.get("max-keys", PAGE_SIZE)), PAGE_SIZE)
+        except ValueError:
+            return _error(400, "InvalidArgument", "max-keys must be a whole number")
+        if max_keys < 0:
+            return _error(400, "InvalidArgument", "max-keys cannot be negative")
+        token = query.get("continuation-token")
+        if v2:
+            after = query.get("start-after", "")
+            if token is not None:
+                try:
+                    after = base64.urlsafe_b64decode(token.encode()).decode()
+                except (ValueError, UnicodeDecodeError):
+                    return _error(400, "InvalidArgument", "The continuation token provided is incorrect")
+        else:
+            after = query.get("marker", "")
+        entries: list[tuple[str, bool]] = []  # (key or common prefix, is prefix)
+        seen_prefixes = set()
+        truncated = False
+        for key in self._published_keys():
+            if not key.startswith(prefix) or key <= after:
+                continue
+            if delimiter:
+                cut = key.find(delimiter, len(prefix))
+                if cut >= 0:
+                    common = key[: cut + len(delimiter)]
+                    if common in seen_prefixes or common <= after:
+                        continue
+                    if len(entries) == max_keys:
+                        truncated = True
+                        break
+                    seen_prefixes.add(common)
+                    entries.append((common, True))
+                    continue
+            if len(entries) == max_keys:
+                truncated = True
+                break
+            entries.append((key, False))
+        return _xml(200, self._list_xml(query, prefix, delimiter, max_keys, entries, truncated, url_encoded, v2, token))
+
+    def _list_xml(self, query, prefix, delimiter, max_keys, entries, truncated, url_encoded, v2, token) -> str:
+        def enc(text: str) -> str:
+            return escape(quote(text, safe="/") if url_encoded else text)
+
+        parts = [f"<Name>{escape(self.config.bucket)}</Name>", f"<Prefix>{enc(prefix)}</Prefix>"]
+        if v2:
+            parts.append(f"<KeyCount>{len(entries)}</KeyCount>")
+            if token is not None:
+                parts.append(f"<ContinuationToken>{escape(token)}</ContinuationToken>")
+            if "start-after" in query:
+                parts.append(f"<StartAfter>{enc(query['start-after'])}</StartAfter>")
+        else:
+            parts.append(f"<Marker>{enc(query.get('marker', ''))}</Marker>")
+        parts.append(f"<MaxKeys>{max_keys}</MaxKeys>")
+        if delimiter:
+            parts.append(f"<Delimiter>{enc(delimiter)}</Delimiter>")
+        if url_encoded:
+            parts.append("<EncodingType>url</EncodingType>")
+        parts.append(f"<IsTruncated>{'true' if truncated else 'false'}</IsTruncated>")
+        if truncated and entries:
+            last = entries[-1][0]
+            if v2:
+                parts.append(f"<NextContinuationToken>{base64.urlsafe_b64encode(last.encode()).decode()}</NextContinuationToken>")
+            elif delimiter:
+                parts.append(f"<NextMarker>{enc(last)}</NextMarker>")
+        for name, is_prefix in entries:
+            if is_prefix:
+                continue
+            modified = self.published_at(parse_key(name)[1])
+            parts.append(
+                f"<Contents><Key>{enc(name)}</Key><LastModified>{_iso(modified)}</LastModified>"
+                f"<ETag>{escape(self._etag(name))}</ETag><Size>{self._size(name)}</Size>"
+                "<StorageClass>STANDARD</StorageClass></Contents>"
+            )
+        for name, is_prefix in entries:
+            if is_prefix:
+                parts.append(f"<CommonPrefixes><Prefix>{enc(name)}</Prefix></CommonPrefixes>")
+        return "<ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">" + "".join(parts) + "</ListBucketResult>"
+
+    def _track(self, conn: socket.socket, add: bool) -> None:
+        with self._lock:
+            (self._connections.add if add else self._connections.discard)(conn)
+
+
+# ---------------------------------------------------------------------- the disk cache
+class _DiskCache:
+    """Generated files on disk, least recently used evicted beyond `max_bytes`; one generation
+    per name at a time (concurrent requests for the same file wait for the first)."""
+
+    def __init__(self, folder: str | None, max_bytes: int):
+        self._own = folder is None
+        self._folder = Path(folder) if folder else None
+        self._max = max_bytes
+        self._lock = threading.Lock()
+        self._making: dict[str, threading.Lock] = {}
+        self._sizes: OrderedDict[str, int] = OrderedDict()
+        self._total = 0
+
+    @property
+    def folder(self) -> Path:
+        with self._lock:
+            if self._folder is None:
+                self._folder = Path(tempfile.mkdtemp(prefix="fake-flatfiles-"))
+            return self._folder
+
+    def size(self, name: str) -> int | None:
+        with self._lock:
+            if name in self._sizes:
+                return self._sizes[name]
+        path = self.folder / name
+        return path.stat().st_size if path.exists() else None
+
+    def get(self, name: str, make) -> Path:
+        path = self.folder / name
+        with self._lock:
+            if name in self._sizes and path.exists():
+                self._sizes.move_to_end(name)
+                return path
+            making = self._making.setdefault(name, threading.Lock())
+        with making:
+            if not path.exists():
+                body = make()
+                path.parent.mkdir(parents=True, exist_ok=True)
+                partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+                partial.write_bytes(body)
+                os.replace(partial, path)  # readers never see half a file
+            size = path.stat().st_size
+            with self._lock:
+                self._making.pop(name, None)
+                if name not in self._sizes:
+                    self._total += size
+                self._sizes[name] = size
+                self._sizes.move_to_end(name)
+                self._evict(keep=name)
+        return path
+
+    def _evict(self, keep: str) -> None:
+        # An evicted file still being streamed stays readable through its open descriptor.
+        while self._total > self._max and len(self._sizes) > 1:
+            name, size = next(iter(self._sizes.items()))
+            if name == keep:
+                self._sizes.move_to_end(name)
+                continue
+            del self._sizes[name]
+            self._total -= size
+            try:
+                (self._folder / name).unlink()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        if self._own and self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            with self._lock:
+                self._folder = None
+                self._sizes.clear()
+                self._total = 0
+
+
+# ---------------------------------------------------------------------- HTTP
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+    owner: FakeFlatFiles
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.owner._track(self.connection, True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.owner._track(self.connection, False)
+
+    def _any(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)  # drain a body (a refused PUT) so the connection stays usable
+        self.server.owner._handle(self)
+
+    do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _any  # noqa: N815 (http.server's naming)
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+def _operation(method: str, bucket: str, key: str, query: dict) -> str:
+    if not bucket:
+        return "ListBuckets" if method == "GET" else "Unsupported"
+    if not key:
+        if method == "HEAD":
+            return "HeadBucket"
+        if method == "GET" and not (set(query) - {"list-type", "prefix", "delimiter", "max-keys", "continuation-token",
+                                                  "start-after", "encoding-type", "fetch-owner", "marker"}):
+            return "ListObjectsV2" if query.get("list-type") == "2" else "ListObjects"
+        return "Unsupported"
+    if method == "GET" and not (set(query) - {"partNumber", "versionId", "response-content-type"} - _PRESIGN):
+        return "GetObject"
+    if method == "HEAD":
+        return "HeadObject"
+    return "Unsupported"
+
+
+_PRESIGN = {"X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires", "X-Amz-SignedHeaders",
+            "X-Amz-Signature", "X-Amz-Security-Token", "x-id"}
+
+
+def _byte_range(header: str, size: int):
+    """(first, last) inclusive of a single `bytes=` range; None if unsatisfiable; ... if S3 would
+    ignore the header (not a single byte range)."""
+    match = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", header)
+    if match is None or match.group(1) == match.group(2) == "":
+        return ...
+    first, last = match.groups()
+    if first == "":  # the last N bytes
+        n = int(last)
+        if n == 0 or size == 0:
+            return None
+        return max(0, size - n), size - 1
+    start = int(first)
+    end = size - 1 if last == "" else min(int(last), size - 1)
+    if last != "" and int(last) < start:
+        return ...
+    if start >= size:
+        return None
+    return start, end
+
+
+def _not_modified_since(modified: pd.Timestamp, header: str) -> bool:
+    try:
+        since = parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return False
+    return modified.to_pydatetime() <= since
+
+
+def _iso(ts: pd.Timestamp) -> str:
+    return ts.tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def _xml(status: int, inner: str) -> _Answer:
+    body = ('<?xml version="1.0" encoding="UTF-8"?>\n' + inner).encode()
+    return _Answer(status, {"Content-Type": "application/xml"}, body=body)
+
+
+def _error(status: int, code: str, message: str, **extra: str) -> _Answer:
+    fields = "".join(f"<{k}>{escape(str(v))}</{k}>" for k, v in extra.items())
+    return _xml(status, f"<Error><Code>{code}</Code><Message>{escape(message)}</Message>{fields}"
+                        f"<RequestId>{uuid.uuid4().hex[:16].upper()}</RequestId></Error>")
+
+
+def _list_buckets(bucket: str) -> str:
+    return (
+        '<ListAllMyBucketsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+        "<Owner><ID>flatfiles</ID><DisplayName>flatfiles</DisplayName></Owner>"
+        f"<Buckets><Bucket><Name>{escape(bucket)}</Name><CreationDate>2020-01-01T00:00:00.000Z</CreationDate>"
+        "</Bucket></Buckets></ListAllMyBucketsResult>"
+    )
+
+
+def _send(handler: _Handler, answer: _Answer, *, head: bool) -> int:
+    """Write the answer (streaming a file from disk); returns the body bytes written."""
+    sent = 0
+    try:
+        handler.send_response(answer.status)
+        headers = {"x-amz-request-id": uuid.uuid4().hex[:16].upper(), "Server": "AmazonS3", **answer.headers}
+        if "Content-Length" not in headers:
+            headers["Content-Length"] = "0" if head or answer.status == 304 else str(len(answer.body))
+        for name, value in headers.items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        if head or answer.status == 304:
+            return 0
+        if answer.path is None:
+            handler.wfile.write(answer.body)
+            return len(answer.body)
+        with open(answer.path, "rb") as f:
+            f.seek(answer.start)
+            left = answer.length
+            while left > 0:
+                chunk = f.read(min(_CHUNK, left))
+                if not chunk:
+                    break
+                handler.wfile.write(chunk)
+                sent += len(chunk)
+                left -= len(chunk)
+        handler.wfile.flush()
+    except (BrokenPipeError, ConnectionResetError, OSError):
+        handler.close_connection = True  # the client hung up mid-file
+    return sent
