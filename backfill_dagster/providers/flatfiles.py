@@ -37,7 +37,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import date
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,10 @@ MAX_SYMBOLS = 100_000
 # botocore's standard retry mode, as Massive's examples use it; 5 attempts ride out a short outage.
 DEFAULT_ATTEMPTS = 5
 READ_CHUNK = 1 << 20
+# Massive: "data for each trading day is available by approximately 11:00 AM ET the following day".
+# Before then a GET is not sent (it would be refused): the session falls back at once.
+PUBLISHED_AT = time(11, 0)
+PUBLISHED_DAYS_AFTER = 1
 # S3 error codes meaning "this file is not there for you (yet)": never a file without the ticker.
 _UNAVAILABLE = {"403", "404", "AccessDenied", "NoSuchKey", "Forbidden", "NotFound"}
 
@@ -77,6 +81,12 @@ _UNAVAILABLE = {"403", "404", "AccessDenied", "NoSuchKey", "Forbidden", "NotFoun
 def file_key(timeframe: Timeframe, session: date, prefix: str = PREFIX) -> str:
     """The object key of a session's file: us_stocks_sip/minute_aggs_v1/2024/03/2024-03-15.csv.gz."""
     return f"{prefix}/{DATASETS[timeframe]}/{session:%Y}/{session:%m}/{session.isoformat()}.csv.gz"
+
+
+def publication(session: date) -> pd.Timestamp:
+    """When a session's files are expected to be there (UTC)."""
+    day = session + timedelta(days=PUBLISHED_DAYS_AFTER)
+    return pd.Timestamp(datetime.combine(day, PUBLISHED_AT), tz=NEW_YORK).tz_convert("UTC")
 
 
 class FlatFilesProvider(Provider):
@@ -160,6 +170,11 @@ class FlatFilesProvider(Provider):
         if not self._calendar.has_closed(session, now, request.extended):
             raise ProviderError(self.name, "serves closed sessions only (files are published the next day)",
                                 request=request)
+        published = publication(session)
+        if now < published:
+            raise ProviderError(
+                self.name, f"the session's files are published about {published.tz_convert(NEW_YORK):%Y-%m-%d %H:%M} "
+                "New York (the next morning): not asked before then", request=request)
         symbols, unserved, factors = self._servable(request, now)
         if not symbols:
             first = next(iter(unserved.values()))

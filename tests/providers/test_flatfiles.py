@@ -123,6 +123,18 @@ def test_open_sessions_are_refused_before_any_get(s3_url, bucket, calendar):
     assert p.gets == 0
 
 
+def test_a_closed_session_is_not_asked_before_its_files_are_published(s3_url, bucket, calendar):
+    put(bucket, Timeframe.D1, MON, [day_row("AAPL", MON)])
+    evening = FlatFilesProvider(calendar, fixed_clock("2024-03-12 14:59"), endpoint_url=s3_url, bucket=bucket[1],
+                                access_key_id="test", secret_access_key="test")  # 10:59 New York on the 12th
+    with pytest.raises(ProviderError, match="published about 2024-03-12 11:00 New York"):
+        evening.fetch(request_for(calendar, Timeframe.D1, ["AAPL"], MON))
+    assert evening.gets == 0
+    later = FlatFilesProvider(calendar, fixed_clock("2024-03-12 15:00"), endpoint_url=s3_url, bucket=bucket[1],
+                              access_key_id="test", secret_access_key="test")
+    assert len(later.fetch(request_for(calendar, Timeframe.D1, ["AAPL"], MON)).bars) == 1
+
+
 def test_a_file_that_is_not_gzip_fails_saying_so(s3_url, bucket, calendar):
     client, name = bucket
     client.put_object(Bucket=name, Key=file_key(Timeframe.D1, MON), Body=b"ticker,volume\nAAPL,1\n")

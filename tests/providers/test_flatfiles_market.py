@@ -129,9 +129,9 @@ def alpaca(rest, calendar, clock=lambda: NOW):
     return AlpacaProvider.from_config(rest.env(), calendar, clock)
 
 
-def test_unpublished_session_falls_back_to_alpaca(calendar, store):
-    """At 10:00 New York on 2024-12-31 (the market's clock) the 2024-12-30 files are not published
-    yet (11:00): 403, so Alpaca serves that session; 2024-12-27's file is there."""
+def test_unpublished_session_falls_back_to_alpaca_without_a_get(calendar, store):
+    """At 10:00 New York on 2024-12-31 the 2024-12-30 files are not published yet (11:00): the
+    provider does not ask, Alpaca serves that session; 2024-12-27's file is there."""
     morning = pd.Timestamp("2024-12-31 10:00", tz="America/New_York").tz_convert("UTC")
     market = FakeConfig(now=lambda: morning)
     with FakeProviders(market, host="127.0.0.1", port=0) as rest, \
@@ -141,11 +141,28 @@ def test_unpublished_session_falls_back_to_alpaca(calendar, store):
         report = fetch_partitions([("AAPL", date(2024, 12, 30)), ("AAPL", date(2024, 12, 27))], Timeframe.D1,
                                   Router([provider, backup], calendar, adjustment=Adjustment.RAW), store,
                                   clock=lambda: morning)
-        assert report.ok and files.gets() == 2 and [e.status for e in files.log if e.operation == "GetObject"] \
-            == [200, 403]
+        assert report.ok and files.gets() == 1
     ledger = store.coverage(Timeframe.D1).set_index("session")
     assert ledger.loc[date(2024, 12, 30), "provider"] == "alpaca:sip"
     assert ledger.loc[date(2024, 12, 27), "provider"] == "flatfiles"
+
+
+@pytest.mark.parametrize("status", [403, 404])
+def test_a_file_missing_after_publication_falls_back_to_alpaca(market, rest, calendar, store, status):
+    """The minute file of 2024-03-11 is missing (as 2025-08-07's was for days) while its day file
+    is there: the m15 partitions fall back, d1 is served from the file."""
+    config = FlatFilesConfig(symbols=SYMBOLS, fillers=0, missing_minute_files=frozenset({date(2024, 3, 11)}),
+                             missing_key_status=status)
+    with FakeFlatFiles(config, market=market) as files:
+        provider = flat(files, calendar)
+        router = Router([provider, alpaca(rest, calendar)], calendar, adjustment=Adjustment.RAW)
+        parts = [("AAPL", date(2024, 3, 11)), ("MSFT", date(2024, 3, 11))]
+        m15 = fetch_partitions(parts, Timeframe.M15, router, store, clock=lambda: NOW)
+        d1 = fetch_partitions(parts, Timeframe.D1, router, store, clock=lambda: NOW)
+        assert m15.ok and d1.ok and files.gets() == 2
+        assert [e.status for e in files.log if e.operation == "GetObject"] == [status, 200]
+    assert set(store.coverage(Timeframe.M15)["provider"]) == {"alpaca:sip"}
+    assert set(store.coverage(Timeframe.D1)["provider"]) == {"flatfiles"}
 
 
 def test_outside_the_plan_is_403_and_falls_back(market, rest, calendar, store):
