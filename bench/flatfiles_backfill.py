@@ -47,7 +47,6 @@ def box(symbols: int, sessions: int) -> tuple[list[str], list[date]]:
 
 def one_run(provider: str, symbols: list[str], sessions: list[date], env: dict[str, str]) -> dict:
     """The child: one range run of all four assets; its figures as JSON."""
-    import dagster as dg
     import sqlalchemy as sa
 
     from backfill_dagster.definitions import build_definitions

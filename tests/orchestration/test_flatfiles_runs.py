@@ -5,7 +5,6 @@ flat files refuse the unchecked symbols without a GET and Alpaca serves them."""
 
 from datetime import date
 
-import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
