@@ -11,10 +11,14 @@ real clients at them through `FakeProviders.env()`.
         assert fakes.max_in_window("alpaca", 60.0) <= 200
 
 `python -m backfill_dagster.fakes --port 8900` serves them until interrupted.
+
+`FakeFlatFiles` (fakes/flatfiles.py) serves the same market as Polygon/Massive flat files on a
+loopback S3 endpoint; `python -m backfill_dagster.fakes flatfiles` starts it.
 """
 
 from backfill_dagster.fakes.config import FAULT_KINDS, PROVIDERS, FakeConfig
 from backfill_dagster.fakes.control import Logged
+from backfill_dagster.fakes.flatfiles import FakeFlatFiles, FlatFilesConfig
 from backfill_dagster.fakes.server import FakeProviders
 
-__all__ = ["FAULT_KINDS", "PROVIDERS", "FakeConfig", "FakeProviders", "Logged"]
+__all__ = ["FAULT_KINDS", "PROVIDERS", "FakeConfig", "FakeFlatFiles", "FakeProviders", "FlatFilesConfig", "Logged"]

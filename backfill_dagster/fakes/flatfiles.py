@@ -36,7 +36,9 @@ The pitfalls of the real service, each a setting of `FlatFilesConfig` (defaults 
   `duplicated_day_files` (2019-08-13 carried duplicate rows);
 - tickers absent from a session: the market's unknown symbols (`FakeConfig.unknown_symbols`, the
   ZZZ prefix) and withheld (symbol, session) pairs have no rows, as a delisted or halted stock;
-- raw prices: a split symbol's prices jump by the ratio at its ex-date (fakes/actions.py).
+- raw prices: a split symbol's prices jump by the ratio at its ex-date (fakes/actions.py);
+- transport faults (`fault_rate`, `faults`: 500, 503 SlowDown, a body cut off) and a bandwidth
+  cap (`bandwidth_bytes_per_s`), off by default.
 
 Listings show only published keys, out-of-plan ones included (entitlement is checked on GET).
 A listing's Size is exact for files already generated; for the others it is an estimate unless
@@ -46,8 +48,12 @@ A listing's Size is exact for files already generated; for the others it is an e
 from __future__ import annotations
 
 import base64
+import bisect
+import dataclasses
+import functools
 import hashlib
 import logging
+import multiprocessing
 import os
 import re
 import shutil
@@ -58,6 +64,7 @@ import time
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from datetime import time as clock_time
@@ -72,6 +79,7 @@ import pandas as pd
 from backfill_dagster.domain.calendar import NEW_YORK
 from backfill_dagster.fakes import flatfile_data
 from backfill_dagster.fakes.config import FakeConfig
+from backfill_dagster.fakes.control import FaultDraws
 from backfill_dagster.fakes.data import BarData
 
 log = logging.getLogger(__name__)
@@ -81,6 +89,7 @@ MINUTE_PREFIX = "us_stocks_sip/minute_aggs_v1/"
 DAY_PREFIX = "us_stocks_sip/day_aggs_v1/"
 DATASETS = {"minute": MINUTE_PREFIX, "day": DAY_PREFIX}
 PAGE_SIZE = 1000  # S3's most keys a listing page
+FLATFILE_FAULTS = ("500", "503", "truncated")
 _KEY = re.compile(r"^us_stocks_sip/(minute|day)_aggs_v1/(\d{4})/(\d{2})/(\d{4})-(\d{2})-(\d{2})\.csv\.gz$")
 _CHUNK = 256 * 1024
 
@@ -99,7 +108,8 @@ ENV_ENDPOINT, ENV_BUCKET, ENV_KEY_ID, ENV_SECRET = (
 def object_key(dataset: str, session: date) -> str:
     """The key of a session's file: `object_key("minute", date(2024, 3, 15))` ->
     `us_stocks_sip/minute_aggs_v1/2024/03/2024-03-15.csv.gz` (dataset "minute" or "day")."""
-    return f"{DATASETS[dataset]}{session:%Y/%m/%Y-%m-%d}.csv.gz"
+    iso = session.isoformat()
+    return f"{DATASETS[dataset]}{iso[:4]}/{iso[5:7]}/{iso}.csv.gz"
 
 
 def parse_key(key: str) -> tuple[str, date] | None:
@@ -151,6 +161,14 @@ class FlatFilesConfig:
     cache_dir: str | None = None
     cache_max_bytes: int = 4 * 1024**3
     exact_listing_sizes: bool = False
+    # Probability that a GetObject that would succeed meets a fault from `faults` instead: "500"
+    # (InternalError), "503" (SlowDown) or "truncated" (the full Content-Length announced, half the
+    # body sent, the connection closed). Drawn per key reproducibly (`seed`); a retry draws afresh.
+    fault_rate: float = 0.0
+    faults: tuple[str, ...] = FLATFILE_FAULTS
+    seed: int = 0
+    # Most body bytes a second per download (None: as fast as loopback goes); peers cap ~50 MB/s.
+    bandwidth_bytes_per_s: float | None = None
 
     def __post_init__(self):
         self.validate()
@@ -168,6 +186,15 @@ class FlatFilesConfig:
             raise ValueError("cache_max_bytes must be positive")
         if not self.bucket:
             raise ValueError("bucket cannot be empty")
+        if not 0.0 <= self.fault_rate <= 1.0:
+            raise ValueError(f"fault_rate {self.fault_rate} must be between 0 and 1")
+        unknown = sorted(set(self.faults) - set(FLATFILE_FAULTS))
+        if unknown:
+            raise ValueError(f"unknown fault kind(s) {unknown}: use {', '.join(FLATFILE_FAULTS)}")
+        if self.fault_rate > 0 and not self.faults:
+            raise ValueError("fault_rate > 0 needs at least one fault kind in faults")
+        if self.bandwidth_bytes_per_s is not None and not self.bandwidth_bytes_per_s > 0:
+            raise ValueError("bandwidth_bytes_per_s must be positive (or None: unlimited)")
 
     def tickers(self, market: FakeConfig) -> list[str]:
         """The tickers files carry, in file order (unknown symbols of the market left out)."""
@@ -221,6 +248,8 @@ class FakeFlatFiles:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
+        self._faults = FaultDraws()
+        self._keys_memo: tuple | None = None
         self._cache = _DiskCache(self.config.cache_dir, self.config.cache_max_bytes)
 
     # ------------------------------------------------------------------ lifecycle
@@ -286,9 +315,10 @@ class FakeFlatFiles:
             return list(self._log)
 
     def reset(self) -> None:
-        """Forget the request log (generated files stay cached)."""
+        """Forget the request log and the fault draws (generated files stay cached)."""
         with self._lock:
             self._log.clear()
+        self._faults.clear()
 
     def gets(self, key: str | None = None, *, prefix: str = "") -> int:
         """GetObject requests (any status), of one key or of keys under a prefix."""
@@ -306,8 +336,7 @@ class FakeFlatFiles:
     # ------------------------------------------------------------------ the files
     def published_at(self, session: date) -> pd.Timestamp:
         """When a session's files appear (UTC)."""
-        day = session + timedelta(days=self.config.publish_days_after)
-        return pd.Timestamp(datetime.combine(day, self.config.publish_time), tz=NEW_YORK).tz_convert("UTC")
+        return _published_at(session, self.config.publish_days_after, self.config.publish_time)
 
     def rows(self, dataset: str, session: date) -> flatfile_data.Rows:
         """The rows of a session's file, defects included (whether or not it is published)."""
@@ -330,16 +359,21 @@ class FakeFlatFiles:
             raise KeyError(f"no such flat file: {key}")
         return self._generated(key, *parsed)
 
-    def warm(self, sessions: Iterable[date], datasets: Iterable[str] = ("day", "minute")) -> int:
-        """Generate the files of these sessions now (a benchmark keeps generation out of its timing);
-        returns how many files were made or found."""
-        count = 0
-        for session in sessions:
-            for dataset in datasets:
-                if self._exists(dataset, session):
-                    self._generated(object_key(dataset, session), dataset, session)
-                    count += 1
-        return count
+    def warm(self, sessions: Iterable[date], datasets: Iterable[str] = ("day", "minute"), *, processes: int = 1) -> int:
+        """Generate the files of these sessions now, so a benchmark keeps generation out of its
+        timing; returns how many files were made or found. A 500-ticker minute file costs ~3 CPU
+        seconds; `processes` > 1 makes them in that many worker processes (each starts in ~2 s)."""
+        todo = [(object_key(d, s), d, s) for s in sessions for d in datasets if self._exists(d, s)]
+        if processes > 1 and len(todo) > 1:
+            setup = (dataclasses.replace(self.config, cache_dir=str(self._cache.folder)),
+                     dataclasses.replace(self.market, now=None, held_symbols=set()))
+            context = multiprocessing.get_context("spawn")  # not fork: this process runs server threads
+            with ProcessPoolExecutor(max_workers=processes, mp_context=context,
+                                     initializer=_warm_worker_setup, initargs=setup) as pool:
+                list(pool.map(_warm_worker_make, todo, chunksize=1))
+        for job in todo:
+            self._generated(*job)  # made by a worker: found on disk and counted in the cache
+        return len(todo)
 
     def _exists(self, dataset: str, session: date) -> bool:
         calendar = self._data.calendar
@@ -365,8 +399,9 @@ class FakeFlatFiles:
         fingerprint = self._fingerprint()
         return self._cache.get(f"{fingerprint}/{key}", lambda: flatfile_data.csv_gz(self.rows(dataset, session), self.config.gzip_level))
 
-    def _etag(self, key: str) -> str:
-        return '"' + hashlib.md5(f"{self._fingerprint()}|{key}".encode()).hexdigest() + '"'
+    def _etag(self, key: str, fingerprint: str | None = None) -> str:
+        text = f"{fingerprint or self._fingerprint()}|{key}"
+        return '"' + hashlib.md5(text.encode()).hexdigest() + '"'
 
     # ------------------------------------------------------------------ requests
     def _handle(self, handler: _Handler) -> None:
@@ -377,12 +412,22 @@ class FakeFlatFiles:
         path = unquote(split.path)
         bucket, _, key = path.lstrip("/").partition("/")
         operation = _operation(method, bucket, key, query)
+        fault = None
         try:
             answer = self._answer(method, operation, bucket, key, query, handler.headers)
+            config = self.config
+            if operation == "GetObject" and answer.status in (200, 206) and config.fault_rate > 0:
+                request = f"{key}|{handler.headers.get('Range') or ''}"
+                fault = self._faults.draw(config.seed, "flatfiles", request, config.fault_rate, tuple(config.faults))
+                if fault == "500":
+                    answer = _error(500, "InternalError", "We encountered an internal error. Please try again.")
+                elif fault == "503":
+                    answer = _error(503, "SlowDown", "Please reduce your request rate.")
         except Exception:  # a bug in the fake: say so rather than hang the client
             log.exception("flat-files fake failed on %s %s", method, handler.path)
             answer = _error(500, "InternalError", "We encountered an internal error. Please try again.")
-        sent = _send(handler, answer, head=method == "HEAD")
+        sent = _send(handler, answer, head=method == "HEAD", truncate=fault == "truncated",
+                     bandwidth=self.config.bandwidth_bytes_per_s)
         entry = S3Logged(method, operation, key or None, answer.status, sent, handler.headers.get("Range"), at)
         with self._lock:
             self._log.append(entry)
@@ -469,20 +514,27 @@ class FakeFlatFiles:
                              "Content-Range": f"bytes {start}-{end}/{size}"}, path=path, start=start, length=end - start + 1)
 
     def _published_keys(self) -> list[str]:
+        """Every published key, in key order (day_aggs_v1 < minute_aggs_v1); remembered until the
+        clock publishes another session or the settings change."""
         calendar = self._data.calendar
         now = self.market.current_time()
         first = max(self.config.history_start, calendar.first_day)
         last = min(calendar.last_day, now.tz_convert(NEW_YORK).date())
-        keys = []
-        for dataset in ("day", "minute"):  # S3 lists in key order: day_aggs_v1 < minute_aggs_v1
-            for session in calendar.sessions(first, last) if first <= last else []:
-                if self._exists(dataset, session) and now >= self.published_at(session):
-                    keys.append(object_key(dataset, session))
+        sessions = calendar.sessions(first, last) if first <= last else []
+        while sessions and now < self.published_at(sessions[-1]):  # only the latest may be unpublished
+            sessions.pop()
+        signature = (first, sessions[-1] if sessions else None, frozenset(self.config.missing_minute_files))
+        with self._lock:
+            if self._keys_memo is not None and self._keys_memo[0] == signature:
+                return self._keys_memo[1]
+        missing = signature[2]
+        keys = [object_key("day", s) for s in sessions] + [object_key("minute", s) for s in sessions if s not in missing]
+        with self._lock:
+            self._keys_memo = (signature, keys)
         return keys
 
-    def _size(self, key: str) -> int:
+    def _size(self, key: str, fingerprint: str, tickers: int) -> int:
         dataset, session = parse_key(key)
-        fingerprint = self._fingerprint()
         cached = self._cache.size(f"{fingerprint}/{key}")
         if cached is not None:
             return cached
@@ -490,7 +542,7 @@ class FakeFlatFiles:
             return self._generated(key, dataset, session).stat().st_size
         # Estimates: ~13 bytes a minute row gzipped, ~900 of them a ticker; ~30 bytes a day row.
         per_ticker = 13 * 900 if dataset == "minute" else 30
-        return 60 + per_ticker * len(self.config.tickers(self.market))
+        return 60 + per_ticker * tickers
 
     def _list(self, query: dict, *, v2: bool) -> _Answer:
         prefix = query.get("prefix", "")
@@ -515,9 +567,11 @@ class FakeFlatFiles:
         entries: list[tuple[str, bool]] = []  # (key or common prefix, is prefix)
         seen_prefixes = set()
         truncated = False
-        for key in self._published_keys():
-            if not key.startswith(prefix) or key <= after:
-                continue
+        keys = self._published_keys()
+        # Keys under a prefix are contiguous in key order: start at the later of the prefix and `after`.
+        for key in keys[max(bisect.bisect_left(keys, prefix), bisect.bisect_right(keys, after)) :]:
+            if not key.startswith(prefix):
+                break
             if delimiter:
                 cut = key.find(delimiter, len(prefix))
                 if cut >= 0:
@@ -540,6 +594,7 @@ class FakeFlatFiles:
         def enc(text: str) -> str:
             return escape(quote(text, safe="/") if url_encoded else text)
 
+        fingerprint, tickers = self._fingerprint(), len(self.config.tickers(self.market))
         parts = [f"<Name>{escape(self.config.bucket)}</Name>", f"<Prefix>{enc(prefix)}</Prefix>"]
         if v2:
             parts.append(f"<KeyCount>{len(entries)}</KeyCount>")
@@ -564,10 +619,10 @@ class FakeFlatFiles:
         for name, is_prefix in entries:
             if is_prefix:
                 continue
-            modified = self.published_at(parse_key(name)[1])
+            modified = _iso(self.published_at(parse_key(name)[1]))
             parts.append(
-                f"<Contents><Key>{enc(name)}</Key><LastModified>{_iso(modified)}</LastModified>"
-                f"<ETag>{escape(self._etag(name))}</ETag><Size>{self._size(name)}</Size>"
+                f"<Contents><Key>{enc(name)}</Key><LastModified>{modified}</LastModified>"
+                f"<ETag>{escape(self._etag(name, fingerprint))}</ETag><Size>{self._size(name, fingerprint, tickers)}</Size>"
                 "<StorageClass>STANDARD</StorageClass></Contents>"
             )
         for name, is_prefix in entries:
@@ -578,6 +633,19 @@ class FakeFlatFiles:
     def _track(self, conn: socket.socket, add: bool) -> None:
         with self._lock:
             (self._connections.add if add else self._connections.discard)(conn)
+
+
+# ---------------------------------------------------------------------- warming in processes
+_worker: FakeFlatFiles | None = None
+
+
+def _warm_worker_setup(config: FlatFilesConfig, market: FakeConfig) -> None:
+    global _worker
+    _worker = FakeFlatFiles(config, market)  # never started: it only writes files into the shared folder
+
+
+def _warm_worker_make(job: tuple[str, str, date]) -> None:
+    _worker._generated(*job)
 
 
 # ---------------------------------------------------------------------- the disk cache
@@ -605,8 +673,12 @@ class _DiskCache:
         with self._lock:
             if name in self._sizes:
                 return self._sizes[name]
-        path = self.folder / name
-        return path.stat().st_size if path.exists() else None
+            if self._own:
+                return None  # a folder of our own holds only what we made
+        try:
+            return os.stat(os.path.join(self.folder, name)).st_size
+        except OSError:
+            return None
 
     def get(self, name: str, make) -> Path:
         path = self.folder / name
@@ -711,6 +783,12 @@ _PRESIGN = {"X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires"
             "X-Amz-Signature", "X-Amz-Security-Token", "x-id"}
 
 
+@functools.lru_cache(maxsize=16_384)
+def _published_at(session: date, days_after: int, at: clock_time) -> pd.Timestamp:
+    day = session + timedelta(days=days_after)
+    return pd.Timestamp(datetime.combine(day, at), tz=NEW_YORK).tz_convert("UTC")
+
+
 def _byte_range(header: str, size: int):
     """(first, last) inclusive of a single `bytes=` range; None if unsatisfiable; ... if S3 would
     ignore the header (not a single byte range)."""
@@ -740,6 +818,7 @@ def _not_modified_since(modified: pd.Timestamp, header: str) -> bool:
     return modified.to_pydatetime() <= since
 
 
+@functools.lru_cache(maxsize=16_384)
 def _iso(ts: pd.Timestamp) -> str:
     return ts.tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
@@ -764,9 +843,12 @@ def _list_buckets(bucket: str) -> str:
     )
 
 
-def _send(handler: _Handler, answer: _Answer, *, head: bool) -> int:
-    """Write the answer (streaming a file from disk); returns the body bytes written."""
+def _send(handler: _Handler, answer: _Answer, *, head: bool, truncate: bool = False,
+          bandwidth: float | None = None) -> int:
+    """Write the answer (streaming a file from disk, at most `bandwidth` bytes a second); returns
+    the body bytes written. `truncate`: announce the whole file, send half, hang up."""
     sent = 0
+    started = time.monotonic()
     try:
         handler.send_response(answer.status)
         headers = {"x-amz-request-id": uuid.uuid4().hex[:16].upper(), "Server": "AmazonS3", **answer.headers}
@@ -782,7 +864,7 @@ def _send(handler: _Handler, answer: _Answer, *, head: bool) -> int:
             return len(answer.body)
         with open(answer.path, "rb") as f:
             f.seek(answer.start)
-            left = answer.length
+            left = answer.length // 2 if truncate else answer.length
             while left > 0:
                 chunk = f.read(min(_CHUNK, left))
                 if not chunk:
@@ -790,7 +872,13 @@ def _send(handler: _Handler, answer: _Answer, *, head: bool) -> int:
                 handler.wfile.write(chunk)
                 sent += len(chunk)
                 left -= len(chunk)
+                if bandwidth is not None:
+                    ahead = started + sent / bandwidth - time.monotonic()
+                    if ahead > 0:
+                        time.sleep(ahead)
         handler.wfile.flush()
     except (BrokenPipeError, ConnectionResetError, OSError):
         handler.close_connection = True  # the client hung up mid-file
+    if truncate:
+        handler.close_connection = True
     return sent

@@ -14,11 +14,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from botocore.config import Config
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from botocore.exceptions import ClientError
 
 from backfill_dagster.domain.calendar import NEW_YORK
 from backfill_dagster.fakes import FakeConfig, FakeProviders
 from backfill_dagster.fakes.actions import CorporateActions, Split
+from backfill_dagster.fakes import flatfile_data
 from backfill_dagster.fakes.flatfile_data import HEADER, PITFALL_TICKERS, decompose
 from backfill_dagster.fakes.flatfiles import FakeFlatFiles, FlatFilesConfig, object_key
 
@@ -357,3 +360,54 @@ def test_settings_the_fake_cannot_honour_are_refused_naming_the_setting():
     with pytest.raises(ValueError, match="fillers"):
         FlatFilesConfig(fillers=-1)
     assert FlatFilesConfig().publish_time == time(11, 0)
+
+
+# ---------------------------------------------------------------------- faults
+def test_injected_faults_are_s3_errors_and_cut_off_bodies(market):
+    config = FlatFilesConfig(symbols=("AAPL",), fillers=0, fault_rate=1.0, faults=("503",))
+    with FakeFlatFiles(config, market) as files:
+        s3 = client(files)
+        with pytest.raises(ClientError) as caught:
+            get(s3, "day", date(2024, 11, 29))
+        assert caught.value.response["Error"]["Code"] == "SlowDown"
+        config.faults = ("truncated",)
+        answer = s3.get_object(Bucket="flatfiles", Key=object_key("day", date(2024, 11, 29)))
+        with pytest.raises(Exception, match="(?i)incomplete|read|connection"):
+            answer["Body"].read()
+        config.fault_rate = 0.0
+        whole = get(s3, "day", date(2024, 11, 29))
+        assert answer["ContentLength"] == len(whole)
+        assert [e.bytes_sent for e in files.log if e.status == 200] == [len(whole) // 2, len(whole)]
+    with pytest.raises(ValueError, match="fault kind"):
+        FlatFilesConfig(fault_rate=0.5, faults=("timeout",))
+
+
+@given(
+    open_=st.integers(1, 50_000), moves=st.lists(st.integers(0, 5_000), min_size=3, max_size=3),
+    volume=st.integers(0, 10**9), trades=st.integers(1, 10**6), draw_seed=st.integers(0, 2**32 - 1),
+)
+@settings(max_examples=200, deadline=None)
+def test_any_valid_bar_decomposes_into_minutes_that_aggregate_back_exactly(open_, moves, volume, trades, draw_seed):
+    close = max(1, open_ + moves[0] - 2_500)
+    high = max(open_, close) + moves[1]
+    low = max(1, min(open_, close) - moves[2])
+    values = np.array([[open_ / 100, high / 100, low / 100, close / 100, volume, 0.0, trades]])
+    rng = np.random.default_rng(draw_seed)
+    bar_of, (v, o, c, h, lo, ts, n) = decompose(np.array([0], np.int64), values, rng.random((6, 1, 15)), rng.random(1))
+    assert (o[0], h.max(), lo.min(), c[-1]) == (open_, high, low, close)
+    assert v.sum() == volume and n.sum() == trades
+    assert (h >= np.maximum(o, c)).all() and (lo <= np.minimum(o, c)).all() and (lo >= 1).all()
+    assert 1 <= len(ts) <= 15 and (np.diff(ts) > 0).all()
+
+
+@pytest.mark.slow  # starts two worker processes
+def test_warming_in_worker_processes_makes_the_files_a_get_then_serves_without_generating(market):
+    sessions = [date(2024, 11, 25), date(2024, 11, 26), date(2024, 11, 27)]
+    with FakeFlatFiles(FlatFilesConfig(symbols=("NVDA",), fillers=2), market) as files:
+        assert files.warm(sessions, processes=2) == 6
+        made = {path.name for path in files.file_path(object_key("day", sessions[0])).parent.iterdir()}
+        assert {f"{d.isoformat()}.csv.gz" for d in sessions} <= made
+        s3 = client(files)
+        for session in sessions:  # the workers' files are the ones this process would have made
+            body = get(s3, "minute", session)
+            assert body == flatfile_data.csv_gz(files.rows("minute", session))
