@@ -23,6 +23,7 @@ are the day file's rows as they are.
 from __future__ import annotations
 
 import csv
+import io
 from array import array
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from backfill_dagster.domain.calendar import NEW_YORK
 HEADER = ("ticker", "volume", "open", "close", "high", "low", "window_start", "transactions")
 REQUIRED = HEADER  # every aggregate column is needed; extra ones are ignored
 M15_NS = 15 * 60 * 1_000_000_000
+CHUNK_ROWS = 50_000  # requested rows parsed together (a few MB of text held at a time)
 # A row's numbers, in this order (transactions may be empty: NaN).
 _NUMBERS = ("open", "high", "low", "close", "volume", "transactions")
 
@@ -56,7 +58,6 @@ class FileRows:
     window_start: array = field(default_factory=lambda: array("q"))
     flat_values: array = field(default_factory=lambda: array("d"))  # open, high, low, close, volume, transactions
     rejected: list[tuple[str, int | None, tuple[float, ...] | None, str]] = field(default_factory=list)
-    rows_read: int = 0  # every data row of the file, requested or not
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -88,21 +89,48 @@ def read_aggs(lines: Iterable[str], tickers: Collection[str]) -> FileRows:
     ticker_at = at["ticker"]
     width = len(header)
     out = FileRows()
+    chunk: list[str] = []
     for line in it:
+        if ticker_at == 0:
+            # Skip other tickers on the first field alone: most lines of a whole-market file.
+            ticker = line[: line.find(",")]
+            if ticker not in wanted and ticker[:1] != '"':
+                continue
+            if '"' not in line and line.count(",") == width - 1:
+                chunk.append(line)
+                if len(chunk) >= CHUNK_ROWS:
+                    _take_chunk(chunk, at, header, out)
+                    chunk = []
+                continue
         if not line.strip():
             continue
-        out.rows_read += 1
-        if ticker_at == 0 and '"' not in line:
-            # Skip other tickers on the first field alone: most lines of a whole-market file.
-            if line[: line.find(",")] not in wanted:
-                continue
-            fields = line.rstrip("\r\n").split(",")
-        else:
-            fields = next(csv.reader([line]))
-            if not fields or fields[ticker_at] not in wanted:
-                continue
-        _take(fields, at, width, out)
+        fields = next(csv.reader([line]))  # quoted fields, a short or long row, ticker not first
+        if fields and fields[ticker_at] in wanted:
+            _take(fields, at, width, out)
+    if chunk:
+        _take_chunk(chunk, at, header, out)
     return out
+
+
+def _take_chunk(lines: list[str], at: Mapping[str, int], header: list[str], out: FileRows) -> None:
+    """Plain rows of requested tickers parsed together by pandas' C parser (a per-row Python parse
+    would cost most of a file's time); a chunk with any value that does not parse goes row by row,
+    so each bad row is rejected with its own reason."""
+    columns = list(range(len(header)))
+    dtypes = {at[name]: "float64" for name in _NUMBERS} | {at["ticker"]: str, at["window_start"]: "int64"}
+    try:
+        frame = pd.read_csv(io.StringIO("".join(lines)), header=None, names=columns, dtype=dtypes, engine="c",
+                            keep_default_na=False, na_values={at["transactions"]: [""]})
+    except (ValueError, TypeError, pd.errors.ParserError):
+        for line in lines:
+            _take(line.rstrip("\r\n").split(","), at, len(header), out)
+        return
+    local, uniques = pd.factorize(frame[at["ticker"]])
+    codes = np.array([out.names.setdefault(name, len(out.names)) for name in uniques], dtype=np.int32)
+    out.codes.frombytes(codes[local].astype(np.int32).tobytes())
+    out.window_start.frombytes(frame[at["window_start"]].to_numpy(dtype=np.int64).tobytes())
+    values = np.column_stack([frame[at[name]].to_numpy(dtype=np.float64) for name in _NUMBERS])
+    out.flat_values.frombytes(np.ascontiguousarray(values).tobytes())
 
 
 def _take(fields: list[str], at: Mapping[str, int], width: int, out: FileRows) -> None:

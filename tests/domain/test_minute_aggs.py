@@ -220,3 +220,17 @@ def test_adjust_bars_divides_prices_and_multiplies_volume():
     assert out.iloc[1]["open"] == 10.0 and out.iloc[0]["trade_count"] == 3
     reverse = adjust_bars(bars, {"AAPL": Fraction(1, 10)})
     assert reverse.iloc[1][["open", "volume"]].tolist() == [100.0, 0.5]
+
+
+def test_rows_parsed_in_chunks_equal_rows_parsed_one_by_one(calendar, monkeypatch):
+    import backfill_dagster.domain.minute_aggs as aggs
+
+    day = date(2024, 3, 11)
+    lines = [*minutes("AAPL", day, "09:30", 100), row("AAPL", "2024-03-11 11:30", "x", 1, 1, 1),
+             *minutes("MSFT", day, "09:30", 100)]
+    whole = parse(lines, {"AAPL", "MSFT"}, day)
+    monkeypatch.setattr(aggs, "CHUNK_ROWS", 7)
+    chunked = parse(lines, {"AAPL", "MSFT"}, day)
+    assert list(chunked.tickers) == list(whole.tickers) == ["MSFT"] * 100
+    assert (chunked.window_start == whole.window_start).all() and (chunked.values == whole.values).all()
+    assert len(chunked.rejected) == len(whole.rejected) == 101  # AAPL's bad row rejects its session
