@@ -204,11 +204,16 @@ def _fetch_and_store(
         extended=router.extended, now=as_of,
     )
     report.outside_hours += checked.outside_hours
+    if result.rejected is not None and len(result.rejected):
+        checked = checked.with_rejected(result.rejected)
     bad = _tainted(checked, request, provider.provenance)
     if bad:
         report.rejected_bars += store.quarantine(
             checked.rejected, timeframe, provider=provider.provenance, at=requested_at, run_id=run_id
         )
+    for symbol, why in result.unserved.items():
+        for session in request.sessions:
+            bad.setdefault((symbol, session), f"{provider.name} did not serve {symbol}: {why}")
     good = [p for p in request.partitions if p not in bad]
     valid = checked.valid
     keys = pd.MultiIndex.from_arrays([valid["symbol"], valid["session"]])

@@ -62,7 +62,7 @@ def test_http_and_budget_settings():
 
 # ------------------------------------------------------------------------------------ the README's table
 ROOT = Path(__file__).resolve().parents[1]
-VARIABLE = re.compile(r"^(BACKFILL|ALPACA|POLYGON|TRADIER|YAHOO|DAGSTER)_[A-Z0-9_]*[A-Z0-9]$")  # not an f-string's prefix
+VARIABLE = re.compile(r"^(BACKFILL|ALPACA|POLYGON|TRADIER|YAHOO|FLATFILES|DAGSTER)_[A-Z0-9_]*[A-Z0-9]$")  # not an f-string's prefix
 
 
 def readme_table_rows(text: str) -> list[str]:

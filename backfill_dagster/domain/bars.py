@@ -80,6 +80,13 @@ class Validation:
     rejected: pd.DataFrame  # bar columns + session + reason
     outside_hours: int  # valid bars dropped because they fall outside the configured hours
 
+    def with_rejected(self, more: pd.DataFrame) -> Validation:
+        """This validation with rows rejected before validation added (bar columns + session +
+        reason): the bars of their partitions are no longer valid either."""
+        rejected = pd.concat([self.rejected, more[list(self.rejected.columns)]], ignore_index=True) \
+            if len(self.rejected) else more[[*BAR_COLUMNS, "session", "reason"]].reset_index(drop=True)
+        return Validation(valid=self.valid, rejected=rejected, outside_hours=self.outside_hours)
+
     @property
     def rejected_partitions(self) -> set[tuple[str, object]]:
         """(symbol, session) pairs with at least one rejected bar."""

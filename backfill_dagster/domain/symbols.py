@@ -18,7 +18,7 @@ SHARE_CLASS_SEPARATOR = "."  # the store's: BRK.B
 _OTHER_SEPARATOR = "-"  # accepted on input, respelled with the store's
 
 # How each provider writes a share class (BRK.B): the only spelling difference between them.
-PROVIDER_CLASS_SEPARATORS = {"alpaca": ".", "polygon": ".", "tradier": ".", "yahoo": "-"}
+PROVIDER_CLASS_SEPARATORS = {"alpaca": ".", "polygon": ".", "tradier": ".", "yahoo": "-", "flatfiles": "."}
 
 
 class InvalidSymbolError(ValueError):

@@ -6,13 +6,17 @@ name, never its value.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from fractions import Fraction
 
 import dagster as dg
+import pandas as pd
 
 from backfill_dagster.domain.calendar import SessionCalendar, xnys
 from backfill_dagster.domain.clock import utcnow
-from backfill_dagster.providers.base import Adjustment, Provider
+from backfill_dagster.domain.corporate_actions import ActionKind
+from backfill_dagster.domain.split_factors import KnownSplits
+from backfill_dagster.providers.base import Adjustment, Provider, SplitLookup
 from backfill_dagster.providers.http import RetryPolicy
 from backfill_dagster.providers.ratelimit import DEFAULT_WINDOW_S, RateLimit
 from backfill_dagster.providers.registry import build_providers
@@ -65,6 +69,11 @@ class ProvidersResource(dg.ConfigurableResource):
     tradier_api_token: str | None = None
     tradier_api_url: str | None = None
     yahoo_chart_url: str | None = None
+    flatfiles_endpoint_url: str | None = None
+    flatfiles_bucket: str | None = None
+    flatfiles_access_key_id: str | None = None
+    flatfiles_secret_access_key: str | None = None
+    flatfiles_cache_dir: str | None = None
     rate_limits: dict[str, int] = {}
     rate_window_s: float = DEFAULT_WINDOW_S
     rate_max_wait_s: float = DEFAULT_RATE_MAX_WAIT_S
@@ -77,6 +86,9 @@ class ProvidersResource(dg.ConfigurableResource):
         providers = build_providers(
             self.names, self.config(), calendar, utcnow, budgets=budgets, policy=self.retry_policy()
         )
+        lookup = known_splits_lookup(store)
+        for provider in providers:
+            provider.use_known_splits(lookup)
         return Router(
             providers,
             calendar,
@@ -109,6 +121,28 @@ class ProvidersResource(dg.ConfigurableResource):
     def config(self) -> dict[str, str | None]:
         """The provider settings by their environment variable names, as the factories read them."""
         return {name: getattr(self, name.lower()) for name in PROVIDER_ENV_VARS}
+
+
+def known_splits_lookup(store: StoreResource) -> SplitLookup:
+    """What the corporate-actions tables know of some symbols' splits, read when a provider asks
+    (a raw source serving the split-adjusted store: the flat files)."""
+    actions = store.actions()
+
+    def lookup(symbols: Sequence[str]) -> KnownSplits:
+        checks = actions.checks(symbols)
+        checked_from = {}
+        for symbol, first in zip(checks["symbol"], checks["checked_from"]):
+            first = pd.Timestamp(first).date()
+            checked_from[symbol] = min(first, checked_from.get(symbol, first))
+        found = actions.actions(symbols)
+        splits: dict[str, list] = {}
+        if len(found):
+            found = found[found["kind"] == ActionKind.SPLIT.value]
+            for row in found.itertuples(index=False):
+                splits.setdefault(row.symbol, []).append((row.ex_date, Fraction(int(row.split_to), int(row.split_from))))
+        return KnownSplits(checked_from=checked_from, splits=splits)
+
+    return lookup
 
 
 def store_resource(settings: Settings, env_has_database_url: bool) -> StoreResource:

@@ -18,6 +18,7 @@ from enum import StrEnum
 import pandas as pd
 
 from backfill_dagster.domain.corporate_actions import ActionRecord
+from backfill_dagster.domain.split_factors import KnownSplits
 from backfill_dagster.domain.provider_errors import ProviderError, ProviderUnavailable
 from backfill_dagster.domain.timeframes import Timeframe
 
@@ -102,6 +103,13 @@ class FetchResult:
     # decides from the same instant whether a session had closed. None: the caller's own reading
     # taken before the request.
     complete_through: pd.Timestamp | None = None
+    # Rows the provider itself found defective before they became bars (a flat file's wrong-date or
+    # duplicate rows): bar columns + session + reason. They go to rejected_bars and fail their
+    # partitions like bars validation rejects.
+    rejected: pd.DataFrame | None = None
+    # Symbols of the request the provider would not serve (symbol -> why), e.g. raw prices whose
+    # splits are unknown: their partitions fall back to the next provider, never recorded empty.
+    unserved: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -136,6 +144,10 @@ def actions_in_batches(
     return out
 
 
+# symbols -> what the corporate-actions store knows of their splits (bound by the orchestration layer)
+SplitLookup = Callable[[Sequence[str]], KnownSplits]
+
+
 class ProviderConfigError(ValueError):
     """A provider that cannot be used as configured (unknown name, missing key, bad URL)."""
 
@@ -161,6 +173,10 @@ class Provider(abc.ABC):
         """Splits and cash dividends of `symbols` with ex-dates first..last (as the API filters;
         a provider may return a little more), or ProviderError."""
         raise ProviderError(self.name, "publishes no corporate actions")
+
+    def use_known_splits(self, lookup: SplitLookup) -> None:
+        """Hand the provider the splits the store knows. Only a provider of raw prices that serves
+        a split-adjusted store (the flat files) needs them; the others ignore this."""
 
     def close(self) -> None:
         """Release connections."""

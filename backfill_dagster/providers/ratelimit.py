@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-DEFAULT_RATE_LIMITS = {"alpaca": 200, "polygon": 5, "tradier": 120, "yahoo": 60}
+# The flat files publish no request limit (a GET serves a whole session): unmetered by default.
+DEFAULT_RATE_LIMITS = {"alpaca": 200, "polygon": 5, "tradier": 120, "yahoo": 60, "flatfiles": 0}
 DEFAULT_WINDOW_S = 60.0
 
 # Seconds of a window kept free on top: a slot counts from its request's answer (`sent`), which

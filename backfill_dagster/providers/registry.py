@@ -10,6 +10,7 @@ from backfill_dagster.domain.clock import Clock
 from backfill_dagster.providers.alpaca import AlpacaProvider
 from backfill_dagster.providers.base import Provider, ProviderConfigError
 from backfill_dagster.providers.demo import DemoProvider
+from backfill_dagster.providers.flatfiles import FlatFilesProvider
 from backfill_dagster.providers.http import Budget, RetryPolicy
 from backfill_dagster.providers.polygon import PolygonProvider
 from backfill_dagster.providers.tradier import TradierProvider
@@ -33,6 +34,7 @@ FACTORIES: dict[str, Factory] = {
     "polygon": PolygonProvider.from_config,
     "tradier": TradierProvider.from_config,
     "yahoo": YahooProvider.from_config,
+    "flatfiles": FlatFilesProvider.from_config,
 }
 
 
@@ -43,6 +45,7 @@ CLASSES: dict[str, type[Provider]] = {
     "polygon": PolygonProvider,
     "tradier": TradierProvider,
     "yahoo": YahooProvider,
+    "flatfiles": FlatFilesProvider,
 }
 
 
