@@ -237,7 +237,7 @@ def test_killing_and_restarting_each_service_mid_backfill_loses_nothing_and_fetc
         return held if committed and len(held) == SESSIONS // BOX and all(r[1] == "STARTED" for r in held) and (
             len(waiting) >= len(held)) else None
 
-    killed = d.wait_for(others_committed_and_held_runs_started, 420,
+    killed = d.wait_for(others_committed_and_held_runs_started, 600,
                         "the other symbols committed and the held symbol's runs waiting on the provider")
     killed_ids = {r[0] for r in killed}
     print(f"\nbackfill {backfill_id}: runs {backfill_runs(d, backfill_id)}")
@@ -257,7 +257,7 @@ def test_killing_and_restarting_each_service_mid_backfill_loses_nothing_and_fetc
         return retries if failed == killed_ids and len(retries) == len(killed_ids) and all(
             r[1] == "STARTED" for r in retries) and len(waiting) >= 2 * len(killed_ids) else None
 
-    retries = d.wait_for(retries_started, 420, "the killed runs to be failed and retried")
+    retries = d.wait_for(retries_started, 600, "the killed runs to be failed and retried")
     print(f"retries of the killed runs: {retries}")
 
     # 3. The daemon, while the retries wait on the provider; then the webserver.
@@ -276,7 +276,7 @@ def test_killing_and_restarting_each_service_mid_backfill_loses_nothing_and_fetc
         status = d.graphql(BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
         return status if status["status"] in FINISHED else None
 
-    status = d.wait_for(finished, 420, f"backfill {backfill_id} to finish")
+    status = d.wait_for(finished, 600, f"backfill {backfill_id} to finish")
     runs = backfill_runs(d, backfill_id)
     print(f"finished: {status['status']}; runs {runs}")
     assert status["status"] == "COMPLETED_SUCCESS", status
