@@ -48,8 +48,9 @@ PROVIDER_ENV_VARS = (
     "FLATFILES_ENDPOINT_URL", "FLATFILES_BUCKET", "FLATFILES_ACCESS_KEY_ID", "FLATFILES_SECRET_ACCESS_KEY",
     "FLATFILES_CACHE_DIR",
 )
-# Dagster's own variables the project reads or sets (cli.py, instance/event_log_tuning.py).
-DAGSTER_ENV_VARS = ("DAGSTER_HOME", "DAGSTER_EVENT_BATCH_SIZE")
+# Dagster's own variables the project reads or sets (cli.py, instance/event_log_tuning.py,
+# instance/backfill_waits.py).
+DAGSTER_ENV_VARS = ("DAGSTER_HOME", "DAGSTER_EVENT_BATCH_SIZE", "DAGSTER_BACKFILL_RETRY_DEFINITION_CHANGED_ERROR")
 # Read by the instance plug-ins in the daemon's process, not by Settings (instance/backfill_runs.py).
 INSTANCE_ENV_VARS = ("BACKFILL_BOX_PARTITIONS",)
 

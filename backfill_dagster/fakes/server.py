@@ -59,6 +59,9 @@ class FakeProviders:
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
+        # Paths of the requests held now (FakeConfig.held_symbols), each as often as it waits.
+        self._waiting: list[str] = []
+        self._waiting_lock = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> FakeProviders:
@@ -142,6 +145,13 @@ class FakeProviders:
     def calls(self, provider: str) -> int:
         return self._log.calls(provider)
 
+    @property
+    def held(self) -> list[str]:
+        """Paths of the requests waiting now on a held symbol: a test knows a client is stuck
+        there (e.g. before killing it), where the log only shows a request once it is answered."""
+        with self._waiting_lock:
+            return list(self._waiting)
+
     def max_in_window(self, provider: str, window_s: float) -> int:
         return self._log.max_in_window(provider, window_s)
 
@@ -182,7 +192,7 @@ class FakeProviders:
         if config.latency_s > 0:
             self._stopping.wait(config.latency_s)
         if fake is not None:
-            self._hold(params, query)
+            self._hold(params, query, split.path)
         fault = None
         if fake is None:
             response = json_response(404, {"message": f"no fake provider serves {split.path}"})
@@ -192,12 +202,20 @@ class FakeProviders:
         self._log.add(Logged(fake.name if fake else "unknown", split.path, query, response.status, at, response.bars))
         self._send(handler, response, truncate=fault == "truncated")
 
-    def _hold(self, params: dict[str, str], query: dict[str, str]) -> None:
+    def _hold(self, params: dict[str, str], query: dict[str, str], path: str) -> None:
         """Wait while the request names a held symbol (FakeConfig.held_symbols)."""
         named = {params.get("ticker"), params.get("symbol"), query.get("symbol"), query.get("ticker"),
                  *query.get("symbols", "").split(",")}
-        while named & self._config.held_symbols and not self._stopping.is_set():
-            self._stopping.wait(0.05)
+        if not named & self._config.held_symbols:
+            return
+        with self._waiting_lock:
+            self._waiting.append(path)
+        try:
+            while named & self._config.held_symbols and not self._stopping.is_set():
+                self._stopping.wait(0.05)
+        finally:
+            with self._waiting_lock:
+                self._waiting.remove(path)
 
     def _answer(self, fake, serve, params, split, query, handler, config, at) -> tuple[Response, str | None]:
         request = Request(

@@ -59,7 +59,7 @@ from dagster_postgres.utils import (
 
 # The daemon loads this storage: bound its backfill log lines and form its backfill runs as boxes
 # there too (imported for their effect).
-from backfill_dagster.instance import backfill_log, backfill_runs  # noqa: F401
+from backfill_dagster.instance import backfill_log, backfill_runs, backfill_waits  # noqa: F401
 from backfill_dagster.instance.cached_status import unchanged_cache_value
 from backfill_dagster.instance.event_json import serialize_events
 from backfill_dagster.instance.event_log_tuning import batch_dagster_events

@@ -10,11 +10,20 @@ Dagster does and answers the health check from the worker each run recorded as i
 fails the run with the reason (`Detected run worker status FAILED: 'the run worker (pid 4242 on
 host h) is gone: ...'`). A worker it cannot check — on another host, or a run that recorded none —
 is reported RUNNING, as Dagster's launcher assumes of every run.
+
+A dead worker whose code location server does not answer (a `grpc_server` location of the
+workspace, stopped or restarting) is reported RUNNING until the server answers again: the run is
+failed then. Failing it at once would lose its retry: Dagster's retry needs the code location and,
+when it cannot load it, marks the run as never to be retried (auto_run_reexecution.py). Killing the
+code server's process group (its workers with it) while run monitoring polls sees exactly that.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from dagster._core.launcher import CheckRunHealthResult, DefaultRunLauncher, WorkerStatus
+from dagster._core.remote_origin import GrpcServerCodeLocationOrigin
 from dagster._core.storage.dagster_run import DagsterRun
 
 from backfill_dagster.instance.run_worker import describe_worker, worker_gone
@@ -30,6 +39,11 @@ class WorkerCheckingRunLauncher(DefaultRunLauncher):
     def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
         gone = worker_gone(run.tags)
         if gone is not None:
+            silent = unanswering_code_server(run)
+            if silent is not None:
+                return CheckRunHealthResult(
+                    WorkerStatus.RUNNING, f"{gone}; failed once {silent} answers again, so that it can be retried"
+                )
             return CheckRunHealthResult(WorkerStatus.FAILED, gone)
         described = describe_worker(run.tags)
         return CheckRunHealthResult(
@@ -37,3 +51,25 @@ class WorkerCheckingRunLauncher(DefaultRunLauncher):
             f"run worker {described}" if described else "no run worker recorded: assumed running",
         )
 
+
+
+def _answers(origin: GrpcServerCodeLocationOrigin) -> bool:
+    try:
+        origin.create_client().ping("run monitoring")
+    except Exception:  # noqa: BLE001 - any failure to answer is "not answering"
+        return False
+    return True
+
+
+def unanswering_code_server(
+    run: DagsterRun, answers: Callable[[GrpcServerCodeLocationOrigin], bool] = _answers
+) -> str | None:
+    """'the code server host:port' when the run's code location is a server the workspace reaches
+    by address and it does not answer now; None when it answers, or the location is one the daemon
+    starts itself (a module or file in workspace.yaml), or the run records no location."""
+    job_origin = run.remote_job_origin
+    origin = job_origin.repository_origin.code_location_origin if job_origin else None
+    if not isinstance(origin, GrpcServerCodeLocationOrigin) or answers(origin):
+        return None
+    where = origin.socket or f"{origin.host}:{origin.port}"
+    return f"the code server {where}"

@@ -10,7 +10,7 @@ logs, the run launcher and the coordinator load only when first used).
 
 from dagster._core.scheduler import DagsterDaemonScheduler
 
-from backfill_dagster.instance import backfill_runs  # noqa: F401  (installs the boxes in this process)
+from backfill_dagster.instance import backfill_runs, backfill_waits  # noqa: F401  (installs the boxes in this process)
 
 
 class BoxingDaemonScheduler(DagsterDaemonScheduler):

@@ -231,8 +231,15 @@ def test_a_held_symbol_waits_unanswered_until_released_and_others_pass(fakes, ht
     for thread in held:
         thread.join(timeout=0.5)
     assert all(t.is_alive() for t in held) and set(answers) == {"other"}
+    # The waiting requests are visible before they are answered (the log shows them only after).
+    deadline = time.monotonic() + 30
+    while len(fakes.held) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sorted(fakes.held) == ["/v2/aggs/ticker/MSFT/range/1/day/2024-01-02/2024-01-05", "/v2/stocks/bars"]
+    assert not any("MSFT" in e.path or e.query.get("symbols") for e in fakes.log)
     config.held_symbols.clear()
     for thread in held:
         thread.join(timeout=30)
+    assert fakes.held == []
     assert answers["polygon"].status_code == 200 and answers["polygon"].json()["resultsCount"] > 0
     assert answers["alpaca"].status_code == 200 and set(answers["alpaca"].json()["bars"]) == {"AAPL", "MSFT"}

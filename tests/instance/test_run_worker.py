@@ -86,3 +86,41 @@ def test_the_launcher_reports_a_dead_worker_failed_and_the_rest_running(child):
     child.wait(timeout=30)
     result = launcher.check_run_worker_health(alive)
     assert result.status == WorkerStatus.FAILED and f"pid {child.pid}" in result.msg
+
+
+def grpc_run(run_id: str, port: int, tags: dict[str, str]):
+    """A run launched from a code location server the workspace reaches at 127.0.0.1:`port`."""
+    import dagster as dg
+    from dagster._core.remote_origin import GrpcServerCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
+
+    origin = GrpcServerCodeLocationOrigin(host="127.0.0.1", port=port, location_name="backfill_dagster")
+    return dg.DagsterRun(job_name="all_bars", run_id=run_id, tags=tags, remote_job_origin=RemoteJobOrigin(
+        repository_origin=RemoteRepositoryOrigin(code_location_origin=origin, repository_name="__repository__"),
+        job_name="all_bars",
+    ))
+
+
+def test_a_dead_worker_whose_code_server_does_not_answer_is_failed_only_once_it_answers(child):
+    from dagster._core.launcher import WorkerStatus
+
+    from backfill_dagster.instance.run_launcher import unanswering_code_server
+
+    with socket.socket() as s:  # a port nothing listens on: connections are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(timeout=30)
+    run = grpc_run("dead", port, tags_of(child.pid, started="1"))
+    assert unanswering_code_server(run) == f"the code server 127.0.0.1:{port}"
+    # Failing it now would cost its retry (Dagster cannot load the location to retry it): wait.
+    result = WorkerCheckingRunLauncher().check_run_worker_health(run)
+    assert result.status == WorkerStatus.RUNNING, result
+    assert "is gone" in result.msg and f"failed once the code server 127.0.0.1:{port} answers again" in result.msg
+    # The server answers again: failed, as any dead worker's run.
+    assert unanswering_code_server(run, answers=lambda origin: origin.port == port) is None
+    # A run that names no code location server (a `dagster asset materialize`) is never waited for.
+    import dagster as dg
+
+    cli_run = dg.DagsterRun(job_name="all_bars", run_id="cli", tags=tags_of(child.pid, started="1"))
+    assert unanswering_code_server(cli_run) is None
+    assert WorkerCheckingRunLauncher().check_run_worker_health(cli_run).status == WorkerStatus.FAILED

@@ -64,6 +64,14 @@ INTERNALS: dict[str, tuple[str, str]] = {
         ("13eec872b09e32f3", "WorkerCheckingRunLauncher returns a CheckRunHealthResult of the same shape"),
     "dagster._daemon.monitoring.run_monitoring.monitor_started_run":
         ("bc211672a19dbc70", "a FAILED health result fails the run once, its message naming the dead worker; RUNNING leaves it"),
+    "dagster._daemon.auto_run_reexecution.auto_run_reexecution.consume_new_runs_for_automatic_reexecution":
+        ("533554c8a635a1b9", "a run whose retry cannot load its code location is never retried: the launcher "
+                             "fails a dead worker's run only while its code server answers"),
+    "dagster._core.remote_origin.GrpcServerCodeLocationOrigin.create_client":
+        ("f238be03f5150f3d", "the launcher pings a run's code location server through it"),
+    "dagster._core.execution.asset_backfill._check_validity_of_asset_backfill_data_and_should_process_backfill":
+        ("26414e349ff2364b", "with DAGSTER_BACKFILL_RETRY_DEFINITION_CHANGED_ERROR set, a backfill waits for an "
+                             "unreachable code location instead of failing (settings.py, the daemon's environment)"),
     "dagster._daemon.monitoring.concurrency.execute_concurrency_slots_iteration":
         ("013ec5d51e2b56f6", "free_slots_after_run_end_seconds (dagster.yaml) gives a killed run's pool slots back"),
     # what it calls privately
