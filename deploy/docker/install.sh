@@ -18,7 +18,7 @@ if [ ! -f "$src/constraints.txt" ]; then
     exit 2
 fi
 
-"$python" -m pip install --no-cache-dir --disable-pip-version-check \
+"$python" -m pip install --disable-pip-version-check \
     -c "$src/constraints.txt" "$src[docker,k8s,aws]"
 
 # A dependency pip could not reconcile fails here, not at the first run in production.
