@@ -80,6 +80,9 @@ def test_the_images_install_steps_work_in_a_fresh_environment(tmp_path):
     assert {"dagster", "dagster-postgres"} <= set(pins)
     differing = {k: (v, pins[k]) for k, v in installed.items() if k in pins and pins[k] != v}
     assert not differing, differing
+    # and the lock names every one (the image's extras included), so no version is pip's choice of the day
+    unpinned = set(installed) - set(pins) - {"backfill-dagster", "pip", "setuptools", "wheel"}
+    assert not unpinned, f"installed but not in constraints.txt (regenerate the lock with the extras): {sorted(unpinned)}"
     # installed as a wheel, not from the source tree (the image deletes it after the install)
     shutil.rmtree(build)
     out = subprocess.run([venv / "bin" / "python", "-c", "import backfill_dagster.definitions, importlib.resources as r; "
