@@ -23,7 +23,10 @@ DAGSTER_SERVICES = ("migrate", "code_location", "webserver", "daemon")
 # Not passed to run containers: the image sets DAGSTER_HOME; the project sets
 # DAGSTER_EVENT_BATCH_SIZE in each process unless set (an empty value would not be a number);
 # BACKFILL_DATA_DIR is unused when BACKFILL_DATABASE_URL is set.
-NOT_FORWARDED = {"DAGSTER_HOME", "DAGSTER_EVENT_BATCH_SIZE", "BACKFILL_DATA_DIR"}
+# DAGSTER_BACKFILL_RETRY_DEFINITION_CHANGED_ERROR: the daemon's own, set by the project's instance
+# plug-ins unless the operator set it (an empty value from Compose would count as set, and false)
+NOT_FORWARDED = {"DAGSTER_HOME", "DAGSTER_EVENT_BATCH_SIZE", "BACKFILL_DATA_DIR",
+                 "DAGSTER_BACKFILL_RETRY_DEFINITION_CHANGED_ERROR"}
 
 
 @pytest.fixture(scope="module")
