@@ -2,10 +2,10 @@
 it (GraphQL `launchPartitionBackfill`), run by dagster-daemon, bars landing in PostgreSQL; the
 asset page in a real headless Chromium; and `dagster asset materialize` against the same instance.
 
-Every test runs on both instance profiles: the production dagster.yaml and the fallback on
-Dagster's stock parts (deploy/dagster-stock.yaml, README "Deploy"). The same partitions end
-materialized, complete in the ledger, checked and fetched once on both; only the runs differ (one
-box run against Dagster's one run per symbol)."""
+On the production dagster.yaml; test_ui_backfill_stock.py runs the UI backfill, the CLI runs and
+the loopback check again on the fallback profile, Dagster's stock parts (deploy/dagster-stock.yaml,
+README "Deploy"). The same partitions end materialized, complete in the ledger, checked and fetched
+once on both; only the runs differ (one box run against Dagster's one run per symbol)."""
 
 from __future__ import annotations
 
@@ -27,19 +27,14 @@ ASSETS = ["bars_m15", "bars_h1", "bars_h4", "bars_d1"]
 SYMBOLS = ["AAPL", "MSFT"]
 ARTIFACTS = Path(os.environ.get("BACKFILL_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-PROFILES = {"production": ROOT / "dagster.yaml", "stock": ROOT / "deploy" / "dagster-stock.yaml"}
 CHECKS = {("bars_m15", "m15_completeness"), ("bars_h1", "matches_m15_resampled"),
           ("bars_h4", "matches_m15_resampled"), ("bars_d1", "bounds_m15")}
 
 
-@pytest.fixture(scope="module", params=sorted(PROFILES))
-def profile(request) -> str:
-    return request.param
-
-
 @pytest.fixture(scope="module")
-def instance_yaml(profile):
-    return PROFILES[profile]
+def profile() -> str:
+    """The instance profile this module deploys (tests/e2e/conftest.py `instance_yaml`)."""
+    return "production"
 
 
 @pytest.fixture(scope="module")
