@@ -78,6 +78,27 @@ def test_production_dagster_yaml_loads_on_postgres(tmp_path, pg_template):
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def test_dagster_dev_in_the_checkout_without_the_production_variables_says_what_to_set_in_one_sentence():
+    # The checkout's dagster.yaml is the production instance; `dagster dev` without DAGSTER_HOME
+    # loads it from the working directory (into a temporary home).
+    from backfill_dagster.instance.run_storage import unset_variables_message
+    from tests.deploy import free_port
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "BACKFILL_"))}
+    proc = subprocess.Popen([BIN / "dagster", "dev", "-p", str(free_port())], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:  # it served after all: stop it and fail below
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 1, out
+    variables = ["DAGSTER_PG_DB", "DAGSTER_PG_HOST", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_PORT", "DAGSTER_PG_USER"]
+    assert f"Error: {unset_variables_message(variables)}\n" in out, out
+    assert "Traceback" not in out and "PostProcessingError" not in out, out
+
+
 def test_workspace_yaml_loads_the_code_location(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "BACKFILL_DATA_DIR": str(tmp_path)}
     out = subprocess.run([BIN / "dagster", "definitions", "validate", "-w", "workspace.yaml"], cwd=ROOT, env=env,

@@ -7,13 +7,21 @@ connections and catalog queries, ~0.1 s per run here, which a backfill of many r
 and again (bench/provider_backfill.py). This subclass keeps connections as the bulk event log
 does (event_log.pooled_engine: per process, safe across fork) and remembers the columns once seen.
 Everything else is dagster-postgres's own.
+
+It is also the first storage an instance loads: when dagster.yaml's connection variables are not
+set (`dagster dev` started in the checkout, whose dagster.yaml is the production instance) it stops
+the load with one sentence saying what to set, instead of Dagster's traceback per variable.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
+import click
+from dagster._config import Field, Permissive, process_config, resolve_to_config_type
+from dagster._core.errors import DagsterInvalidConfigError
 from dagster._core.events import DagsterEvent, DagsterEventType
 from dagster._serdes import ConfigurableClassData
 from dagster_postgres.run_storage import PostgresRunStorage
@@ -21,6 +29,27 @@ from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_c
 
 from backfill_dagster.instance.event_log import pooled_engine
 from backfill_dagster.instance.run_worker import this_worker
+
+
+class InstanceEnvironmentError(click.ClickException):
+    """The production instance's connection variables are not set. A ClickException: Dagster's
+    commands (`dagster dev`, `dagster-webserver`, `dagster-daemon`) print its one sentence, not a
+    traceback; elsewhere it is an ordinary exception with that message."""
+
+
+def unset_variables(postgres_db: Mapping[str, Any], env: Mapping[str, str]) -> list[str]:
+    """The variables `postgres_db`'s `{env: NAME}` values name that `env` does not set, sorted."""
+    return sorted(value["env"] for value in postgres_db.values()
+                  if isinstance(value, Mapping) and "env" in value and value["env"] not in env)
+
+
+def unset_variables_message(names: list[str]) -> str:
+    are = "is" if len(names) == 1 else "are"
+    return (
+        f"This dagster.yaml is the production instance and {', '.join(names)} {are} not set: set the "
+        "DAGSTER_PG_* variables (README, \"Deploy\"), or export DAGSTER_HOME=$PWD/data/dagster_home "
+        "to use the embedded instance that `backfill-dagster demo` made."
+    )
 
 
 class PooledPostgresRunStorage(PostgresRunStorage):
@@ -35,9 +64,23 @@ class PooledPostgresRunStorage(PostgresRunStorage):
         stock.dispose()
 
     @classmethod
+    def config_type(cls):
+        # postgres_db as written: its variables are checked all at once in from_config_value, then
+        # the whole section is processed against dagster-postgres's own schema.
+        return {**super().config_type(), "postgres_db": Field(Permissive(), is_required=False)}
+
+    @classmethod
     def from_config_value(
         cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
     ) -> PooledPostgresRunStorage:
+        unset = unset_variables(config_value.get("postgres_db") or {}, os.environ)
+        if unset:
+            raise InstanceEnvironmentError(unset_variables_message(unset))
+        result = process_config(resolve_to_config_type(super().config_type()), dict(config_value))
+        if not result.success:
+            raise DagsterInvalidConfigError("Errors whilst loading the run storage's configuration.", result.errors,
+                                            config_value)
+        config_value = result.value
         return cls(
             inst_data=inst_data,
             postgres_url=pg_url_from_config(config_value),

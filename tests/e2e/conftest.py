@@ -57,8 +57,16 @@ class Deployment(Services):
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory) -> Iterator[Deployment]:
-    """PostgreSQL-backed store and instance, with the project's dagster.yaml; no processes yet."""
+def instance_yaml() -> Path:
+    """The dagster.yaml a module's deployment copies into its DAGSTER_HOME: the project's production
+    instance, unless the module overrides this fixture (e.g. with deploy/dagster-stock.yaml)."""
+    return ROOT / "dagster.yaml"
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory, instance_yaml) -> Iterator[Deployment]:
+    """PostgreSQL-backed store and instance, with the project's dagster.yaml (or the module's
+    `instance_yaml`); no processes yet."""
     tag = uuid.uuid4().hex[:8]
     dagster_db, store_db = f"bfd_e2e_dagster_{tag}", f"bfd_e2e_store_{tag}"
     for name in (dagster_db, store_db):
@@ -67,7 +75,7 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
         for name in (dagster_db, store_db):
             no_commit_wait(admin, name)
     home = tmp_path_factory.mktemp("dagster_home")
-    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(instance_yaml, home / "dagster.yaml")
     logs = tmp_path_factory.mktemp("logs")
     pg = psycopg.conninfo.conninfo_to_dict(PG_ADMIN_URL)
     env = {

@@ -1,6 +1,11 @@
 """The UI's way in, with real processes: a backfill launched over HTTP exactly as the UI launches
 it (GraphQL `launchPartitionBackfill`), run by dagster-daemon, bars landing in PostgreSQL; the
-asset page in a real headless Chromium; and `dagster asset materialize` against the same instance."""
+asset page in a real headless Chromium; and `dagster asset materialize` against the same instance.
+
+On the production dagster.yaml; test_ui_backfill_stock.py runs the UI backfill, the CLI runs and
+the loopback check again on the fallback profile, Dagster's stock parts (deploy/dagster-stock.yaml,
+README "Deploy"). The same partitions end materialized, complete in the ledger, checked and fetched
+once on both; only the runs differ (one box run against Dagster's one run per symbol)."""
 
 from __future__ import annotations
 
@@ -22,6 +27,14 @@ ASSETS = ["bars_m15", "bars_h1", "bars_h4", "bars_d1"]
 SYMBOLS = ["AAPL", "MSFT"]
 ARTIFACTS = Path(os.environ.get("BACKFILL_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHECKS = {("bars_m15", "m15_completeness"), ("bars_h1", "matches_m15_resampled"),
+          ("bars_h4", "matches_m15_resampled"), ("bars_d1", "bounds_m15")}
+
+
+@pytest.fixture(scope="module")
+def profile() -> str:
+    """The instance profile this module deploys (tests/e2e/conftest.py `instance_yaml`)."""
+    return "production"
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +51,7 @@ def instance_of(deployment) -> dg.DagsterInstance:
     return dg.DagsterInstance.from_config(str(deployment.home))
 
 
-def test_a_ui_backfill_of_all_four_assets_fills_the_box(running):
+def test_a_ui_backfill_of_all_four_assets_fills_the_box(running, profile):
     sessions = xnys().sessions("2024-11-18", "2024-11-22")
     keys = [f"{d.isoformat()}|{s}" for s in SYMBOLS for d in sessions]
     data = running.graphql(LAUNCH_BACKFILL, {"params": {
@@ -66,8 +79,35 @@ def test_a_ui_backfill_of_all_four_assets_fills_the_box(running):
     with instance_of(running) as instance:
         for asset in ASSETS:
             assert set(keys) <= instance.get_materialized_partitions(dg.AssetKey(asset)), asset
+            # each partition materialized once: nothing fetched or derived twice
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=keys), limit=1000).records
+            assert sorted(r.partition_key for r in records) == sorted(keys), asset
         runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
-        assert len(runs) == 1  # one box: both symbols x five sessions, four assets (instance/backfill_runs.py)
+        if profile == "production":
+            assert len(runs) == 1  # one box: both symbols x five sessions, four assets (instance/backfill_runs.py)
+        else:
+            # Dagster's own run formation: one run per symbol, its five sessions, four assets
+            assert sorted(r.tags["dagster/asset_partition_range_start"].split("|")[1] for r in runs) == SYMBOLS
+        assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+        # the checks summarise each run; between them, every partition checked and passed
+        checked = {check: 0 for check in CHECKS}
+        for run in runs:
+            for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
+                evaluation = entry.dagster_event.event_specific_data
+                check = (evaluation.asset_key.path[-1], evaluation.check_name)
+                if check in CHECKS:
+                    assert evaluation.passed, (check, evaluation.description)
+                    checked[check] += evaluation.metadata["partitions_checked"].value
+        assert checked == {check: len(keys) for check in CHECKS}
+    with shared_engine(running.store_url).connect() as conn:
+        ledger = conn.execute(sa.text(
+            "SELECT symbol, session, timeframe, status, attempts FROM bar_coverage WHERE symbol IN ('AAPL', 'MSFT') "
+            "AND session BETWEEN '2024-11-18' AND '2024-11-22'"
+        )).all()
+    assert sorted((s, d.isoformat(), t) for s, d, t, _, _ in ledger) == sorted(
+        (s, d.isoformat(), t) for s in SYMBOLS for d in sessions for t in ("m15", "h1", "h4", "d1"))
+    assert {(status, attempts) for *_, status, attempts in ledger} == {("complete", 1)}
     with shared_engine(running.store_url).connect() as conn:
         rows = dict(conn.execute(sa.text(
             "SELECT timeframe, count(*) FROM ohlc_bars WHERE symbol IN ('AAPL', 'MSFT') "

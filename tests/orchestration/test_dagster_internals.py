@@ -51,6 +51,10 @@ INTERNALS: dict[str, tuple[str, str]] = {
         ("c20e1fcd1ee52b39", "PooledPostgresRunStorage replaces self._engine after super().__init__"),
     "dagster_postgres.run_storage.run_storage.PostgresRunStorage.from_config_value":
         ("78ffe37ccb0d74b8", "PooledPostgresRunStorage.from_config_value builds itself from the same config keys"),
+    "dagster_postgres.run_storage.run_storage.PostgresRunStorage.config_type":
+        ("a55f6039e6c59829", "PooledPostgresRunStorage.config_type takes it with postgres_db as written, then processes the section with it"),
+    "dagster._core.storage.config.pg_config":
+        ("898d95d207844830", "postgres_db's values are what the run storage checks for unset {env: NAME} variables"),
     "dagster_postgres.run_storage.run_storage.PostgresRunStorage.connect":
         ("b76438443325ba8b", "every run-storage statement goes through self._engine"),
     "dagster._core.storage.runs.sql_run_storage.SqlRunStorage.has_run_stats_index_cols":
