@@ -88,7 +88,7 @@ def main() -> None:
             # execute_in_process keeps them.
             os.environ.update({"BACKFILL_DATABASE_URL": url, "BACKFILL_DATA_DIR": str(home),
                                "BACKFILL_HISTORY_START": sessions[0].isoformat()})
-            recon_job = ReconstructableJob(ReconstructableRepository.for_module("backfill_dagster", None), ALL_BARS_JOB)
+            recon_job = ReconstructableJob(ReconstructableRepository.for_module("backfill_dagster", "defs"), ALL_BARS_JOB)
             with pg_instance(home / "dagster") as instance:
                 instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, symbols)
                 run = instance.create_run_for_job(

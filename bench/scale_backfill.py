@@ -70,7 +70,9 @@ def main() -> None:
     keys = [f"{d.isoformat()}|{s}" for s in syms for d in sessions]
     config = FakeConfig(rate_limits={"alpaca": args.alpaca_rate}, rate_window_s=60.0, polygon_history_days=None)
     with FakeProviders(config) as fakes:
-        name = f"bench_scale_backfill_{args.symbols}x{args.sessions}"
+        # Named after the variant, so two variants can run side by side on their own databases.
+        name = (f"bench_scale_backfill_{args.symbols}x{args.sessions}"
+                f"{'_cs' if args.code_server else ''}{f'_r{args.backfill_runs}' if args.backfill_runs else ''}")
         dep = Deployment(name, args.workdir / name, history_start, extra_env={
             **fakes.env(), "BACKFILL_PROVIDERS": "alpaca", "ALPACA_RATE_LIMIT": str(args.alpaca_rate),
             "BACKFILL_BOX_PARTITIONS": str(args.box_partitions) if args.runs == "boxes" else "0",
