@@ -52,6 +52,12 @@ def main() -> None:
     parser.add_argument("--no-direct", action="store_true", help="skip the baseline with no Dagster")
     parser.add_argument("--runs", choices=("boxes", "per-symbol"), default="boxes",
                         help="how the daemon forms the backfill's runs (per-symbol: Dagster's own)")
+    parser.add_argument("--box-partitions", type=int, default=12_000, help="BACKFILL_BOX_PARTITIONS for boxes")
+    parser.add_argument("--backfill-runs", type=int, default=None,
+                        help="runs of one backfill at once (the dagster/backfill limit; dagster.yaml's by default)")
+    parser.add_argument("--code-server", action="store_true",
+                        help="one standalone code server (`dagster code-server start`, a grpc_server workspace) "
+                             "instead of the code servers the webserver and the daemon each start")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_scale_backfill"))
     args = parser.parse_args()
     if args.symbols < 1 or args.sessions < 1 or args.alpaca_rate < 1:
@@ -64,19 +70,27 @@ def main() -> None:
     keys = [f"{d.isoformat()}|{s}" for s in syms for d in sessions]
     config = FakeConfig(rate_limits={"alpaca": args.alpaca_rate}, rate_window_s=60.0, polygon_history_days=None)
     with FakeProviders(config) as fakes:
-        name = f"bench_scale_backfill_{args.symbols}x{args.sessions}"
+        # Named after the variant, so two variants can run side by side on their own databases.
+        name = (f"bench_scale_backfill_{args.symbols}x{args.sessions}"
+                f"{'_cs' if args.code_server else ''}{f'_r{args.backfill_runs}' if args.backfill_runs else ''}")
         dep = Deployment(name, args.workdir / name, history_start, extra_env={
             **fakes.env(), "BACKFILL_PROVIDERS": "alpaca", "ALPACA_RATE_LIMIT": str(args.alpaca_rate),
-            "BACKFILL_BOX_PARTITIONS": "12000" if args.runs == "boxes" else "0",
+            "BACKFILL_BOX_PARTITIONS": str(args.box_partitions) if args.runs == "boxes" else "0",
         })
         print(f"whole-market backfill bench: {len(syms)} symbols x {len(sessions)} sessions "
               f"({sessions[0]}..{sessions[-1]}) x {len(ASSETS)} assets = {len(keys) * len(ASSETS):,} asset partitions; "
-              f"Alpaca fake at {args.alpaca_rate}/min; runs: {args.runs}; load {load_average()}", flush=True)
+              f"Alpaca fake at {args.alpaca_rate}/min; runs: {args.runs}"
+              f"{f' of {args.box_partitions:,}' if args.runs == 'boxes' else ''}, "
+              f"{args.backfill_runs or 'dagster.yaml'} at once; code server: "
+              f"{'standalone' if args.code_server else 'per process'}; load {load_average()}", flush=True)
         dep.create()
+        if args.backfill_runs:
+            set_backfill_runs(dep.home / "dagster.yaml", args.backfill_runs)
         try:
             out = dep.run(BIN / "backfill-dagster", "watchlist", "add", *syms)
             if out.returncode != 0:
                 raise SystemExit(f"watchlist add failed:\n{out.stdout}\n{out.stderr}")
+            roots = [dep.start_code_server().pid] if args.code_server else []
             dep.start_webserver()
             began = time.monotonic()
             launched = dep.graphql(LAUNCH_BACKFILL, {"params": {
@@ -90,7 +104,9 @@ def main() -> None:
             # The daemon starts after the launch, as when a user adds symbols and backfills them at
             # once: the gap sensor then sees the unfinished backfill and leaves its partitions to it.
             daemon = dep.start_daemon()
-            sampler = Sampler(daemon.pid)
+            # Every process of the deployment: the daemon, the webserver, each with the code servers
+            # they start and the run workers those start (or a standalone code server and its workers).
+            sampler = Sampler([daemon.pid, dep.processes["webserver"].pid, *roots])
             sampler.start()
             status = None
             next_line = 0.0
@@ -101,7 +117,7 @@ def main() -> None:
                     counts, _ = ledger(dep.store_url)
                     done = {tf: counts.get((tf, "complete"), 0) for tf in ("m15", "h1", "h4", "d1")}
                     print(f"  t+{elapsed:5.0f} s {status['status']:<10} ledger complete {done} "
-                          f"alpaca calls {fakes.calls('alpaca')}  daemon tree "
+                          f"alpaca calls {fakes.calls('alpaca')}  processes "
                           f"{sampler.peak_total / MB:.0f} MB peak  load {load_average()}", flush=True)
                     next_line += 60
                 if status["status"] in DONE:
@@ -151,9 +167,10 @@ def main() -> None:
             if walls:
                 print(f"   run wall median {sorted(walls)[len(walls) // 2]:.1f} s, max {max(walls):.1f} s")
             print(timeline(ours, launch_ts, wall))
-            print(f"== peak RSS: daemon tree {sampler.peak_total / MB:.0f} MB; " + "; ".join(
+            print(f"== peak RSS: all processes {sampler.peak_total / MB:.0f} MB, run workers at once "
+                  f"{sampler.max_workers}; " + "; ".join(
                 f"{r} one {sampler.peak_by_role[r] / MB:.0f} MB, together {sampler.peak_sum_by_role[r] / MB:.0f} MB"
-                for r in ("daemon", "code server", "run worker", "other") if r in sampler.peak_by_role))
+                for r in ("daemon", "webserver", "code server", "run worker", "other") if r in sampler.peak_by_role))
             print("== ledger: " + ", ".join(f"{tf} {st} {n:,}" for (tf, st), n in sorted(counts.items())))
             print(f"== Dagster database {total_db / MB:.0f} MB: " +
                   ", ".join(f"{t} {b / MB:.0f} MB" for t, b, _ in tables[:4]))
@@ -167,6 +184,19 @@ def main() -> None:
         print(f"== direct, no Dagster: {direct_s:.0f} s, {direct_calls:,} Alpaca calls "
               f"(the rate limit alone needs {direct_calls / args.alpaca_rate:.1f} min); "
               f"Dagster's share of the backfill: ({wall:.0f} - {direct_s:.0f}) / {wall:.0f} = {(wall - direct_s) / wall:.0%}")
+
+
+def set_backfill_runs(path: Path, runs: int) -> None:
+    """The deployment's dagster.yaml with `runs` runs of a backfill at once, and as many runs
+    started ahead of a free provider pool slot (op_granularity_run_buffer) as that leaves."""
+    import yaml
+
+    config = yaml.safe_load(path.read_text())
+    for limit in config["concurrency"]["runs"]["tag_concurrency_limits"]:
+        if limit["key"] == "dagster/backfill":
+            limit["limit"] = runs
+    config["concurrency"]["pools"]["op_granularity_run_buffer"] = max(0, runs - config["concurrency"]["pools"]["default_limit"])
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def _quantiles(values: list[float]) -> str:

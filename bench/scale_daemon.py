@@ -63,13 +63,15 @@ def role(cmd: str) -> str:
         return "run worker"
     if "dagster-daemon" in cmd or "dagster_daemon" in cmd:
         return "daemon"
+    if "dagster-webserver" in cmd or "dagster_webserver" in cmd:
+        return "webserver"
     return "other"
 
 
 class Sampler(threading.Thread):
     """RSS of a process tree every `interval` seconds: peaks per role and per pid."""
 
-    def __init__(self, pid: int, interval: float = 1.0):
+    def __init__(self, pid: int | list[int], interval: float = 1.0):
         super().__init__(daemon=True)
         self.pid, self.interval = pid, interval
         self.stop_event = threading.Event()

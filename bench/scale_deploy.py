@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,35 @@ class Deployment(Services):
     start_timeout_s = 300.0  # a whole market's definitions and instance load slower
     run_timeout_s = 600.0
     graphql_timeout_s = 300.0
+    # The workspace the webserver and the daemon load: the checkout's (each of them then starts and
+    # restarts code servers of its own), or one naming a standalone code server (start_code_server).
+    workspace: str = "workspace.yaml"
+
+    def start(self, name: str, args: list[str]) -> subprocess.Popen:
+        return super().start(name, [self.workspace if str(a) == "workspace.yaml" else a for a in args])
+
+    def start_code_server(self) -> subprocess.Popen:
+        """One code server for the webserver, the daemon and the run workers (`dagster code-server
+        start`, which loads the definitions in a child it can reload), and a workspace naming it."""
+        from tests.deploy import free_port
+
+        port = free_port()
+        proc = super().start("code-server", [BIN / "dagster", "code-server", "start", "-m", "backfill_dagster",
+                                             "-h", "127.0.0.1", "-p", str(port)])
+        path = self.workdir / "workspace_grpc.yaml"
+        path.write_text(f"load_from:\n  - grpc_server:\n      host: 127.0.0.1\n      port: {port}\n"
+                        f"      location_name: backfill_dagster\n")
+        began = time.monotonic()
+        while time.monotonic() - began < self.start_timeout_s:
+            if proc.poll() is not None:
+                raise RuntimeError(f"code server exited:\n{self.log('code-server')}")
+            check = subprocess.run([str(BIN / "dagster"), "api", "grpc-health-check", "-p", str(port)],
+                                   env=self.env, capture_output=True, text=True)
+            if check.returncode == 0:
+                self.workspace = str(path)
+                return proc
+            time.sleep(1)
+        raise RuntimeError(f"code server did not answer within {self.start_timeout_s:g}s:\n{self.log('code-server')}")
 
     @property
     def dagster_db(self) -> str:
@@ -145,8 +175,8 @@ def db_sizes(dbname: str) -> tuple[int, list[tuple[str, int, int]]]:
     return total, tables
 
 
-def process_tree_rss(pid: int) -> tuple[int, dict[int, tuple[str, int]]]:
-    """Total RSS bytes of `pid` and its descendants, and each one's (command, rss)."""
+def process_tree_rss(pid: int | Sequence[int]) -> tuple[int, dict[int, tuple[str, int]]]:
+    """Total RSS bytes of `pid` (or of several roots) and its descendants, and each one's (command, rss)."""
     children: dict[int, list[int]] = {}
     info: dict[int, tuple[str, int]] = {}
     for entry in os.listdir("/proc"):
@@ -163,7 +193,7 @@ def process_tree_rss(pid: int) -> tuple[int, dict[int, tuple[str, int]]]:
         ppid, rss_pages = int(rest[1]), int(rest[21])
         children.setdefault(ppid, []).append(int(entry))
         info[int(entry)] = (cmd, rss_pages * os.sysconf("SC_PAGE_SIZE"))
-    tree, todo = {}, [pid]
+    tree, todo = {}, [pid] if isinstance(pid, int) else list(pid)
     while todo:
         p = todo.pop()
         if p in info:

@@ -53,7 +53,7 @@ def test_production_dagster_yaml_loads_on_postgres(tmp_path, pg_template):
             "print(*sorted(f'{k.value}={v}' for k, v in r.items()), asset_backfill._partition_subset_str.__module__); "
             # run output kept where Dagster keeps it by default, by the threaded manager
             "m = i.compute_log_manager; print(type(m).__name__, m._base_dir); "
-            # provider pools: two steps at a time, four more runs started while they wait for a slot
+            # provider pools: two steps at a time, one more run started while they wait for a slot
             "p = i.get_concurrency_config().pool_config; print(p.default_pool_limit, p.op_granularity_run_buffer); "
             # a run the queue could not hand to a (replaced) code server goes back to the queue
             "q = i.get_concurrency_config().run_queue_config; "
@@ -69,7 +69,7 @@ def test_production_dagster_yaml_loads_on_postgres(tmp_path, pg_template):
             "True", "True", "8",
             "FAILURE=30", "SKIPPED=1", "STARTED=30", "SUCCESS=14", "backfill_dagster.instance.backfill_log",
             "TeeComputeLogManager", str(tmp_path / "storage"),
-            "2", "4",
+            "2", "1",
             "5", "10",
             "WorkerCheckingRunLauncher", "True", "30",
         ]

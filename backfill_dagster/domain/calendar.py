@@ -20,13 +20,15 @@ Everything here is vectorised over many sessions; nothing imports Dagster or the
 from __future__ import annotations
 
 import functools
+import os
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from pathlib import Path
 from typing import TypeVar
 from zoneinfo import ZoneInfo
 
-import exchange_calendars as xcals
 import numpy as np
 import pandas as pd
 
@@ -81,14 +83,13 @@ class SessionCalendar:
     """The XNYS sessions between two dates, with opens, closes and expected bar grids."""
 
     def __init__(self, first: date, last: date):
-        self._xcal = xcals.get_calendar(EXCHANGE, start=first, end=last)
-        schedule = self._xcal.schedule
         self.first_day = first
         self.last_day = last
+        labels, opens, closes = session_schedule(first, last)
         # Session labels as naive midnight timestamps, ascending, for vectorised lookups.
-        self._labels = pd.DatetimeIndex(schedule.index).as_unit("ns")
-        self._opens = pd.DatetimeIndex(schedule["open"]).as_unit("ns")
-        self._closes = pd.DatetimeIndex(schedule["close"]).as_unit("ns")
+        self._labels = pd.DatetimeIndex(labels.view("M8[ns]"))
+        self._opens = pd.DatetimeIndex(opens.view("M8[ns]")).tz_localize("UTC")
+        self._closes = pd.DatetimeIndex(closes.view("M8[ns]")).tz_localize("UTC")
         midnights = self._labels.tz_localize(NEW_YORK).tz_convert("UTC")
         self._midnights = midnights.as_unit("ns")
         self._midnights_ns = self._midnights.asi8
@@ -129,7 +130,7 @@ class SessionCalendar:
             )
         if day.weekday() >= 5:
             return f"a {day.strftime('%A')}"
-        names = self._xcal.regular_holidays.holidays(day, day, return_name=True)
+        names = _exchange_calendar(self.first_day, self.last_day).regular_holidays.holidays(day, day, return_name=True)
         if len(names):
             return f"NYSE holiday: {names.iloc[0]}"
         return "NYSE closed (ad-hoc closure)"
@@ -353,6 +354,56 @@ def _utc(now: pd.Timestamp | datetime) -> pd.Timestamp:
     if ts.tzinfo is None:
         raise ValueError(f"naive timestamp {ts!s}: pass a timezone-aware time")
     return ts.tz_convert("UTC")
+
+
+@functools.lru_cache(maxsize=2)
+def _exchange_calendar(first: date, last: date):
+    # exchange_calendars computes every holiday rule of the range with pandas when a calendar is
+    # built (seconds for 2000 to next year): only what the stored schedule cannot say needs it.
+    import exchange_calendars as xcals
+
+    return xcals.get_calendar(EXCHANGE, start=first, end=last)
+
+
+def session_schedule(first: date, last: date, cache_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(session labels at naive midnight, opens, closes in UTC) as int64 nanoseconds, from
+    exchange_calendars, kept in a file per exchange_calendars release and range so that every
+    process after the first (each run worker, code server, CLI call) reads it instead of building
+    the calendar again. A cache that cannot be read or written is rebuilt or skipped, never trusted."""
+    path = _schedule_path(first, last, cache_dir)
+    if path is not None:
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                labels, opens, closes = stored["labels"], stored["opens"], stored["closes"]
+            if labels.dtype == opens.dtype == closes.dtype == np.int64 and len(labels) == len(opens) == len(closes) > 0:
+                return labels, opens, closes
+        except (OSError, ValueError, KeyError, EOFError):
+            pass  # missing, partial or from something else: rebuilt below
+    schedule = _exchange_calendar(first, last).schedule
+    labels = pd.DatetimeIndex(schedule.index).as_unit("ns").asi8
+    opens = pd.DatetimeIndex(schedule["open"]).tz_convert("UTC").as_unit("ns").asi8
+    closes = pd.DatetimeIndex(schedule["close"]).tz_convert("UTC").as_unit("ns").asi8
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
+                np.savez(tmp, labels=labels, opens=opens, closes=closes)
+            os.replace(tmp.name, path)  # readers see the whole file or none
+        except OSError:
+            pass  # a read-only home: every process builds its own, as before
+    return labels, opens, closes
+
+
+def _schedule_path(first: date, last: date, cache_dir: Path | None) -> Path | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        release = version("exchange-calendars")
+    except PackageNotFoundError:
+        return None
+    if cache_dir is None:
+        cache_dir = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "backfill_dagster"
+    return cache_dir / f"{EXCHANGE}-{release}-{first.isoformat()}-{last.isoformat()}.npz"
 
 
 @functools.lru_cache(maxsize=8)

@@ -489,6 +489,10 @@ class WriteBehind:
                 # (fork and forkserver children leave with os._exit, after multiprocessing's finalizers).
                 atexit.register(self.close)
                 multiprocessing.util.Finalize(None, self.close, exitpriority=10)
+            # Forget the writes already stored: `finish` needs only the unwritten ones (and the
+            # failed ones' events, to store them one by one). Kept until `finish`, a range run's
+            # step held every one of its partitions' events, ~10 KB per partition and asset.
+            self._pending = [(f, e) for f, e in self._pending if not f.done() or f.exception() is not None]
             self._pending.append((future, events))
             self._queue.put((future, write))
 

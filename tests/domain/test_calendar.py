@@ -1,16 +1,20 @@
 """The session calendar against exchange_calendars and the known NYSE facts (providers.md §6)."""
 
 from datetime import date
+from importlib.metadata import version
 
 import exchange_calendars as xcals
+import numpy as np
 import pandas as pd
 import pytest
 
 from backfill_dagster.domain.calendar import (
     NEW_YORK,
     NotASessionError,
+    SessionCalendar,
     SessionNotOpenError,
     contiguous_runs,
+    session_schedule,
 )
 from backfill_dagster.domain.timeframes import Timeframe
 from tests.conftest import utc
@@ -149,3 +153,46 @@ def test_served_hours_run_to_20_00_on_half_days(calendar):
     # 04:00-09:30 (22 bars), 09:30-13:00 (14), 13:00-20:00 (28)
     assert calendar.expected_counts([half], Timeframe.M15, served=True).tolist() == [64]
     assert calendar.expected_counts([half], Timeframe.M15, extended=True).tolist() == [52]
+
+
+# ------------------------------------------------------------------ the stored schedule
+def _built(first: date, last: date):
+    schedule = xcals.get_calendar("XNYS", start=first, end=last).schedule
+    return (pd.DatetimeIndex(schedule.index), pd.DatetimeIndex(schedule["open"]).tz_convert("UTC"),
+            pd.DatetimeIndex(schedule["close"]).tz_convert("UTC"))
+
+
+def test_the_stored_schedule_is_exchange_calendars_own_and_is_read_back(tmp_path):
+    first, last = date(2023, 1, 1), date(2026, 12, 31)
+    labels, opens, closes = _built(first, last)
+    made = session_schedule(first, last, tmp_path)
+    (stored,) = tmp_path.iterdir()
+    assert stored.name == f"XNYS-{version('exchange-calendars')}-2023-01-01-2026-12-31.npz"
+    read = session_schedule(first, last, tmp_path)
+    for got in (made, read):
+        assert list(got[0]) == list(labels.asi8) and list(got[1]) == list(opens.asi8) and list(got[2]) == list(closes.asi8)
+    calendar = SessionCalendar(first, last)  # the user's cache dir: the same sessions and hours either way
+    assert calendar.sessions(first, last) == [ts.date() for ts in labels]
+    assert calendar.close(date(2024, 12, 24)) == closes[labels.get_loc(pd.Timestamp("2024-12-24"))]
+    assert calendar.describe_non_session(date(2025, 12, 25)) == "NYSE holiday: Christmas"
+
+
+@pytest.mark.parametrize("content", [b"", b"not a numpy file", None])
+def test_a_broken_stored_schedule_is_rebuilt_not_trusted(tmp_path, content):
+    first, last = date(2024, 1, 1), date(2025, 12, 31)
+    path = tmp_path / f"XNYS-{version('exchange-calendars')}-2024-01-01-2025-12-31.npz"
+    if content is None:  # a file of the right name with other arrays in it
+        np.savez(path, labels=np.arange(3, dtype=np.int64))
+    else:
+        path.write_bytes(content)
+    labels, opens, _ = session_schedule(first, last, tmp_path)
+    assert list(labels) == list(_built(first, last)[0].asi8) and len(opens) == len(labels)
+    with np.load(path) as again:  # and the good one written in its place
+        assert list(again["labels"]) == list(labels)
+
+
+def test_an_unwritable_cache_dir_only_costs_the_build(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the cache directory would be")
+    labels, _, _ = session_schedule(date(2024, 1, 1), date(2024, 12, 31), blocked / "cache")
+    assert len(labels) == 252

@@ -4,10 +4,12 @@ what it reads back from its stock storage, and its pooled connections are safe a
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import threading
 import time
 import uuid
+import weakref
 from datetime import date
 from pathlib import Path
 
@@ -538,6 +540,30 @@ def test_queued_writes_share_a_transaction():
     behind.close()
     assert [name for _, name in tx.committed] == list(range(10))
     assert len(groups) == 2  # the first write alone, the ten queued behind it in one transaction
+
+
+def test_writes_once_stored_no_longer_hold_their_events():
+    """A range run's step queues a batch per 1,000 partitions; the ones stored are let go at once,
+    not kept until the next read or status event (their events held ~10 KB per partition)."""
+
+    class Event:
+        pass
+
+    tx = _Transactions()
+    behind = event_log.WriteBehind(lambda event: None, tx)
+    first = Event()
+    gone = weakref.ref(first)
+    behind.start([first], tx.write("first"))
+    del first
+    for i in range(200):  # until the writer has stored it: then the next write drops it
+        behind.start([Event()], tx.write(i))
+        gc.collect()
+        if gone() is None:
+            break
+        time.sleep(0.05)
+    assert gone() is None
+    behind.close()
+    assert [name for _, name in tx.committed][0] == "first" and len(tx.committed) == i + 2
 
 
 @dg.op

@@ -1,0 +1,129 @@
+"""Where a box run's worker memory goes: RSS over one range run of all four assets.
+
+    python bench/run_memory.py [--symbols 23] [--sessions 504] [--trace 0] [--repeat 1]
+
+One range run of the `all_bars` job (bars_m15 and bars_d1 fetched from the demo provider, h1 and
+h4 derived, their checks) over a box of symbols x sessions (default 23 x 504 = 11,592 partitions
+per asset, the size of a whole-market backfill's box), executed in this process as a run worker
+executes it (the job reconstructed from the code location, in-process executor, events streamed) on a PostgreSQL instance with the project's storages and a
+PostgreSQL store. The process's RSS is sampled every 50 ms: after imports, before the run, its peak
+during the run and after it; the growth per asset partition is the peak over the before figure.
+With --trace N, tracemalloc's N largest allocation sites at the run's peak (slow: ~3x the wall).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+MB = 1024 * 1024
+
+
+def rss() -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class Peak(threading.Thread):
+    def __init__(self, interval: float = 0.05):
+        super().__init__(daemon=True)
+        self.interval, self.peak, self.stop = interval, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.peak = max(self.peak, rss())
+            self.stop.wait(self.interval)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--symbols", type=int, default=23)
+    parser.add_argument("--sessions", type=int, default=504)
+    parser.add_argument("--trace", type=int, default=0, help="print tracemalloc's N largest sites at the peak")
+    parser.add_argument("--repeat", type=int, default=1, help="runs in the same process, each on a fresh store")
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    import dagster as dg
+
+    from dagster._core.definitions.reconstruct import ReconstructableJob, ReconstructableRepository
+    from dagster._core.execution.api import execute_run_iterator
+
+    import backfill_dagster.definitions  # noqa: F401  (the code location's imports, as a worker's)
+    from backfill_dagster.domain.calendar import xnys
+    from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
+    from backfill_dagster.orchestration.partitions import SYMBOLS_PARTITIONS_NAME, range_tags
+    from backfill_dagster.store import Watchlist, shared_engine
+    from pg_instance import PG, QUIET, fresh_pg_database, pg_instance
+
+    imports_s, after_imports = time.perf_counter() - started, rss()
+    calendar = xnys()
+    sessions = calendar.sessions("2024-01-02", "2026-11-20")[: args.sessions]
+    symbols = [f"S{i:03d}" for i in range(args.symbols)]
+    n = len(symbols) * len(sessions)
+    print(f"box run of all four assets: {len(symbols)} symbols x {len(sessions)} sessions = {n:,} partitions "
+          f"per asset; imports {imports_s:.1f} s, RSS after imports {after_imports / MB:.0f} MB", flush=True)
+    if args.trace:
+        import tracemalloc
+
+        tracemalloc.start(12)
+    with tempfile.TemporaryDirectory() as tmp:
+        for attempt in range(args.repeat):
+            home = Path(tmp) / str(attempt)
+            url = f"{PG}/{fresh_pg_database('bench_run_memory')}"
+            Watchlist(shared_engine(url)).add(symbols)
+            # As a run worker runs it: the job reconstructed from the code location (the settings
+            # from the environment), its events streamed and dropped, not kept as
+            # execute_in_process keeps them.
+            os.environ.update({"BACKFILL_DATABASE_URL": url, "BACKFILL_DATA_DIR": str(home),
+                               "BACKFILL_HISTORY_START": sessions[0].isoformat()})
+            recon_job = ReconstructableJob(ReconstructableRepository.for_module("backfill_dagster", "defs"), ALL_BARS_JOB)
+            with pg_instance(home / "dagster") as instance:
+                instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, symbols)
+                run = instance.create_run_for_job(
+                    job_def=recon_job.get_definition(), run_config=QUIET, job_code_origin=recon_job.get_python_origin(),
+                    tags=range_tags((symbols[0], sessions[0]), (symbols[-1], sessions[-1])),
+                )
+                gc.collect()
+                before = rss()
+                peak = Peak()
+                peak.start()
+                t0 = time.perf_counter()
+                for _event in execute_run_iterator(recon_job, run, instance):
+                    pass
+                del _event
+                wall = time.perf_counter() - t0
+                peak.stop.set()
+                peak.join()
+                assert instance.get_run_by_id(run.run_id).is_success, "the run failed"
+                if args.trace:
+                    snapshot = tracemalloc.take_snapshot()
+                    _, traced_peak = tracemalloc.get_traced_memory()
+                gc.collect()
+                after = rss()
+            grown = peak.peak - before
+            print(f"  run {attempt + 1}: wall {wall:.1f} s; RSS before {before / MB:.0f} MB, peak {peak.peak / MB:.0f} MB "
+                  f"(+{grown / MB:.0f} MB = {grown / (4 * n) / 1024:.1f} KB per asset partition), "
+                  f"after {after / MB:.0f} MB", flush=True)
+            if args.trace:
+                print(f"  tracemalloc peak {traced_peak / MB:.0f} MB; largest sites still held at the run's end:")
+                for stat in snapshot.statistics("traceback")[: args.trace]:
+                    frames = [f for f in stat.traceback if "site-packages/dagster/_core/execution/plan" not in f.filename]
+                    where = " <- ".join(f"{Path(f.filename).name}:{f.lineno}" for f in list(stat.traceback)[-6:][::-1])
+                    print(f"    {stat.size / MB:7.1f} MB {stat.count:>8,} blocks  {where}")
+                    del frames
+
+
+if __name__ == "__main__":
+    main()
