@@ -244,6 +244,10 @@ class FakeFlatFiles:
         self._data = BarData(withheld=lambda: self.market.withheld, actions=lambda: self.market.corporate_actions)
         self._lock = threading.Lock()
         self._log: list[S3Logged] = []
+        # Requests being answered: a client can hold a whole answer before its handler has logged
+        # it, so readers of the log wait (briefly) for those to finish.
+        self._answering = 0
+        self._answered = threading.Condition(self._lock)
         self._server: S3Server | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
@@ -310,7 +314,9 @@ class FakeFlatFiles:
     # ------------------------------------------------------------------ what tests assert on
     @property
     def log(self) -> list[S3Logged]:
-        with self._lock:
+        """Every request answered so far, including those whose last bytes are being sent."""
+        with self._answered:
+            self._answered.wait_for(lambda: self._answering == 0, timeout=10)
             return list(self._log)
 
     def reset(self) -> None:
@@ -412,6 +418,16 @@ class FakeFlatFiles:
 
     # ------------------------------------------------------------------ requests
     def _handle(self, handler: S3Handler) -> None:
+        with self._lock:
+            self._answering += 1
+        try:
+            self._answer_and_log(handler)
+        finally:
+            with self._answered:
+                self._answering -= 1
+                self._answered.notify_all()
+
+    def _answer_and_log(self, handler: S3Handler) -> None:
         at = time.time()
         method = handler.command
         split = urlsplit(handler.path)

@@ -69,12 +69,13 @@ def test_a_partition_key_must_use_the_stored_spelling():
 
 
 @pytest.mark.parametrize(
-    "provider, spelled", [("alpaca", "BRK.B"), ("polygon", "BRK.B"), ("tradier", "BRK.B"), ("yahoo", "BRK-B")]
+    "provider, spelled",
+    [("alpaca", "BRK.B"), ("polygon", "BRK.B"), ("tradier", "BRK.B"), ("yahoo", "BRK-B"), ("flatfiles", "BRK.B")],
 )
 def test_each_provider_spells_a_share_class_its_own_way_and_back(provider, spelled):
     assert provider_symbol("BRK.B", provider) == spelled and store_symbol(spelled, provider) == "BRK.B"
     assert provider_symbol("AAPL", provider) == "AAPL" == store_symbol("AAPL", provider)
-    assert set(PROVIDER_CLASS_SEPARATORS) == {"alpaca", "polygon", "tradier", "yahoo"}
+    assert set(PROVIDER_CLASS_SEPARATORS) == {"alpaca", "polygon", "tradier", "yahoo", "flatfiles"}
 
 
 def test_an_unknown_provider_has_no_spelling():
