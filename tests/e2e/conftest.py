@@ -39,10 +39,11 @@ class Deployment(Services):
     webserver_url: str = ""
     processes: dict = field(default_factory=dict)
 
-    def start_daemon(self):
-        """`dagster-daemon run`, its backfill loop and run queue polled faster (quick_daemon.py)."""
-        return self.start("daemon", [sys.executable, Path(__file__).with_name("quick_daemon.py"), "run", "-w",
-                                     "workspace.yaml"])
+    def start_daemon(self, workspace_reload_s: float = 600):
+        """`dagster-daemon run`, its backfill loop and run queue polled faster and its workspace
+        (the code server it starts) reloaded every `workspace_reload_s` (quick_daemon.py)."""
+        return self.start("daemon", [sys.executable, Path(__file__).with_name("quick_daemon.py"),
+                                     "--workspace-reload-s", workspace_reload_s, "run", "-w", "workspace.yaml"])
 
     def wait_for(self, predicate, timeout: float, what: str, interval: float = 1.0):
         deadline = time.monotonic() + timeout

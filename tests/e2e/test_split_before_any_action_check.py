@@ -46,7 +46,10 @@ def d1(url):
 def test_history_stored_before_any_action_check_is_repaired_when_its_split_is_listed(deployment):
     registry = CorporateActions(splits=[Split("AAPL", EX, 4, 1, UNKNOWN_YET)], default_dividends=False)
     with FakeProviders(FakeConfig(corporate_actions=registry)) as fakes:
-        deployment.env.update({**fakes.env(), "BACKFILL_PROVIDERS": "alpaca", "BACKFILL_HTTP_BACKOFF_SECONDS": "0.01"})
+        deployment.env.update({**fakes.env(), "BACKFILL_PROVIDERS": "alpaca", "BACKFILL_HTTP_BACKOFF_SECONDS": "0.01",
+                               # the chain watchlist_sync -> corporate actions -> split_repair waits on
+                               # sensor ticks, not on work: each sensor looked at every 5 s (quick_daemon.py)
+                               "BACKFILL_TEST_SENSOR_INTERVAL_S": "5"})
         url = deployment.store_url
         out = deployment.run(BIN / "backfill-dagster", "watchlist", "add", "AAPL")
         assert out.returncode == 0, out.stderr

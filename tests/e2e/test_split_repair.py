@@ -268,23 +268,24 @@ def test_a_split_with_no_history_stored_before_its_ex_date_is_no_work(pg_url, tm
         assert len(instance.get_backfills()) == 1 and len(fakes.log) == calls  # no backfill, no request
 
 
-def test_repairing_two_years_costs_no_more_than_a_fresh_backfill(pg_url, tmp_path, monkeypatch):
-    """Alpaca pages hold 10,000 bars of 04:00-20:00 m15 (64 a session): the repair's m15 requests
-    cost ceil(bars / 10,000) calls each, as a fresh backfill's do, and no more in total."""
-    two_years = CAL.sessions("2023-01-03", "2024-12-31")
-    split_at = two_years[400]
+def test_repairing_beyond_one_requests_span_costs_no_more_than_a_fresh_backfill(pg_url, tmp_path, monkeypatch):
+    """Alpaca pages hold 10,000 bars of 04:00-20:00 m15 (64 a session) and a request spans at most
+    260 sessions: a repair of 280 sessions (two requests, the first of two pages) costs
+    ceil(bars / 10,000) calls a request, as a fresh backfill's do, and no more in total."""
+    history = CAL.sessions("2023-01-03", "2024-12-31")[-300:]
+    split_at = history[280]
     registry = CorporateActions(splits=[Split("AAPL", split_at, 4, 1, date(2099, 1, 1))])
-    after = CAL.close(two_years[-1]) + pd.Timedelta(days=1)
+    after = CAL.close(history[-1]) + pd.Timedelta(days=1)
     with deployment(pg_url, tmp_path, monkeypatch, registry, fake_now=after) as (
         fakes, clock, instance, daemons
     ):
         Watchlist(shared_engine(pg_url)).add(["AAPL"])
         daemons.sensors()
         fakes.reset()
-        backfill_history(instance, daemons, "AAPL", two_years)
+        backfill_history(instance, daemons, "AAPL", history)
         fresh = {tf: alpaca_calls(fakes, timeframe=tf) for tf in ("15Min", "1Day")}
-        fakes.config.corporate_actions = CorporateActions(splits=[Split("AAPL", split_at, 4, 1, two_years[395])])
-        later = CAL.next_session(two_years[-1])
+        fakes.config.corporate_actions = CorporateActions(splits=[Split("AAPL", split_at, 4, 1, history[275])])
+        later = CAL.next_session(history[-1])
         clock[0] = CAL.open(later)
         daemons.schedule(pd.Timestamp(f"{later} 07:59", tz=NY))
         daemons.schedule(pd.Timestamp(f"{later} 08:01", tz=NY))
@@ -294,10 +295,11 @@ def test_repairing_two_years_costs_no_more_than_a_fresh_backfill(pg_url, tmp_pat
         assert daemons.backfills(split.backfill_id).status in SUCCEEDED
         repair = {tf: alpaca_calls(fakes, timeframe=tf) for tf in ("15Min", "1Day")}
     per_request = alpaca.MAX_SESSIONS  # sessions an Alpaca request spans, per timeframe
-    floor = {"15Min": sum(math.ceil(n * 64 / 10_000) for n in _chunks(400, per_request[Timeframe.M15])),
-             "1Day": len(_chunks(400, per_request[Timeframe.D1]))}
-    print(f"\nAlpaca calls, fresh backfill of two years ({len(two_years)} sessions): {fresh}; "
-          f"repair of the 400 sessions before the split: {repair}; floor {floor}")
+    assert per_request[Timeframe.M15] < 280  # the repair needs two m15 requests
+    floor = {"15Min": sum(math.ceil(n * 64 / 10_000) for n in _chunks(280, per_request[Timeframe.M15])),
+             "1Day": len(_chunks(280, per_request[Timeframe.D1]))}
+    print(f"\nAlpaca calls, fresh backfill of {len(history)} sessions: {fresh}; "
+          f"repair of the 280 sessions before the split: {repair}; floor {floor}")
     assert repair == floor
     assert repair["15Min"] <= fresh["15Min"] and repair["1Day"] <= fresh["1Day"]
 
