@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from backfill_dagster.domain.boxes import contiguous_runs, cover_with_boxes
+from backfill_dagster.domain.boxes import contiguous_runs, cover_across_rows, cover_with_boxes
 
 
 def cells_of(boxes):
@@ -25,6 +25,33 @@ def test_the_whole_market_is_a_few_boxes_not_one_run_per_symbol():
     assert len(boxes) == 22  # 23 symbols x 504 sessions each, the last 17
     assert all((last - first + 1) * (hi - lo + 1) <= 12_000 for first, last, lo, hi in boxes)
     assert sorted(cells_of(boxes)) == [(r, c) for r in range(500) for c in range(504)]
+
+
+def test_cut_across_rows_every_column_is_in_one_box_when_its_rows_fit():
+    # flat files: a session's file serves every symbol, so a box is every symbol over few sessions
+    grid = {row: range(504) for row in range(500)}
+    boxes = cover_across_rows(grid, max_cells=12_000)
+    assert len(boxes) == 21  # 500 symbols x 24 sessions each
+    assert all(first == 0 and last == 499 for first, last, _, _ in boxes)
+    assert sorted(cells_of(boxes)) == [(r, c) for r in range(500) for c in range(504)]
+    # more rows than a box holds: each column is cut into as few boxes as the bound allows
+    wide = cover_across_rows({row: range(3) for row in range(25)}, max_cells=10)
+    assert sorted(cells_of(wide)) == [(r, c) for r in range(25) for c in range(3)]
+    assert all(sum(1 for b in wide if b[2] <= c <= b[3]) == 3 for c in range(3))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_cut_across_rows_covers_any_set_exactly_once_within_the_bound(seed):
+    rng = random.Random(seed)
+    wanted = {(r, c) for r in range(rng.randint(1, 30)) for c in range(rng.randint(1, 40)) if rng.random() < 0.7}
+    rows: dict[int, list[int]] = {}
+    for r, c in wanted:
+        rows.setdefault(r, []).append(c)
+    max_cells = rng.randint(1, 200)
+    covered = cells_of(cover_across_rows(rows, max_cells=max_cells))
+    assert len(covered) == len(set(covered)) and set(covered) == wanted
+    for first, last, lo, hi in cover_across_rows(rows, max_cells=max_cells):
+        assert (last - first + 1) * (hi - lo + 1) <= max_cells
 
 
 @pytest.mark.parametrize("seed", range(20))
