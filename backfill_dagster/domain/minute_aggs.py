@@ -7,6 +7,8 @@ Unix nanoseconds (UTC, the window's start), prices raw. Columns are taken by nam
 
 Reading streams: lines of other tickers are skipped on their first field without being parsed, so
 the cost of a file is one pass over its text and the memory is the requested tickers' rows only.
+`read_aggs_blocks` (what the provider uses) makes that pass over blocks of bytes with numpy, a few
+MB at a time; `read_aggs` makes it line by line, the reference whose rows the blocks reproduce.
 
 A file is trusted row by row, never as a whole: a row whose `window_start` is not on the file's
 own date in New York (a known defective day file carried the next day's stamps), two rows of one
