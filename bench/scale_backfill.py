@@ -255,9 +255,7 @@ def direct_flat_files(syms: list[str], sessions, args) -> tuple[float, int]:
     a box run holds, m15 and d1 read from the files through the provider, h1 and h4 derived, on a
     fresh raw store. Returns (wall s, GETs)."""
     from backfill_dagster.domain.calendar import xnys
-    from backfill_dagster.domain.timeframes import Timeframe
     from backfill_dagster.fakes import FakeConfig
-    from backfill_dagster.ingest import derive_partitions, fetch_partitions
     from backfill_dagster.orchestration.resources import ProvidersResource, StoreResource
     from backfill_dagster.settings import PROVIDER_ENV_VARS
     from backfill_dagster.store import Watchlist, shared_engine
@@ -274,18 +272,9 @@ def direct_flat_files(syms: list[str], sessions, args) -> tuple[float, int]:
             creds = {k.lower(): v for k, v in files.env().items() if k in PROVIDER_ENV_VARS}
             store = StoreResource(database_url=url, adjustment="raw")
             start = time.perf_counter()
+            providers = ProvidersResource(names=["flatfiles"], **creds)
             for first in range(0, len(sessions), width):
-                partitions = [(s, d) for s in syms for d in sessions[first:first + width]]
-                bars = store.bar_store(calendar)
-                for timeframe in (Timeframe.M15, Timeframe.D1):
-                    router = ProvidersResource(names=["flatfiles"], **creds).router(store, calendar)
-                    try:
-                        report = fetch_partitions(partitions, timeframe, router, bars, run_id="direct")
-                    finally:
-                        router.close()
-                    assert report.ok, report.failure_summary()
-                for timeframe in (Timeframe.H1, Timeframe.H4):
-                    assert derive_partitions(partitions, timeframe, bars, run_id="direct").ok
+                fill_box([(s, d) for s in syms for d in sessions[first:first + width]], providers, store, calendar)
             return time.perf_counter() - start, files.gets()
     finally:
         drop_database(PG_ADMIN, name)
@@ -333,9 +322,7 @@ def direct_baseline(syms: list[str], sessions, history_start: str, rate: int) ->
     fresh store, against fresh fakes enforcing the same limit, the client's budget at the same.
     Returns (wall s, Alpaca calls)."""
     from backfill_dagster.domain.calendar import xnys
-    from backfill_dagster.domain.timeframes import Timeframe
     from backfill_dagster.fakes import FakeConfig, FakeProviders
-    from backfill_dagster.ingest import derive_partitions, fetch_partitions
     from backfill_dagster.orchestration.resources import ProvidersResource, StoreResource
     from backfill_dagster.settings import PROVIDER_ENV_VARS
     from backfill_dagster.store import Watchlist, shared_engine
@@ -352,22 +339,29 @@ def direct_baseline(syms: list[str], sessions, history_start: str, rate: int) ->
             creds = {k.lower(): v for k, v in fakes.env().items() if k in PROVIDER_ENV_VARS}
             store = StoreResource(database_url=url)
             start = time.perf_counter()
+            providers = ProvidersResource(names=["alpaca"], rate_limits={"alpaca": rate}, rate_window_s=60.0, **creds)
             for symbol in syms:
-                partitions = [(symbol, d) for d in sessions]
-                bars = store.bar_store(calendar)
-                for timeframe in (Timeframe.M15, Timeframe.D1):
-                    router = ProvidersResource(names=["alpaca"], rate_limits={"alpaca": rate}, rate_window_s=60.0,
-                                               **creds).router(store, calendar)
-                    try:
-                        report = fetch_partitions(partitions, timeframe, router, bars, run_id="direct")
-                    finally:
-                        router.close()
-                    assert report.ok, report.failure_summary()
-                for timeframe in (Timeframe.H1, Timeframe.H4):
-                    assert derive_partitions(partitions, timeframe, bars, run_id="direct").ok
+                fill_box([(symbol, d) for d in sessions], providers, store, calendar)
             return time.perf_counter() - start, fakes.calls("alpaca")
     finally:
         drop_database(PG_ADMIN, name)
+
+
+def fill_box(partitions, providers, store, calendar) -> None:
+    """What one run of the backfill does, with no Dagster: m15 and d1 fetched, h1 and h4 derived."""
+    from backfill_dagster.domain.timeframes import Timeframe
+    from backfill_dagster.ingest import derive_partitions, fetch_partitions
+
+    bars = store.bar_store(calendar)
+    for timeframe in (Timeframe.M15, Timeframe.D1):
+        router = providers.router(store, calendar)
+        try:
+            report = fetch_partitions(partitions, timeframe, router, bars, run_id="direct")
+        finally:
+            router.close()
+        assert report.ok, report.failure_summary()
+    for timeframe in (Timeframe.H1, Timeframe.H4):
+        assert derive_partitions(partitions, timeframe, bars, run_id="direct").ok
 
 
 if __name__ == "__main__":

@@ -14,6 +14,15 @@ def cells_of(boxes):
     return out
 
 
+def random_cells(rng):
+    """A random set of cells and the same as columns by row."""
+    wanted = {(r, c) for r in range(rng.randint(1, 30)) for c in range(rng.randint(1, 40)) if rng.random() < 0.7}
+    rows: dict[int, list[int]] = {}
+    for r, c in wanted:
+        rows.setdefault(r, []).append(c)
+    return wanted, rows
+
+
 def test_contiguous_runs():
     assert contiguous_runs([8, 1, 2, 3, 7, 2]) == [(1, 3), (7, 8)]
     assert contiguous_runs([]) == []
@@ -43,10 +52,7 @@ def test_cut_across_rows_every_column_is_in_one_box_when_its_rows_fit():
 @pytest.mark.parametrize("seed", range(20))
 def test_cut_across_rows_covers_any_set_exactly_once_within_the_bound(seed):
     rng = random.Random(seed)
-    wanted = {(r, c) for r in range(rng.randint(1, 30)) for c in range(rng.randint(1, 40)) if rng.random() < 0.7}
-    rows: dict[int, list[int]] = {}
-    for r, c in wanted:
-        rows.setdefault(r, []).append(c)
+    wanted, rows = random_cells(rng)
     max_cells = rng.randint(1, 200)
     covered = cells_of(cover_across_rows(rows, max_cells=max_cells))
     assert len(covered) == len(set(covered)) and set(covered) == wanted
@@ -57,10 +63,7 @@ def test_cut_across_rows_covers_any_set_exactly_once_within_the_bound(seed):
 @pytest.mark.parametrize("seed", range(20))
 def test_any_set_is_covered_exactly_once_within_the_bounds(seed):
     rng = random.Random(seed)
-    wanted = {(r, c) for r in range(rng.randint(1, 30)) for c in range(rng.randint(1, 40)) if rng.random() < 0.7}
-    rows: dict[int, list[int]] = {}
-    for r, c in wanted:
-        rows.setdefault(r, []).append(c)
+    wanted, rows = random_cells(rng)
     max_cells, max_columns = rng.randint(1, 200), rng.choice([None, 3, 10])
     boxes = cover_with_boxes(rows, max_cells=max_cells, max_columns=max_columns)
     covered = cells_of(boxes)
