@@ -52,7 +52,7 @@ PROVIDER_ENV_VARS = (
 # instance/backfill_waits.py).
 DAGSTER_ENV_VARS = ("DAGSTER_HOME", "DAGSTER_EVENT_BATCH_SIZE", "DAGSTER_BACKFILL_RETRY_DEFINITION_CHANGED_ERROR")
 # Read by the instance plug-ins in the daemon's process, not by Settings (instance/backfill_runs.py).
-INSTANCE_ENV_VARS = ("BACKFILL_BOX_PARTITIONS",)
+INSTANCE_ENV_VARS = ("BACKFILL_BOX_PARTITIONS", "BACKFILL_BOX_SHAPE")
 
 
 def env_variables() -> tuple[str, ...]:

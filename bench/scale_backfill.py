@@ -1,7 +1,7 @@
 """A whole-market UI backfill, at a size this machine finishes.
 
     python bench/scale_backfill.py [--symbols 100] [--sessions 504] [--alpaca-rate 200] [--timeout-min 60]
-                                   [--runs boxes|per-symbol]
+                                   [--runs boxes|per-symbol] [--provider alpaca|flatfiles]
 
 A deployment as a user runs it (PostgreSQL instance with the project's dagster.yaml, PostgreSQL
 store, dagster-webserver + dagster-daemon), its provider Alpaca pointed at the fake servers on
@@ -19,11 +19,21 @@ long each waited in the queue and for its worker, and how many ran at once. Then
 --no-direct, the same work with no Dagster on a fresh store and fresh fakes at the same limit:
 each symbol's m15 and d1 fetched and its h1 and h4 derived, symbol after symbol, as each run does;
 the difference is Dagster's share of the whole-market backfill.
+
+With `--provider flatfiles` the deployment's providers are `flatfiles,alpaca` on a raw store (the flat
+files' prices as they are, so no corporate actions are needed first), the flat-files fake served
+from this process with one file per session of the watchlist's tickers and `--fillers` more, every
+file generated before the launch (kept in `--flatfiles-cache` for the next sitting). The daemon then
+forms boxes of every symbol over few sessions (BACKFILL_BOX_SHAPE follows the providers' order), and
+the report adds the GETs of minute and day files against the target (one of each a session), the
+bytes downloaded, and Alpaca's fallback calls (none expected); the direct baseline reads the same
+files through the provider with no Dagster, box by box.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import time
@@ -58,6 +68,15 @@ def main() -> None:
     parser.add_argument("--code-server", action="store_true",
                         help="one standalone code server (`dagster code-server start`, a grpc_server workspace) "
                              "instead of the code servers the webserver and the daemon each start")
+    parser.add_argument("--provider", choices=("alpaca", "flatfiles"), default="alpaca",
+                        help="the first provider (flatfiles: Alpaca behind it as the fallback)")
+    parser.add_argument("--fillers", type=int, default=0,
+                        help="flat files: tickers in every file besides the watchlist's (a real file has ~10,000)")
+    parser.add_argument("--flatfiles-cache", type=Path,
+                        default=Path.home() / ".cache" / "backfill_dagster" / "bench-flatfiles",
+                        help="flat files: where the fake keeps generated files across sittings")
+    parser.add_argument("--warm-processes", type=int, default=2, help="flat files: processes generating files")
+    parser.add_argument("--warm-only", action="store_true", help="flat files: generate the files and stop")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_scale_backfill"))
     args = parser.parse_args()
     if args.symbols < 1 or args.sessions < 1 or args.alpaca_rate < 1:
@@ -69,17 +88,28 @@ def main() -> None:
     syms = symbol_names(args.symbols)
     keys = [f"{d.isoformat()}|{s}" for s in syms for d in sessions]
     config = FakeConfig(rate_limits={"alpaca": args.alpaca_rate}, rate_window_s=60.0, polygon_history_days=None)
-    with FakeProviders(config) as fakes:
+    flat = args.provider == "flatfiles"
+    with FakeProviders(config) as fakes, flat_files(config, syms, args) as files:
+        if flat:
+            began = time.monotonic()
+            made = files.warm(sessions, processes=args.warm_processes)
+            print(f"flat files: {made} files of {len(syms) + args.fillers} tickers ready in "
+                  f"{time.monotonic() - began:.0f} s ({args.flatfiles_cache})", flush=True)
+            if args.warm_only:
+                return
+            files.reset()
         # Named after the variant, so two variants can run side by side on their own databases.
-        name = (f"bench_scale_backfill_{args.symbols}x{args.sessions}"
+        name = (f"bench_scale_backfill_{args.symbols}x{args.sessions}{'_ff' if flat else ''}"
                 f"{'_cs' if args.code_server else ''}{f'_r{args.backfill_runs}' if args.backfill_runs else ''}")
         dep = Deployment(name, args.workdir / name, history_start, extra_env={
-            **fakes.env(), "BACKFILL_PROVIDERS": "alpaca", "ALPACA_RATE_LIMIT": str(args.alpaca_rate),
+            **fakes.env(), "BACKFILL_PROVIDERS": "flatfiles,alpaca" if flat else "alpaca",
+            "ALPACA_RATE_LIMIT": str(args.alpaca_rate),
             "BACKFILL_BOX_PARTITIONS": str(args.box_partitions) if args.runs == "boxes" else "0",
+            **({**files.env(), "BACKFILL_ADJUSTMENT": "raw"} if flat else {}),
         })
         print(f"whole-market backfill bench: {len(syms)} symbols x {len(sessions)} sessions "
               f"({sessions[0]}..{sessions[-1]}) x {len(ASSETS)} assets = {len(keys) * len(ASSETS):,} asset partitions; "
-              f"Alpaca fake at {args.alpaca_rate}/min; runs: {args.runs}"
+              f"{'flat files first, ' if flat else ''}Alpaca fake at {args.alpaca_rate}/min; runs: {args.runs}"
               f"{f' of {args.box_partitions:,}' if args.runs == 'boxes' else ''}, "
               f"{args.backfill_runs or 'dagster.yaml'} at once; code server: "
               f"{'standalone' if args.code_server else 'per process'}; load {load_average()}", flush=True)
@@ -117,7 +147,8 @@ def main() -> None:
                     counts, _ = ledger(dep.store_url)
                     done = {tf: counts.get((tf, "complete"), 0) for tf in ("m15", "h1", "h4", "d1")}
                     print(f"  t+{elapsed:5.0f} s {status['status']:<10} ledger complete {done} "
-                          f"alpaca calls {fakes.calls('alpaca')}  processes "
+                          f"alpaca calls {fakes.calls('alpaca')}"
+                          f"{f'  flat-file GETs {files.gets()}' if flat else ''}  processes "
                           f"{sampler.peak_total / MB:.0f} MB peak  load {load_average()}", flush=True)
                     next_line += 60
                 if status["status"] in DONE:
@@ -161,8 +192,11 @@ def main() -> None:
                 print(f"  {s['assetKey']['path'][0]:<9} targeted {s['numPartitionsTargeted']:>7,} "
                       f"materialized {s['numPartitionsMaterialized']:>7,} failed {s['numPartitionsFailed']:>5,}")
             print(f"== Alpaca calls {calls:,} ({dict(statuses)}; by endpoint {dict(paths)}); floor {floor:,} "
-                  f"(m15 {m15_bars:,} + d1 {d1_bars:,} bars returned, 10,000 a page): {calls / floor:.2f}x floor; "
+                  f"(m15 {m15_bars:,} + d1 {d1_bars:,} bars returned, 10,000 a page): "
+                  f"{f'{calls / floor:.2f}x' if floor else 'no floor:'} floor; "
                   f"the rate limit alone needs {floor / args.alpaca_rate:.1f} min")
+            if flat:
+                print(flat_files_report(files, len(sessions)))
             print("== runs: " + ", ".join(f"{who} {st} {n}" for (who, st), n in sorted(by.items())))
             if walls:
                 print(f"   run wall median {sorted(walls)[len(walls) // 2]:.1f} s, max {max(walls):.1f} s")
@@ -179,11 +213,71 @@ def main() -> None:
             dep.stop()
             if not args.keep:
                 dep.drop()
-    if not args.no_direct:
+    if not args.no_direct and flat:
+        direct_s, gets = direct_flat_files(syms, sessions, args)
+        print(f"== direct, no Dagster: {direct_s:.0f} s, {gets:,} flat-file GETs; Dagster's share of the backfill: "
+              f"({wall:.0f} - {direct_s:.0f}) / {wall:.0f} = {(wall - direct_s) / wall:.0%}")
+    elif not args.no_direct:
         direct_s, direct_calls = direct_baseline(syms, sessions, history_start, args.alpaca_rate)
         print(f"== direct, no Dagster: {direct_s:.0f} s, {direct_calls:,} Alpaca calls "
               f"(the rate limit alone needs {direct_calls / args.alpaca_rate:.1f} min); "
               f"Dagster's share of the backfill: ({wall:.0f} - {direct_s:.0f}) / {wall:.0f} = {(wall - direct_s) / wall:.0%}")
+
+
+@contextlib.contextmanager
+def flat_files(market, syms: list[str], args):
+    """The flat-files fake over the REST fakes' market with the watchlist's tickers (and `--fillers`
+    more), its generated files kept across sittings; None unless --provider flatfiles."""
+    if args.provider != "flatfiles":
+        yield None
+        return
+    from backfill_dagster.fakes.flatfiles import FakeFlatFiles, FlatFilesConfig
+
+    args.flatfiles_cache.mkdir(parents=True, exist_ok=True)
+    config = FlatFilesConfig(symbols=tuple(syms), fillers=args.fillers, pitfall_tickers=False,
+                             cache_dir=str(args.flatfiles_cache), cache_max_bytes=64 * 1024**3)
+    with FakeFlatFiles(config, market=market) as files:
+        yield files
+
+
+def flat_files_report(files, sessions: int) -> str:
+    gets = {d: files.gets(prefix=f"us_stocks_sip/{d}_aggs_v1/") for d in ("minute", "day")}
+    sent = sum(e.bytes_sent for e in files.log if e.operation == "GetObject")
+    refused = Counter(e.status for e in files.log if e.operation == "GetObject" and e.status != 200)
+    ok = gets["minute"] == sessions and gets["day"] == sessions
+    return (f"== flat-file GETs: minute {gets['minute']:,}, day {gets['day']:,} (target: {sessions:,} each, one a "
+            f"session: {'met' if ok else 'MISSED'}); refused {dict(refused) or 'none'}; "
+            f"downloaded {sent / MB:.0f} MB")
+
+
+def direct_flat_files(syms: list[str], sessions, args) -> tuple[float, int]:
+    """The flat-file backfill's work with no Dagster: boxes of every symbol over as many sessions as
+    a box run holds, m15 and d1 read from the files through the provider, h1 and h4 derived, on a
+    fresh raw store. Returns (wall s, GETs)."""
+    from backfill_dagster.domain.calendar import xnys
+    from backfill_dagster.fakes import FakeConfig
+    from backfill_dagster.orchestration.resources import ProvidersResource, StoreResource
+    from backfill_dagster.settings import PROVIDER_ENV_VARS
+    from backfill_dagster.store import Watchlist, shared_engine
+    from scale_deploy import PG, PG_ADMIN, create_database, drop_database
+
+    name = "bench_scale_backfill_direct_ff"
+    create_database(PG_ADMIN, name)
+    url = f"{PG}/{name}"
+    calendar = xnys()
+    width = max(1, args.box_partitions // len(syms))
+    try:
+        Watchlist(shared_engine(url)).add(syms)
+        with flat_files(FakeConfig(polygon_history_days=None), syms, args) as files:
+            creds = {k.lower(): v for k, v in files.env().items() if k in PROVIDER_ENV_VARS}
+            store = StoreResource(database_url=url, adjustment="raw")
+            start = time.perf_counter()
+            providers = ProvidersResource(names=["flatfiles"], **creds)
+            for first in range(0, len(sessions), width):
+                fill_box([(s, d) for s in syms for d in sessions[first:first + width]], providers, store, calendar)
+            return time.perf_counter() - start, files.gets()
+    finally:
+        drop_database(PG_ADMIN, name)
 
 
 def set_backfill_runs(path: Path, runs: int) -> None:
@@ -228,9 +322,7 @@ def direct_baseline(syms: list[str], sessions, history_start: str, rate: int) ->
     fresh store, against fresh fakes enforcing the same limit, the client's budget at the same.
     Returns (wall s, Alpaca calls)."""
     from backfill_dagster.domain.calendar import xnys
-    from backfill_dagster.domain.timeframes import Timeframe
     from backfill_dagster.fakes import FakeConfig, FakeProviders
-    from backfill_dagster.ingest import derive_partitions, fetch_partitions
     from backfill_dagster.orchestration.resources import ProvidersResource, StoreResource
     from backfill_dagster.settings import PROVIDER_ENV_VARS
     from backfill_dagster.store import Watchlist, shared_engine
@@ -247,22 +339,29 @@ def direct_baseline(syms: list[str], sessions, history_start: str, rate: int) ->
             creds = {k.lower(): v for k, v in fakes.env().items() if k in PROVIDER_ENV_VARS}
             store = StoreResource(database_url=url)
             start = time.perf_counter()
+            providers = ProvidersResource(names=["alpaca"], rate_limits={"alpaca": rate}, rate_window_s=60.0, **creds)
             for symbol in syms:
-                partitions = [(symbol, d) for d in sessions]
-                bars = store.bar_store(calendar)
-                for timeframe in (Timeframe.M15, Timeframe.D1):
-                    router = ProvidersResource(names=["alpaca"], rate_limits={"alpaca": rate}, rate_window_s=60.0,
-                                               **creds).router(store, calendar)
-                    try:
-                        report = fetch_partitions(partitions, timeframe, router, bars, run_id="direct")
-                    finally:
-                        router.close()
-                    assert report.ok, report.failure_summary()
-                for timeframe in (Timeframe.H1, Timeframe.H4):
-                    assert derive_partitions(partitions, timeframe, bars, run_id="direct").ok
+                fill_box([(symbol, d) for d in sessions], providers, store, calendar)
             return time.perf_counter() - start, fakes.calls("alpaca")
     finally:
         drop_database(PG_ADMIN, name)
+
+
+def fill_box(partitions, providers, store, calendar) -> None:
+    """What one run of the backfill does, with no Dagster: m15 and d1 fetched, h1 and h4 derived."""
+    from backfill_dagster.domain.timeframes import Timeframe
+    from backfill_dagster.ingest import derive_partitions, fetch_partitions
+
+    bars = store.bar_store(calendar)
+    for timeframe in (Timeframe.M15, Timeframe.D1):
+        router = providers.router(store, calendar)
+        try:
+            report = fetch_partitions(partitions, timeframe, router, bars, run_id="direct")
+        finally:
+            router.close()
+        assert report.ok, report.failure_summary()
+    for timeframe in (Timeframe.H1, Timeframe.H4):
+        assert derive_partitions(partitions, timeframe, bars, run_id="direct").ok
 
 
 if __name__ == "__main__":

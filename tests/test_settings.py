@@ -114,9 +114,9 @@ def test_the_readme_table_lists_every_variable_the_code_reads_and_no_other():
     provider_config(env)
     assert env.asked == catalogue - set(DAGSTER_ENV_VARS) - set(INSTANCE_ENV_VARS), (
         "settings.py reads these differently from its catalogue")
-    from backfill_dagster.instance.backfill_runs import BOX_PARTITIONS_VARIABLE
+    from backfill_dagster.instance.backfill_runs import BOX_PARTITIONS_VARIABLE, BOX_SHAPE_VARIABLE
 
-    assert INSTANCE_ENV_VARS == (BOX_PARTITIONS_VARIABLE,)
+    assert INSTANCE_ENV_VARS == (BOX_PARTITIONS_VARIABLE, BOX_SHAPE_VARIABLE)
 
 
 def test_the_readme_table_lists_each_variable_once():

@@ -10,6 +10,12 @@ aligned on the newest column (so rows with the same gaps get the same chunks); r
 the order with the same chunk share a box, up to `max_cells` cells. A UI backfill of 500 symbols x
 504 sessions is then 500 x 504 / `max_cells` boxes, not one run per symbol.
 
+Which way a box is long depends on how the provider is asked. A REST provider answers one symbol
+(or a page of symbols) over a range of dates, so boxes are few symbols over many sessions (the rule
+above). Flat files hold one session for every symbol, so a box should be every symbol over few
+sessions: `cover_across_rows` cuts the same cells the other way (each column's rows in one box
+where they fit), so each session's file is read by one run.
+
 Pure: plain integers in, (first row, last row, first column, last column) out. The gap sensor's
 planning (gap_planning.py) and the backfill daemon's run requests (instance/backfill_runs.py) both
 cut their partitions with it.
@@ -58,3 +64,14 @@ def cover_with_boxes(
             for start in range(first, last + 1, height):
                 boxes.append((start, min(start + height - 1, last), lo, hi))
     return boxes
+
+
+def cover_across_rows(columns_by_row: Mapping[int, Iterable[int]], *, max_cells: int) -> list[Box]:
+    """Boxes covering exactly the cells (row, column) given, each at most `max_cells` cells, cut
+    column-first: a column's rows share one box where they fit (500 rows x 504 columns at 12,000
+    cells: 21 boxes of 500 rows x 24 columns), so every column is in as few boxes as possible."""
+    rows_by_column: dict[int, list[int]] = defaultdict(list)
+    for row, columns in columns_by_row.items():
+        for column in columns:
+            rows_by_column[column].append(row)
+    return [(first, last, lo, hi) for lo, hi, first, last in cover_with_boxes(rows_by_column, max_cells=max_cells)]

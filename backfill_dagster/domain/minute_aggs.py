@@ -7,6 +7,8 @@ Unix nanoseconds (UTC, the window's start), prices raw. Columns are taken by nam
 
 Reading streams: lines of other tickers are skipped on their first field without being parsed, so
 the cost of a file is one pass over its text and the memory is the requested tickers' rows only.
+`read_aggs_blocks` (what the provider uses) makes that pass over blocks of bytes with numpy, a few
+MB at a time; `read_aggs` makes it line by line, the reference whose rows the blocks reproduce.
 
 A file is trusted row by row, never as a whole: a row whose `window_start` is not on the file's
 own date in New York (a known defective day file carried the next day's stamps), two rows of one
@@ -39,6 +41,9 @@ HEADER = ("ticker", "volume", "open", "close", "high", "low", "window_start", "t
 REQUIRED = HEADER  # every aggregate column is needed; extra ones are ignored
 M15_NS = 15 * 60 * 1_000_000_000
 CHUNK_ROWS = 50_000  # requested rows parsed together (a few MB of text held at a time)
+# Text indexed at a time by read_aggs_blocks (its index arrays cost about as much again): 1, 4
+# and 16 MB read a whole-market file in about the same time, so the memory decides.
+BLOCK_BYTES = 4 << 20
 # A row's numbers, in this order (transactions may be empty: NaN).
 _NUMBERS = ("open", "high", "low", "close", "volume", "transactions")
 
@@ -74,54 +79,247 @@ class FileRows:
 
 
 def read_aggs(lines: Iterable[str], tickers: Collection[str]) -> FileRows:
-    """The rows of `tickers` (exact, case-sensitive) from an aggregates CSV's lines, header first."""
-    wanted = set(tickers)
+    """The rows of `tickers` (exact, case-sensitive) from an aggregates CSV's lines, header first.
+
+    Line by line: the reference reading, whose result `read_aggs_blocks` reproduces much faster
+    from the file's bytes."""
     it = iter(lines)
     try:
         header_line = next(it)
     except StopIteration:
         raise FileFormatError("the file is empty: no header") from None
-    header = [h.strip().lower() for h in next(csv.reader([header_line]))]
-    missing = [c for c in REQUIRED if c not in header]
-    if missing:
-        raise FileFormatError(f"the header lacks {', '.join(missing)} (it has {', '.join(header)})")
-    at = {c: header.index(c) for c in REQUIRED}
-    ticker_at = at["ticker"]
-    width = len(header)
-    out = FileRows()
-    chunk: list[str] = []
+    reader = _LineReader(header_line, tickers)
     for line in it:
-        if ticker_at == 0:
+        reader.line(line)
+    return reader.finish()
+
+
+def read_aggs_blocks(blocks: Iterable[bytes], tickers: Collection[str]) -> FileRows:
+    """The same rows as `read_aggs` from the file's UTF-8 text as blocks of bytes of any size (a
+    decompressed stream read in large pieces), without a Python step per line of the file.
+
+    The text is cut at the last newline of each ~BLOCK_BYTES (a line split between two blocks is
+    joined first), and each block's lines are found with numpy: their starts, their first comma,
+    and a key of their ticker (its first 8 bytes masked to its length, as a uint64), looked up among
+    the requested tickers' keys. Requested lines of a block go to the chunk parser as runs of
+    bytes; other lines are never decoded. What this cannot decide alone goes line by line through
+    `read_aggs`'s own logic: a ticker longer than 8 bytes or one that could share a key (checked
+    exactly), a line with a quote or without a comma, a row with the wrong number of fields, a
+    block with a lone carriage return (which ends a line for the text reader), a header that does
+    not put the ticker first. The memory is a block and its index arrays, whatever the file's size,
+    besides the requested rows."""
+    reader: _BlockReader | None = None
+    held: list[bytes] = []  # pieces not yet cut into a block
+    size = 0
+    for piece in blocks:
+        held.append(piece)
+        size += len(piece)
+        if size < BLOCK_BYTES:
+            continue
+        data = b"".join(held)
+        if reader is None:
+            cut = _header_end(data)
+            if cut is not None:
+                reader = _BlockReader(_decode(data[:cut]), tickers)
+                data = data[cut:]
+        if reader is not None and (end := data.rfind(b"\n") + 1):
+            reader.block(data[:end])
+            data = data[end:]
+        held, size = [data], len(data)  # a line longer than a block waits for its end
+    data = b"".join(held)
+    if reader is None:
+        if not data:
+            raise FileFormatError("the file is empty: no header")
+        cut = _header_end(data, last=True)
+        reader = _BlockReader(_decode(data[:cut]), tickers)
+        data = data[cut:]
+    if data:
+        reader.block(data)
+    return reader.finish()
+
+
+def _decode(data: bytes) -> str:
+    return data.decode("utf-8")
+
+
+def _header_end(data: bytes, last: bool = False) -> int | None:
+    """Where the first line ends as the text reader ends it (after \\n, \\r\\n or a lone \\r),
+    None if it may not have ended yet; `last`: the data is the whole file."""
+    n, r = data.find(b"\n"), data.find(b"\r")
+    if r != -1 and (n == -1 or r < n):
+        if r + 1 < len(data) or last:
+            return r + 2 if data[r + 1 : r + 2] == b"\n" else r + 1
+        return None  # a \r at the end: its \n may come in the next piece
+    if n != -1:
+        return n + 1
+    return len(data) if last else None
+
+
+class _LineReader:
+    """The reading of one file after its header: lines of requested tickers collected for the
+    chunk parser, the others skipped on their first field, odd ones parsed one by one."""
+
+    def __init__(self, header_line: str, tickers: Collection[str]):
+        self.wanted = set(tickers)
+        header = [h.strip().lower() for h in next(csv.reader([header_line]), [])]
+        missing = [c for c in REQUIRED if c not in header]
+        if missing:
+            raise FileFormatError(f"the header lacks {', '.join(missing)} (it has {', '.join(header)})")
+        self.at = {c: header.index(c) for c in REQUIRED}
+        self.header = header
+        self.width = len(header)
+        self.out = FileRows()
+        self.chunk: list = []  # lines (str) or runs of lines (bytes) waiting for the chunk parser
+        self.chunk_rows = 0
+
+    def line(self, line: str) -> None:
+        if self.at["ticker"] == 0:
             # Skip other tickers on the first field alone: most lines of a whole-market file.
             ticker = line[: line.find(",")]
-            if ticker not in wanted and ticker[:1] != '"':
-                continue
-            if '"' not in line and line.count(",") == width - 1:
-                chunk.append(line)
-                if len(chunk) >= CHUNK_ROWS:
-                    _take_chunk(chunk, at, header, out)
-                    chunk = []
-                continue
+            if ticker not in self.wanted and ticker[:1] != '"':
+                return
+            if '"' not in line and line.count(",") == self.width - 1:
+                self.plain(line, 1)
+                return
         if not line.strip():
-            continue
+            return
         fields = next(csv.reader([line]))  # quoted fields, a short or long row, ticker not first
-        if fields and fields[ticker_at] in wanted:
-            _take(fields, at, width, out)
-    if chunk:
-        _take_chunk(chunk, at, header, out)
-    return out
+        if fields and fields[self.at["ticker"]] in self.wanted:
+            _take(fields, self.at, self.width, self.out)
+
+    def plain(self, text, rows: int) -> None:
+        """`rows` plain lines (no quote, as many fields as the header) for the chunk parser; a
+        chunk is parsed at CHUNK_ROWS rows exactly, whoever collected them."""
+        self.chunk.append(text)
+        self.chunk_rows += rows
+        if self.chunk_rows >= CHUNK_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.chunk:
+            _take_chunk(self.chunk, self.at, self.header, self.out)
+        self.chunk, self.chunk_rows = [], 0
+
+    def finish(self) -> FileRows:
+        self.flush()
+        return self.out
 
 
-def _take_chunk(lines: list[str], at: Mapping[str, int], header: list[str], out: FileRows) -> None:
+class _BlockReader(_LineReader):
+    """`_LineReader`'s result from blocks of bytes, each ending at a line's end (or the file's)."""
+
+    def __init__(self, header_line: str, tickers: Collection[str]):
+        super().__init__(header_line, tickers)
+        encoded = {t.encode("utf-8") for t in self.wanted}
+        self.wanted_bytes = encoded
+        # Tickers of 1-8 bytes without a NUL: their masked key is theirs alone, so a line whose key
+        # and length match is theirs. The others (longer ones, odd ones) are checked exactly.
+        short = sorted((_key(b), len(b)) for b in encoded if 1 <= len(b) <= 8 and b"\0" not in b)
+        self.short_keys = np.array([k for k, _ in short], dtype=np.uint64)
+        self.short_lens = np.array([n for _, n in short], dtype=np.int64)
+        self.exact_keys = np.array(sorted({_key(b) for b in encoded if not (1 <= len(b) <= 8 and b"\0" not in b)}),
+                                   dtype=np.uint64)
+
+    def plain(self, text, rows: int) -> None:
+        super().plain(text.encode("utf-8") if isinstance(text, str) else text, rows)
+
+    def block(self, data: bytes) -> None:
+        if not data.isascii():
+            data.decode("utf-8")  # the text reader refuses a file that is not UTF-8: so does this one
+        lone_cr = b"\r" in data and data.count(b"\r") != data.count(b"\r\n")
+        if self.at["ticker"] != 0 or lone_cr:
+            # A lone \r ends a line for the text reader; a ticker not first has no cheap key.
+            for line in io.StringIO(data.decode("utf-8"), newline=""):
+                self.line(line)
+            return
+        a = np.frombuffer(data, dtype=np.uint8)
+        ends = np.flatnonzero(a == _NL) + 1
+        if not len(ends) or ends[-1] != len(a):
+            ends = np.append(ends, len(a))  # the file's last line, without a newline
+        starts = np.empty_like(ends)
+        starts[0] = 0
+        starts[1:] = ends[:-1]
+        # Each line's first WINDOW bytes (past the block's end: zeros), rows of a sliding view.
+        padded = np.frombuffer(data + bytes(WINDOW), dtype=np.uint8)
+        window = np.lib.stride_tricks.sliding_window_view(padded, WINDOW)[starts]
+        is_comma = window == _COMMA
+        length = is_comma.argmax(axis=1)  # the ticker's length, where a comma is in the window
+        has_comma = is_comma[np.arange(len(starts)), length] & (length < ends - starts)
+        for i in np.flatnonzero(~has_comma & (ends - starts > WINDOW)).tolist():
+            comma = data.find(b",", starts[i], ends[i])  # a long first field: found the slow way
+            if comma != -1:
+                has_comma[i], length[i] = True, comma - starts[i]
+        # The ticker's first 8 bytes as a little-endian uint64, masked to its length.
+        keys = np.ascontiguousarray(window[:, :8]).view("<u8").reshape(-1) & _MASKS[np.minimum(length, 8)]
+        selected = np.zeros(len(starts), dtype=bool)
+        if len(self.short_keys):
+            pos = np.minimum(np.searchsorted(self.short_keys, keys), len(self.short_keys) - 1)
+            selected = (self.short_keys[pos] == keys) & (self.short_lens[pos] == length) & has_comma
+        if len(self.exact_keys):
+            for i in np.flatnonzero(np.isin(keys, self.exact_keys) & has_comma).tolist():
+                if data[starts[i] : starts[i] + length[i]] in self.wanted_bytes:
+                    selected[i] = True
+        odd = ~has_comma
+        if b'"' in data:
+            quotes = np.flatnonzero(a == _QUOTE)
+            odd |= window[:, 0] == _QUOTE  # a quoted first field: only the csv reader knows the ticker
+            odd |= selected & (np.searchsorted(quotes, ends) > np.searchsorted(quotes, starts))
+        # The requested lines' bytes, in file order, and each line's offset in them.
+        sel = np.flatnonzero(selected)
+        cut = np.flatnonzero(np.diff(sel) != 1) + 1
+        run_starts = starts[sel[np.concatenate(([0], cut))]].tolist() if len(sel) else []
+        run_ends = ends[sel[np.append(cut, len(sel)) - 1]].tolist() if len(sel) else []
+        text = b"".join([data[s:e] for s, e in zip(run_starts, run_ends)])
+        offsets = np.zeros(len(sel) + 1, dtype=np.int64)
+        np.cumsum(ends[sel] - starts[sel], out=offsets[1:])
+        # Their fields, counted on their bytes alone: a row of the wrong width is odd.
+        commas = np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == _COMMA)
+        fields = np.diff(np.searchsorted(commas, offsets)) + 1
+        odd[sel[fields != self.width]] = True
+        done = 0  # requested lines handed on, as an index into sel
+        for i in np.flatnonzero(odd).tolist():  # in file order: the plain lines before it, then it
+            upto = int(np.searchsorted(sel, i))
+            self._plain_text(text, offsets, done, upto)
+            self.line(data[starts[i] : ends[i]].decode("utf-8"))
+            done = upto + 1 if upto < len(sel) and sel[upto] == i else upto
+        self._plain_text(text, offsets, done, len(sel))
+
+    def _plain_text(self, text: bytes, offsets: np.ndarray, first: int, end: int) -> None:
+        """Requested lines first..end-1 (plain ones: no quote, as many fields as the header) of a
+        block's `text` for the chunk parser, a chunk cut at CHUNK_ROWS rows as the line reader
+        cuts it."""
+        while first < end:
+            upto = min(end, first + CHUNK_ROWS - self.chunk_rows)
+            self.plain(text[offsets[first] : offsets[upto]], upto - first)
+            first = upto
+
+
+_NL, _COMMA, _QUOTE = ord("\n"), ord(","), ord('"')
+# Bytes of a line's start searched for its first comma at once; a longer first field is found
+# line by line (a ticker is a few bytes: real files have none that long).
+WINDOW = 16
+_MASKS = np.array([(1 << (8 * n)) - 1 for n in range(9)], dtype=np.uint64)
+
+
+def _key(ticker: bytes) -> int:
+    """A ticker's first 8 bytes as a little-endian integer (its bytes past 8 not in it)."""
+    return int.from_bytes(ticker[:8].ljust(8, b"\0"), "little")
+
+
+def _take_chunk(lines: list, at: Mapping[str, int], header: list[str], out: FileRows) -> None:
     """Plain rows of requested tickers parsed together by pandas' C parser (a per-row Python parse
     would cost most of a file's time); a chunk with any value that does not parse goes row by row,
-    so each bad row is rejected with its own reason."""
+    so each bad row is rejected with its own reason. `lines`: lines (str) or runs of lines (bytes)."""
     columns = list(range(len(header)))
     dtypes = {at[name]: "float64" for name in _NUMBERS} | {at["ticker"]: str, at["window_start"]: "int64"}
+    text = b"".join(lines) if isinstance(lines[0], bytes) else "".join(lines)
     try:
-        frame = pd.read_csv(io.StringIO("".join(lines)), header=None, names=columns, dtype=dtypes, engine="c",
-                            keep_default_na=False, na_values={at["transactions"]: [""]})
+        frame = pd.read_csv(io.BytesIO(text) if isinstance(text, bytes) else io.StringIO(text), header=None,
+                            names=columns, dtype=dtypes, engine="c", keep_default_na=False,
+                            na_values={at["transactions"]: [""]})
     except (ValueError, TypeError, pd.errors.ParserError):
+        if isinstance(text, bytes):  # the lines as the text reader cuts them
+            lines = list(io.StringIO(text.decode("utf-8"), newline=""))
         for line in lines:
             _take(line.rstrip("\r\n").split(","), at, len(header), out)
         return

@@ -36,14 +36,17 @@ from dagster._core.definitions.partitions.definition import (
 )
 from dagster._core.definitions.partitions.definition.multi import MultiPartitionKey
 
-from backfill_dagster.domain.boxes import cover_with_boxes
+from backfill_dagster.domain.boxes import cover_across_rows, cover_with_boxes
 
 _dagster_build_run_requests_with_backfill_policy = run_requests._build_run_requests_with_backfill_policy
 
 
-def box_ranges(partition_keys, partitions_def, dynamic_partitions_store, max_partitions: int):
+def box_ranges(partition_keys, partitions_def, dynamic_partitions_store, max_partitions: int,
+               shape: str = "symbols"):
     """(start key, end key) of each box covering `partition_keys` exactly, newest sessions first;
-    None when a key cannot be placed (Dagster's own code then says what is wrong with it)."""
+    None when a key cannot be placed (Dagster's own code then says what is wrong with it). `shape`
+    (box_shape()): "symbols", few symbols over many sessions; "sessions", many symbols over few
+    sessions."""
     dims = list(partitions_def.partitions_defs)
     with partition_loading_context(dynamic_partitions_store=dynamic_partitions_store):
         keys_of = [list(dim.partitions_def.get_partition_keys()) for dim in dims]
@@ -62,7 +65,8 @@ def box_ranges(partition_keys, partitions_def, dynamic_partitions_store, max_par
         if r is None or c is None:
             return None
         columns_by_row[r].append(c)
-    boxes = sorted(cover_with_boxes(columns_by_row, max_cells=max_partitions), key=lambda b: (-b[3], b[0], -b[2]))
+    cover = cover_across_rows if shape == "sessions" else cover_with_boxes
+    boxes = sorted(cover(columns_by_row, max_cells=max_partitions), key=lambda b: (-b[3], b[0], -b[2]))
 
     def key(r: int, c: int) -> str:
         return str(MultiPartitionKey({dims[row].name: keys_of[row][r], dims[col].name: keys_of[col][c]}))
@@ -80,7 +84,7 @@ def build_run_requests_with_backfill_policy(
         and backfill_policy.policy_type == BackfillPolicyType.SINGLE_RUN
         and box_partitions()
     ):
-        ranges = box_ranges(partition_keys, partitions_def, dynamic_partitions_store, box_partitions())
+        ranges = box_ranges(partition_keys, partitions_def, dynamic_partitions_store, box_partitions(), box_shape())
         if ranges is not None:
             return [
                 run_requests._build_run_request_for_partition_key_range(
@@ -119,6 +123,29 @@ def box_partitions(environ=os.environ) -> int:
     return value
 
 
+# Which way a box is long. A REST provider is asked for a symbol (or a page of symbols) over a range
+# of dates: a box of few symbols over many sessions fetches each symbol's history in few requests.
+# Flat files hold one session of every symbol: a box of every symbol over few sessions reads each
+# session's file in one run (500 symbols x 24 sessions a box), where the other shape would read
+# every file in every run. By default the shape follows the first provider of BACKFILL_PROVIDERS.
+BOX_SHAPE_VARIABLE = "BACKFILL_BOX_SHAPE"
+BOX_SHAPES = ("symbols", "sessions")
+SESSION_BOX_PROVIDERS = ("flatfiles",)  # providers that serve a session for every symbol at once
+
+
+def box_shape(environ=os.environ) -> str:
+    """"symbols" (few symbols over many sessions a box) or "sessions" (many symbols over few)."""
+    raw = environ.get(BOX_SHAPE_VARIABLE, "").strip().lower()
+    if raw:
+        if raw not in BOX_SHAPES:
+            raise ValueError(f"{BOX_SHAPE_VARIABLE}={raw!r}: use 'symbols' (few symbols over many sessions a "
+                             "run, for REST providers) or 'sessions' (every symbol over few sessions, for flat "
+                             "files); unset, it follows the first of BACKFILL_PROVIDERS")
+        return raw
+    first = environ.get("BACKFILL_PROVIDERS", "").split(",")[0].strip().lower()
+    return "sessions" if first in SESSION_BOX_PROVIDERS else "symbols"
+
+
 def install() -> None:
     """Form backfill runs as boxes in this process (idempotent)."""
     run_requests._build_run_requests_with_backfill_policy = build_run_requests_with_backfill_policy
@@ -129,5 +156,5 @@ def uninstall() -> None:
     run_requests._build_run_requests_with_backfill_policy = _dagster_build_run_requests_with_backfill_policy
 
 
-box_partitions()  # a bad value refuses as the daemon loads the instance, not at its first backfill
+box_partitions(), box_shape()  # a bad value refuses as the daemon loads the instance, not at its first backfill
 install()

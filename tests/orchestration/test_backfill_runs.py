@@ -86,3 +86,41 @@ def test_the_box_size_is_the_daemons_setting_and_0_is_dagsters_own_formation(
     assert len(run_requests(defs, instance, keys, boxes=True)) == 2
     monkeypatch.setenv("BACKFILL_BOX_PARTITIONS", "0")
     assert len(run_requests(defs, instance, keys, boxes=True)) == 3  # one per symbol
+
+
+def test_with_flat_files_first_a_box_is_every_symbol_over_few_sessions(
+        defs, instance, store_url, calendar, formation, monkeypatch):
+    # a session's flat file serves every symbol: each session is read by one run, not by every run
+    symbols = [f"S{i:03d}" for i in range(60)]
+    add_symbols(instance, store_url, symbols)
+    sessions = calendar.sessions("2024-01-02", "2024-12-31")
+    keys = [partition_key(s, d) for s in symbols for d in sessions]
+    monkeypatch.setenv("BACKFILL_BOX_PARTITIONS", "1200")
+    monkeypatch.setenv("BACKFILL_PROVIDERS", "flatfiles,alpaca")
+    boxed = run_requests(defs, instance, keys, boxes=True)
+    assert len(boxed) == 13  # 60 symbols x 20 sessions a box: 252 sessions in 13
+    partitions_def = defs.resolve_asset_graph().get(ASSETS[0]).partitions_def
+    runs_of_session: dict[str, int] = {}
+    for request in boxed:
+        key_range = dg.PartitionKeyRange(request.tags["dagster/asset_partition_range_start"],
+                                         request.tags["dagster/asset_partition_range_end"])
+        in_run = {str(k).split("|")[0] for k in partitions_def.get_partition_keys_in_range(key_range, instance)}
+        for session in in_run:
+            runs_of_session[session] = runs_of_session.get(session, 0) + 1
+    assert len(runs_of_session) == len(sessions) and set(runs_of_session.values()) == {1}
+    covered = partitions_of(defs, instance, boxed)
+    assert len(covered) == len(set(covered)) and set(covered) == set(keys)
+    # the same partitions with a REST provider first: few symbols over every session (15 runs of 4)
+    monkeypatch.setenv("BACKFILL_PROVIDERS", "alpaca,flatfiles")
+    assert len(run_requests(defs, instance, keys, boxes=True)) == 15
+    # said explicitly, the setting wins over the providers' order
+    monkeypatch.setenv("BACKFILL_BOX_SHAPE", "sessions")
+    assert len(run_requests(defs, instance, keys, boxes=True)) == 13
+
+
+def test_the_box_shape_setting_refuses_what_it_does_not_know():
+    assert backfill_runs.box_shape({}) == "symbols"
+    assert backfill_runs.box_shape({"BACKFILL_PROVIDERS": " FlatFiles , alpaca"}) == "sessions"
+    assert backfill_runs.box_shape({"BACKFILL_PROVIDERS": "flatfiles", "BACKFILL_BOX_SHAPE": "Symbols"}) == "symbols"
+    with pytest.raises(ValueError, match="BACKFILL_BOX_SHAPE='wide': use 'symbols'"):
+        backfill_runs.box_shape({"BACKFILL_BOX_SHAPE": "wide"})
