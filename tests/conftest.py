@@ -146,11 +146,29 @@ def store(store_url, calendar) -> BarStore:
     return BarStore(shared_engine(store_url), calendar)
 
 
-@pytest.fixture
-def instance():
+@pytest.fixture(scope="session")
+def empty_instance_home(tmp_path_factory):
+    """A Dagster test instance's home with its SQLite storages created and empty, made once per
+    process: creating them (schemas, migrations' stamps) is ~0.6 CPU seconds, copying them ~0.05."""
     import dagster as dg
 
-    with dg.instance_for_test() as inst:
+    home = tmp_path_factory.mktemp("empty_dagster_home")
+    with dg.instance_for_test(temp_dir=str(home)) as inst:
+        inst.get_runs()
+    return home
+
+
+@pytest.fixture
+def instance(empty_instance_home, tmp_path):
+    """A fresh, empty Dagster test instance (dg.instance_for_test) of its own, on SQLite storages
+    copied from an empty one rather than created anew."""
+    import shutil
+
+    import dagster as dg
+
+    home = tmp_path / "dagster_home"
+    shutil.copytree(empty_instance_home, home)
+    with dg.instance_for_test(temp_dir=str(home)) as inst:
         yield inst
 
 
