@@ -1,6 +1,7 @@
 """Splits never break the history, end to end: the store on PostgreSQL, the providers the fakes on
 loopback, Dagster in-process driven by its own daemons' iterations — the scheduler (frozen clock),
-the sensor daemon and the backfill daemon — on an instance whose runs execute synchronously.
+the sensor daemon and the backfill daemon — on an instance whose runs execute synchronously and
+whose storages are the deployed ones (the project's event log and run storage on PostgreSQL).
 
 AAPL is backfilled for 60 sessions while a split at session 40 is not known yet, so the history
 before it is stored on the old share basis. The fake then announces it; after the corporate-actions
@@ -17,12 +18,14 @@ import contextlib
 import logging
 import math
 import os
+import uuid
 from datetime import date
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from dagster._core.events import DagsterEventType
 
 from backfill_dagster.definitions import build_definitions
@@ -42,6 +45,8 @@ from backfill_dagster.orchestration.split_repair import build_split_repair_senso
 from backfill_dagster.settings import Settings
 from backfill_dagster.store import BarStore, Watchlist, shared_engine
 from backfill_dagster.store.actions import ActionStore
+from tests.conftest import PG_ADMIN_URL
+from tests.deploy import create_database, drop_database, storage_yaml
 
 pytestmark = pytest.mark.postgres
 
@@ -108,6 +113,19 @@ class Daemons:
 
 
 @contextlib.contextmanager
+def dagster_storage(home):
+    """The instance's storages as deployed (dagster.yaml): the project's event log and run storage
+    on PostgreSQL, in a database of their own for this test."""
+    name = f"bfd_dagster_{uuid.uuid4().hex[:10]}"
+    create_database(PG_ADMIN_URL, name)
+    try:
+        url = f"{PG_ADMIN_URL.rpartition('/')[0]}/{name}".replace("postgresql://", "postgresql+psycopg2://")
+        yield yaml.safe_load(storage_yaml(url, "bulk", home))
+    finally:
+        drop_database(PG_ADMIN_URL, name)
+
+
+@contextlib.contextmanager
 def deployment(pg_url, tmp_path, monkeypatch, registry, fake_now=BACKFILLED_AT):
     from dagster._core.remote_origin import InProcessCodeLocationOrigin
     from dagster._core.test_utils import create_test_daemon_workspace_context
@@ -120,10 +138,11 @@ def deployment(pg_url, tmp_path, monkeypatch, registry, fake_now=BACKFILLED_AT):
     config = FakeConfig(now=lambda: clock[0], corporate_actions=registry)
     origin = InProcessCodeLocationOrigin(LoadableTargetOrigin(module_name=__name__, attribute="split_defs"),
                                          location_name="splits")
-    with FakeProviders(config) as fakes:
+    with FakeProviders(config) as fakes, dagster_storage(tmp_path) as storage:
         for name, value in fakes.env().items():
             monkeypatch.setenv(name, value)
-        with dg.instance_for_test(synchronous_run_launcher=True, synchronous_run_coordinator=True) as instance, \
+        with dg.instance_for_test(overrides=storage, synchronous_run_launcher=True,
+                                  synchronous_run_coordinator=True) as instance, \
                 create_test_daemon_workspace_context(InProcessWorkspaceLoadTarget(origin), instance) as context:
             yield fakes, clock, instance, Daemons(context, logging.getLogger("split_repair_e2e"))
 
