@@ -20,6 +20,13 @@ the clock's quarter hour, since 04:00, 09:30, 13:00, 16:00 and 20:00 are all qua
 York's offset from UTC is whole hours; the minutes kept are the request's window (regular hours,
 or 04:00-20:00 with extended hours, an early close's 13:00 included: the calendar says). d1 bars
 are the day file's rows as they are.
+
+A minute file can lack a ticker's closing minute (the regular session's last, 15:59 New York;
+about 40 names a day in January 2025's files): its last quarter hour then closes on an earlier
+trade. A stock that traded in nearly every minute of its session (`CLOSING_MINUTE_SHARE`) always
+trades in the closing minute, the busiest of the day, so for such a ticker the gap is the file's,
+and `lacking_closing_minute` names it; a thinly traded one's quiet close cannot be told from the
+defect and is taken as it is.
 """
 
 from __future__ import annotations
@@ -39,12 +46,16 @@ from backfill_dagster.domain.calendar import NEW_YORK
 
 HEADER = ("ticker", "volume", "open", "close", "high", "low", "window_start", "transactions")
 REQUIRED = HEADER  # every aggregate column is needed; extra ones are ignored
-M15_NS = 15 * 60 * 1_000_000_000
+MINUTE_NS = 60 * 1_000_000_000
+M15_NS = 15 * MINUTE_NS
 CHUNK_ROWS = 50_000  # requested rows parsed together (a few MB of text held at a time)
 # Text indexed at a time by read_aggs_blocks (its index arrays cost about as much again): 1, 4
 # and 16 MB read a whole-market file in about the same time, so the memory decides.
 BLOCK_BYTES = 4 << 20
 # A row's numbers, in this order (transactions may be empty: NaN).
+# A ticker with rows in at least this share of the regular session's minutes trades in its
+# closing minute; without a row there, the file is missing it.
+CLOSING_MINUTE_SHARE = 0.9
 _NUMBERS = ("open", "high", "low", "close", "volume", "transactions")
 
 
@@ -464,6 +475,25 @@ def m15_bars(rows: Checked, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFr
         "vwap": np.nan,
         "trade_count": np.add.reduceat(values[:, 5], starts),
     })
+
+
+def lacking_closing_minute(rows: Checked, open_: pd.Timestamp, close: pd.Timestamp,
+                           share: float = CLOSING_MINUTE_SHARE) -> dict[str, tuple[int, int]]:
+    """Tickers of a minute file that traded in at least `share` of the regular minutes
+    open_ <= t < close but have no row for the last of them: ticker -> (minutes with a row, the
+    session's regular minutes)."""
+    regular = (rows.window_start >= open_.value) & (rows.window_start < close.value)
+    if not regular.any():
+        return {}
+    tickers, ts = rows.tickers[regular], rows.window_start[regular]
+    names, code = np.unique(tickers.astype(str), return_inverse=True)
+    code = code.reshape(-1)
+    minutes = np.bincount(code, minlength=len(names))
+    closing = np.zeros(len(names), dtype=bool)
+    closing[code[ts == close.value - MINUTE_NS]] = True
+    total = int((close.value - open_.value) // MINUTE_NS)
+    lacking = (minutes >= share * total) & ~closing
+    return {str(names[i]): (int(minutes[i]), total) for i in np.flatnonzero(lacking)}
 
 
 def d1_bars(rows: Checked) -> pd.DataFrame:

@@ -8,7 +8,8 @@ from the same synthetic market as the REST fakes (fakes/data.py), as gzip CSV.
   into up to 15 one-minute rows, deterministically per (symbol, session), such that aggregating
   the minutes present (first open, max high, min low, last close, sum volume, sum transactions)
   gives back exactly the raw m15 bar. One or two minutes of most buckets have no trade (no row),
-  sometimes the bucket's first or last minute, so bucketing must work from the minutes present.
+  sometimes the bucket's first or last minute, so bucketing must work from the minutes present;
+  the regular session's closing minute always has one (unless a defect removes it).
 - Columns `ticker,volume,open,close,high,low,window_start,transactions` (no vwap), window_start in
   Unix nanoseconds, rows sorted by ticker (code-point order: `TPC` before `TpC`) then time.
 
@@ -19,7 +20,7 @@ prices print as `k/100` floats, which parse back to exactly the REST fakes' 2-de
 from __future__ import annotations
 
 import gzip
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 
@@ -35,6 +36,8 @@ MINUTES_PER_BAR = 15
 # a lowercase `p` (`BCpA`, `AAp`), a class share with a dot, and a pair equal but for case.
 PITFALL_TICKERS = ("NA", "BCpA", "AAp", "BRK.B", "TpC", "TPC")
 GZIP_LEVEL = 6
+# The version of how rows are made: generated files cached under an older one are not reused.
+GENERATOR = 2
 
 
 @dataclass(frozen=True)
@@ -113,11 +116,16 @@ def day_rows(data: BarData, tickers: Sequence[str], session: date) -> Rows:
     )
 
 
-def minute_rows(data: BarData, tickers: Sequence[str], session: date, *, no_trade_rate: float = 0.0) -> Rows:
+def minute_rows(data: BarData, tickers: Sequence[str], session: date, *, no_trade_rate: float = 0.0,
+                without_closing_minute: Collection[str] = ()) -> Rows:
     """The session's minute rows of every ticker: each traded raw m15 bar the REST fakes serve,
-    split into the minutes that had trades."""
+    split into the minutes that had trades. The regular session's last minute (15:59, 12:59 on a
+    half day) always trades, as the closing minute of a listed stock does; the tickers of
+    `without_closing_minute` lose that row (a defect of real files), so their last quarter hour no
+    longer aggregates to the REST bar."""
     tickers = tuple(tickers)
     end_ns = data.calendar.served_window(session)[1].value
+    closing_ns = data.calendar.close(session).value - MINUTE_NS
     codes, starts, values, draws, quiet = [], [], [], [], []
     for i, ticker in enumerate(tickers):
         slots = data.session_slots(ticker, session, end_ns, no_trade_rate=no_trade_rate, adjusted=False).traded_only()
@@ -131,10 +139,16 @@ def minute_rows(data: BarData, tickers: Sequence[str], session: date, *, no_trad
             quiet.append(rng.random(len(slots)))
     if not codes:
         return Rows(tickers, *(np.empty(0, np.int64) for _ in Rows.COLUMNS))
-    code = np.concatenate(codes)
-    bar_of, minutes = decompose(np.concatenate(starts), np.concatenate(values),
-                                np.concatenate(draws, axis=1), np.concatenate(quiet))
-    return Rows(tickers, code[bar_of], *minutes)
+    code, starts = np.concatenate(codes), np.concatenate(starts)
+    draws = np.concatenate(draws, axis=1)
+    # The closing minute's draw outranks its bucket's others: it is always among the minutes kept.
+    draws[0][starts == closing_ns - (MINUTES_PER_BAR - 1) * MINUTE_NS, MINUTES_PER_BAR - 1] = 2.0
+    bar_of, minutes = decompose(starts, np.concatenate(values), draws, np.concatenate(quiet))
+    rows = Rows(tickers, code[bar_of], *minutes)
+    if without_closing_minute:
+        lost = np.isin(rows.code, [i for i, t in enumerate(tickers) if t in without_closing_minute])
+        rows = rows.take(~(lost & (rows.window_start == closing_ns)))
+    return rows
 
 
 def decompose(starts: np.ndarray, values: np.ndarray, draws: np.ndarray, quiet_draw: np.ndarray):
@@ -318,10 +332,12 @@ TICKERS_PER_CHUNK = 100
 
 
 def minute_csv_chunks(data: BarData, tickers: Sequence[str], session: date, *, no_trade_rate: float = 0.0,
+                      without_closing_minute: Collection[str] = (),
                       per_chunk: int = TICKERS_PER_CHUNK) -> Iterator[bytes]:
     """The minute file's CSV in pieces, a run of consecutive tickers each (the tickers in file order)."""
     for i in range(0, max(len(tickers), 1), per_chunk):
-        rows = minute_rows(data, tickers[i : i + per_chunk], session, no_trade_rate=no_trade_rate)
+        rows = minute_rows(data, tickers[i : i + per_chunk], session, no_trade_rate=no_trade_rate,
+                           without_closing_minute=without_closing_minute)
         yield csv_bytes(rows, header=i == 0)
 
 

@@ -35,6 +35,8 @@ The pitfalls of the real service, each a setting of `FlatFilesConfig` (defaults 
   that may not list the bucket;
 - defective day files: `misdated_day_files` (the 2019-08-12 file carried 2019-08-13 timestamps) and
   `duplicated_day_files` (2019-08-13 carried duplicate rows);
+- minute files missing some tickers' closing minute (`closing_minute_missing`: January 2025, ~0.4%
+  of tickers a session, as observed);
 - tickers absent from a session: the market's unknown symbols (`FakeConfig.unknown_symbols`, the
   ZZZ prefix) and withheld (symbol, session) pairs have no rows, as a delisted or halted stock;
 - raw prices: a split symbol's prices jump by the ratio at its ex-date (fakes/actions.py);
@@ -73,6 +75,7 @@ from xml.sax.saxutils import escape
 import pandas as pd
 
 from backfill_dagster.domain.calendar import NEW_YORK
+from backfill_dagster.domain.synthetic import seed
 from backfill_dagster.fakes import flatfile_data
 from backfill_dagster.fakes.config import FakeConfig
 from backfill_dagster.fakes.control import FaultDraws
@@ -162,6 +165,11 @@ class FlatFilesConfig:
     misdated_day_files: dict[date, date] = field(default_factory=lambda: {date(2019, 8, 12): date(2019, 8, 13)})
     # Day files with some tickers' rows written twice.
     duplicated_day_files: frozenset[date] = frozenset({date(2019, 8, 13)})
+    # Minute files in which some tickers lack their closing minute (the regular session's last:
+    # 15:59, 12:59 on a half day), as ~40 of ~10,000 names a day did in January 2025
+    # (polygon-io/issues#329): (first session, last session, share of tickers), each ticker drawn
+    # per session reproducibly. Their last regular quarter hour then differs from the REST bar.
+    closing_minute_missing: tuple[date, date, float] = (date(2025, 1, 2), date(2025, 1, 31), 0.004)
     # Sessions whose minute file is missing while the day file is there (as 2025-08-07/08 were for days).
     missing_minute_files: frozenset[date] = frozenset()
     gzip_level: int = flatfile_data.GZIP_LEVEL
@@ -209,6 +217,13 @@ class FlatFilesConfig:
         """The tickers files carry, in file order (unknown symbols of the market left out)."""
         names = flatfile_data.universe(self.symbols, self.fillers, pitfalls=self.pitfall_tickers)
         return [t for t in names if not market.is_unknown(t)]
+
+    def without_closing_minute(self, tickers: Iterable[str], session: date) -> set[str]:
+        """The tickers whose closing minute the session's minute file lacks."""
+        first, last, share = self.closing_minute_missing
+        if not (first <= session <= last) or share <= 0:
+            return set()
+        return {t for t in tickers if seed(t, session.isoformat(), "closing-minute") % 1_000_000 < share * 1_000_000}
 
 
 @dataclass(frozen=True)
@@ -347,7 +362,8 @@ class FakeFlatFiles:
         """The rows of a session's file, defects included (whether or not it is published)."""
         tickers = self.config.tickers(self.market)
         if dataset == "minute":
-            return flatfile_data.minute_rows(self._data, tickers, session, no_trade_rate=self.market.no_trade_rate)
+            return flatfile_data.minute_rows(self._data, tickers, session, no_trade_rate=self.market.no_trade_rate,
+                                             without_closing_minute=self.config.without_closing_minute(tickers, session))
         rows = flatfile_data.day_rows(self._data, tickers, session)
         carried = self.config.misdated_day_files.get(session)
         if carried is not None:
@@ -397,6 +413,7 @@ class FakeFlatFiles:
             self.config.tickers(m), sorted(m.withheld), m.no_trade_rate, splits,
             sorted((k, repr(v)) for k, v in getattr(actions, "_gaps", {}).items()),
             sorted(c.misdated_day_files.items()), sorted(c.duplicated_day_files), c.gzip_level,
+            c.closing_minute_missing, flatfile_data.GENERATOR,
         ))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -406,8 +423,10 @@ class FakeFlatFiles:
 
     def _write(self, path: Path, dataset: str, session: date) -> None:
         if dataset == "minute":  # in runs of tickers: memory stays flat however broad the universe
+            tickers = self.config.tickers(self.market)
             pieces = flatfile_data.minute_csv_chunks(
-                self._data, self.config.tickers(self.market), session, no_trade_rate=self.market.no_trade_rate)
+                self._data, tickers, session, no_trade_rate=self.market.no_trade_rate,
+                without_closing_minute=self.config.without_closing_minute(tickers, session))
         else:
             pieces = [flatfile_data.csv_bytes(self.rows(dataset, session))]
         flatfile_data.write_gz(pieces, path, self.config.gzip_level)

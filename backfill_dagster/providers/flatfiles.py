@@ -19,6 +19,9 @@ sessions costs 10 GETs of m15 and 10 of d1.
   re-derivation or a split repair needs no download).
 - Rows are trusted one by one: a row stamped with another date than the file's, or a ticker's
   duplicate rows, are rejected (rejected_bars, with the reason) and fail that ticker's session.
+  A minute file lacking the closing minute of a ticker that traded in nearly every other minute
+  (a known defect) does not serve that ticker's m15 for the session: it falls back to the next
+  provider, or fails saying why (domain/minute_aggs.py `lacking_closing_minute`).
 - Prices are unadjusted. A split-adjusted store gets them on its basis with the splits the
   corporate-actions store knows (domain/split_factors.py); a symbol whose splits were never checked
   is not served (its partitions fall back or fail). A raw store gets them as they are.
@@ -50,6 +53,7 @@ from backfill_dagster.domain.minute_aggs import (
     FileFormatError,
     check_rows,
     d1_bars,
+    lacking_closing_minute,
     m15_bars,
     read_aggs_blocks,
 )
@@ -198,8 +202,18 @@ class FlatFilesProvider(Provider):
                 raise ProviderError(self.name, f"{key} is not a readable aggregates file: {exc}",
                                     request=request) from None
         checked = check_rows(rows, session, key)
+        unserved = dict(unserved)
         if request.timeframe is Timeframe.M15:
             bars = m15_bars(checked, request.start, request.end)
+            close = self._calendar.close(session)
+            lacking = lacking_closing_minute(checked, self._calendar.open(session), close)
+            for ticker, (minutes, total) in lacking.items():
+                unserved[tickers[ticker]] = (
+                    f"{key} has no row for its closing minute ({close.tz_convert(NEW_YORK) - pd.Timedelta(minutes=1):%H:%M} "
+                    f"New York) though it traded in {minutes} of the session's {total} regular minutes: a known "
+                    "defect of the minute files (polygon-io/issues#329), which would leave its last quarter hour "
+                    "closing on an earlier trade")
+            bars = bars[~bars["symbol"].isin(list(lacking))]
         else:
             bars = d1_bars(checked)
         bars["symbol"] = [store_symbol(t, self.name) for t in bars["symbol"]]

@@ -9,7 +9,14 @@ import pandas as pd
 import pytest
 
 from backfill_dagster.domain.bars import validate_bars
-from backfill_dagster.domain.minute_aggs import FileFormatError, check_rows, d1_bars, m15_bars, read_aggs
+from backfill_dagster.domain.minute_aggs import (
+    FileFormatError,
+    check_rows,
+    d1_bars,
+    lacking_closing_minute,
+    m15_bars,
+    read_aggs,
+)
 from backfill_dagster.domain.split_factors import KnownSplits, adjust_bars
 from backfill_dagster.domain.timeframes import Timeframe
 
@@ -128,6 +135,26 @@ def test_missing_minutes_make_bars_from_what_is_present(calendar):
     assert ny == ["09:30", "10:15"]
     first = bars.iloc[0]
     assert (first.open, first.high, first.low, first.close, first.volume) == (10, 14, 9, 13, 12)
+
+
+def test_a_liquid_ticker_without_its_closing_minute_is_named_a_thin_one_is_not(calendar):
+    """The closing-minute defect: a ticker with rows in nearly every regular minute but none at
+    15:59 (12:59 on a half day) is named; one with its closing minute, or one that traded too
+    rarely for a quiet close to mean anything, is not."""
+    day = date(2024, 3, 15)
+    liquid = minutes("LACK", day, "09:30", 389)  # 09:30..15:58: the 15:59 row is missing
+    whole = minutes("FULL", day, "09:30", 390)
+    thin = [line for i, line in enumerate(minutes("THIN", day, "09:30", 389)) if i % 3 == 0]  # a third
+    quiet_near_close = minutes("GAPS", day, "09:30", 390)[:-30:] + minutes("GAPS", day, "15:59", 1)[:1]
+    extended = minutes("EXTD", day, "04:00", 16 * 60)  # 04:00..19:59, 15:59 included
+    rows = parse(liquid + whole + thin + quiet_near_close + extended, {"LACK", "FULL", "THIN", "GAPS", "EXTD"}, day)
+    assert lacking_closing_minute(rows, calendar.open(day), calendar.close(day)) == {"LACK": (389, 390)}
+    # ...and the bars of what is there are still the minutes present (the provider decides).
+    assert len(m15_bars(rows, *calendar.window(day))) > 0
+    half = date(2024, 11, 29)
+    rows = parse(minutes("LACK", half, "09:30", 209) + minutes("FULL", half, "09:30", 210), {"LACK", "FULL"}, half)
+    assert lacking_closing_minute(rows, calendar.open(half), calendar.close(half)) == {"LACK": (209, 210)}
+    assert lacking_closing_minute(parse([], {"LACK"}, day), calendar.open(day), calendar.close(day)) == {}
 
 
 def test_unsorted_rows_are_sorted_before_bucketing(calendar):

@@ -1,7 +1,8 @@
 """The flat-files provider against the flat-files fake, generated from the same synthetic market as
 the REST fakes: identical bars (raw and split-adjusted, m15 and d1, regular and extended hours),
 fallback to Alpaca when a file is not published or outside the plan, `empty` for a ticker absent
-from a published file, and a defective day file's rows in rejected_bars."""
+from a published file, a defective day file's rows in rejected_bars, and a minute file lacking
+closing minutes served by Alpaca for those tickers."""
 
 from __future__ import annotations
 
@@ -197,3 +198,51 @@ def test_the_misdated_day_file_is_rejected_and_alpaca_serves(files, rest, calend
     assert {"AAPL", "MSFT"} <= set(rejected["symbol"])
     assert rejected["reason"].str.contains("not on the file's date 2019-08-12").all()
     assert set(store.coverage(Timeframe.D1)["provider"]) == {"alpaca:sip"}
+
+
+def test_a_minute_file_lacking_closing_minutes_sends_those_tickers_to_alpaca(market, rest, calendar, store):
+    """The defect of January 2025's minute files, here every ticker's on 2024-03-11: with no other
+    provider their m15 partitions fail naming the missing minute and no bar of them is stored; with
+    Alpaca behind, their m15 come from Alpaca, equal to the REST bars, and d1 still from the files."""
+    day = date(2024, 3, 11)
+    config = FlatFilesConfig(symbols=SYMBOLS, fillers=0, closing_minute_missing=(day, day, 1.0))
+    with FakeFlatFiles(config, market=market) as files:
+        rows = files.rows("minute", day)
+        closing = calendar.close(day).value - 60 * 10**9
+        assert not {t for t, ts in zip(rows.tickers, rows.window_start) if ts == closing}  # every ticker lost it
+        provider = flat(files, calendar)
+        parts = [("AAPL", day), ("MSFT", day), ("NVDA", day)]
+        alone = fetch_partitions(parts, Timeframe.M15, Router([provider], calendar, adjustment=Adjustment.RAW),
+                                 store, clock=lambda: NOW)
+        assert set(alone.failures) == set(parts) and not alone.empty
+        assert all("closing minute (15:59 New York)" in why and "polygon-io/issues#329" in why
+                   for why in alone.failures.values()), alone.failures
+        assert set(store.coverage(Timeframe.M15)["status"]) == {"failed"}
+        assert store.read_bars(Timeframe.M15, parts).empty
+        router = Router([provider, alpaca(rest, calendar)], calendar, adjustment=Adjustment.RAW)
+        m15 = fetch_partitions(parts, Timeframe.M15, router, store, clock=lambda: NOW)
+        d1 = fetch_partitions(parts, Timeframe.D1, router, store, clock=lambda: NOW)
+        assert m15.ok and d1.ok
+    ledger = store.coverage(Timeframe.M15)
+    assert set(ledger["provider"]) == {"alpaca:sip"} and set(ledger["status"]) == {"complete"}
+    assert set(store.coverage(Timeframe.D1)["provider"]) == {"flatfiles"}
+    want = rest_bars(rest, Timeframe.M15, day, adjusted=False).query("symbol in ['AAPL', 'MSFT', 'NVDA']")
+    got = store.read_bars(Timeframe.M15, parts)
+    assert_same_bars(got.assign(vwap=np.nan), want.assign(vwap=np.nan))  # Alpaca's own vwap aside
+
+
+def test_only_a_liquid_ticker_s_missing_closing_minute_is_the_files_defect(market, calendar):
+    """Every ticker's minute file has its closing minute on an ordinary session (a listed stock
+    trades in it); in the defect's sessions about 0.4% of tickers lose it, drawn per session."""
+    config = FlatFilesConfig(symbols=SYMBOLS, fillers=500)
+    with FakeFlatFiles(config, market=market) as files:
+        tickers = config.tickers(market)
+        ordinary = date(2024, 3, 11)
+        assert config.without_closing_minute(tickers, ordinary) == set()
+        rows = files.rows("minute", ordinary)
+        closing = calendar.close(ordinary).value - 60 * 10**9
+        with_close = {t for t, ts in zip(rows.tickers, rows.window_start) if ts == closing}
+        assert with_close == set(tickers)
+        january = [calendar.next_session(date(2025, 1, 1)), date(2025, 1, 15)]
+        lost = [config.without_closing_minute(tickers, d) for d in january]
+        assert all(1 <= len(x) <= 12 for x in lost) and lost[0] != lost[1]
