@@ -1,7 +1,7 @@
 """A whole-market UI backfill, at a size this machine finishes.
 
     python bench/scale_backfill.py [--symbols 100] [--sessions 504] [--alpaca-rate 200] [--timeout-min 60]
-                                   [--runs boxes|per-symbol] [--provider alpaca|flatfiles]
+                                   [--runs boxes|per-symbol] [--provider alpaca|polygon|flatfiles]
 
 A deployment as a user runs it (PostgreSQL instance with the project's dagster.yaml, PostgreSQL
 store, dagster-webserver + dagster-daemon), its provider Alpaca pointed at the fake servers on
@@ -29,6 +29,11 @@ the report adds the GETs of minute and day files against the target (one of each
 bytes downloaded, and Alpaca's fallback calls (only for the m15 of tickers whose closing minute the
 fake's January 2025 minute files lack, ~0.4% a session, as the real files did); the direct baseline reads the same
 files through the provider with no Dagster, box by box.
+
+With `--provider polygon` the deployment's provider is Polygon with no rate limit (a paid plan:
+POLYGON_RATE_LIMIT=0, the fake unlimited; `--polygon-rate N` sets a limit a minute on both), one
+symbol a request and 50,000 base minute aggregates a page, as the API pages. The report gives
+Polygon's calls against the direct baseline's for the same work, and Dagster's share of the wall.
 """
 
 from __future__ import annotations
@@ -69,8 +74,10 @@ def main() -> None:
     parser.add_argument("--code-server", action="store_true",
                         help="one standalone code server (`dagster code-server start`, a grpc_server workspace) "
                              "instead of the code servers the webserver and the daemon each start")
-    parser.add_argument("--provider", choices=("alpaca", "flatfiles"), default="alpaca",
+    parser.add_argument("--provider", choices=("alpaca", "polygon", "flatfiles"), default="alpaca",
                         help="the first provider (flatfiles: Alpaca behind it as the fallback)")
+    parser.add_argument("--polygon-rate", type=int, default=0,
+                        help="polygon: requests a minute (fake and client); 0, the default: no limit")
     parser.add_argument("--fillers", type=int, default=0,
                         help="flat files: tickers in every file besides the watchlist's (a real file has ~10,000)")
     parser.add_argument("--flatfiles-cache", type=Path,
@@ -88,7 +95,9 @@ def main() -> None:
     history_start, sessions = history_for(args.sessions)
     syms = symbol_names(args.symbols)
     keys = [f"{d.isoformat()}|{s}" for s in syms for d in sessions]
-    config = FakeConfig(rate_limits={"alpaca": args.alpaca_rate}, rate_window_s=60.0, polygon_history_days=None)
+    rest = "polygon" if args.provider == "polygon" else "alpaca"  # the REST provider the fakes count
+    rate = args.polygon_rate if rest == "polygon" else args.alpaca_rate
+    config = FakeConfig(rate_limits={rest: rate} if rate else {}, rate_window_s=60.0, polygon_history_days=None)
     flat = args.provider == "flatfiles"
     with FakeProviders(config) as fakes, flat_files(config, syms, args) as files:
         if flat:
@@ -100,17 +109,18 @@ def main() -> None:
                 return
             files.reset()
         # Named after the variant, so two variants can run side by side on their own databases.
-        name = (f"bench_scale_backfill_{args.symbols}x{args.sessions}{'_ff' if flat else ''}"
+        name = (f"bench_scale_backfill_{args.symbols}x{args.sessions}{'_ff' if flat else ''}{'_pg' if rest == 'polygon' else ''}"
                 f"{'_cs' if args.code_server else ''}{f'_r{args.backfill_runs}' if args.backfill_runs else ''}")
         dep = Deployment(name, args.workdir / name, history_start, extra_env={
-            **fakes.env(), "BACKFILL_PROVIDERS": "flatfiles,alpaca" if flat else "alpaca",
-            "ALPACA_RATE_LIMIT": str(args.alpaca_rate),
+            **fakes.env(), "BACKFILL_PROVIDERS": "flatfiles,alpaca" if flat else rest,
+            "ALPACA_RATE_LIMIT": str(args.alpaca_rate), "POLYGON_RATE_LIMIT": str(args.polygon_rate),
             "BACKFILL_BOX_PARTITIONS": str(args.box_partitions) if args.runs == "boxes" else "0",
             **({**files.env(), "BACKFILL_ADJUSTMENT": "raw"} if flat else {}),
         })
         print(f"whole-market backfill bench: {len(syms)} symbols x {len(sessions)} sessions "
               f"({sessions[0]}..{sessions[-1]}) x {len(ASSETS)} assets = {len(keys) * len(ASSETS):,} asset partitions; "
-              f"{'flat files first, ' if flat else ''}Alpaca fake at {args.alpaca_rate}/min; runs: {args.runs}"
+              f"{'flat files first, ' if flat else ''}{rest.title()} fake at {f'{rate}/min' if rate else 'no limit'}; "
+              f"runs: {args.runs}"
               f"{f' of {args.box_partitions:,}' if args.runs == 'boxes' else ''}, "
               f"{args.backfill_runs or 'dagster.yaml'} at once; code server: "
               f"{'standalone' if args.code_server else 'per process'}; load {load_average()}", flush=True)
@@ -148,7 +158,7 @@ def main() -> None:
                     counts, _ = ledger(dep.store_url)
                     done = {tf: counts.get((tf, "complete"), 0) for tf in ("m15", "h1", "h4", "d1")}
                     print(f"  t+{elapsed:5.0f} s {status['status']:<10} ledger complete {done} "
-                          f"alpaca calls {fakes.calls('alpaca')}"
+                          f"{rest} calls {fakes.calls(rest)}"
                           f"{f'  flat-file GETs {files.gets()}' if flat else ''}  processes "
                           f"{sampler.peak_total / MB:.0f} MB peak  load {load_average()}", flush=True)
                     next_line += 60
@@ -158,7 +168,7 @@ def main() -> None:
             wall = time.monotonic() - began
             sampler.stop_event.set()
             sampler.join()
-            calls = fakes.calls("alpaca")
+            calls = fakes.calls(rest)
             log = list(fakes.log)
 
             # The floor: bars the requests returned (every page the fake served, as it logged them),
@@ -192,10 +202,14 @@ def main() -> None:
             for s in (status or {}).get("assetBackfillData", {}).get("assetBackfillStatuses", []):
                 print(f"  {s['assetKey']['path'][0]:<9} targeted {s['numPartitionsTargeted']:>7,} "
                       f"materialized {s['numPartitionsMaterialized']:>7,} failed {s['numPartitionsFailed']:>5,}")
-            print(f"== Alpaca calls {calls:,} ({dict(statuses)}; by endpoint {dict(paths)}); floor {floor:,} "
-                  f"(m15 {m15_bars:,} + d1 {d1_bars:,} bars returned, 10,000 a page): "
-                  f"{f'{calls / floor:.2f}x' if floor else 'no floor:'} floor; "
-                  f"the rate limit alone needs {floor / args.alpaca_rate:.1f} min")
+            if rest == "alpaca":
+                print(f"== Alpaca calls {calls:,} ({dict(statuses)}; by endpoint {dict(paths)}); floor {floor:,} "
+                      f"(m15 {m15_bars:,} + d1 {d1_bars:,} bars returned, 10,000 a page): "
+                      f"{f'{calls / floor:.2f}x' if floor else 'no floor:'} floor; "
+                      f"the rate limit alone needs {floor / args.alpaca_rate:.1f} min")
+            else:
+                polygon = Counter(e.status for e in log if e.provider == "polygon")
+                print(f"== Polygon calls {calls:,} ({dict(polygon)}), {calls / len(syms):.1f} a symbol")
             if flat:
                 print(flat_files_report(files, len(sessions)))
             print("== runs: " + ", ".join(f"{who} {st} {n}" for (who, st), n in sorted(by.items())))
@@ -219,9 +233,10 @@ def main() -> None:
         print(f"== direct, no Dagster: {direct_s:.0f} s, {gets:,} flat-file GETs; Dagster's share of the backfill: "
               f"({wall:.0f} - {direct_s:.0f}) / {wall:.0f} = {(wall - direct_s) / wall:.0%}")
     elif not args.no_direct:
-        direct_s, direct_calls = direct_baseline(syms, sessions, history_start, args.alpaca_rate)
-        print(f"== direct, no Dagster: {direct_s:.0f} s, {direct_calls:,} Alpaca calls "
-              f"(the rate limit alone needs {direct_calls / args.alpaca_rate:.1f} min); "
+        direct_s, direct_calls = direct_baseline(syms, sessions, history_start, rate, rest)
+        bound = f" (the rate limit alone needs {direct_calls / rate:.1f} min)" if rate else ""
+        print(f"== direct, no Dagster: {direct_s:.0f} s, {direct_calls:,} {rest.title()} calls{bound}, "
+              f"through Dagster {calls / direct_calls:.2f}x as many; "
               f"Dagster's share of the backfill: ({wall:.0f} - {direct_s:.0f}) / {wall:.0f} = {(wall - direct_s) / wall:.0%}")
 
 
@@ -318,10 +333,11 @@ def timeline(records, launch_ts: float, wall: float) -> str:
     )
 
 
-def direct_baseline(syms: list[str], sessions, history_start: str, rate: int) -> tuple[float, int]:
+def direct_baseline(syms: list[str], sessions, history_start: str, rate: int,
+                    provider: str = "alpaca") -> tuple[float, int]:
     """The backfill's work with no Dagster: per symbol, m15 and d1 fetched, h1 and h4 derived, on a
-    fresh store, against fresh fakes enforcing the same limit, the client's budget at the same.
-    Returns (wall s, Alpaca calls)."""
+    fresh store, against fresh fakes enforcing the same limit (none when `rate` is 0), the client's
+    budget at the same. Returns (wall s, the provider's calls)."""
     from backfill_dagster.domain.calendar import xnys
     from backfill_dagster.fakes import FakeConfig, FakeProviders
     from backfill_dagster.orchestration.resources import ProvidersResource, StoreResource
@@ -333,17 +349,17 @@ def direct_baseline(syms: list[str], sessions, history_start: str, rate: int) ->
     create_database(PG_ADMIN, name)
     url = f"{PG}/{name}"
     calendar = xnys()
-    config = FakeConfig(rate_limits={"alpaca": rate}, rate_window_s=60.0, polygon_history_days=None)
+    config = FakeConfig(rate_limits={provider: rate} if rate else {}, rate_window_s=60.0, polygon_history_days=None)
     try:
         Watchlist(shared_engine(url)).add(syms)
         with FakeProviders(config) as fakes:
             creds = {k.lower(): v for k, v in fakes.env().items() if k in PROVIDER_ENV_VARS}
             store = StoreResource(database_url=url)
             start = time.perf_counter()
-            providers = ProvidersResource(names=["alpaca"], rate_limits={"alpaca": rate}, rate_window_s=60.0, **creds)
+            providers = ProvidersResource(names=[provider], rate_limits={provider: rate}, rate_window_s=60.0, **creds)
             for symbol in syms:
                 fill_box([(symbol, d) for d in sessions], providers, store, calendar)
-            return time.perf_counter() - start, fakes.calls("alpaca")
+            return time.perf_counter() - start, fakes.calls(provider)
     finally:
         drop_database(PG_ADMIN, name)
 
