@@ -20,6 +20,7 @@ from backfill_dagster.orchestration.corporate_actions import (
 from backfill_dagster.orchestration.gap_sensor import build_gap_sensor
 from backfill_dagster.orchestration.jobs import all_bars_job
 from backfill_dagster.orchestration.partitions import bar_partitions
+from backfill_dagster.orchestration import pool_wait  # noqa: F401  (installs: a run waiting for a pool slot sleeps)
 from backfill_dagster.orchestration.resources import providers_resource, store_resource
 from backfill_dagster.orchestration.schedules import build_schedules
 from backfill_dagster.orchestration.sensors import watchlist_sync

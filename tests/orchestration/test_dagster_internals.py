@@ -193,6 +193,15 @@ INTERNALS: dict[str, tuple[str, str]] = {
     # the steps' own partition box (partitions.run_partitions)
     "dagster._core.definitions.partitions.definition.multi.MultiPartitionsDefinition.get_partition_keys_in_range":
         ("2f624885278f0d3b", "a range run's keys: the box of each dimension's range, dates outermost"),
+    # what orchestration/pool_wait.py replaces: a run waiting for a pool slot sleeps between checks
+    "backfill_dagster.orchestration.pool_wait._dagster_interval":
+        ("d9b44ab68eb41a99", "Dagster's interval is min([0, ...]), never above zero (the busy wait the replacement ends)"),
+    "dagster._core.execution.plan.active.ActiveExecution.sleep_interval":
+        ("f49c9f3e9028a7d1", "the wait for a pending claim is interval_to_next_pending_claim_check(), min with retries'"),
+    "dagster._core.execution.plan.active.ActiveExecution.sleep_til_ready":
+        ("bad9225fc3c67290", "it sleeps sleep_interval() seconds when that is above zero, else not at all"),
+    "dagster._core.execution.plan.instance_concurrency_context.InstanceConcurrencyContext.claim":
+        ("8375daa833c671e5", "a refused claim sets _pending_timeouts[step] to its next check; before then claim() does not ask"),
 }
 
 
