@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from concurrent.futures import Future
@@ -469,7 +470,7 @@ class WriteBehind:
         self._lock = threading.Lock()  # the webserver and the daemon call the storage from many threads
         self._queue: queue.SimpleQueue | None = None
         self._writer: threading.Thread | None = None
-        self._pending: list[tuple[Future, Sequence[EventLogEntry]]] = []
+        self._pending: deque[tuple[Future, Sequence[EventLogEntry]]] = deque()
         self._stopped = False  # a write failed: later ones wait for `finish` to store them in order
         self._in_writer = threading.local()
 
@@ -478,7 +479,7 @@ class WriteBehind:
         future: Future = Future()
         with self._lock:
             if self._pid != os.getpid():  # a forked child: the parent's thread and queue are not its own
-                self._pid, self._writer, self._queue, self._pending, self._stopped = os.getpid(), None, None, [], False
+                self._pid, self._writer, self._queue, self._pending, self._stopped = os.getpid(), None, None, deque(), False
             if self._writer is None:
                 self._queue = queue.SimpleQueue()
                 self._writer = threading.Thread(
@@ -491,9 +492,14 @@ class WriteBehind:
                 multiprocessing.util.Finalize(None, self.close, exitpriority=10)
             # Forget the writes already stored: `finish` needs only the unwritten ones (and the
             # failed ones' events, to store them one by one). Kept until `finish`, a range run's
-            # step held every one of its partitions' events, ~10 KB per partition and asset.
-            self._pending = [(f, e) for f, e in self._pending if not f.done() or f.exception() is not None]
-            self._pending.append((future, events))
+            # step held every one of its partitions' events, ~10 KB per partition and asset. The
+            # writer stores in order, so the stored ones are the oldest: dropped from the front, at
+            # no cost per write however far the writer is behind (a scan of every pending write on
+            # each new one was quadratic when a step's 11,592 materializations queued up).
+            pending = self._pending
+            while pending and pending[0][0].done() and pending[0][0].exception() is None:
+                pending.popleft()
+            pending.append((future, events))
             self._queue.put((future, write))
 
     def _write_queued(self, queued: queue.SimpleQueue) -> None:
@@ -538,7 +544,7 @@ class WriteBehind:
         if not self._pending or getattr(self._in_writer, "active", False) or self._pid != os.getpid():
             return
         with self._lock:
-            pending, self._pending = self._pending, []
+            pending, self._pending = self._pending, deque()
         unwritten: list[EventLogEntry] = []
         for future, events in pending:
             try:

@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 import weakref
+from concurrent.futures import Future
 from datetime import date
 from pathlib import Path
 
@@ -564,6 +565,31 @@ def test_writes_once_stored_no_longer_hold_their_events():
     assert gone() is None
     behind.close()
     assert [name for _, name in tx.committed][0] == "first" and len(tx.committed) == i + 2
+
+
+def test_queueing_a_write_does_not_scan_the_writes_still_queued(monkeypatch):
+    """A step of a box run queues a write per materialization (11,592 for one asset of a
+    whole-market box): looking at every queued write on each new one was quadratic and kept a
+    core busy while the writer fell further behind. Only the oldest are looked at, and dropped."""
+    looked = []
+
+    class CountingFuture(Future):
+        def done(self):
+            looked.append(1)
+            return super().done()
+
+    monkeypatch.setattr(event_log, "Future", CountingFuture)
+    tx = _Transactions()
+    behind = event_log.WriteBehind(lambda event: None, tx)
+    entered, release = threading.Event(), threading.Event()
+    behind.start(["slow"], lambda: entered.set() or release.wait(10))  # the writer busy: the rest queue up
+    assert entered.wait(10)
+    for i in range(2000):
+        behind.start([i], tx.write(i))
+    assert len(looked) <= 2001  # at most the front write each time, not the 2,000 behind it
+    release.set()
+    behind.close()
+    assert [name for _, name in tx.committed] == list(range(2000))
 
 
 @dg.op
