@@ -1,6 +1,6 @@
 """The backfill daemon's iterations on a whole-market backfill: Dagster's own backfill row reads,
 writes and target check against the project's (instance/backfill_rows.py, backfill_validity.py,
-subset_repr.py), in the same run.
+subset_pack.py, subset_repr.py), in the same run.
 
     python bench/backfill_daemon.py [--symbols 500] [--sessions 504]
 
@@ -10,8 +10,8 @@ and pooled run storage, a database of its own, dropped afterwards) with the proj
 (4 assets, sessions x symbols) and an in-process code location; runs are queued, never executed.
 Dagster's `execute_backfill_iteration` is called one iteration at a time in a thread named as
 dagster-daemon names its backfill thread (patched) or another name with the project's patches
-undone (stock: every read deserializes the row, update_backfill re-reads it, the target check
-builds every key, the debug f-string writes every key).
+undone (stock: every read deserializes the row, update_backfill re-reads it, every write sorts
+every subset, the target check builds every key, the debug f-string writes every key).
 
 States: iteration 1 requests the roots (all box runs); a steady iteration at 0%; then the
 materialized subset set to 50% and to 98% (written in the iteration's thread, as the daemon
@@ -167,10 +167,11 @@ def use_dagster_s_own(storage) -> None:
     """Dagster's backfill row I/O, target check and repr in this process (the stock variant)."""
     from dagster_postgres.run_storage import PostgresRunStorage
 
-    from backfill_dagster.instance import backfill_validity, subset_repr
+    from backfill_dagster.instance import backfill_validity, subset_pack, subset_repr
 
     storage.update_backfill = types.MethodType(PostgresRunStorage.update_backfill, storage)
     backfill_validity.uninstall()
+    subset_pack.uninstall()
     subset_repr.uninstall()
 
 

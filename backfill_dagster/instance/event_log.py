@@ -58,12 +58,13 @@ from dagster_postgres.utils import (
 )
 
 # The daemon loads this storage: bound its backfill log lines, form its backfill runs as boxes, check
-# a backfill's target without every key and repr large subsets briefly there too (imported for their effect).
+# a backfill's target without every key, pack and repr large subsets once and briefly there too (imported for their effect).
 from backfill_dagster.instance import (  # noqa: F401
     backfill_log,
     backfill_runs,
     backfill_validity,
     backfill_waits,
+    subset_pack,
     subset_repr,
 )
 from backfill_dagster.instance.cached_status import unchanged_cache_value

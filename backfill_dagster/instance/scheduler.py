@@ -11,7 +11,13 @@ logs, the run launcher and the coordinator load only when first used).
 from dagster._core.scheduler import DagsterDaemonScheduler
 
 # installs the boxes (and the daemon's other backfill patches) in this process
-from backfill_dagster.instance import backfill_runs, backfill_validity, backfill_waits, subset_repr  # noqa: F401
+from backfill_dagster.instance import (  # noqa: F401
+    backfill_runs,
+    backfill_validity,
+    backfill_waits,
+    subset_pack,
+    subset_repr,
+)
 
 
 class BoxingDaemonScheduler(DagsterDaemonScheduler):

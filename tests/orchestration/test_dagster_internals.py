@@ -8,8 +8,8 @@ run's partition box as Dagster does. Any of these may change in a Dagster releas
 so a changed source fails here, naming what to re-check. The log manager's shortcut
 (instance/log_manager.py) mirrors how a record reaches the instance's handler; the status cache
 read (instance/cached_status.py) mirrors when Dagster's update of it changes nothing; the backfill daemon's row
-cache, target check and subset repr (instance/backfill_rows.py, backfill_validity.py, subset_repr.py)
-stand in for Dagster's reads, writes and check. After re-checking (and running
+cache, target check, subset packing and repr (instance/backfill_rows.py, backfill_validity.py,
+subset_pack.py, subset_repr.py) stand in for Dagster's reads, writes and check. After re-checking (and running
 tests/instance/test_event_log.py and test_checks.py), record the new hashes with
 `python -m tests.orchestration.test_dagster_internals`.
 """
@@ -101,6 +101,15 @@ INTERNALS: dict[str, tuple[str, str]] = {
     # the short repr of large subsets (instance/subset_repr.py)
     "backfill_dagster.instance.subset_repr._dagster_repr":
         ("4c70f28942dcf028", "Dagster's repr of a DefaultPartitionsSubset, kept for small subsets"),
+    # a large subset packed once per key set (instance/subset_pack.py)
+    "dagster_shared.serdes.serdes.ObjectSerializer.pack_items":
+        ("d8ae47dc560cf3e7", "a DefaultPartitionsSubset's packed items depend only on its key set and the object handler"),
+    "dagster_shared.serdes.serdes._LazySerializationWrapper.items":
+        ("e047108f773bd96b", "serialize_value reaches an object's items through its serializer's pack_items attribute"),
+    "dagster_shared.serdes.serdes._pack_object":
+        ("94b478b710d3efed", "pack_value reaches them the same way"),
+    "dagster_shared.serdes.serdes._transform_for_serialization":
+        ("f225506f6a3edc8a", "a set is packed as its items sorted by str; a str item is itself"),
     # what the worker-checking run launcher (instance/run_launcher.py) relies on
     "dagster._core.launcher.base.RunLauncher.supports_check_run_worker_health":
         ("1d2d7f31b653aa43", "WorkerCheckingRunLauncher answers True and run monitoring then asks it about every STARTED run"),
