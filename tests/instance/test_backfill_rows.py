@@ -122,6 +122,16 @@ def test_the_backfill_daemon_s_threads_and_no_others():
     assert not in_backfill_daemon()  # pytest's thread
 
 
+def test_the_names_are_those_dagster_s_backfill_daemon_gives_its_threads():
+    from dagster._daemon.daemon import BackfillDaemon
+
+    # the controller names each daemon's thread dagster-daemon-<type> (pinned with its __init__)
+    assert in_backfill_daemon(threading.Thread(name=f"dagster-daemon-{BackfillDaemon.daemon_type()}"))
+    with BackfillDaemon({"num_workers": 1, "num_submit_workers": 1}) as backfill_daemon:
+        for pool in (backfill_daemon._threadpool_executor, backfill_daemon._submit_threadpool_executor):
+            assert pool.submit(in_backfill_daemon).result(timeout=30)
+
+
 def test_outside_the_daemon_every_read_is_a_copy_and_nothing_is_held(instance, storage):
     backfill_id = new_backfill(instance)
     first, second = storage.get_backfill(backfill_id), storage.get_backfill(backfill_id)
