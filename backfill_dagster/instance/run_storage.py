@@ -170,13 +170,14 @@ class PooledPostgresRunStorage(PostgresRunStorage):
         caching = in_backfill_daemon()
         if caching:
             partition_backfill = self.backfill_rows.plain(partition_backfill)
+        body = serialize_value(partition_backfill)  # before taking a pooled connection: seconds at scale
         with self.connect() as conn:
             # One statement: a missing row updates nothing and returns no version (Dagster reads
             # the whole row first to see that it exists).
             row = conn.execute(
                 BulkActionsTable.update()
                 .where(BulkActionsTable.c.key == backfill_id)
-                .values(status=partition_backfill.status.value, body=serialize_value(partition_backfill))
+                .values(status=partition_backfill.status.value, body=body)
                 .returning(ROW_VERSION)
             ).fetchone()
         if row is None:
