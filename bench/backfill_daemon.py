@@ -25,10 +25,12 @@ then the ratios patched/stock.
 from __future__ import annotations
 
 import argparse
+import atexit
 import gc
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -196,6 +198,7 @@ def run_variant(variant: str, n_symbols: int, n_sessions: int) -> list[dict]:
 
     thread = DAEMON_THREAD if variant == "patched" else "stock-backfill"
     tmp = Path(tempfile.mkdtemp(prefix="bench_backfill_daemon_"))
+    atexit.register(shutil.rmtree, tmp, True)
     os.environ.update(BENCH_BACKFILL_DATA=str(tmp), BENCH_BACKFILL_SESSIONS=str(n_sessions))
     url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{fresh_pg_database('bench_bfd')}"
     overrides = yaml.safe_load(storage_yaml(url, "bulk", tmp))
