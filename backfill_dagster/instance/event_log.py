@@ -58,9 +58,16 @@ from dagster_postgres.utils import (
     pg_url_from_config,
 )
 
-# The daemon loads this storage: bound its backfill log lines and form its backfill runs as boxes
-# there too (imported for their effect).
-from backfill_dagster.instance import backfill_log, backfill_runs, backfill_waits  # noqa: F401
+# The daemon loads this storage: bound its backfill log lines, form its backfill runs as boxes, check
+# a backfill's target without every key, pack and repr large subsets once and briefly there too (imported for their effect).
+from backfill_dagster.instance import (  # noqa: F401
+    backfill_log,
+    backfill_runs,
+    backfill_validity,
+    backfill_waits,
+    subset_pack,
+    subset_repr,
+)
 from backfill_dagster.instance.cached_status import unchanged_cache_value
 from backfill_dagster.instance.event_json import serialize_events
 from backfill_dagster.instance.event_log_tuning import batch_dagster_events

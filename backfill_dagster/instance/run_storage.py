@@ -6,6 +6,10 @@ statement (NullPool) and inspects the `runs` table's columns on every run event 
 connections and catalog queries, ~0.1 s per run here, which a backfill of many runs pays again
 and again (bench/provider_backfill.py). This subclass keeps connections as the bulk event log
 does (event_log.pooled_engine: per process, safe across fork) and remembers the columns once seen.
+It also keeps the backfill daemon's backfill rows (instance/backfill_rows.py): in dagster-daemon's
+backfill threads a read of a backfill asks PostgreSQL for the row's version and deserializes the
+body only when this process does not hold that version, and a write says which version it made
+(`UPDATE ... RETURNING xmin`) instead of reading the whole row first to see that it exists.
 Everything else is dagster-postgres's own.
 
 It is also the first storage an instance loads: when dagster.yaml's connection variables are not
@@ -20,13 +24,19 @@ from collections.abc import Mapping
 from typing import Any
 
 import click
+import sqlalchemy as db
+from dagster import _check as check
 from dagster._config import Field, Permissive, process_config, resolve_to_config_type
-from dagster._core.errors import DagsterInvalidConfigError
+from dagster._core.errors import DagsterInvalidConfigError, DagsterInvariantViolationError
 from dagster._core.events import DagsterEvent, DagsterEventType
-from dagster._serdes import ConfigurableClassData
+from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus, PartitionBackfill
+from dagster._core.storage.runs.migration import BACKFILL_JOB_NAME_AND_TAGS
+from dagster._core.storage.runs.schema import BulkActionsTable
+from dagster._serdes import ConfigurableClassData, deserialize_value, serialize_value
 from dagster_postgres.run_storage import PostgresRunStorage
 from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
 
+from backfill_dagster.instance.backfill_rows import BackfillRowCache, in_backfill_daemon
 from backfill_dagster.instance.event_log import pooled_engine
 from backfill_dagster.instance.run_worker import this_worker
 
@@ -52,12 +62,17 @@ def unset_variables_message(names: list[str]) -> str:
     )
 
 
+# A bulk_actions row's version: the id of the transaction that wrote it (PostgreSQL's xmin column).
+ROW_VERSION = db.cast(db.literal_column("bulk_actions.xmin"), db.Text).label("version")
+
+
 class PooledPostgresRunStorage(PostgresRunStorage):
     """PostgreSQL run storage that keeps its connections and its schema checks."""
 
     def __init__(self, postgres_url: str, should_autocreate_tables: bool = True,
                  inst_data: ConfigurableClassData | None = None, token_provider=None):
         self._has_run_stats_cols = False
+        self.backfill_rows = BackfillRowCache()
         super().__init__(postgres_url, should_autocreate_tables, inst_data, token_provider)
         stock = self._engine
         self._engine = pooled_engine(self.postgres_url, self._token_provider, stock.url)
@@ -100,6 +115,75 @@ class PooledPostgresRunStorage(PostgresRunStorage):
             # also sees who runs it.
             self.add_run_tags(run_id, this_worker())
         super().handle_run_event(run_id, event, update_timestamp)
+
+    # ------------------------------------------------------------------ backfill rows (backfill_rows.py)
+    def get_backfill(self, backfill_id: str) -> PartitionBackfill | None:
+        if not in_backfill_daemon():
+            return super().get_backfill(backfill_id)
+        check.str_param(backfill_id, "backfill_id")
+        with self.connect() as conn:
+            row = conn.execute(db.select(ROW_VERSION).where(BulkActionsTable.c.key == backfill_id)).fetchone()
+            if row is None:
+                self.backfill_rows.drop(backfill_id)
+                return None
+            held = self.backfill_rows.get(backfill_id, row[0])
+            if held is not None:
+                return held
+            row = conn.execute(db.select(ROW_VERSION, BulkActionsTable.c.body)
+                               .where(BulkActionsTable.c.key == backfill_id)).fetchone()
+        if row is None:  # deleted between the two statements
+            return None
+        backfill = deserialize_value(row[1], PartitionBackfill)
+        self.backfill_rows.put(backfill_id, row[0], backfill)
+        return backfill
+
+    def get_backfills(self, filters: BulkActionsFilter | None = None, cursor: str | None = None,
+                      limit: int | None = None, status: BulkActionStatus | None = None):
+        if (not in_backfill_daemon() or (status is not None and filters is not None)
+                or (filters is not None and filters.tags and not self.has_built_index(BACKFILL_JOB_NAME_AND_TAGS))):
+            # Dagster's own: its error for status with filters; tags it must check in the bodies.
+            return super().get_backfills(filters=filters, cursor=cursor, limit=limit, status=status)
+        if status is not None:
+            filters = BulkActionsFilter(statuses=[status])
+        # Dagster's query (filters, cursor, limit, newest first) selecting keys and versions, not bodies.
+        table = self._add_backfill_filters_to_table(BulkActionsTable, filters)
+        query = self._backfills_query(filters=filters).select_from(table)
+        query = self._add_cursor_limit_to_backfills_query(query, cursor=cursor, limit=limit)
+        query = query.order_by(BulkActionsTable.c.id.desc()).with_only_columns(BulkActionsTable.c.key, ROW_VERSION)
+        with self.connect() as conn:
+            versions = [(row[0], row[1]) for row in conn.execute(query)]
+        found = {key: self.backfill_rows.get(key, version) for key, version in versions}
+        missing = [key for key, backfill in found.items() if backfill is None]
+        if missing:
+            query = db.select(BulkActionsTable.c.key, ROW_VERSION, BulkActionsTable.c.body).where(
+                BulkActionsTable.c.key.in_(missing))
+            with self.connect() as conn:
+                bodies = conn.execute(query).fetchall()
+            for key, version, body in bodies:
+                found[key] = deserialize_value(body, PartitionBackfill)
+                self.backfill_rows.put(key, version, found[key])
+        return [found[key] for key, _ in versions if found[key] is not None]
+
+    def update_backfill(self, partition_backfill: PartitionBackfill) -> None:
+        check.inst_param(partition_backfill, "partition_backfill", PartitionBackfill)
+        backfill_id = partition_backfill.backfill_id
+        caching = in_backfill_daemon()
+        if caching:
+            partition_backfill = self.backfill_rows.plain(partition_backfill)
+        body = serialize_value(partition_backfill)  # before taking a pooled connection: seconds at scale
+        with self.connect() as conn:
+            # One statement: a missing row updates nothing and returns no version (Dagster reads
+            # the whole row first to see that it exists).
+            row = conn.execute(
+                BulkActionsTable.update()
+                .where(BulkActionsTable.c.key == backfill_id)
+                .values(status=partition_backfill.status.value, body=body)
+                .returning(ROW_VERSION)
+            ).fetchone()
+        if row is None:
+            raise DagsterInvariantViolationError(f"Backfill {backfill_id} is not present in storage")
+        if caching:
+            self.backfill_rows.put(backfill_id, row[0], partition_backfill)
 
     def dispose(self) -> None:
         super().dispose()

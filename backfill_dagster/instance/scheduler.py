@@ -10,7 +10,14 @@ logs, the run launcher and the coordinator load only when first used).
 
 from dagster._core.scheduler import DagsterDaemonScheduler
 
-from backfill_dagster.instance import backfill_runs, backfill_waits  # noqa: F401  (installs the boxes in this process)
+# installs the boxes (and the daemon's other backfill patches) in this process
+from backfill_dagster.instance import (  # noqa: F401
+    backfill_runs,
+    backfill_validity,
+    backfill_waits,
+    subset_pack,
+    subset_repr,
+)
 
 
 class BoxingDaemonScheduler(DagsterDaemonScheduler):

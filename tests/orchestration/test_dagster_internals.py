@@ -7,7 +7,9 @@ expands Dagster's subset planned event into the rows Dagster's readers expect; t
 run's partition box as Dagster does. Any of these may change in a Dagster release without notice,
 so a changed source fails here, naming what to re-check. The log manager's shortcut
 (instance/log_manager.py) mirrors how a record reaches the instance's handler; the status cache
-read (instance/cached_status.py) mirrors when Dagster's update of it changes nothing. After re-checking (and running
+read (instance/cached_status.py) mirrors when Dagster's update of it changes nothing; the backfill daemon's row
+cache, target check, subset packing and repr (instance/backfill_rows.py, backfill_validity.py,
+subset_pack.py, subset_repr.py) stand in for Dagster's reads, writes and check. After re-checking (and running
 tests/instance/test_event_log.py and test_checks.py), record the new hashes with
 `python -m tests.orchestration.test_dagster_internals`.
 """
@@ -61,6 +63,53 @@ INTERNALS: dict[str, tuple[str, str]] = {
         ("7fc623624093c307", "its answer (the runs table's columns) is remembered once true"),
     "dagster._core.storage.runs.sql_run_storage.SqlRunStorage.handle_run_event":
         ("1c95c3b77926acd3", "the worker tags are written before the run's start status, each statement committing alone"),
+    # the backfill daemon's backfill rows (instance/backfill_rows.py, PooledPostgresRunStorage)
+    "dagster._core.storage.runs.sql_run_storage.SqlRunStorage.get_backfill":
+        ("14270e4d4f79bf35", "a backfill is its bulk_actions row's body deserialized; None when there is no row"),
+    "dagster._core.storage.runs.sql_run_storage.SqlRunStorage.get_backfills":
+        ("756a26fe5371d0e4", "the daemon's version builds the same query (filters, cursor, limit, newest first) "
+                             "selecting key and xmin; its refusal of status with filters and its tag re-check are left to it"),
+    "dagster._core.storage.runs.sql_run_storage.SqlRunStorage.update_backfill":
+        ("a558c070d01fd70a", "a write sets status and body; a missing row raises DagsterInvariantViolationError "
+                             "'Backfill <id> is not present in storage', which the UPDATE ... RETURNING keeps"),
+    "dagster._core.storage.runs.sql_run_storage.SqlRunStorage._backfills_query":
+        ("cefcd8ca4e1eb4a9", "its columns are replaced by key and xmin; its filters are kept"),
+    "dagster._core.storage.runs.sql_run_storage.SqlRunStorage._add_backfill_filters_to_table":
+        ("55cc76052d2b3ce7", "the tag filter joins; the query's FROM is this table"),
+    "dagster._core.storage.runs.sql_run_storage.SqlRunStorage._add_cursor_limit_to_backfills_query":
+        ("fcef83a6fcbe8ca4", "cursor and limit"),
+    "dagster._core.storage.runs.schema":
+        ("e986ab6339dd3818", "bulk_actions: key, status, body (the row the cache versions by xmin)"),
+    "dagster._daemon.controller.DagsterDaemonController.__init__":
+        ("7e169163ab8998b8", "each daemon runs in a thread named dagster-daemon-<type> (BACKFILL_DAEMON_THREADS)"),
+    "dagster._daemon.daemon.BackfillDaemon.__init__":
+        ("1b0bb9374e0b0351", "its pools' threads are prefixed backfill_daemon_worker / backfill_submit_worker"),
+    "dagster._daemon.daemon.BackfillDaemon.daemon_type":
+        ("a090dc9e2f6b81d4", "the backfill daemon's type is BACKFILL (its thread's name)"),
+    "dagster._daemon.backfill.execute_backfill_iteration":
+        ("50514b24f01190a9", "every iteration lists the in-progress backfills by status (get_backfills with filters)"),
+    # the target check without every key (instance/backfill_validity.py)
+    "backfill_dagster.instance.backfill_validity._dagster_check_target_partitions_subset_is_valid":
+        ("a5dc68eae67e6dfd", "Dagster's check: its signature, DagsterDefinitionChangedDeserializationError and its "
+                             "message for removed partitions, and the cases left to it"),
+    "dagster._core.execution.asset_backfill._check_asset_backfill_data_validity":
+        ("9912f159a24e6ca2", "it calls _check_target_partitions_subset_is_valid through its module's name, per asset"),
+    "dagster._core.definitions.partitions.definition.multi.MultiPartitionsDefinition._get_partition_keys":
+        ("bd1bbc2c135c39ca", "a definition's keys are the product of its dimensions' keys, those of a valid format"),
+    "dagster._core.definitions.partitions.definition.multi.MultiPartitionsDefinition.is_valid_key_format":
+        ("fa9deb022b8f3785", "a key with '|' in a dimension's key is not one of the definition's"),
+    # the short repr of large subsets (instance/subset_repr.py)
+    "backfill_dagster.instance.subset_repr._dagster_repr":
+        ("4c70f28942dcf028", "Dagster's repr of a DefaultPartitionsSubset, kept for small subsets"),
+    # a large subset packed once per key set (instance/subset_pack.py)
+    "dagster_shared.serdes.serdes.ObjectSerializer.pack_items":
+        ("d8ae47dc560cf3e7", "a DefaultPartitionsSubset's packed items depend only on its key set and the object handler"),
+    "dagster_shared.serdes.serdes._LazySerializationWrapper.items":
+        ("e047108f773bd96b", "serialize_value reaches an object's items through its serializer's pack_items attribute"),
+    "dagster_shared.serdes.serdes._pack_object":
+        ("94b478b710d3efed", "pack_value reaches them the same way"),
+    "dagster_shared.serdes.serdes._transform_for_serialization":
+        ("f225506f6a3edc8a", "a set is packed as its items sorted by str; a str item is itself"),
     # what the worker-checking run launcher (instance/run_launcher.py) relies on
     "dagster._core.launcher.base.RunLauncher.supports_check_run_worker_health":
         ("1d2d7f31b653aa43", "WorkerCheckingRunLauncher answers True and run monitoring then asks it about every STARTED run"),

@@ -1,0 +1,124 @@
+"""The backfill daemon's target check (instance/backfill_validity.py) answers as Dagster's does for
+sessions x symbols, without building the definition's keys: valid targets pass, a removed symbol or
+a removed session raises Dagster's DagsterDefinitionChangedDeserializationError (what the daemon
+fails the backfill with, or waits on: backfill_waits.py), and anything else is Dagster's check."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+from dagster._core.definitions.partitions.context import partition_loading_context
+from dagster._core.definitions.partitions.definition.multi import MultiPartitionsDefinition
+from dagster._core.definitions.partitions.subset.default import DefaultPartitionsSubset
+from dagster._core.errors import DagsterDefinitionChangedDeserializationError
+from dagster._core.execution import asset_backfill
+
+import backfill_dagster.instance.event_log  # noqa: F401  (installs it, as the daemon's instance does)
+from backfill_dagster.instance import backfill_validity
+from backfill_dagster.instance.backfill_validity import check_target_partitions_subset_is_valid, removed_keys
+
+stock_check = backfill_validity._dagster_check_target_partitions_subset_is_valid
+
+SESSIONS = dg.DailyPartitionsDefinition(start_date="2024-01-01", end_date="2024-03-01")
+PARTITIONS = dg.MultiPartitionsDefinition({"date": SESSIONS, "symbol": dg.DynamicPartitionsDefinition(name="syms")})
+
+
+@dg.asset(partitions_def=PARTITIONS)
+def bars() -> None:
+    pass
+
+
+@dg.asset
+def unpartitioned() -> None:
+    pass
+
+
+@dg.asset(partitions_def=SESSIONS)
+def daily() -> None:
+    pass
+
+
+GRAPH = dg.Definitions(assets=[bars, unpartitioned, daily]).resolve_asset_graph()
+DATES = ["2024-01-02", "2024-01-03", "2024-02-29"]
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("syms", ["AAA", "BBB", "CCC"])
+        with partition_loading_context(dynamic_partitions_store=instance):
+            yield instance
+
+
+def target(*keys: str) -> DefaultPartitionsSubset:
+    return DefaultPartitionsSubset(set(keys))
+
+
+def outcome(check, asset_key, subset, instance):
+    try:
+        check(asset_key, GRAPH, subset, instance)
+    except DagsterDefinitionChangedDeserializationError as e:
+        return type(e), str(e)
+    return None
+
+
+def test_it_is_the_check_the_daemon_calls():
+    assert asset_backfill._check_target_partitions_subset_is_valid is check_target_partitions_subset_is_valid
+
+
+def test_valid_targets_pass_as_with_dagster_and_the_key_list_is_never_built(instance):
+    cached = MultiPartitionsDefinition._get_partition_keys.cache_info()
+    for subset in (target(*[f"{d}|{s}" for d in DATES for s in ("AAA", "BBB", "CCC")]), target("2024-01-02|BBB")):
+        assert outcome(check_target_partitions_subset_is_valid, bars.key, subset, instance) is None
+        assert outcome(check_target_partitions_subset_is_valid, bars.key, subset, instance) is None  # remembered
+    assert MultiPartitionsDefinition._get_partition_keys.cache_info() == cached
+    for subset in (target(*[f"{d}|{s}" for d in DATES for s in ("AAA", "BBB", "CCC")]), target("2024-01-02|BBB")):
+        assert outcome(stock_check, bars.key, subset, instance) is None
+
+
+@pytest.mark.parametrize("removed", ["2024-01-03|DDD", "2023-12-31|AAA", "2024-03-01|AAA", "AAA|2024-01-02",
+                                     "2024-01-02", "2024-01-02|AAA|x"])
+def test_a_removed_symbol_or_session_raises_dagster_s_error(instance, removed):
+    subset = target("2024-01-02|AAA", "2024-01-02|BBB", removed)
+    ours = outcome(check_target_partitions_subset_is_valid, bars.key, subset, instance)
+    assert ours == outcome(stock_check, bars.key, subset, instance)
+    assert ours[0] is DagsterDefinitionChangedDeserializationError and repr(removed) in ours[1]
+
+
+def test_a_symbol_removed_after_a_target_was_found_valid_is_seen(instance):
+    subset = target("2024-01-02|AAA", "2024-01-02|CCC")
+    assert outcome(check_target_partitions_subset_is_valid, bars.key, subset, instance) is None
+    instance.delete_dynamic_partition("syms", "CCC")
+    ours = outcome(check_target_partitions_subset_is_valid, bars.key, subset, instance)
+    assert ours is not None and ours == outcome(stock_check, bars.key, subset, instance)
+    assert "'2024-01-02|CCC'" in ours[1]
+
+
+@pytest.mark.parametrize("asset_key, subset", [
+    (dg.AssetKey("gone"), target("2024-01-02|AAA")),    # the asset no longer exists
+    (unpartitioned.key, target("2024-01-02|AAA")),       # no longer partitioned
+    (bars.key, None),                                    # was not partitioned at storage time
+    (daily.key, target("2024-01-02", "2023-01-01")),     # one dimension: Dagster's own check
+    (daily.key, target("2024-01-02")),
+])
+def test_every_other_case_is_dagster_s_check(instance, asset_key, subset):
+    assert outcome(check_target_partitions_subset_is_valid, asset_key, subset, instance) == \
+        outcome(stock_check, asset_key, subset, instance)
+
+
+def test_removed_keys_are_those_not_in_every_dimension():
+    dims = (frozenset({"2024-01-02"}), frozenset({"AAA"}))
+    assert removed_keys(["2024-01-02|AAA", "2024-01-02|BBB", "AAA|2024-01-02", "x"], dims) == \
+        ["2024-01-02|BBB", "AAA|2024-01-02", "x"]
+
+
+def test_what_is_remembered_does_not_outlive_the_target(instance):
+    import gc
+
+    subset = target("2024-01-02|AAA")
+    check_target_partitions_subset_is_valid(bars.key, GRAPH, subset, instance)
+    ident = id(subset.subset)
+    assert ident in backfill_validity._valid
+    del subset
+    gc.collect()
+    assert ident not in backfill_validity._valid
