@@ -31,7 +31,9 @@ fake's January 2025 minute files lack, ~0.4% a session, as the real files did); 
 files through the provider with no Dagster, box by box.
 
 With `--provider polygon` the deployment's provider is Polygon with no rate limit (a paid plan:
-POLYGON_RATE_LIMIT=0, the fake unlimited; `--polygon-rate N` sets a limit a minute on both), one
+POLYGON_RATE_LIMIT=0, the fake unlimited; `--polygon-rate N` sets a limit a minute on both) and full
+history (POLYGON_HISTORY_DAYS=0, as paid plans reach back; the free plan's two years from today
+leave the box's first sessions to no provider), one
 symbol a request and 50,000 base minute aggregates a page, as the API pages. The report gives
 Polygon's calls against the direct baseline's for the same work, and Dagster's share of the wall.
 """
@@ -66,6 +68,8 @@ def main() -> None:
     parser.add_argument("--timeout-min", type=float, default=60.0)
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--no-direct", action="store_true", help="skip the baseline with no Dagster")
+    parser.add_argument("--direct-only", type=float, default=None, metavar="WALL_S",
+                        help="only the baseline with no Dagster, compared with a backfill's wall measured before")
     parser.add_argument("--runs", choices=("boxes", "per-symbol"), default="boxes",
                         help="how the daemon forms the backfill's runs (per-symbol: Dagster's own)")
     parser.add_argument("--box-partitions", type=int, default=12_000, help="BACKFILL_BOX_PARTITIONS for boxes")
@@ -99,6 +103,10 @@ def main() -> None:
     rate = args.polygon_rate if rest == "polygon" else args.alpaca_rate
     config = FakeConfig(rate_limits={rest: rate} if rate else {}, rate_window_s=60.0, polygon_history_days=None)
     flat = args.provider == "flatfiles"
+    if args.direct_only is not None:
+        if flat:
+            parser.error("--direct-only: the REST providers only")
+        return report_direct(syms, sessions, history_start, rate, rest, args.direct_only, None)
     with FakeProviders(config) as fakes, flat_files(config, syms, args) as files:
         if flat:
             began = time.monotonic()
@@ -114,6 +122,7 @@ def main() -> None:
         dep = Deployment(name, args.workdir / name, history_start, extra_env={
             **fakes.env(), "BACKFILL_PROVIDERS": "flatfiles,alpaca" if flat else rest,
             "ALPACA_RATE_LIMIT": str(args.alpaca_rate), "POLYGON_RATE_LIMIT": str(args.polygon_rate),
+            "POLYGON_HISTORY_DAYS": "0",
             "BACKFILL_BOX_PARTITIONS": str(args.box_partitions) if args.runs == "boxes" else "0",
             **({**files.env(), "BACKFILL_ADJUSTMENT": "raw"} if flat else {}),
         })
@@ -233,11 +242,15 @@ def main() -> None:
         print(f"== direct, no Dagster: {direct_s:.0f} s, {gets:,} flat-file GETs; Dagster's share of the backfill: "
               f"({wall:.0f} - {direct_s:.0f}) / {wall:.0f} = {(wall - direct_s) / wall:.0%}")
     elif not args.no_direct:
-        direct_s, direct_calls = direct_baseline(syms, sessions, history_start, rate, rest)
-        bound = f" (the rate limit alone needs {direct_calls / rate:.1f} min)" if rate else ""
-        print(f"== direct, no Dagster: {direct_s:.0f} s, {direct_calls:,} {rest.title()} calls{bound}, "
-              f"through Dagster {calls / direct_calls:.2f}x as many; "
-              f"Dagster's share of the backfill: ({wall:.0f} - {direct_s:.0f}) / {wall:.0f} = {(wall - direct_s) / wall:.0%}")
+        report_direct(syms, sessions, history_start, rate, rest, wall, calls)
+
+
+def report_direct(syms, sessions, history_start, rate: int, rest: str, wall: float, calls: int | None) -> None:
+    direct_s, direct_calls = direct_baseline(syms, sessions, history_start, rate, rest)
+    bound = f" (the rate limit alone needs {direct_calls / rate:.1f} min)" if rate else ""
+    versus = f"through Dagster {calls / direct_calls:.2f}x as many; " if calls else ""
+    print(f"== direct, no Dagster: {direct_s:.0f} s, {direct_calls:,} {rest.title()} calls{bound}, {versus}"
+          f"Dagster's share of the backfill: ({wall:.0f} - {direct_s:.0f}) / {wall:.0f} = {(wall - direct_s) / wall:.0%}")
 
 
 @contextlib.contextmanager
@@ -356,7 +369,8 @@ def direct_baseline(syms: list[str], sessions, history_start: str, rate: int,
             creds = {k.lower(): v for k, v in fakes.env().items() if k in PROVIDER_ENV_VARS}
             store = StoreResource(database_url=url)
             start = time.perf_counter()
-            providers = ProvidersResource(names=[provider], rate_limits={provider: rate}, rate_window_s=60.0, **creds)
+            providers = ProvidersResource(names=[provider], rate_limits={provider: rate}, rate_window_s=60.0,
+                                          **creds, polygon_history_days="0")
             for symbol in syms:
                 fill_box([(symbol, d) for d in sessions], providers, store, calendar)
             return time.perf_counter() - start, fakes.calls(provider)
