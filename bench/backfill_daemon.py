@@ -34,7 +34,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import types
 import warnings
@@ -47,6 +46,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import dagster as dg  # noqa: E402
+
+from tests.deploy import in_thread  # noqa: E402
 
 BOX_SYMBOLS = 23  # a box run's symbols (backfill_runs.DEFAULT_BOX_PARTITIONS at 504 sessions)
 ASSETS = [dg.AssetKey(n) for n in ("bars_m15", "bars_h1", "bars_h4", "bars_d1")]
@@ -95,23 +96,6 @@ def rss_mb() -> tuple[float, float]:
 def reset_peak() -> None:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-
-
-def in_thread(name: str, fn):
-    out: dict = {}
-
-    def run():
-        try:
-            out["value"] = fn()
-        except BaseException as e:  # noqa: BLE001
-            out["error"] = e
-
-    thread = threading.Thread(target=run, name=name)
-    thread.start()
-    thread.join()
-    if "error" in out:
-        raise out["error"]
-    return out.get("value")
 
 
 class Counting:

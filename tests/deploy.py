@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -99,6 +100,25 @@ def storage_yaml(postgres_url: str, event_log: str = "bulk", home: str | os.Path
             ("schedule_storage", "dagster_postgres.schedule_storage", "PostgresScheduleStorage"),
         ]
     )
+
+
+# ---------------------------------------------------------------------------------------- threads
+def in_thread(name: str, fn):
+    """fn() run in a thread called `name`; its result, or its exception raised here."""
+    out: dict = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except BaseException as e:  # noqa: BLE001  (handed back to the caller)
+            out["error"] = e
+
+    thread = threading.Thread(target=run, name=name)
+    thread.start()
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
 
 
 # ---------------------------------------------------------------------------------------- processes

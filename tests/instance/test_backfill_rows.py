@@ -25,7 +25,7 @@ from backfill_dagster.instance.backfill_rows import BackfillRowCache, in_backfil
 from backfill_dagster.instance.run_storage import PooledPostgresRunStorage
 from backfill_dagster.orchestration.backfills import FINISHED, launch_backfill
 from tests.conftest import PG_ADMIN_URL
-from tests.deploy import create_database, drop_database, storage_yaml
+from tests.deploy import create_database, drop_database, in_thread, storage_yaml
 
 pytestmark = pytest.mark.postgres
 
@@ -53,24 +53,6 @@ def downstream() -> None:
 rows_defs = dg.Definitions(assets=[upstream, downstream], executor=dg.in_process_executor)
 ASSETS = [upstream.key, downstream.key]
 KEYS = [f"{d}|{s}" for d in DATES for s in SYMBOLS]
-
-
-def in_thread(name: str, fn):
-    """fn() run in a thread called `name`; its result, or its exception raised here."""
-    out: dict = {}
-
-    def run():
-        try:
-            out["value"] = fn()
-        except BaseException as e:  # noqa: BLE001  (handed back to the caller)
-            out["error"] = e
-
-    thread = threading.Thread(target=run, name=name)
-    thread.start()
-    thread.join()
-    if "error" in out:
-        raise out["error"]
-    return out["value"]
 
 
 def daemon(fn):
