@@ -31,6 +31,7 @@ from backfill_dagster.domain.corporate_actions import (
 )
 from backfill_dagster.domain.split_repair import RecordedSplit
 from backfill_dagster.domain.timeframes import Timeframe
+from backfill_dagster.store.database import result_frame
 from backfill_dagster.store.schema import (
     bar_coverage as cov,
     corporate_action_checks as checks,
@@ -289,7 +290,7 @@ class ActionStore:
     def _frame(self, query) -> pd.DataFrame:
         with self.engine.connect() as conn:
             result = conn.execute(query)
-            frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+            frame = result_frame(result)
         if "ex_date" in frame.columns:
             frame["ex_date"] = [_day(d) for d in frame["ex_date"]]
         return frame

@@ -28,7 +28,7 @@ from backfill_dagster.domain.calendar import NEW_YORK, SessionCalendar, contiguo
 from backfill_dagster.domain.ledger import Decision, LedgerStatus, Partition, Stored, judge
 from backfill_dagster.domain.split_basis import missing_bars
 from backfill_dagster.domain.timeframes import Timeframe
-from backfill_dagster.store.database import shared_engine
+from backfill_dagster.store.database import result_frame, shared_engine
 from backfill_dagster.store.ledger_rule import status_recorded
 from backfill_dagster.store.pg_copy import copy_frame
 from backfill_dagster.store.pg_statements import (
@@ -208,7 +208,7 @@ class BarStore:
                     .order_by(ohlc_bars.c.ts)
                 )
                 result = c.execute(query)
-                frames.append(pd.DataFrame(result.fetchall(), columns=list(result.keys())))
+                frames.append(result_frame(result))
         frames = [f for f in frames if not f.empty]
         if not frames:
             return _with_session(empty_bars().assign(provider=[], adjustment=[]), self.calendar, timeframe)
@@ -235,7 +235,7 @@ class BarStore:
             query = query.where(bar_coverage.c.symbol.in_(list(symbols)))
         with _connection(self.engine, conn) as c:
             result = c.execute(query)
-            return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+            return result_frame(result)
 
     def committed_by(
         self, timeframe: Timeframe, partitions: Iterable[Partition], run_ids: Sequence[str],

@@ -12,6 +12,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from backfill_dagster.store.database import result_frame
 from backfill_dagster.store.schema import bar_coverage as cov
 
 
@@ -59,7 +60,7 @@ def coverage_summary(
         query = query.where(cov.c.timeframe == timeframe)
     with engine.connect() as conn:
         result = conn.execute(query)
-        frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+        frame = result_frame(result)
     for column in ("complete", "complete_in_horizon", "partial", "empty", "failed", "bars", "expected"):
         frame[column] = frame[column].fillna(0).astype(int)
     frame["last_fetch"] = pd.to_datetime(frame["last_fetch"], utc=True)
@@ -83,5 +84,5 @@ def coverage_detail(engine: Engine, symbol: str, timeframe: str | None = None) -
         query = query.where(cov.c.timeframe == timeframe)
     with engine.connect() as conn:
         result = conn.execute(query)
-        return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+        return result_frame(result)
 

@@ -9,6 +9,7 @@ import importlib.resources
 import threading
 from pathlib import Path
 
+import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
@@ -174,3 +175,14 @@ def dispose_engine(url: str) -> None:
         engine = _engines.pop(url, None)
     if engine is not None:
         engine.dispose()
+
+
+def result_frame(result: sa.CursorResult) -> pd.DataFrame:
+    """A query's rows as a frame, one column per selected column.
+
+    The rows go to pandas as plain tuples: handed SQLAlchemy `Row`s, pandas asks each one whether
+    it is a named tuple (`hasattr(row, "_fields")`), and a Row answers by raising and catching an
+    error inside SQLAlchemy, ~5 us a row: most of the time of reading a box run's bars back."""
+    columns = list(result.keys())
+    return pd.DataFrame([tuple(row) for row in result.fetchall()], columns=columns)
+

@@ -78,6 +78,53 @@ def test_derived_consistency_judges_each_partition_on_its_own(calendar):
     assert verdicts == {P: True, other: False}
 
 
+def test_derived_consistency_over_a_box_counts_and_names_each_partition(calendar):
+    # A box run checks many partitions at once: each is judged, counted and described on its own.
+    days = [date(2024, 11, 19), date(2024, 11, 20), DAY]
+    symbols = ["AAPL", "MSFT", "NVDA"]
+    m15 = pd.concat([regular_m15(calendar, s, d) for s in symbols for d in days], ignore_index=True)
+    h1 = resample_bars(m15, Timeframe.H1, calendar)
+    changed = (h1.symbol == "MSFT") & (h1.ts.dt.date == days[1])
+    h1.loc[h1.index[changed][[2, 4]], "close"] += 0.5  # two bars of one partition
+    dropped = h1.index[(h1.symbol == "NVDA") & (h1.ts.dt.date == DAY)][-1]
+    first_changed_ts = h1.loc[h1.index[changed][2], "ts"]
+    h1 = h1.drop(index=dropped)
+    partitions = [(s, d) for s in symbols for d in days]
+    verdicts = {v.partition: v for v in quality.derived_consistency(m15, h1, Timeframe.H1, partitions, calendar)}
+
+    assert list(verdicts) == sorted(partitions)
+    bad = {p for p, v in verdicts.items() if not v.passed}
+    assert bad == {("MSFT", days[1]), ("NVDA", DAY)}
+    assert verdicts[("MSFT", days[1])].description == (
+        f"2 h1 bar(s) disagree with m15; first at {first_changed_ts.isoformat()}: differs from the resampled m15"
+    )
+    assert "1 h1 bar(s) disagree" in verdicts[("NVDA", DAY)].description
+    assert "missing from the store" in verdicts[("NVDA", DAY)].description
+    assert verdicts[("NVDA", DAY)].metadata == {"resampled_bars": 7, "stored_bars": 6}
+    assert verdicts[("AAPL", DAY)].metadata == {"resampled_bars": 7, "stored_bars": 7}
+    # A partition with no bars at all is judged too (nothing to disagree with).
+    (none,) = quality.derived_consistency(m15, h1, Timeframe.H1, [("TSLA", DAY)], calendar)
+    assert none.passed and none.metadata == {"resampled_bars": 0, "stored_bars": 0}
+
+
+def test_daily_agreement_over_a_box(calendar):
+    days = [date(2024, 11, 20), DAY]
+    m15 = pd.concat([regular_m15(calendar, s, d) for s in ("AAPL", "MSFT") for d in days], ignore_index=True)
+    d1 = pd.concat(
+        [aggregate_day(m15[(m15.symbol == s) & (m15.ts.dt.date == d)], s, calendar.midnight(d))
+         for s in ("AAPL", "MSFT") for d in days],
+        ignore_index=True,
+    )
+    low = (d1.symbol == "MSFT") & (d1.ts == calendar.midnight(days[0]))
+    d1.loc[low, "high"] -= 5
+    verdicts = {v.partition: v for v in quality.daily_agreement(m15, d1, [("AAPL", d) for d in days]
+                                                                + [("MSFT", d) for d in days], calendar)}
+    assert {p for p, v in verdicts.items() if not v.passed} == {("MSFT", days[0])}
+    assert "d1 high" in verdicts[("MSFT", days[0])].description
+    ok = verdicts[("AAPL", DAY)].metadata
+    assert ok["m15_bars"] == 26 and ok["d1_high"] == ok["m15_high"] and ok["d1_volume"] == ok["m15_volume"]
+
+
 def test_daily_agreement(calendar):
     m15 = regular_m15(calendar)
     d1 = aggregate_day(m15, "MSFT", calendar.midnight(DAY))
