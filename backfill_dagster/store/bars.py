@@ -30,7 +30,7 @@ from backfill_dagster.domain.split_basis import missing_bars
 from backfill_dagster.domain.timeframes import Timeframe
 from backfill_dagster.store.database import result_frame, shared_engine
 from backfill_dagster.store.ledger_rule import status_recorded
-from backfill_dagster.store.pg_copy import copy_frame
+from backfill_dagster.store.pg_copy import copy_frame, read_bar_ranges
 from backfill_dagster.store.pg_statements import (
     DELETE_BAR_RANGES,
     LOCK_PARTITIONS,
@@ -196,19 +196,11 @@ class BarStore:
         ranges = self._ranges(partitions)
         if not ranges:
             return _with_session(empty_bars().assign(provider=[], adjustment=[]), self.calendar, timeframe)
-        frames = []
         with _connection(self.engine, conn) as c:
-            for symbol, lo, hi in ranges:
-                query = (
-                    sa.select(*[ohlc_bars.c[col] for col in BAR_STORE_COLUMNS if col != "timeframe"])
-                    .where(ohlc_bars.c.symbol == symbol)
-                    .where(ohlc_bars.c.timeframe == timeframe.value)
-                    .where(ohlc_bars.c.ts >= lo.to_pydatetime())
-                    .where(ohlc_bars.c.ts < hi.to_pydatetime())
-                    .order_by(ohlc_bars.c.ts)
-                )
-                result = c.execute(query)
-                frames.append(result_frame(result))
+            if self.is_postgres:
+                frames = [read_bar_ranges(c.connection.driver_connection, timeframe.value, ranges)]
+            else:
+                frames = [self._read_range(c, timeframe, *bounds) for bounds in ranges]
         frames = [f for f in frames if not f.empty]
         if not frames:
             return _with_session(empty_bars().assign(provider=[], adjustment=[]), self.calendar, timeframe)
@@ -217,6 +209,18 @@ class BarStore:
         out["provider"] = raw["provider"].to_numpy()
         out["adjustment"] = raw["adjustment"].to_numpy()
         return _with_session(out, self.calendar, timeframe)
+
+    @staticmethod
+    def _read_range(c: Connection, timeframe: Timeframe, symbol: str, lo: pd.Timestamp, hi: pd.Timestamp) -> pd.DataFrame:
+        query = (
+            sa.select(*[ohlc_bars.c[col] for col in BAR_STORE_COLUMNS if col != "timeframe"])
+            .where(ohlc_bars.c.symbol == symbol)
+            .where(ohlc_bars.c.timeframe == timeframe.value)
+            .where(ohlc_bars.c.ts >= lo.to_pydatetime())
+            .where(ohlc_bars.c.ts < hi.to_pydatetime())
+            .order_by(ohlc_bars.c.ts)
+        )
+        return result_frame(c.execute(query))
 
     def coverage(
         self,

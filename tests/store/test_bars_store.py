@@ -273,3 +273,39 @@ def test_a_split_repair_accepts_fewer_bars_only_where_the_new_basis_explains_the
     explained = repair(rebased.drop(index=old.index[[3, 7]]), Fraction(1, 10))
     assert explained.written == [("AAPL", day)] and explained.unexplained == {}
     assert len(store.read_bars(Timeframe.M15, [("AAPL", day)])) == 24
+
+
+@pytest.mark.postgres
+def test_postgres_reads_bars_by_copy_exactly_as_sqlite_reads_rows(pg_url, sqlite_url, calendar):
+    # PostgreSQL reads bars back by one COPY parsed by pandas; SQLite row by row. The same writes
+    # must read back identical: tickers that read like missing values, NULL vwap and trade count,
+    # floats with no short decimal form, several ranges per symbol, ranges in the store's order.
+    sessions = [date(2024, 11, 25), date(2024, 11, 26), date(2024, 11, 29), date(2024, 12, 3)]
+    frames = []
+    for n, symbol in enumerate(["NULL", "NA", "nan", "BRK.B", "AAPL"]):
+        bars = m15(calendar, symbol, sessions)
+        bars[["open", "high", "low", "close", "vwap"]] *= 1 / 3 + n
+        bars["volume"] = bars["volume"] * 1e6 + 0.1
+        if symbol in ("NA", "nan"):
+            bars.loc[bars.index[::3], "vwap"] = float("nan")
+            bars["trade_count"] = bars["trade_count"].astype("Int64")
+            bars.loc[bars.index[1::4], "trade_count"] = pd.NA
+        frames.append(bars)
+    wanted = [(s, d) for s in ["NULL", "NA", "nan", "BRK.B", "AAPL"] for d in (sessions[0], sessions[1], sessions[3])]
+    backs = []
+    for url in (pg_url, sqlite_url):
+        store = BarStore(shared_engine(url), calendar)
+        for bars in frames:
+            write(store, bars.symbol.iloc[0], sessions, bars=bars)
+        backs.append(store.read_bars(Timeframe.M15, wanted))
+    on_pg, on_sqlite = backs
+    assert len(on_pg) == 5 * (26 * 2 + 26) and on_pg["symbol"].tolist()[:1] == ["AAPL"]
+    pd.testing.assert_frame_equal(on_pg, on_sqlite, check_exact=True)
+    assert on_pg["vwap"].isna().sum() > 0 and on_pg["trade_count"].isna().sum() > 0
+    assert set(on_pg["symbol"]) == {"NULL", "NA", "nan", "BRK.B", "AAPL"}
+    source = pd.concat(frames, ignore_index=True)
+    source = source[[(s, d) in set(wanted) for s, d in zip(source.symbol, source.ts.dt.tz_convert("America/New_York").dt.date)]]
+    merged = on_pg.merge(source, on=["symbol", "ts"], suffixes=("", "_written"))
+    assert len(merged) == len(on_pg)
+    for column in ("open", "high", "low", "close", "volume"):
+        assert (merged[column] == merged[f"{column}_written"]).all(), column
