@@ -9,6 +9,9 @@ executes it (the job reconstructed from the code location, in-process executor, 
 PostgreSQL store. The process's RSS is sampled every 50 ms: after imports, before the run, its peak
 during the run and after it; the growth per asset partition is the peak over the before figure.
 With --trace N, tracemalloc's N largest allocation sites at the run's peak (slow: ~3x the wall).
+CPU: the process's own over the run, and the PostgreSQL backends serving the run's two databases
+(the store's and the instance's; read from /proc before their connections close), which is less
+sensitive to other load on the machine than the wall.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -44,6 +48,25 @@ class Peak(threading.Thread):
         while not self.stop.is_set():
             self.peak = max(self.peak, rss())
             self.stop.wait(self.interval)
+
+
+def backend_cpu(databases: set[str]) -> float:
+    """CPU seconds so far of the PostgreSQL backends connected to these databases (Linux /proc)."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                words = f.read().replace(b"\0", b" ").decode(errors="replace").split()
+            if not words or words[0] != "postgres:" or not databases.intersection(words[1:5]):
+                continue
+            with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / tick
 
 
 def main() -> None:
@@ -96,14 +119,15 @@ def main() -> None:
                     tags=range_tags((symbols[0], sessions[0]), (symbols[-1], sessions[-1])),
                 )
                 gc.collect()
+                databases = {url.rsplit("/", 1)[1], *re.findall(r"bench_dagster_[0-9a-f]{8}", (home / "dagster" / "dagster.yaml").read_text())}
                 before = rss()
                 peak = Peak()
                 peak.start()
-                t0 = time.perf_counter()
+                t0, cpu0, pg0 = time.perf_counter(), time.process_time(), backend_cpu(databases)
                 for _event in execute_run_iterator(recon_job, run, instance):
                     pass
                 del _event
-                wall = time.perf_counter() - t0
+                wall, cpu, pg_cpu = time.perf_counter() - t0, time.process_time() - cpu0, backend_cpu(databases) - pg0
                 peak.stop.set()
                 peak.join()
                 assert instance.get_run_by_id(run.run_id).is_success, "the run failed"
@@ -115,7 +139,7 @@ def main() -> None:
             grown = peak.peak - before
             print(f"  run {attempt + 1}: wall {wall:.1f} s; RSS before {before / MB:.0f} MB, peak {peak.peak / MB:.0f} MB "
                   f"(+{grown / MB:.0f} MB = {grown / (4 * n) / 1024:.1f} KB per asset partition), "
-                  f"after {after / MB:.0f} MB", flush=True)
+                  f"after {after / MB:.0f} MB; CPU {cpu:.1f} s here + {pg_cpu:.1f} s PostgreSQL", flush=True)
             if args.trace:
                 print(f"  tracemalloc peak {traced_peak / MB:.0f} MB; largest sites still held at the run's end:")
                 for stat in snapshot.statistics("traceback")[: args.trace]:
