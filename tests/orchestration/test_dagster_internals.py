@@ -98,6 +98,13 @@ INTERNALS: dict[str, tuple[str, str]] = {
         ("bd1bbc2c135c39ca", "a definition's keys are the product of its dimensions' keys, those of a valid format"),
     "dagster._core.definitions.partitions.definition.multi.MultiPartitionsDefinition.is_valid_key_format":
         ("fa9deb022b8f3785", "a key with '|' in a dimension's key is not one of the definition's"),
+    # the gap sensor's read of unfinished backfills (instance/backfill_selection.py, PooledPostgresRunStorage)
+    "dagster._core.storage.runs.sql_run_storage.SqlRunStorage.add_backfill":
+        ("788260966d07d45f", "a row's action_type is written with it: the backfill's bulk_action_type"),
+    "dagster._core.execution.backfill.PartitionBackfill.bulk_action_type":
+        ("a0a751ab7e35a877", "MULTI_RUN_ASSET_ACTION exactly for an asset backfill"),
+    "dagster._core.execution.backfill.PartitionBackfill.is_asset_backfill":
+        ("8b6ff07ef497471c", "an asset backfill is one with asset backfill data (fixed at creation)"),
     # the short repr of large subsets (instance/subset_repr.py)
     "backfill_dagster.instance.subset_repr._dagster_repr":
         ("4c70f28942dcf028", "Dagster's repr of a DefaultPartitionsSubset, kept for small subsets"),
