@@ -98,6 +98,13 @@ INTERNALS: dict[str, tuple[str, str]] = {
         ("bd1bbc2c135c39ca", "a definition's keys are the product of its dimensions' keys, those of a valid format"),
     "dagster._core.definitions.partitions.definition.multi.MultiPartitionsDefinition.is_valid_key_format":
         ("fa9deb022b8f3785", "a key with '|' in a dimension's key is not one of the definition's"),
+    # the launch's target check without every key (instance/backfill_validity.py)
+    "backfill_dagster.instance.backfill_validity._dagster_get_subset_not_in_graph":
+        ("0c11321e2593fddf", "Dagster's check: the candidate's partitions not in subset_with_all_partitions(), "
+                             "under the view's partition loading context"),
+    "dagster_graphql.implementation.utils.assert_valid_asset_partition_backfill":
+        ("1393dfd83108e0b2", "launchPartitionBackfill checks each asset's target through "
+                             "AssetGraphView.get_subset_not_in_graph"),
     # the gap sensor's read of unfinished backfills (instance/backfill_selection.py, PooledPostgresRunStorage)
     "dagster._core.storage.runs.sql_run_storage.SqlRunStorage.add_backfill":
         ("788260966d07d45f", "a row's action_type is written with it: the backfill's bulk_action_type"),
