@@ -9,8 +9,9 @@ does (event_log.pooled_engine: per process, safe across fork) and remembers the 
 It also keeps the backfill daemon's backfill rows (instance/backfill_rows.py): in dagster-daemon's
 backfill threads a read of a backfill asks PostgreSQL for the row's version and deserializes the
 body only when this process does not hold that version, and a write says which version it made
-(`UPDATE ... RETURNING xmin`) instead of reading the whole row first to see that it exists.
-Everything else is dagster-postgres's own.
+(`UPDATE ... RETURNING xmin`) instead of reading the whole row first to see that it exists. And it
+lists what unfinished backfills target without their rows, for the gap sensor
+(`backfill_selections`, instance/backfill_selection.py). Everything else is dagster-postgres's own.
 
 It is also the first storage an instance loads: when dagster.yaml's connection variables are not
 set (`dagster dev` started in the checkout, whose dagster.yaml is the production instance) it stops
@@ -170,9 +171,10 @@ class PooledPostgresRunStorage(PostgresRunStorage):
 
     def backfill_selections(self, statuses: Sequence[BulkActionStatus], limit: int) -> list[BackfillSelection]:
         """BackfillSelection.of each of `get_backfills(filters=BulkActionsFilter(statuses=statuses),
-        limit=limit)` (newest first), without deserializing their bodies: an asset backfill's row is
-        18-54 MB of JSON and 100-500 MB deserialized at 500 symbols x 504 sessions x 4 assets, and
-        the gap sensor asks every tick only which assets an unfinished backfill targets. PostgreSQL
+        limit=limit)` (newest first), without deserializing their bodies: an asset backfill's row at
+        500 symbols x 504 sessions x 4 assets is 18-54 MB of JSON (48 MB half way, 234 MB once
+        deserialized as Dagster reads it), and the gap sensor asks every tick only which assets an
+        unfinished backfill targets. PostgreSQL
         reads the selection out of the body's JSON; whether it is an asset backfill is the row's
         `action_type`, which Dagster writes with the row (a row written before Dagster had that
         column is deserialized as Dagster reads it)."""
