@@ -59,7 +59,8 @@ from dagster_postgres.utils import (
 )
 
 # The daemon loads this storage: bound its backfill log lines, form its backfill runs as boxes, check
-# a backfill's target without every key, pack and repr large subsets once and briefly there too (imported for their effect).
+# a backfill's target without every key, pack and repr large subsets once and briefly there too, share a
+# read row's partition keys (imported for their effect).
 from backfill_dagster.instance import (  # noqa: F401
     backfill_log,
     backfill_runs,
@@ -67,6 +68,7 @@ from backfill_dagster.instance import (  # noqa: F401
     backfill_waits,
     subset_pack,
     subset_repr,
+    subset_unpack,
 )
 from backfill_dagster.instance.cached_status import unchanged_cache_value
 from backfill_dagster.instance.event_json import serialize_events

@@ -17,6 +17,7 @@ from backfill_dagster.instance import (  # noqa: F401
     backfill_waits,
     subset_pack,
     subset_repr,
+    subset_unpack,
 )
 
 

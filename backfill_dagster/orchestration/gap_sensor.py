@@ -14,14 +14,15 @@ from typing import NamedTuple
 
 import dagster as dg
 
-# Not exported by dagster: the statuses and filter of backfills (UI "Materialize partitions").
-from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
+# Not exported by dagster: the statuses of backfills (UI "Materialize partitions").
+from dagster._core.execution.backfill import BulkActionStatus
 
 from backfill_dagster.domain.calendar import SessionCalendar, xnys
 from backfill_dagster.domain.clock import Clock, utcnow
 from backfill_dagster.domain.gap_planning import GapBox, InFlight, plan_gap_runs
 from backfill_dagster.domain.gap_policy import GapPolicy, horizons, ledger_horizons, settled_sessions
 from backfill_dagster.domain.timeframes import Timeframe
+from backfill_dagster.instance.backfill_selection import BackfillSelection, backfill_selections
 from backfill_dagster.instance.run_worker import worker_gone
 from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
 from backfill_dagster.orchestration.partitions import (
@@ -54,6 +55,7 @@ IN_FLIGHT_STATUSES = [
 ]
 IN_FLIGHT_LIMIT = 1000  # unfinished runs read per evaluation
 UNFINISHED_BACKFILLS = [BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING, BulkActionStatus.FAILING]
+UNFINISHED_BACKFILL_LIMIT = 100  # unfinished backfills read per evaluation
 
 _TIMEFRAME_OF_ASSET = {dg.AssetKey(t.asset_name): t for t in Timeframe}
 
@@ -76,7 +78,7 @@ def in_flight_partitions(
     position = {s: i for i, s in enumerate(partition_order)}
     busy = InFlight()
     backfills = []
-    for backfill in instance.get_backfills(filters=BulkActionsFilter(statuses=UNFINISHED_BACKFILLS), limit=100):
+    for backfill in unfinished_backfills(instance):
         if backfill.is_asset_backfill:
             timeframes = [_TIMEFRAME_OF_ASSET[k] for k in backfill.asset_selection or () if k in _TIMEFRAME_OF_ASSET]
         else:
@@ -103,6 +105,12 @@ def in_flight_partitions(
             timeframes = list(Timeframe)
         busy.add(timeframes, *box)
     return Unfinished(busy, own, backfills, abandoned)
+
+
+def unfinished_backfills(instance: dg.DagsterInstance) -> list[BackfillSelection]:
+    """The unfinished backfills' ids and asset selections, newest first, without their partitions
+    (instance/backfill_selection.py: a whole-market backfill's row is hundreds of MB deserialized)."""
+    return backfill_selections(instance, UNFINISHED_BACKFILLS, UNFINISHED_BACKFILL_LIMIT)
 
 
 def _run_box(tags, position, order, calendar):

@@ -122,3 +122,54 @@ def test_what_is_remembered_does_not_outlive_the_target(instance):
     del subset
     gc.collect()
     assert ident not in backfill_validity._valid
+
+
+# ------------------------------------------------------------- the launch's check (get_subset_not_in_graph)
+def not_in_graph(fn, instance, asset_key, subset):
+    """What `fn` (Dagster's AssetGraphView.get_subset_not_in_graph or the project's) says of `subset`."""
+    from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
+    from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
+
+    view = AssetGraphView(temporal_context=TemporalContext(effective_dt=NOW, last_event_id=None),
+                          instance=instance, asset_graph=GRAPH)
+    candidate = view.get_entity_subset_from_asset_graph_subset(
+        AssetGraphSubset(partitions_subsets_by_asset_key={asset_key: subset}), asset_key)
+    return fn(view, key=asset_key, candidate_subset=candidate).get_internal_value()
+
+
+NOW = __import__("datetime").datetime(2024, 3, 5, tzinfo=__import__("datetime").timezone.utc)
+stock_not_in_graph = backfill_validity._dagster_get_subset_not_in_graph
+
+
+def test_it_is_the_check_the_webserver_s_launch_calls():
+    from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView
+
+    assert AssetGraphView.get_subset_not_in_graph is backfill_validity.get_subset_not_in_graph
+
+
+@pytest.mark.parametrize("extra", [(), ("2024-01-03|DDD",), ("2023-12-31|AAA", "2024-03-01|AAA"), ("AAA|2024-01-02",),
+                                   ("2024-01-02",), ("2024-01-02|AAA|x",)])
+def test_the_launch_s_check_names_the_keys_dagster_s_names_without_the_key_list(instance, extra):
+    valid = [f"{d}|{s}" for d in DATES for s in ("AAA", "BBB", "CCC")]
+    subset = target(*valid, *extra)
+    cached = MultiPartitionsDefinition._get_partition_keys.cache_info()
+    ours = not_in_graph(backfill_validity.get_subset_not_in_graph, instance, bars.key, subset)
+    assert MultiPartitionsDefinition._get_partition_keys.cache_info() == cached
+    assert ours == not_in_graph(stock_not_in_graph, instance, bars.key, subset)
+    assert isinstance(ours, DefaultPartitionsSubset) and set(ours.subset) == set(extra)
+
+
+def test_multi_partition_key_objects_are_checked_as_their_strings(instance):
+    from dagster._core.definitions.partitions.definition.multi import MultiPartitionKey
+
+    subset = DefaultPartitionsSubset({MultiPartitionKey({"date": "2024-01-02", "symbol": s}) for s in ("AAA", "DDD")})
+    ours = not_in_graph(backfill_validity.get_subset_not_in_graph, instance, bars.key, subset)
+    assert ours == not_in_graph(stock_not_in_graph, instance, bars.key, subset)
+    assert set(map(str, ours.subset)) == {"2024-01-02|DDD"}
+
+
+def test_a_one_dimension_asset_is_dagster_s_launch_check(instance):
+    subset = target("2024-01-02", "2023-01-01")
+    ours = not_in_graph(backfill_validity.get_subset_not_in_graph, instance, daily.key, subset)
+    assert ours == not_in_graph(stock_not_in_graph, instance, daily.key, subset)
+    assert not ours.is_empty

@@ -98,6 +98,33 @@ INTERNALS: dict[str, tuple[str, str]] = {
         ("bd1bbc2c135c39ca", "a definition's keys are the product of its dimensions' keys, those of a valid format"),
     "dagster._core.definitions.partitions.definition.multi.MultiPartitionsDefinition.is_valid_key_format":
         ("fa9deb022b8f3785", "a key with '|' in a dimension's key is not one of the definition's"),
+    # the launch's target check without every key (instance/backfill_validity.py)
+    "backfill_dagster.instance.backfill_validity._dagster_get_subset_not_in_graph":
+        ("0c11321e2593fddf", "Dagster's check: the candidate's partitions not in subset_with_all_partitions(), "
+                             "under the view's partition loading context"),
+    "dagster_graphql.implementation.utils.assert_valid_asset_partition_backfill":
+        ("1393dfd83108e0b2", "launchPartitionBackfill checks each asset's target through "
+                             "AssetGraphView.get_subset_not_in_graph"),
+    # the gap sensor's read of unfinished backfills (instance/backfill_selection.py, PooledPostgresRunStorage)
+    "dagster._core.storage.runs.sql_run_storage.SqlRunStorage.add_backfill":
+        ("788260966d07d45f", "a row's action_type is written with it: the backfill's bulk_action_type"),
+    "dagster._core.execution.backfill.PartitionBackfill.bulk_action_type":
+        ("a0a751ab7e35a877", "MULTI_RUN_ASSET_ACTION exactly for an asset backfill"),
+    "dagster._core.execution.backfill.PartitionBackfill.is_asset_backfill":
+        ("8b6ff07ef497471c", "an asset backfill is one with asset backfill data (fixed at creation)"),
+    # equal key sets shared within a deserialized row (instance/subset_unpack.py)
+    "dagster_shared.serdes.serdes.ObjectSerializer.unpack":
+        ("3dd89eabbe0fe163", "the unpacked fields go through the serializer's before_unpack first"),
+    "dagster_shared.serdes.serdes.ObjectSerializer.before_unpack":
+        ("2e982c7423dc5d60", "Dagster's hook returns the fields as they are"),
+    "dagster_shared.serdes.serdes._unpack_object":
+        ("4910ec35b825c0ef", "a {'__set__': [...]} is a set when the subset's fields are unpacked (bottom up)"),
+    "dagster_shared.serdes.serdes.deserialize_value":
+        ("d8d4312713fd3fdb", "one UnpackContext per deserialized value"),
+    "dagster_shared.serdes.serdes.deserialize_values":
+        ("8d06e2215530b3ec", "one UnpackContext per deserialized value"),
+    "dagster._core.definitions.partitions.subset.default.DefaultPartitionsSubset":
+        ("f59386112f91b797", "no operation changes a subset's key set in place; each builds a new set"),
     # the short repr of large subsets (instance/subset_repr.py)
     "backfill_dagster.instance.subset_repr._dagster_repr":
         ("4c70f28942dcf028", "Dagster's repr of a DefaultPartitionsSubset, kept for small subsets"),
