@@ -81,3 +81,47 @@ def test_a_tick_leaves_a_row_that_covers_every_event_alone(defs, instance, store
     assert updates == [ASSETS[3]]
     assert after.skip_message.startswith("partition status cache brought up to date: bars_d1")
     assert after.skip_message.endswith("already current: bars_m15, bars_h1, bars_h4")
+
+
+def test_an_asset_whose_update_took_long_rests_for_a_while(defs, instance, store_url, calendar):
+    add_symbols(instance, store_url, ["AAPL"])
+    days = calendar.sessions("2024-11-18", "2024-11-20")
+    job = defs.resolve_job_def(ALL_BARS_JOB)
+    assert job.execute_in_process(instance=instance, tags=range_tags(("AAPL", days[0]), ("AAPL", days[0]))).success
+    assets = [defs.resolve_assets_def(k) for k in ASSETS]
+    ticks = iter(range(10_000))  # each reading of the update clock moves it 1 s: an update takes 1 s
+    epoch = [1_000_000.0]
+    sensor = build_status_cache_sensor(assets, budget_s=100, clock=lambda: float(next(ticks)),
+                                       now=lambda: epoch[0], rest_per_second=30.0)
+    context = dg.build_sensor_context(instance=instance)
+    first = sensor(context)
+    assert first.skip_message.startswith("partition status cache brought up to date: bars_m15 1.0 s, bars_h1 1.0 s")
+
+    # New events for every asset: within 30 s of their 1 s updates all four rest, and are left alone.
+    assert job.execute_in_process(instance=instance, tags=range_tags(("AAPL", days[1]), ("AAPL", days[1]))).success
+    epoch[0] += 20
+    resting = sensor(dg.build_sensor_context(instance=instance, cursor=context.cursor))
+    assert resting.skip_message == (
+        "partition status cache resting: bars_m15 10 s, bars_h1 10 s, bars_h4 10 s, bars_d1 10 s"
+    )
+    assert cached(instance, ASSETS[0]).latest_storage_id < instance.get_asset_records([ASSETS[0]])[0].asset_entry.last_materialization_storage_id
+
+    # After the rest the rows catch up with everything that happened meanwhile.
+    epoch[0] += 11
+    caught_up = sensor(dg.build_sensor_context(instance=instance, cursor=context.cursor))
+    assert caught_up.skip_message.startswith("partition status cache brought up to date: bars_m15")
+    graph = defs.resolve_asset_graph()
+    m15 = cached(instance, ASSETS[0]).deserialize_materialized_partition_subsets(graph.get(ASSETS[0]).partitions_def)
+    assert set(m15.get_partition_keys()) == {f"{d}|AAPL" for d in days[:2]}
+
+
+def test_a_cursor_from_before_rests_or_unreadable_starts_over(defs, instance, store_url, calendar):
+    add_symbols(instance, store_url, ["AAPL"])
+    day = calendar.sessions("2024-11-18", "2024-11-18")[0]
+    assert defs.resolve_job_def(ALL_BARS_JOB).execute_in_process(
+        instance=instance, tags=range_tags(("AAPL", day), ("AAPL", day))).success
+    sensor = defs.resolve_sensor_def(SENSOR_NAME)
+    old = sensor(dg.build_sensor_context(instance=instance, cursor="2"))  # the next asset's index, as written before
+    assert old.skip_message.startswith("partition status cache brought up to date: bars_h4")
+    garbled = sensor(dg.build_sensor_context(instance=instance, cursor="{not json"))
+    assert garbled.skip_message == "partition status cache already current: bars_m15, bars_h1, bars_h4, bars_d1"
