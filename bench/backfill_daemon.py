@@ -1,6 +1,6 @@
 """The backfill daemon's iterations on a whole-market backfill: Dagster's own backfill row reads,
-writes and target check against the project's (instance/backfill_rows.py, backfill_validity.py,
-subset_pack.py, subset_repr.py), in the same run.
+writes, target check and run submission against the project's (instance/backfill_rows.py,
+backfill_validity.py, subset_pack.py, subset_repr.py, backfill_submit.py), in the same run.
 
     python bench/backfill_daemon.py [--symbols 500] [--sessions 504]
 
@@ -11,7 +11,8 @@ and pooled run storage, a database of its own, dropped afterwards) with the proj
 Dagster's `execute_backfill_iteration` is called one iteration at a time in a thread named as
 dagster-daemon names its backfill thread (patched) or another name with the project's patches
 undone (stock: every read deserializes the row, update_backfill re-reads it, every write sorts
-every subset, the target check builds every key, the debug f-string writes every key).
+every subset, the target check builds every key, the debug f-string writes every key, the run
+submission builds a MultiPartitionKey per partition and asset, twice).
 
 States: iteration 1 requests the roots (all box runs); a steady iteration at 0%; then the
 materialized subset set to 50% and to 98% (written in the iteration's thread, as the daemon
@@ -150,15 +151,16 @@ def count_bodies() -> None:
 
 
 def use_dagster_s_own(storage) -> None:
-    """Dagster's backfill row I/O, target check and repr in this process (the stock variant)."""
+    """Dagster's backfill row I/O, target check, repr and run submission in this process (the stock variant)."""
     from dagster_postgres.run_storage import PostgresRunStorage
 
-    from backfill_dagster.instance import backfill_validity, subset_pack, subset_repr
+    from backfill_dagster.instance import backfill_submit, backfill_validity, subset_pack, subset_repr
 
     storage.update_backfill = types.MethodType(PostgresRunStorage.update_backfill, storage)
     backfill_validity.uninstall()
     subset_pack.uninstall()
     subset_repr.uninstall()
+    backfill_submit.uninstall()
 
 
 def run_variant(variant: str, n_symbols: int, n_sessions: int) -> list[dict]:

@@ -54,6 +54,13 @@ _lock = threading.RLock()  # re-entrant: a weak reference's callback may run whi
 def removed_keys(keys, dimension_keys: tuple[frozenset[str], ...]) -> list[str]:
     """The keys of `keys` that are not a key of each dimension joined by '|' in dimension order."""
     removed = []
+    if len(dimension_keys) == 2:  # sessions x symbols: a partition, no list, per key (~3x faster)
+        first, second = dimension_keys
+        for key in keys:
+            head, sep, tail = str(key).partition("|")
+            if not (sep and head in first and tail in second) or "|" in tail:
+                removed.append(str(key))
+        return removed
     for key in keys:
         parts = str(key).split("|")
         if len(parts) != len(dimension_keys) or any(p not in known for p, known in zip(parts, dimension_keys)):

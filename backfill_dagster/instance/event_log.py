@@ -59,11 +59,12 @@ from dagster_postgres.utils import (
 )
 
 # The daemon loads this storage: bound its backfill log lines, form its backfill runs as boxes, check
-# a backfill's target without every key, pack and repr large subsets once and briefly there too, share a
-# read row's partition keys (imported for their effect).
+# a backfill's target without every key, submit its runs with plain partition keys, pack and repr large
+# subsets once and briefly there too, share a read row's partition keys (imported for their effect).
 from backfill_dagster.instance import (  # noqa: F401
     backfill_log,
     backfill_runs,
+    backfill_submit,
     backfill_validity,
     backfill_waits,
     subset_pack,

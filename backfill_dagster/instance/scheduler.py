@@ -13,6 +13,7 @@ from dagster._core.scheduler import DagsterDaemonScheduler
 # installs the boxes (and the daemon's other backfill patches) in this process
 from backfill_dagster.instance import (  # noqa: F401
     backfill_runs,
+    backfill_submit,
     backfill_validity,
     backfill_waits,
     subset_pack,

@@ -112,6 +112,15 @@ def test_removed_keys_are_those_not_in_every_dimension():
         ["2024-01-02|BBB", "AAA|2024-01-02", "x"]
 
 
+def test_a_key_of_more_or_fewer_parts_is_removed_even_if_a_dimension_key_holds_the_delimiter():
+    # a dimension key with '|' makes no valid multi-partition key (Dagster leaves those out)
+    dims = (frozenset({"d", ""}), frozenset({"s", "s|t", ""}))
+    keys = ["d|s", "d|s|t", "d|", "|s", "|", "", "d", "s", "d|t"]
+    assert removed_keys(keys, dims) == ["d|s|t", "", "d", "s", "d|t"]
+    three = (frozenset({"d"}), frozenset({"s"}), frozenset({"t"}))  # other dimension counts: split as before
+    assert removed_keys(["d|s|t", "d|s", "d|s|t|u"], three) == ["d|s", "d|s|t|u"]
+
+
 def test_what_is_remembered_does_not_outlive_the_target(instance):
     import gc
 

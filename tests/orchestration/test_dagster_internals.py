@@ -9,7 +9,8 @@ so a changed source fails here, naming what to re-check. The log manager's short
 (instance/log_manager.py) mirrors how a record reaches the instance's handler; the status cache
 read (instance/cached_status.py) mirrors when Dagster's update of it changes nothing; the backfill daemon's row
 cache, target check, subset packing and repr (instance/backfill_rows.py, backfill_validity.py,
-subset_pack.py, subset_repr.py) stand in for Dagster's reads, writes and check. After re-checking (and running
+subset_pack.py, subset_repr.py) stand in for Dagster's reads, writes and check, and its run
+submission lists a box run's keys as strings (backfill_submit.py). After re-checking (and running
 tests/instance/test_event_log.py and test_checks.py), record the new hashes with
 `python -m tests.orchestration.test_dagster_internals`.
 """
@@ -266,9 +267,27 @@ INTERNALS: dict[str, tuple[str, str]] = {
         ("e0eb4832dc6bda4e", "a range run request: the range tags, no partition key"),
     "dagster._core.execution.asset_backfill._get_cant_run_because_of_parent_reason":
         ("1906418f864128f4", "h1/h4 run with m15 in one box run while their backfill policies are equal"),
-    # the steps' own partition box (partitions.run_partitions)
+    # the steps' own partition box (partitions.run_partitions) and the daemon's plain range keys (backfill_submit.range_keys)
     "dagster._core.definitions.partitions.definition.multi.MultiPartitionsDefinition.get_partition_keys_in_range":
-        ("2f624885278f0d3b", "a range run's keys: the box of each dimension's range, dates outermost"),
+        ("2f624885278f0d3b", "a range run's keys: the box of each dimension's range, dates outermost; "
+                             "backfill_submit.range_keys builds the same keys as strings"),
+    # the backfill daemon's run submission with plain keys (instance/backfill_submit.py)
+    "backfill_dagster.instance.backfill_submit._dagster_get_requested_asset_graph_subset_from_run_requests":
+        ("03fe33d91f6f8b0b", "Dagster's requested subset of run requests: per range request, each asset's "
+                             "get_entity_subset_in_range unioned; anything else left to it, one request at a time"),
+    "backfill_dagster.instance.backfill_submit._dagster_get_resolved_partitions_subset_for_events":
+        ("829df878172afe52", "Dagster's planned events' subset: a stored one first, else the range tags' "
+                             "subset_with_partition_keys(get_partition_keys_in_range), else the partition tag"),
+    "dagster._core.execution.asset_backfill.AssetBackfillData.with_run_requests_submitted":
+        ("55d3e1fe57d04eca", "it calls _get_requested_asset_graph_subset_from_run_requests through its module's name"),
+    "dagster._core.asset_graph_view.asset_graph_view.AssetGraphView.get_entity_subset_in_range":
+        ("3549bd287768f74f", "an asset's range is its definition's empty subset with the range's keys, under the view's context"),
+    "dagster._core.definitions.partitions.subset.partitions_subset.PartitionsSubset.with_partition_key_range":
+        ("ddde59527fa2fa2c", "a range subset is with_partition_keys(get_partition_keys_in_range(range))"),
+    "dagster._core.definitions.partitions.utils.multi.MultiPartitionKey.__new__":
+        ("2673973897e6fbc9", "a key's string is its dimensions' keys joined by '|' in dimension-name order"),
+    "dagster._core.definitions.partitions.definition.multi.MultiPartitionsDefinition.__init__":
+        ("c6e4553f1ffee819", "partitions_defs are sorted by dimension name"),
     # what orchestration/pool_wait.py replaces: a run waiting for a pool slot sleeps between checks
     "backfill_dagster.orchestration.pool_wait._dagster_interval":
         ("d9b44ab68eb41a99", "Dagster's interval is min([0, ...]), never above zero (the busy wait the replacement ends)"),
