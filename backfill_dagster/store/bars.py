@@ -24,7 +24,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from backfill_dagster.domain.bars import bars_frame, empty_bars
-from backfill_dagster.domain.calendar import NEW_YORK, SessionCalendar, contiguous_runs, xnys
+from backfill_dagster.domain.calendar import NEW_YORK, SessionCalendar, contiguous_runs, epoch_ns, xnys
 from backfill_dagster.domain.ledger import Decision, LedgerStatus, Partition, Stored, judge
 from backfill_dagster.domain.split_basis import missing_bars
 from backfill_dagster.domain.timeframes import Timeframe
@@ -192,11 +192,14 @@ class BarStore:
     def read_bars(
         self, timeframe: Timeframe, partitions: Iterable[Partition], *, conn: Connection | None = None
     ) -> pd.DataFrame:
-        """The stored bars of these partitions: a bar frame plus session, provider, adjustment."""
+        """The stored bars of these partitions: a bar frame plus session, provider, adjustment.
+
+        Rows are turned into columns `READ_BATCH_ROWS` at a time, each text value kept once: a row
+        as Python objects (~500 bytes: a float object per price, a datetime, three strings) is ~6x
+        its place in the frame, and the whole answer as rows was a worker's largest allocation."""
         ranges = self._ranges(partitions)
-        if not ranges:
-            return _with_session(empty_bars().assign(provider=[], adjustment=[]), self.calendar, timeframe)
-        frames = []
+        parts = []
+        shared: dict[str, str] = {}  # each symbol, provider and adjustment text once
         with _connection(self.engine, conn) as c:
             for symbol, lo, hi in ranges:
                 query = (
@@ -208,24 +211,24 @@ class BarStore:
                     .order_by(ohlc_bars.c.ts)
                 )
                 result = c.execute(query)
-                frames.append(pd.DataFrame(result.fetchall(), columns=list(result.keys())))
-        frames = [f for f in frames if not f.empty]
-        if not frames:
+                columns = list(result.keys())
+                for rows in result.partitions(READ_BATCH_ROWS):
+                    parts.append(_stored_bars(pd.DataFrame(rows, columns=columns), shared))
+        if not parts:
             return _with_session(empty_bars().assign(provider=[], adjustment=[]), self.calendar, timeframe)
-        raw = pd.concat(frames, ignore_index=True)
-        out = bars_frame(raw)
-        out["provider"] = raw["provider"].to_numpy()
-        out["adjustment"] = raw["adjustment"].to_numpy()
-        return _with_session(out, self.calendar, timeframe)
+        out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+        return _with_session(out, self.calendar, timeframe, copy=False)
 
     def coverage(
         self,
         timeframe: Timeframe | None = None,
         symbols: Sequence[str] | None = None,
         *,
+        sessions: tuple[date, date] | None = None,
         conn: Connection | None = None,
     ) -> pd.DataFrame:
-        """Coverage ledger rows, optionally for one timeframe and some symbols."""
+        """Coverage ledger rows, optionally for one timeframe, some symbols and the sessions
+        `sessions` = (first, last), both included."""
         query = sa.select(bar_coverage).order_by(
             bar_coverage.c.symbol, bar_coverage.c.timeframe, bar_coverage.c.session
         )
@@ -233,6 +236,8 @@ class BarStore:
             query = query.where(bar_coverage.c.timeframe == timeframe.value)
         if symbols is not None:
             query = query.where(bar_coverage.c.symbol.in_(list(symbols)))
+        if sessions is not None:
+            query = query.where(bar_coverage.c.session.between(*sessions))
         with _connection(self.engine, conn) as c:
             result = c.execute(query)
             return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
@@ -514,8 +519,8 @@ class Derivation:
     def read_source(self, partitions: Iterable[Partition]) -> pd.DataFrame:
         return self._store.read_bars(self.source, partitions, conn=self._conn)
 
-    def source_ledger(self, symbols: Sequence[str]) -> pd.DataFrame:
-        return self._store.coverage(self.source, symbols, conn=self._conn)
+    def source_ledger(self, symbols: Sequence[str], sessions: tuple[date, date] | None = None) -> pd.DataFrame:
+        return self._store.coverage(self.source, symbols, sessions=sessions, conn=self._conn)
 
     def replace(self, bars: pd.DataFrame, coverage: Sequence[CoverageEntry], *, provider: str, adjustment: str,
                 fetched_at: pd.Timestamp, run_id: str | None = None, rewrite_reason: str | None = None) -> WriteResult:
@@ -555,16 +560,33 @@ _STICKY = frozenset({"rewrite_reason"})
 # An attempt that wrote nothing keeps what the last success recorded (its bars are still stored).
 _ON_FAILURE = ("error", "run_id", "updated_at")
 
+# Stored rows read at a time (read_bars).
+READ_BATCH_ROWS = 20_000
+
+
+def _stored_bars(raw: pd.DataFrame, shared: dict[str, str]) -> pd.DataFrame:
+    """A bar frame plus provider and adjustment from rows read from ohlc_bars, with each text value
+    one object however many rows hold it."""
+    for column in ("symbol", "provider", "adjustment"):
+        raw[column] = pd.array([shared.setdefault(v, v) for v in raw[column]], dtype=raw[column].dtype)
+    out = bars_frame(raw)
+    out["provider"] = raw["provider"].to_numpy()
+    out["adjustment"] = raw["adjustment"].to_numpy()
+    return out
+
+
 def _ny_midnight(day: date) -> pd.Timestamp:
     return pd.Timestamp(day).tz_localize(NEW_YORK).tz_convert("UTC")
 
 
-def _with_session(frame: pd.DataFrame, calendar: SessionCalendar, timeframe: Timeframe) -> pd.DataFrame:
-    frame = frame.copy()
+def _with_session(frame: pd.DataFrame, calendar: SessionCalendar, timeframe: Timeframe, copy: bool = True) -> pd.DataFrame:
+    """The frame with each bar's session (`copy`: a new frame; else the column is added to this one)."""
+    if copy:
+        frame = frame.copy()
     if frame.empty:
         frame["session"] = pd.Series([], dtype=object)
         return frame
-    frame["session"] = calendar.locate(frame["ts"], timeframe, extended=True)["session"].to_numpy()
+    frame["session"] = calendar.session_dates(calendar.locate_ns(epoch_ns(frame["ts"]), timeframe, extended=True)[0])
     return frame
 
 
