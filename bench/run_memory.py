@@ -11,7 +11,7 @@ PostgreSQL store. The process's RSS is sampled every 50 ms: after imports, befor
 during the run and after it; the growth per asset partition is the peak over the before figure.
 With --steps, the RSS at each step's start and end and its peak in between (the step the run's
 peak falls in). With --trace N, tracemalloc's N largest allocation sites when its traced memory
-was highest (a snapshot whenever it passes its high-water mark by 5%, sampled every 0.2 s), and at
+was highest (a snapshot whenever it passes its last one by 10% and 16 MB, sampled every 0.2 s), and at
 the run's end (slow: ~3x the wall). --provider alpaca|polygon fetches from the fake servers,
 started in a separate process (their memory is not the worker's), with the provider's real
 request shapes (Alpaca: 100 symbols x 260 m15 sessions a request, 10,000-bar pages; Polygon: one
@@ -70,7 +70,7 @@ class Peak(threading.Thread):
         import tracemalloc
 
         current, _ = tracemalloc.get_traced_memory()
-        if current < self.traced_best * 1.05:
+        if current < max(self.traced_best * 1.1, self.traced_best + 16 * MB):
             return
         stats = tracemalloc.take_snapshot().statistics("traceback")[: self.trace]
         self.traced_best, self.traced_sites, self.traced_label = current, stats, label
@@ -129,7 +129,7 @@ def main() -> None:
     if args.trace:
         import tracemalloc
 
-        tracemalloc.start(12)
+        tracemalloc.start(10)
     try:
         run_all(args, recon=(ReconstructableJob, ReconstructableRepository), execute_run_iterator=execute_run_iterator,
                 symbols=symbols, sessions=sessions, n=n)

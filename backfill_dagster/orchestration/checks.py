@@ -89,6 +89,17 @@ def newest_materialization(
     return _target(newest) if newest is not None else None
 
 
+def latest_materialization(
+    instance: dg.DagsterInstance, asset_key: dg.AssetKey
+) -> AssetCheckEvaluationTargetMaterializationData | None:
+    """The asset's latest materialization, if any: the target Dagster gives an AssetCheckResult of
+    an unpartitioned check on a partitioned asset (its input asset version info: the asset record's
+    last materialization; none when the record holds only an observation)."""
+    record = instance.get_asset_records([asset_key])
+    latest = record[0].asset_entry.last_materialization_record if record else None
+    return _target(latest) if latest is not None else None
+
+
 def _target(record: dg.EventLogRecord) -> AssetCheckEvaluationTargetMaterializationData:
     return AssetCheckEvaluationTargetMaterializationData(
         storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp

@@ -326,3 +326,49 @@ def test_a_box_judged_in_chunks_gets_the_summaries_judged_whole(defs, instance, 
     assert [judged[c][0] for c in CHECKS] == [False, False, False, False]
     assert judged[CHECKS[0]][3]["partitions_checked"] == 16 and judged[CHECKS[0]][3]["bars_expected"] == 2 * (7 * 26 + 14)
     assert judged[CHECKS[1]][2].startswith("2 of 16 partition(s) failed")
+
+
+def test_the_split_check_evaluation_is_the_one_dagster_makes_of_an_asset_check_result(defs, instance, store_url, calendar):
+    """bars_d1:no_unrecorded_split builds its evaluation itself: the same as Dagster's from an
+    AssetCheckResult (target: the asset's latest materialization; not blocking; no partition), and
+    without Dagster's list of every key of the partitions (all symbols x all sessions), which it
+    keeps for the worker's life."""
+    from dagster._core.definitions.partitions.definition.multi import MultiPartitionsDefinition
+    from dagster_shared.record import as_dict
+
+    add_symbols(instance, store_url, ["AAPL", "MSFT"])
+    sessions = calendar.sessions("2024-11-18", "2024-11-22")
+    tags = range_tags(("AAPL", sessions[0]), ("MSFT", sessions[-1]))
+    assert run_box(defs, instance, ["AAPL", "MSFT"], sessions).success
+    assert defs.resolve_implicit_global_asset_job_def().get_subset(  # a later materialization, one partition
+        asset_selection={dg.AssetKey("bars_d1")}, asset_check_selection=set()
+    ).execute_in_process(instance=instance, partition_key="2024-11-20|AAPL").success
+    latest = instance.get_latest_materialization_event(dg.AssetKey("bars_d1"))
+
+    split_check = dg.AssetCheckKey(dg.AssetKey("bars_d1"), "no_unrecorded_split")
+    all_keys = MultiPartitionsDefinition._get_partition_keys
+    all_keys.cache_clear()
+    ours = check_only(defs, split_check).execute_in_process(instance=instance, tags=tags)
+    (evaluation,) = ours.get_asset_check_evaluations()
+    assert all_keys.cache_info().misses == 0  # no list of every key was made
+    assert evaluation.target_materialization_data.run_id == latest.run_id
+    assert shown(instance, split_check)[0] == Resolved.SUCCEEDED  # about the latest materialization
+
+    # Dagster's own way: the same result yielded as an AssetCheckResult by a twin of the check.
+    twin_spec = dg.AssetCheckSpec("twin", asset="bars_d1")
+
+    @dg.multi_asset_check(specs=[twin_spec], can_subset=True)
+    def twin(context):
+        yield dg.AssetCheckResult(asset_key="bars_d1", check_name="twin", passed=evaluation.passed,
+                                  severity=evaluation.severity, description=evaluation.description,
+                                  metadata=evaluation.metadata)
+
+    d1_spec = dg.AssetSpec("bars_d1", partitions_def=defs.resolve_assets_def("bars_d1").partitions_def)
+    stock = dg.Definitions(assets=[d1_spec], asset_checks=[twin]).resolve_implicit_global_asset_job_def().get_subset(
+        asset_check_selection={twin_spec.key}, asset_selection=set()
+    ).execute_in_process(instance=instance, tags=tags)
+    (theirs,) = stock.get_asset_check_evaluations()
+    assert all_keys.cache_info().misses == 1  # Dagster's way lists them
+    assert as_dict(theirs) == {**as_dict(evaluation), "check_name": "twin"}
+    assert evaluation.blocking is False and evaluation.partition is None
+    assert len(ours.get_step_success_events()) == len(stock.get_step_success_events()) == 1
