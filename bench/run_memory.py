@@ -1,21 +1,22 @@
 """Where a box run's worker memory goes: RSS over one range run of all four assets.
 
-    python bench/run_memory.py [--symbols 23] [--sessions 504] [--trace 0] [--repeat 1] [--steps]
-                               [--provider demo|alpaca|polygon]
+    python bench/run_memory.py [--symbols 23] [--sessions 504] [--registered 0] [--trace 0] [--repeat 1]
+                               [--steps] [--provider demo|alpaca]
 
 One range run of the `all_bars` job (bars_m15 and bars_d1 fetched from the demo provider, h1 and
 h4 derived, their checks) over a box of symbols x sessions (default 23 x 504 = 11,592 partitions
-per asset, the size of a whole-market backfill's box), executed in this process as a run worker
+per asset, the size of a whole-market backfill's box; --registered 500: the box's symbols are the
+first of 500 on the watchlist and symbol partitions, as in a whole-market deployment), executed in this process as a run worker
 executes it (the job reconstructed from the code location, in-process executor, events streamed) on a PostgreSQL instance with the project's storages and a
 PostgreSQL store. The process's RSS is sampled every 50 ms: after imports, before the run, its peak
 during the run and after it; the growth per asset partition is the peak over the before figure.
 With --steps, the RSS at each step's start and end and its peak in between (the step the run's
 peak falls in). With --trace N, tracemalloc's N largest allocation sites when its traced memory
 was highest (a snapshot whenever it passes its last one by 10% and 16 MB, sampled every 0.2 s), and at
-the run's end (slow: ~3x the wall). --provider alpaca|polygon fetches from the fake servers,
-started in a separate process (their memory is not the worker's), with the provider's real
-request shapes (Alpaca: 100 symbols x 260 m15 sessions a request, 10,000-bar pages; Polygon: one
-symbol a request); the demo provider answers a box's whole m15 in one request.
+the run's end (slow: ~3x the wall or more). --provider alpaca fetches from the fake servers,
+started in a separate process (their memory is not the worker's), with Alpaca's request shapes
+(100 symbols x 260 m15 sessions a request, 10,000-bar pages); the demo provider answers a box's
+whole m15 in one request.
 """
 
 from __future__ import annotations
@@ -93,8 +94,8 @@ def fake_server(provider: str) -> subprocess.Popen:
     config = FakeConfig()
     os.environ.update({
         "BACKFILL_PROVIDERS": provider, "ALPACA_DATA_URL": url, "ALPACA_API_KEY": config.alpaca_key,
-        "ALPACA_API_SECRET": config.alpaca_secret, "POLYGON_API_URL": url, "POLYGON_API_KEY": config.polygon_key,
-        "POLYGON_HISTORY_DAYS": "0", f"{provider.upper()}_RATE_LIMIT": "0",
+        "ALPACA_API_SECRET": config.alpaca_secret,
+        f"{provider.upper()}_RATE_LIMIT": "0",
     })
     return proc
 
@@ -106,7 +107,10 @@ def main() -> None:
     parser.add_argument("--trace", type=int, default=0, help="print tracemalloc's N largest sites at the peak")
     parser.add_argument("--repeat", type=int, default=1, help="runs in the same process, each on a fresh store")
     parser.add_argument("--steps", action="store_true", help="print each step's RSS at start and end and its peak")
-    parser.add_argument("--provider", choices=["demo", "alpaca", "polygon"], default="demo")
+    parser.add_argument("--provider", choices=["demo", "alpaca"], default="demo")
+    parser.add_argument("--registered", type=int, default=0,
+                        help="symbols on the watchlist and symbol partitions (default: the box's): a "
+                             "whole-market deployment's box run has 500 registered, whatever its box")
     args = parser.parse_args()
     server = fake_server(args.provider) if args.provider != "demo" else None
 
@@ -121,10 +125,11 @@ def main() -> None:
     imports_s, after_imports = time.perf_counter() - started, rss()
     calendar = xnys()
     sessions = calendar.sessions("2024-01-02", "2026-11-20")[: args.sessions]
-    symbols = [f"S{i:03d}" for i in range(args.symbols)]
+    registered = [f"S{i:03d}" for i in range(max(args.symbols, args.registered))]
+    symbols = registered[: args.symbols]
     n = len(symbols) * len(sessions)
     print(f"box run of all four assets: {len(symbols)} symbols x {len(sessions)} sessions = {n:,} partitions "
-          f"per asset, provider {args.provider}; imports {imports_s:.1f} s, RSS after imports "
+          f"per asset ({len(registered)} symbols registered), provider {args.provider}; imports {imports_s:.1f} s, RSS after imports "
           f"{after_imports / MB:.0f} MB", flush=True)
     if args.trace:
         import tracemalloc
@@ -132,14 +137,14 @@ def main() -> None:
         tracemalloc.start(10)
     try:
         run_all(args, recon=(ReconstructableJob, ReconstructableRepository), execute_run_iterator=execute_run_iterator,
-                symbols=symbols, sessions=sessions, n=n)
+                symbols=symbols, sessions=sessions, n=n, registered=registered)
     finally:
         if server is not None:
             server.terminate()
             server.wait()
 
 
-def run_all(args, recon, execute_run_iterator, symbols, sessions, n) -> None:
+def run_all(args, recon, execute_run_iterator, symbols, sessions, n, registered) -> None:
     import tracemalloc
 
     from backfill_dagster.orchestration.jobs import ALL_BARS_JOB
@@ -152,7 +157,7 @@ def run_all(args, recon, execute_run_iterator, symbols, sessions, n) -> None:
         for attempt in range(args.repeat):
             home = Path(tmp) / str(attempt)
             url = f"{PG}/{fresh_pg_database('bench_run_memory')}"
-            Watchlist(shared_engine(url)).add(symbols)
+            Watchlist(shared_engine(url)).add(registered)
             # As a run worker runs it: the job reconstructed from the code location (the settings
             # from the environment), its events streamed and dropped, not kept as
             # execute_in_process keeps them.
@@ -160,7 +165,7 @@ def run_all(args, recon, execute_run_iterator, symbols, sessions, n) -> None:
                                "BACKFILL_HISTORY_START": sessions[0].isoformat()})
             recon_job = ReconstructableJob(ReconstructableRepository.for_module("backfill_dagster", "defs"), ALL_BARS_JOB)
             with pg_instance(home / "dagster") as instance:
-                instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, symbols)
+                instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, registered)
                 run = instance.create_run_for_job(
                     job_def=recon_job.get_definition(), run_config=QUIET, job_code_origin=recon_job.get_python_origin(),
                     tags=range_tags((symbols[0], sessions[0]), (symbols[-1], sessions[-1])),

@@ -28,7 +28,7 @@ from backfill_dagster.orchestration.resources import StoreResource
 _LOOKUP_CHUNK = 1000
 # Partitions whose bars a check reads and compares at a time: a verdict is about one partition, so
 # the box is judged in consecutive chunks and only a chunk's bars are held (a box's m15 bars whole,
-# ~300,000 at 11,592 partitions, and its copies in the comparison were a worker's peak).
+# ~300,000 at 11,592 partitions, and their copies in the comparison were most of these steps' peaks).
 CHECK_PARTITIONS_PER_CHUNK = 2_000
 
 # A key's "|" in a markdown table cell, escaped so it does not split the cell.

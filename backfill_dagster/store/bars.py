@@ -195,8 +195,9 @@ class BarStore:
         """The stored bars of these partitions: a bar frame plus session, provider, adjustment.
 
         Rows are turned into columns `READ_BATCH_ROWS` at a time, each text value kept once: a row
-        as Python objects (~500 bytes: a float object per price, a datetime, three strings) is ~6x
-        its place in the frame, and the whole answer as rows was a worker's largest allocation."""
+        as Python objects (~500 bytes: a float object per price, a datetime, three strings) is
+        several times its place in the frame, and a box's bars as rows were most of the peak of
+        the steps that read them (derivations, checks: docs/benchmarks.md)."""
         ranges = self._ranges(partitions)
         parts = []
         shared: dict[str, str] = {}  # each symbol, provider and adjustment text once
