@@ -35,7 +35,11 @@ from backfill_dagster.store.bars import BarStore, CoverageEntry, Derivation
 
 Log = Callable[[str], None]
 
+# A derivation (one transaction) covers at most this many symbols and this many partitions: its m15
+# bars are read, resampled and written together, so its memory follows the chunk, not the run
+# (a run over 23 symbols x 504 sessions held ~300,000 m15 bars and their copies at once).
 DERIVE_SYMBOLS_PER_CHUNK = 25
+DERIVE_PARTITIONS_PER_CHUNK = 2_000
 
 
 @dataclass
@@ -309,10 +313,7 @@ def derive_partitions(
     report.bars_expected = _expected_total(wanted, timeframe, calendar, extended)
     wanted = _carry(wanted, committed, report, log)
 
-    symbols = sorted({s for s, _ in wanted})
-    for i in range(0, len(symbols), DERIVE_SYMBOLS_PER_CHUNK):
-        chunk_symbols = set(symbols[i : i + DERIVE_SYMBOLS_PER_CHUNK])
-        chunk = [p for p in wanted if p[0] in chunk_symbols]
+    for chunk in derive_chunks(wanted):
         _derive_chunk(chunk, timeframe, store, extended, clock, run_id, report, rewrite_reason)
     # Partitions recorded `empty` after their m15 keep that row: only the others are failed.
     failed = {p: e for p, e in report.failures.items() if p not in report.empty}
@@ -325,6 +326,28 @@ def derive_partitions(
     return report
 
 
+def derive_chunks(
+    wanted: Sequence[Partition], max_symbols: int | None = None, max_partitions: int | None = None
+) -> list[list[Partition]]:
+    """Sorted partitions cut into consecutive chunks of at most `max_symbols` symbols and
+    `max_partitions` partitions (DERIVE_SYMBOLS_PER_CHUNK, DERIVE_PARTITIONS_PER_CHUNK; a
+    symbol's sessions may span chunks)."""
+    max_symbols = max_symbols or DERIVE_SYMBOLS_PER_CHUNK
+    max_partitions = max_partitions or DERIVE_PARTITIONS_PER_CHUNK
+    chunks: list[list[Partition]] = []
+    chunk: list[Partition] = []
+    symbols: set[str] = set()
+    for partition in wanted:
+        if chunk and (len(chunk) >= max_partitions or (partition[0] not in symbols and len(symbols) >= max_symbols)):
+            chunks.append(chunk)
+            chunk, symbols = [], set()
+        chunk.append(partition)
+        symbols.add(partition[0])
+    if chunk:
+        chunks.append(chunk)
+    return chunks
+
+
 def _derive_chunk(
     chunk: Sequence[Partition],
     timeframe: Timeframe,
@@ -335,12 +358,14 @@ def _derive_chunk(
     report: IngestReport,
     rewrite_reason: str | None = None,
 ) -> None:
-    """Derive one chunk of symbols in one transaction that holds m15 still (BarStore.derivation):
+    """Derive one chunk of partitions in one transaction that holds m15 still (BarStore.derivation):
     the h1/h4 written are the resample of exactly the m15 stored, and record which m15 fetch."""
     source = timeframe.source
     symbols = sorted({s for s, _ in chunk})
     with store.derivation(source, timeframe, symbols) as tx:
-        status = {(r.symbol, r.session): r for r in tx.source_ledger(symbols).itertuples(index=False)}
+        sessions = [d for _, d in chunk]
+        ledger = tx.source_ledger(symbols, (min(sessions), max(sessions)))  # the chunk's sessions, not the symbols' history
+        status = {(r.symbol, r.session): r for r in ledger.itertuples(index=False)}
         ready = []
         for partition in chunk:
             row = status.get(partition)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import atexit
+import os
 import sys
 import uuid
 from pathlib import Path
@@ -22,8 +23,9 @@ EVENT_LOGS = ("bulk", "stock")
 
 
 def fresh_pg_database(prefix: str) -> str:
-    """A new, empty database, dropped when the benchmark's process exits."""
-    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    """A new, empty database, dropped when the benchmark's process exits (its name starts with
+    $BENCH_DB_PREFIX, if set: benchmarks sharing a server tell their databases apart)."""
+    name = f"{os.environ.get('BENCH_DB_PREFIX', '')}{prefix}_{uuid.uuid4().hex[:8]}"
     create_database(PG_ADMIN, name)
     atexit.register(drop_database, PG_ADMIN, name)
     return name

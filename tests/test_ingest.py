@@ -158,6 +158,56 @@ def test_derive_refuses_partitions_whose_m15_is_missing(store, calendar):
     assert "its m15 partition is never fetched; materialize bars_m15 for it first" in report.failures[parts[2]]
 
 
+
+def test_derive_chunks_hold_at_most_their_symbols_and_partitions():
+    from backfill_dagster.ingest import derive_chunks
+
+    wanted = sorted(box([f"S{i:02d}" for i in range(7)], THANKSGIVING_WEEK))
+    for max_symbols, max_partitions in ((3, 100), (25, 5), (2, 3), (1, 1)):
+        chunks = derive_chunks(wanted, max_symbols, max_partitions)
+        assert [p for c in chunks for p in c] == wanted
+        assert all(len(c) <= max_partitions and len({s for s, _ in c}) <= max_symbols for c in chunks)
+    assert [len(c) for c in derive_chunks(wanted, 3, 100)] == [12, 12, 4]  # whole symbols while they fit
+    assert [len(c) for c in derive_chunks(wanted, 25, 5)] == [5] * 5 + [3]  # a symbol's sessions split
+
+
+def test_derive_in_chunks_writes_what_one_chunk_writes(store, calendar, monkeypatch):
+    """A derivation is a transaction over a chunk of at most DERIVE_PARTITIONS_PER_CHUNK partitions
+    (memory follows the chunk): chunks of 3 write the bars and ledger rows one chunk writes, and
+    report the same, a partition whose m15 is missing included."""
+    import sqlalchemy as sa
+
+    from backfill_dagster import ingest
+    from backfill_dagster.store.schema import bar_coverage, ohlc_bars
+
+    parts = box(["AAPL", "MSFT"], THANKSGIVING_WEEK)
+    fetch_partitions(parts[1:], Timeframe.M15, Router([Scripted(calendar, "demo")], calendar), store, clock=LATER)
+
+    def derived():
+        out = []
+        for timeframe in (Timeframe.H1, Timeframe.H4):
+            report = derive_partitions(parts, timeframe, store, clock=LATER)
+            out.append((sorted(report.written), report.bars_written, report.failures, dict(report.served_by)))
+        with store.engine.connect() as conn:
+            bars = conn.execute(sa.select(ohlc_bars).where(ohlc_bars.c.timeframe != "m15")
+                                .order_by(ohlc_bars.c.symbol, ohlc_bars.c.timeframe, ohlc_bars.c.ts)).all()
+            ledger = conn.execute(sa.select(*[c for c in bar_coverage.c if c.name not in ("updated_at", "attempts")])
+                                  .where(bar_coverage.c.timeframe != "m15")
+                                  .order_by(bar_coverage.c.symbol, bar_coverage.c.timeframe, bar_coverage.c.session)).all()
+        with store.engine.begin() as conn:
+            conn.execute(sa.delete(ohlc_bars).where(ohlc_bars.c.timeframe != "m15"))
+            conn.execute(sa.delete(bar_coverage).where(bar_coverage.c.timeframe != "m15"))
+        return out, bars, ledger
+
+    whole = derived()
+    monkeypatch.setattr(ingest, "DERIVE_PARTITIONS_PER_CHUNK", 3)
+    chunked = derived()
+    assert chunked == whole
+    h1_written, h1_bars, h1_failures, _ = whole[0][0]
+    assert h1_written == parts[1:] and h1_bars == 2 * (7 * 3 + 4) - 7  # AAPL 2024-11-25 never fetched
+    assert list(h1_failures) == [parts[0]] and "never fetched" in h1_failures[parts[0]]
+
+
 # ---------------------------------------------------------------- coverage you can trust
 class Clock:
     """A shared virtual clock: the provider reads it before it answers, and the answer takes time."""

@@ -26,6 +26,10 @@ from backfill_dagster.orchestration.resources import StoreResource
 
 # Partition keys per query when looking for the newest materialization among a run's partitions.
 _LOOKUP_CHUNK = 1000
+# Partitions whose bars a check reads and compares at a time: a verdict is about one partition, so
+# the box is judged in consecutive chunks and only a chunk's bars are held (a box's m15 bars whole,
+# ~300,000 at 11,592 partitions, and their copies in the comparison were most of these steps' peaks).
+CHECK_PARTITIONS_PER_CHUNK = 2_000
 
 # A key's "|" in a markdown table cell, escaped so it does not split the cell.
 _ESCAPED_BAR = "\\|"
@@ -85,10 +89,30 @@ def newest_materialization(
     return _target(newest) if newest is not None else None
 
 
+def latest_materialization(
+    instance: dg.DagsterInstance, asset_key: dg.AssetKey
+) -> AssetCheckEvaluationTargetMaterializationData | None:
+    """The asset's latest materialization, if any: the target Dagster gives an AssetCheckResult of
+    an unpartitioned check on a partitioned asset (its input asset version info: the asset record's
+    last materialization; none when the record holds only an observation)."""
+    record = instance.get_asset_records([asset_key])
+    latest = record[0].asset_entry.last_materialization_record if record else None
+    return _target(latest) if latest is not None else None
+
+
 def _target(record: dg.EventLogRecord) -> AssetCheckEvaluationTargetMaterializationData:
     return AssetCheckEvaluationTargetMaterializationData(
         storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp
     )
+
+
+def partition_chunks(partitions: Sequence[Partition], size: int | None = None) -> list[list[Partition]]:
+    """The distinct partitions in order (symbol, then session), in consecutive chunks of at most
+    `size` (CHECK_PARTITIONS_PER_CHUNK): judged chunk by chunk, their verdicts come in the order
+    the rules give them for the whole box."""
+    size = size or CHECK_PARTITIONS_PER_CHUNK
+    ordered = sorted(set(partitions))
+    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
 def summary_metadata(summary: quality.Summary, partitions: Sequence[Partition]) -> dict[str, object]:
@@ -178,7 +202,10 @@ def completeness_check(m15: dg.AssetsDefinition, warn_below: float) -> dg.AssetC
         if partitions is None:
             yield from skip_without_partitions(context, m15.key, COMPLETENESS)
             return
-        ledger = store.bar_store(xnys()).coverage(Timeframe.M15, sorted({s for s, _ in partitions}))
+        sessions = [d for _, d in partitions]
+        ledger = store.bar_store(xnys()).coverage(  # the box's rows, not the symbols' whole history
+            Timeframe.M15, sorted({s for s, _ in partitions}), sessions=(min(sessions), max(sessions))
+        )
         verdicts = quality.completeness(ledger, partitions, warn_below=warn_below)
         yield from summary_events(
             context, m15.key, COMPLETENESS, quality.Severity.WARN, verdicts, partitions,
@@ -206,10 +233,14 @@ def consistency_check(derived: dg.AssetsDefinition, timeframe: Timeframe) -> dg.
             return
         calendar = xnys()
         bars = store.bar_store(calendar)
-        verdicts = quality.derived_consistency(
-            bars.read_bars(Timeframe.M15, partitions), bars.read_bars(timeframe, partitions),
-            timeframe, partitions, calendar, extended=store.extended_hours,
-        )
+        verdicts = [
+            verdict
+            for chunk in partition_chunks(partitions)
+            for verdict in quality.derived_consistency(
+                bars.read_bars(Timeframe.M15, chunk), bars.read_bars(timeframe, chunk),
+                timeframe, chunk, calendar, extended=store.extended_hours,
+            )
+        ]
         yield from summary_events(context, derived.key, MATCHES_M15, quality.Severity.ERROR, verdicts, partitions)
 
     return _consistency
@@ -233,9 +264,13 @@ def daily_check(d1: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
             return
         calendar = xnys()
         bars = store.bar_store(calendar)
-        verdicts = quality.daily_agreement(
-            bars.read_bars(Timeframe.M15, partitions), bars.read_bars(Timeframe.D1, partitions), partitions, calendar
-        )
+        verdicts = [
+            verdict
+            for chunk in partition_chunks(partitions)
+            for verdict in quality.daily_agreement(
+                bars.read_bars(Timeframe.M15, chunk), bars.read_bars(Timeframe.D1, chunk), chunk, calendar
+            )
+        ]
         yield from summary_events(context, d1.key, BOUNDS_M15, quality.Severity.WARN, verdicts, partitions)
 
     return _daily

@@ -12,12 +12,13 @@ rule is in backfill_dagster/domain/split_jumps.py.
 from datetime import date
 
 import dagster as dg
+from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluation
 
 from backfill_dagster.domain.calendar import xnys
 from backfill_dagster.domain.corporate_actions import ratio_text
 from backfill_dagster.domain.split_jumps import SPLIT_RATIOS, TOLERANCE, suspected_splits
 from backfill_dagster.domain.timeframes import Timeframe
-from backfill_dagster.orchestration.checks import skip_without_partitions
+from backfill_dagster.orchestration.checks import latest_materialization, skip_without_partitions
 from backfill_dagster.orchestration.partitions import SYMBOLS_PARTITIONS_NAME, parse_partition_key
 from backfill_dagster.orchestration.resources import StoreResource
 
@@ -42,11 +43,13 @@ def run_box(context: dg.AssetCheckExecutionContext) -> tuple[list[str], date, da
 def suspected_split_check(d1: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
     watched = ", ".join(ratio_text(r) for r in SPLIT_RATIOS)
 
+    spec = dg.AssetCheckSpec(CHECK, asset=d1, description=(
+        f"Warns when a session's open is the previous close divided by a split ratio ({watched}, within "
+        f"{TOLERANCE:.0%}) and no provider reported a split that day: history on two share bases. "
+        "One result per run, naming symbol, session and ratio."))
+
     @dg.multi_asset_check(
-        specs=[dg.AssetCheckSpec(CHECK, asset=d1, description=(
-            f"Warns when a session's open is the previous close divided by a split ratio ({watched}, within "
-            f"{TOLERANCE:.0%}) and no provider reported a split that day: history on two share bases. "
-            "One result per run, naming symbol, session and ratio."))],
+        specs=[spec],
         can_subset=True,
         name=f"{d1.key.to_python_identifier()}_{CHECK}",
     )
@@ -74,7 +77,15 @@ def suspected_split_check(d1: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
             description = f"{len(suspects)} jump(s) like an unrecorded split; first: {suspects[0].describe()}"
         else:
             description = f"no jump like a split without a recorded split ({len(symbols)} symbol(s), {first}..{last})"
-        yield dg.AssetCheckResult(asset_key=d1.key, check_name=CHECK, passed=not suspects,
-                                  severity=dg.AssetCheckSeverity.WARN, description=description, metadata=metadata)
+        # What Dagster makes of an AssetCheckResult (the check's output, then its evaluation about the
+        # asset's latest materialization), built here: for that target Dagster lists every key of
+        # the partitions (all symbols x all sessions, ~250,000 MultiPartitionKeys at 500 symbols,
+        # ~180 MB) and keeps the list for the worker's life.
+        yield dg.Output(None, output_name=spec.get_python_identifier())
+        yield AssetCheckEvaluation(
+            asset_key=d1.key, check_name=CHECK, passed=not suspects, severity=dg.AssetCheckSeverity.WARN,
+            description=description, metadata=metadata, blocking=spec.blocking,
+            target_materialization_data=latest_materialization(context.instance, d1.key),
+        )
 
     return _no_unrecorded_split

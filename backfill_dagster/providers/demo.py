@@ -60,7 +60,9 @@ class DemoProvider(Provider):
         period = Timeframe.M15.period.value
         windows = [tuple(t.value for t in cal.window(d, request.extended)) for d in sessions]
         hours = [(cal.open(d).value, cal.close(d).value) for d in sessions]
-        symbols, times, rows = [], [], []
+        # Arrays of each symbol and session's bars, joined once: a list entry per bar (a numpy row
+        # and a scalar each) was ~200 bytes a bar, ~60 MB for a box's m15 of 300,000 bars.
+        symbols, counts, times, rows = [], [], [], []
         for symbol in request.symbols:
             for i, session in enumerate(sessions):
                 t = starts[bounds[i]:bounds[i + 1]]
@@ -71,22 +73,24 @@ class DemoProvider(Provider):
                     if hours[i][1] <= now_ns:
                         day = day_values(values[(t >= hours[i][0]) & (t < hours[i][1])])
                         if day is not None:
-                            times.append(cal.midnight(session).value)
-                            rows.append(day)
+                            times.append(np.array([cal.midnight(session).value], dtype=np.int64))
+                            rows.append(np.array([day], dtype=np.float64))
                             symbols.append(symbol)
+                            counts.append(1)
                     continue
                 done = t + period <= now_ns  # only bars that have finished by now exist yet
                 keep = done & (t >= windows[i][0]) & (t < windows[i][1])
-                times.extend(t[keep])
-                rows.extend(values[keep])
-                symbols.extend([symbol] * int(keep.sum()))
-        if not rows:
+                times.append(t[keep])
+                rows.append(values[keep])
+                symbols.append(symbol)
+                counts.append(int(keep.sum()))
+        if not sum(counts):
             return FetchResult(bars=empty_bars(), api_calls=0, complete_through=now)
-        values = np.asarray(rows)
+        values = np.concatenate(rows)
         bars = bars_frame(
             {
-                "symbol": symbols,
-                "ts": pd.DatetimeIndex(np.asarray(times, dtype="datetime64[ns]")).tz_localize("UTC"),
+                "symbol": np.repeat(np.array(symbols, dtype=object), counts),
+                "ts": pd.DatetimeIndex(np.concatenate(times).astype("datetime64[ns]")).tz_localize("UTC"),
                 **{c: values[:, k] for k, c in enumerate(VALUE_COLUMNS)},
             }
         )

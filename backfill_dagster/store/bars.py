@@ -24,7 +24,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from backfill_dagster.domain.bars import bars_frame, empty_bars
-from backfill_dagster.domain.calendar import NEW_YORK, SessionCalendar, contiguous_runs, xnys
+from backfill_dagster.domain.calendar import NEW_YORK, SessionCalendar, contiguous_runs, epoch_ns, xnys
 from backfill_dagster.domain.ledger import Decision, LedgerStatus, Partition, Stored, judge
 from backfill_dagster.domain.split_basis import missing_bars
 from backfill_dagster.domain.timeframes import Timeframe
@@ -192,27 +192,35 @@ class BarStore:
     def read_bars(
         self, timeframe: Timeframe, partitions: Iterable[Partition], *, conn: Connection | None = None
     ) -> pd.DataFrame:
-        """The stored bars of these partitions: a bar frame plus session, provider, adjustment."""
+        """The stored bars of these partitions: a bar frame plus session, provider, adjustment.
+
+        PostgreSQL: one COPY parsed by pandas (pg_copy.read_bar_ranges), no Python object per value.
+        SQLite: rows turned into columns `READ_BATCH_ROWS` at a time, each text value kept once: a
+        row as Python objects (~500 bytes: a float object per price, a datetime, three strings) is
+        several times its place in the frame, and a box's bars as rows were most of the peak of
+        the steps that read them (derivations, checks: docs/benchmarks.md)."""
         ranges = self._ranges(partitions)
-        if not ranges:
-            return _with_session(empty_bars().assign(provider=[], adjustment=[]), self.calendar, timeframe)
+        parts = []
         with _connection(self.engine, conn) as c:
-            if self.is_postgres:
-                frames = [read_bar_ranges(c.connection.driver_connection, timeframe.value, ranges)]
-            else:
-                frames = [self._read_range(c, timeframe, *bounds) for bounds in ranges]
-        frames = [f for f in frames if not f.empty]
-        if not frames:
+            if self.is_postgres and ranges:
+                raw = read_bar_ranges(c.connection.driver_connection, timeframe.value, ranges)
+                if len(raw):
+                    parts.append(_stored_bars(raw, None))
+            elif ranges:
+                shared: dict[str, str] = {}  # each symbol, provider and adjustment text once
+                for bounds in ranges:
+                    result = c.execute(self._range_query(timeframe, *bounds))
+                    columns = list(result.keys())
+                    for rows in result.partitions(READ_BATCH_ROWS):
+                        parts.append(_stored_bars(pd.DataFrame([tuple(r) for r in rows], columns=columns), shared))
+        if not parts:
             return _with_session(empty_bars().assign(provider=[], adjustment=[]), self.calendar, timeframe)
-        raw = pd.concat(frames, ignore_index=True)
-        out = bars_frame(raw)
-        out["provider"] = raw["provider"].to_numpy()
-        out["adjustment"] = raw["adjustment"].to_numpy()
-        return _with_session(out, self.calendar, timeframe)
+        out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+        return _with_session(out, self.calendar, timeframe, copy=False)
 
     @staticmethod
-    def _read_range(c: Connection, timeframe: Timeframe, symbol: str, lo: pd.Timestamp, hi: pd.Timestamp) -> pd.DataFrame:
-        query = (
+    def _range_query(timeframe: Timeframe, symbol: str, lo: pd.Timestamp, hi: pd.Timestamp) -> sa.Select:
+        return (
             sa.select(*[ohlc_bars.c[col] for col in BAR_STORE_COLUMNS if col != "timeframe"])
             .where(ohlc_bars.c.symbol == symbol)
             .where(ohlc_bars.c.timeframe == timeframe.value)
@@ -220,16 +228,17 @@ class BarStore:
             .where(ohlc_bars.c.ts < hi.to_pydatetime())
             .order_by(ohlc_bars.c.ts)
         )
-        return result_frame(c.execute(query))
 
     def coverage(
         self,
         timeframe: Timeframe | None = None,
         symbols: Sequence[str] | None = None,
         *,
+        sessions: tuple[date, date] | None = None,
         conn: Connection | None = None,
     ) -> pd.DataFrame:
-        """Coverage ledger rows, optionally for one timeframe and some symbols."""
+        """Coverage ledger rows, optionally for one timeframe, some symbols and the sessions
+        `sessions` = (first, last), both included."""
         query = sa.select(bar_coverage).order_by(
             bar_coverage.c.symbol, bar_coverage.c.timeframe, bar_coverage.c.session
         )
@@ -237,6 +246,8 @@ class BarStore:
             query = query.where(bar_coverage.c.timeframe == timeframe.value)
         if symbols is not None:
             query = query.where(bar_coverage.c.symbol.in_(list(symbols)))
+        if sessions is not None:
+            query = query.where(bar_coverage.c.session.between(*sessions))
         with _connection(self.engine, conn) as c:
             result = c.execute(query)
             return result_frame(result)
@@ -518,8 +529,8 @@ class Derivation:
     def read_source(self, partitions: Iterable[Partition]) -> pd.DataFrame:
         return self._store.read_bars(self.source, partitions, conn=self._conn)
 
-    def source_ledger(self, symbols: Sequence[str]) -> pd.DataFrame:
-        return self._store.coverage(self.source, symbols, conn=self._conn)
+    def source_ledger(self, symbols: Sequence[str], sessions: tuple[date, date] | None = None) -> pd.DataFrame:
+        return self._store.coverage(self.source, symbols, sessions=sessions, conn=self._conn)
 
     def replace(self, bars: pd.DataFrame, coverage: Sequence[CoverageEntry], *, provider: str, adjustment: str,
                 fetched_at: pd.Timestamp, run_id: str | None = None, rewrite_reason: str | None = None) -> WriteResult:
@@ -559,16 +570,35 @@ _STICKY = frozenset({"rewrite_reason"})
 # An attempt that wrote nothing keeps what the last success recorded (its bars are still stored).
 _ON_FAILURE = ("error", "run_id", "updated_at")
 
+# Stored rows read at a time (read_bars).
+READ_BATCH_ROWS = 20_000
+
+
+def _stored_bars(raw: pd.DataFrame, shared: dict[str, str] | None) -> pd.DataFrame:
+    """A bar frame plus provider and adjustment from rows read from ohlc_bars, with each text value
+    one object however many rows hold it (`shared` collects them across parts; None: the frame's
+    texts are shared already, as read_bar_ranges returns them)."""
+    if shared is not None:
+        for column in ("symbol", "provider", "adjustment"):
+            raw[column] = pd.array([shared.setdefault(v, v) for v in raw[column]], dtype=raw[column].dtype)
+    out = bars_frame(raw)
+    out["provider"] = raw["provider"].to_numpy()
+    out["adjustment"] = raw["adjustment"].to_numpy()
+    return out
+
+
 def _ny_midnight(day: date) -> pd.Timestamp:
     return pd.Timestamp(day).tz_localize(NEW_YORK).tz_convert("UTC")
 
 
-def _with_session(frame: pd.DataFrame, calendar: SessionCalendar, timeframe: Timeframe) -> pd.DataFrame:
-    frame = frame.copy()
+def _with_session(frame: pd.DataFrame, calendar: SessionCalendar, timeframe: Timeframe, copy: bool = True) -> pd.DataFrame:
+    """The frame with each bar's session (`copy`: a new frame; else the column is added to this one)."""
+    if copy:
+        frame = frame.copy()
     if frame.empty:
         frame["session"] = pd.Series([], dtype=object)
         return frame
-    frame["session"] = calendar.locate(frame["ts"], timeframe, extended=True)["session"].to_numpy()
+    frame["session"] = calendar.session_dates(calendar.locate_ns(epoch_ns(frame["ts"]), timeframe, extended=True)[0])
     return frame
 
 

@@ -10,6 +10,7 @@ layout: a numpy structured array whose bytes are the COPY data. bench/store_writ
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -24,34 +25,53 @@ _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 UTC in Unix microseconds
 TEXT, FLOAT8, INT8, TIMESTAMPTZ = "text", "float8", "int8", "timestamptz"
 
 
+# Rows encoded at a time: COPY data is sent in parts of about this many rows (~9 MB at ~140 bytes a
+# row), so the encoding's memory follows the part, not the write (a request's answer can be
+# ~400,000 bars: its data whole, then copied into one bytes object and joined into another, was
+# ~160 MB at once).
+PART_ROWS = 65_536
+
+
 def encode(frame: pd.DataFrame, types: dict[str, str]) -> bytes:
     """Binary COPY data (header, tuples, trailer) for `frame`'s columns in `types` order."""
+    return b"".join(encode_parts(frame, types))
+
+
+def encode_parts(frame: pd.DataFrame, types: dict[str, str], part_rows: int | None = None) -> Iterator[bytes | memoryview]:
+    """`encode`'s data in consecutive parts (header, tuples of at most `part_rows` rows, default
+    PART_ROWS, trailer): the same bytes, in the same order, never all in memory at once."""
+    part_rows = part_rows or PART_ROWS
     columns = list(types)
-    parts = [HEADER]
+    yield HEADER
     if len(frame):
         text_cols = [c for c in columns if types[c] == TEXT]
         nullable = [c for c in columns if types[c] != TEXT]
         # One integer key per row: the codes of its text values and one bit per NULL field.
         key = np.zeros(len(frame), dtype=np.int64)
-        uniques = {}
         for c in text_cols:
             codes, values = pd.factorize(frame[c], use_na_sentinel=False)
-            uniques[c] = values
             key = key * (len(values) + 1) + codes
         for c in nullable:
             key = key * 2 + frame[c].isna().to_numpy()
         groups, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        del key
         for g in range(len(groups)):
-            rows = frame.iloc[np.flatnonzero(inverse == g)] if len(groups) > 1 else frame
+            positions = np.flatnonzero(inverse == g) if len(groups) > 1 else None
             head = frame.iloc[first[g]]
             texts = {c: head[c] for c in text_cols}
             nulls = {c: bool(pd.isna(head[c])) for c in nullable}
-            parts.append(_encode_group(rows, columns, types, texts, nulls))
-    parts.append(TRAILER)
-    return b"".join(parts)
+            count = len(frame) if positions is None else len(positions)
+            for start in range(0, count, part_rows):
+                if positions is None:
+                    rows = frame.iloc[start : start + part_rows] if count > part_rows else frame
+                else:
+                    rows = frame.iloc[positions[start : start + part_rows]]
+                yield memoryview(_encode_group(rows, columns, types, texts, nulls).view(np.uint8))
+    yield TRAILER
 
 
-def _encode_group(rows, columns, types, texts, nulls) -> bytes:
+def _encode_group(rows, columns, types, texts, nulls) -> np.ndarray:
+    """The rows' tuples as a structured array whose bytes are their COPY data."""
     fields: list[tuple] = [("count", ">i2")]
     for c in columns:
         fields.append((f"{c}__len", ">i4"))
@@ -79,7 +99,7 @@ def _encode_group(rows, columns, types, texts, nulls) -> bytes:
                 out[c] = rows[c].to_numpy(dtype=np.int64)
             else:
                 out[c] = epoch_ns(rows[c]) // 1000 - _PG_EPOCH_US
-    return out.tobytes()
+    return out
 
 
 BAR_COPY_TYPES = {
@@ -99,11 +119,11 @@ BAR_COPY_TYPES = {
 
 
 def copy_frame(pg_connection, rows: pd.DataFrame, table: str = "ohlc_bars") -> None:
-    """COPY bar rows into a table over a psycopg 3 connection, in the binary format."""
-    data = encode(rows, BAR_COPY_TYPES)
+    """COPY bar rows into a table over a psycopg 3 connection, in the binary format, a part at a time."""
     with pg_connection.cursor() as cursor:
         with cursor.copy(f"COPY {table} ({', '.join(BAR_COPY_TYPES)}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.write(data)
+            for part in encode_parts(rows, BAR_COPY_TYPES):
+                copy.write(part)
 
 
 # The stored bars of (symbol, [lo, hi)) ranges, in the ranges' order and by time within each.
@@ -118,9 +138,9 @@ _COPY_BARS_OUT = (
     "ORDER BY r.k, b.ts) TO STDOUT (FORMAT csv)"
 )
 _OUT_COLUMNS = ["symbol", "ts", "open", "high", "low", "close", "volume", "vwap", "trade_count", "provider", "adjustment"]
-_OUT_DTYPES = {"symbol": str, "ts": "int64", "open": "float64", "high": "float64", "low": "float64",
+_OUT_DTYPES = {"symbol": "category", "ts": "int64", "open": "float64", "high": "float64", "low": "float64",
                "close": "float64", "volume": "float64", "vwap": "float64", "trade_count": "Int64",
-               "provider": str, "adjustment": str}
+               "provider": "category", "adjustment": "category"}
 
 
 def read_bar_ranges(pg_connection, timeframe: str, ranges) -> pd.DataFrame:
@@ -144,4 +164,7 @@ def read_bar_ranges(pg_connection, timeframe: str, ranges) -> pd.DataFrame:
     raw = pd.read_csv(buffer, header=None, names=_OUT_COLUMNS, dtype=_OUT_DTYPES, keep_default_na=False,
                       na_values={"vwap": [""], "trade_count": [""]})
     raw["ts"] = pd.to_datetime(raw["ts"], unit="us", utc=True).dt.as_unit("ns")
+    for column in ("symbol", "provider", "adjustment"):
+        # Parsed as categories, so each distinct text is one object however many bars hold it.
+        raw[column] = raw[column].astype(object)
     return raw

@@ -276,3 +276,99 @@ def test_the_per_partition_query_names_the_partitions_the_checks_fail(tmp_path, 
         ("bars_m15", "2024-11-25|AAPL"), ("bars_h1", "2024-11-26|MSFT"),
         ("bars_h4", "2024-11-29|AAPL"), ("bars_d1", "2024-11-27|AAPL"),
     }
+
+
+def test_a_box_judged_in_chunks_gets_the_summaries_judged_whole(defs, instance, store_url, calendar, monkeypatch):
+    """The checks read and compare a box's bars a chunk of partitions at a time (memory follows the
+    chunk): with chunks of 3 partitions, every summary (verdicts, worst partitions, figures) is the
+    one the whole box judged at once gives, faults in several chunks included; and the completeness
+    check reads only the box's ledger rows, whatever else is stored for its symbols."""
+    from backfill_dagster.orchestration import checks
+
+    add_symbols(instance, store_url, ["AAPL", "MSFT"])
+    sessions = calendar.sessions("2024-11-18", "2024-12-02")
+    assert run_box(defs, instance, ["AAPL", "MSFT"], sessions).success
+    engine = shared_engine(store_url)
+    with engine.begin() as conn:
+        conn.execute(sa.update(bar_coverage).where(
+            bar_coverage.c.symbol == "AAPL", bar_coverage.c.timeframe == "m15",
+            bar_coverage.c.session == date(2024, 11, 19)).values(bars=5))
+        for timeframe, symbol, ts, change in (("h1", "MSFT", "2024-11-21 16:30", {"high": ohlc_bars.c.high + 1}),
+                                              ("h1", "AAPL", "2024-11-26 16:30", {"low": ohlc_bars.c.low - 0.5}),
+                                              ("h4", "AAPL", "2024-11-29 14:30", {"low": ohlc_bars.c.low - 0.5}),
+                                              ("d1", "AAPL", "2024-11-27 05:00", {"volume": 1.0}),
+                                              ("d1", "MSFT", "2024-11-19 05:00", {"volume": 1.0})):
+            changed = conn.execute(
+                sa.update(ohlc_bars)
+                .where(ohlc_bars.c.symbol == symbol, ohlc_bars.c.timeframe == timeframe,
+                       ohlc_bars.c.ts == sa.bindparam("bar_start", type_=ohlc_bars.c.ts.type))
+                .values(change),
+                {"bar_start": pd.Timestamp(ts, tz="UTC").to_pydatetime()},
+            ).rowcount
+            assert changed == 1, (timeframe, ts)
+
+    def summaries(first, last):
+        out = {}
+        for check in CHECKS:
+            result = check_only(defs, check).execute_in_process(instance=instance, tags=range_tags(first, last))
+            (evaluation,) = result.get_asset_check_evaluations()
+            out[check] = (evaluation.passed, evaluation.severity, evaluation.description,
+                          {k: v.value for k, v in evaluation.metadata.items()})
+        return out
+
+    inner = (("AAPL", sessions[1]), ("MSFT", sessions[-2]))  # ledger rows on both sides of the box
+    whole = {box: summaries(*box) for box in [(("AAPL", sessions[0]), ("MSFT", sessions[-1])), inner]}
+    monkeypatch.setattr(checks, "CHECK_PARTITIONS_PER_CHUNK", 3)
+    assert [len(c) for c in checks.partition_chunks([(s, d) for d in sessions for s in ("MSFT", "AAPL")])] == [3] * 6 + [2]
+    chunked = {box: summaries(*box) for box in whole}
+    assert chunked == whole
+    judged = whole[inner]
+    assert [judged[c][0] for c in CHECKS] == [False, False, False, False]
+    assert judged[CHECKS[0]][3]["partitions_checked"] == 16 and judged[CHECKS[0]][3]["bars_expected"] == 2 * (7 * 26 + 14)
+    assert judged[CHECKS[1]][2].startswith("2 of 16 partition(s) failed")
+
+
+def test_the_split_check_evaluation_is_the_one_dagster_makes_of_an_asset_check_result(defs, instance, store_url, calendar):
+    """bars_d1:no_unrecorded_split builds its evaluation itself: the same as Dagster's from an
+    AssetCheckResult (target: the asset's latest materialization; not blocking; no partition), and
+    without Dagster's list of every key of the partitions (all symbols x all sessions), which it
+    keeps for the worker's life."""
+    from dagster._core.definitions.partitions.definition.multi import MultiPartitionsDefinition
+    from dagster_shared.record import as_dict
+
+    add_symbols(instance, store_url, ["AAPL", "MSFT"])
+    sessions = calendar.sessions("2024-11-18", "2024-11-22")
+    tags = range_tags(("AAPL", sessions[0]), ("MSFT", sessions[-1]))
+    assert run_box(defs, instance, ["AAPL", "MSFT"], sessions).success
+    assert defs.resolve_implicit_global_asset_job_def().get_subset(  # a later materialization, one partition
+        asset_selection={dg.AssetKey("bars_d1")}, asset_check_selection=set()
+    ).execute_in_process(instance=instance, partition_key="2024-11-20|AAPL").success
+    latest = instance.get_latest_materialization_event(dg.AssetKey("bars_d1"))
+
+    split_check = dg.AssetCheckKey(dg.AssetKey("bars_d1"), "no_unrecorded_split")
+    all_keys = MultiPartitionsDefinition._get_partition_keys
+    all_keys.cache_clear()
+    ours = check_only(defs, split_check).execute_in_process(instance=instance, tags=tags)
+    (evaluation,) = ours.get_asset_check_evaluations()
+    assert all_keys.cache_info().misses == 0  # no list of every key was made
+    assert evaluation.target_materialization_data.run_id == latest.run_id
+    assert shown(instance, split_check)[0] == Resolved.SUCCEEDED  # about the latest materialization
+
+    # Dagster's own way: the same result yielded as an AssetCheckResult by a twin of the check.
+    twin_spec = dg.AssetCheckSpec("twin", asset="bars_d1")
+
+    @dg.multi_asset_check(specs=[twin_spec], can_subset=True)
+    def twin(context):
+        yield dg.AssetCheckResult(asset_key="bars_d1", check_name="twin", passed=evaluation.passed,
+                                  severity=evaluation.severity, description=evaluation.description,
+                                  metadata=evaluation.metadata)
+
+    d1_spec = dg.AssetSpec("bars_d1", partitions_def=defs.resolve_assets_def("bars_d1").partitions_def)
+    stock = dg.Definitions(assets=[d1_spec], asset_checks=[twin]).resolve_implicit_global_asset_job_def().get_subset(
+        asset_check_selection={twin_spec.key}, asset_selection=set()
+    ).execute_in_process(instance=instance, tags=tags)
+    (theirs,) = stock.get_asset_check_evaluations()
+    assert all_keys.cache_info().misses == 1  # Dagster's way lists them
+    assert as_dict(theirs) == {**as_dict(evaluation), "check_name": "twin"}
+    assert evaluation.blocking is False and evaluation.partition is None
+    assert len(ours.get_step_success_events()) == len(stock.get_step_success_events()) == 1

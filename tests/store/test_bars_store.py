@@ -309,3 +309,46 @@ def test_postgres_reads_bars_by_copy_exactly_as_sqlite_reads_rows(pg_url, sqlite
     assert len(merged) == len(on_pg)
     for column in ("open", "high", "low", "close", "volume"):
         assert (merged[column] == merged[f"{column}_written"]).all(), column
+
+
+def test_bars_are_written_and_read_in_parts_exactly_as_whole(store, monkeypatch):
+    """COPY data goes out a part at a time and stored rows come back a batch at a time (memory
+    follows the part): with parts of 7 rows and batches of 10, what is stored and read back is what
+    one part and one batch give, NULL vwap and trade_count included."""
+    from backfill_dagster.store import bars as bar_module, pg_copy
+
+    sessions = THANKSGIVING_WEEK
+    frames = {s: m15(store.calendar, s, sessions) for s in ("AAPL", "MSFT")}
+    frames["MSFT"].loc[3:9, "vwap"] = float("nan")
+    frames["MSFT"].loc[5:20, "trade_count"] = pd.NA
+
+    def write_and_read():
+        for symbol, bars in frames.items():
+            write(store, symbol, sessions, bars=bars)
+        stored = dump(store)
+        partitions = [(s, d) for s in frames for d in sessions]
+        return stored, store.read_bars(Timeframe.M15, partitions)
+
+    whole_rows, whole = write_and_read()
+    monkeypatch.setattr(pg_copy, "PART_ROWS", 7)
+    monkeypatch.setattr(bar_module, "READ_BATCH_ROWS", 10)
+    with store.engine.begin() as conn:
+        conn.execute(sa.delete(ohlc_bars))
+    parts_rows, parts = write_and_read()
+    assert parts_rows == whole_rows and len(whole_rows) == 2 * (26 * 3 + 14)
+    pd.testing.assert_frame_equal(parts, whole, check_exact=True)
+    source = pd.concat(frames.values(), ignore_index=True)
+    pd.testing.assert_frame_equal(parts[list(source.columns)], source, check_exact=True)
+    assert list(parts.columns) == [*source.columns, "provider", "adjustment", "session"]
+    assert set(parts["provider"]) == {"demo:synthetic"} and set(parts["adjustment"]) == {"split"}
+    assert list(parts["session"]) == [d for s in frames for d in sessions for _ in range(26 if d != date(2024, 11, 29) else 14)]
+
+
+def test_coverage_can_be_read_for_a_span_of_sessions(store):
+    write(store, "AAPL", THANKSGIVING_WEEK)
+    write(store, "MSFT", THANKSGIVING_WEEK)
+    every = store.coverage(Timeframe.M15, ["AAPL"])
+    span = store.coverage(Timeframe.M15, ["AAPL"], sessions=(date(2024, 11, 26), date(2024, 11, 27)))
+    assert list(every["session"]) == list(THANKSGIVING_WEEK)
+    assert list(span["session"]) == [date(2024, 11, 26), date(2024, 11, 27)] and set(span["symbol"]) == {"AAPL"}
+    pd.testing.assert_frame_equal(span.reset_index(drop=True), every.iloc[[1, 2]].reset_index(drop=True))
