@@ -79,6 +79,19 @@ def create_database(admin_url: str, name: str) -> None:
         conn.execute(f'CREATE DATABASE "{name}"')
 
 
+@contextlib.contextmanager
+def scratch_storage_database(admin_url: str, prefix: str):
+    """A new database for a Dagster instance's storages (its psycopg2 URL), dropped afterwards."""
+    import uuid
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    create_database(admin_url, name)
+    try:
+        yield f"{admin_url.rpartition('/')[0]}/{name}".replace("postgresql://", "postgresql+psycopg2://")
+    finally:
+        drop_database(admin_url, name)
+
+
 def storage_yaml(postgres_url: str, event_log: str = "bulk", home: str | os.PathLike | None = None) -> str:
     """The storage sections of a `dagster.yaml` keeping everything in one PostgreSQL database: the
     project's event log, pooled run storage and threaded compute logs (`bulk`, as the project's

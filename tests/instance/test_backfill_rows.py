@@ -7,10 +7,8 @@ same row with and without the cache."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
-import uuid
 
 import dagster as dg
 import pytest
@@ -25,7 +23,7 @@ from backfill_dagster.instance.backfill_rows import BackfillRowCache, in_backfil
 from backfill_dagster.instance.run_storage import PooledPostgresRunStorage
 from backfill_dagster.orchestration.backfills import FINISHED, launch_backfill
 from tests.conftest import PG_ADMIN_URL
-from tests.deploy import create_database, drop_database, in_thread, storage_yaml
+from tests.deploy import in_thread, scratch_storage_database, storage_yaml
 
 pytestmark = pytest.mark.postgres
 
@@ -59,14 +57,8 @@ def daemon(fn):
     return in_thread(DAEMON_THREAD, fn)
 
 
-@contextlib.contextmanager
 def storage_database(tmp_path):
-    name = f"bfd_rows_{uuid.uuid4().hex[:10]}"
-    create_database(PG_ADMIN_URL, name)
-    try:
-        yield f"{PG_ADMIN_URL.rpartition('/')[0]}/{name}".replace("postgresql://", "postgresql+psycopg2://")
-    finally:
-        drop_database(PG_ADMIN_URL, name)
+    return scratch_storage_database(PG_ADMIN_URL, "bfd_rows")
 
 
 @pytest.fixture

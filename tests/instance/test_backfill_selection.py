@@ -5,7 +5,6 @@ as Dagster's get_backfills gives once deserialized; and the gap sensor's view of
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 
 import dagster as dg
@@ -25,7 +24,7 @@ from backfill_dagster.instance.run_storage import PooledPostgresRunStorage
 from backfill_dagster.orchestration.backfills import launch_backfill
 from backfill_dagster.orchestration.gap_sensor import UNFINISHED_BACKFILLS, in_flight_partitions
 from tests.conftest import PG_ADMIN_URL
-from tests.deploy import create_database, drop_database, storage_yaml
+from tests.deploy import scratch_storage_database, storage_yaml
 
 pytestmark = pytest.mark.postgres
 
@@ -56,14 +55,8 @@ def bars_d1() -> None:
 GRAPH = dg.Definitions(assets=[bars_m15, bars_h1, bars_d1]).resolve_asset_graph()
 
 
-@contextlib.contextmanager
 def storage_database():
-    name = f"bfd_selection_{uuid.uuid4().hex[:10]}"
-    create_database(PG_ADMIN_URL, name)
-    try:
-        yield f"{PG_ADMIN_URL.rpartition('/')[0]}/{name}".replace("postgresql://", "postgresql+psycopg2://")
-    finally:
-        drop_database(PG_ADMIN_URL, name)
+    return scratch_storage_database(PG_ADMIN_URL, "bfd_selection")
 
 
 @pytest.fixture

@@ -53,6 +53,19 @@ def check_only(defs, check):
     return defs.resolve_implicit_global_asset_job_def().get_subset(asset_check_selection={check}, asset_selection=set())
 
 
+def corrupt_bars(conn, changes) -> None:
+    """Edit stored bars in place, one (timeframe, symbol, UTC bar start, column changes) each."""
+    for timeframe, symbol, ts, change in changes:
+        changed = conn.execute(
+            sa.update(ohlc_bars)
+            .where(ohlc_bars.c.symbol == symbol, ohlc_bars.c.timeframe == timeframe,
+                   ohlc_bars.c.ts == sa.bindparam("bar_start", type_=ohlc_bars.c.ts.type))
+            .values(change),
+            {"bar_start": pd.Timestamp(ts, tz="UTC").to_pydatetime()},
+        ).rowcount
+        assert changed == 1, (timeframe, ts)
+
+
 def test_a_range_run_records_one_summary_per_check_and_the_ui_shows_it(defs, instance, store_url, calendar):
     add_symbols(instance, store_url, ["AAPL", "MSFT"])
     sessions = calendar.sessions("2024-11-18", "2024-12-02")  # includes the early close of 11-29
@@ -242,17 +255,9 @@ def test_the_per_partition_query_names_the_partitions_the_checks_fail(tmp_path, 
         conn.execute(sa.update(bar_coverage).where(  # an illiquid day
             bar_coverage.c.symbol == "AAPL", bar_coverage.c.timeframe == "m15",
             bar_coverage.c.session == date(2024, 11, 25)).values(bars=5))
-        for timeframe, symbol, ts, change in (("h1", "MSFT", "2024-11-26 16:30", {"high": ohlc_bars.c.high + 1}),
+        corrupt_bars(conn, (("h1", "MSFT", "2024-11-26 16:30", {"high": ohlc_bars.c.high + 1}),
                                               ("h4", "AAPL", "2024-11-29 14:30", {"low": ohlc_bars.c.low - 0.5}),
-                                              ("d1", "AAPL", "2024-11-27 05:00", {"volume": 1.0})):
-            changed = conn.execute(
-                sa.update(ohlc_bars)
-                .where(ohlc_bars.c.symbol == symbol, ohlc_bars.c.timeframe == timeframe,
-                       ohlc_bars.c.ts == sa.bindparam("bar_start", type_=ohlc_bars.c.ts.type))
-                .values(change),
-                {"bar_start": pd.Timestamp(ts, tz="UTC").to_pydatetime()},
-            ).rowcount
-            assert changed == 1, (timeframe, ts)
+                                              ("d1", "AAPL", "2024-11-27 05:00", {"volume": 1.0})))
 
     failing_by_checks = set()
     for check in CHECKS:
@@ -293,19 +298,11 @@ def test_a_box_judged_in_chunks_gets_the_summaries_judged_whole(defs, instance, 
         conn.execute(sa.update(bar_coverage).where(
             bar_coverage.c.symbol == "AAPL", bar_coverage.c.timeframe == "m15",
             bar_coverage.c.session == date(2024, 11, 19)).values(bars=5))
-        for timeframe, symbol, ts, change in (("h1", "MSFT", "2024-11-21 16:30", {"high": ohlc_bars.c.high + 1}),
+        corrupt_bars(conn, (("h1", "MSFT", "2024-11-21 16:30", {"high": ohlc_bars.c.high + 1}),
                                               ("h1", "AAPL", "2024-11-26 16:30", {"low": ohlc_bars.c.low - 0.5}),
                                               ("h4", "AAPL", "2024-11-29 14:30", {"low": ohlc_bars.c.low - 0.5}),
                                               ("d1", "AAPL", "2024-11-27 05:00", {"volume": 1.0}),
-                                              ("d1", "MSFT", "2024-11-19 05:00", {"volume": 1.0})):
-            changed = conn.execute(
-                sa.update(ohlc_bars)
-                .where(ohlc_bars.c.symbol == symbol, ohlc_bars.c.timeframe == timeframe,
-                       ohlc_bars.c.ts == sa.bindparam("bar_start", type_=ohlc_bars.c.ts.type))
-                .values(change),
-                {"bar_start": pd.Timestamp(ts, tz="UTC").to_pydatetime()},
-            ).rowcount
-            assert changed == 1, (timeframe, ts)
+                                              ("d1", "MSFT", "2024-11-19 05:00", {"volume": 1.0})))
 
     def summaries(first, last):
         out = {}
