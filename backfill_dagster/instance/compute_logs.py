@@ -6,8 +6,8 @@ streams by starting, per stream, a `tail -F` process and a Python process that k
 worker dies: four processes a run, ~30 ms of the run's wall time and a Python start-up's CPU each,
 which the 20-run backfill of bench/provider_backfill.py paid 20 times. This manager writes the
 same files: each stream's descriptor points at a pipe, and one thread copies what arrives into the
-file and on to the original stream. Nothing is lost at the end (tail polls once a second; Dagster
-issue 23336) and nothing is left behind if the worker is killed. Reads, paths and the UI's
+file and on to the original stream. Nothing is lost at the end (tail polls once a second;
+dagster-io/dagster#23336) and nothing is left behind if the worker is killed. Reads, paths and the UI's
 subscriptions are Dagster's own.
 """
 
