@@ -8,16 +8,25 @@ Two things are not run as written, and only these: the Quickstart's second comma
 test extra, run the suite) is not run here, because it is the command CI runs verbatim on a clean
 clone (`.ci/run`; tests/test_readme.py keeps the two the same) and the suite it starts is what runs
 this test; and `dagster dev` gets `-p <free port>` so that it never meets another server on port 3000.
+
+The first command runs as written, into a virtualenv that already sees the test environment's
+distributions (a `.pth` line naming its site-packages, as tests/deploy_containers/test_image_install.py
+does): pip resolves the command's requirements against the lock and checks them, and installs only
+the project, editable, from the copy. Installing every distribution again took ~40 CPU seconds of
+the suite's; that part of the command is CI's own install (`.ci/run`: the same command with the
+test extra, on a clean clone).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -48,6 +57,26 @@ def fresh_copy(target: Path) -> Path:
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)
     return target
+
+
+def venv_seeing_this_environment(project: Path) -> None:
+    """`python3 -m venv .venv` ahead of the README (its own run of it keeps the directory), with the
+    test environment's site-packages on its path after its own, and the commands of its
+    distributions (`dagster`, `dagster-daemon`, ...) in the venv's bin as pip writes them, run by the
+    venv's own interpreter."""
+    venv = project / ".venv"
+    subprocess.run(["python3", "-m", "venv", str(venv)], check=True, timeout=300)
+    site = subprocess.run([venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    Path(site, "_test_environment.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    for dist in importlib.metadata.distributions():
+        if dist.metadata["Name"] in ("backfill-dagster", "backfill_dagster", "pip"):
+            continue  # the README's command installs the project; the venv has its own pip
+        for entry in dist.entry_points.select(group="console_scripts"):
+            script = venv / "bin" / entry.name
+            script.write_text(f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom {entry.module} import {entry.attr.split('.')[0]}\n"
+                              f"sys.exit({entry.attr}())\n")
+            script.chmod(0o755)
 
 
 def user_env(home: Path) -> dict[str, str]:
@@ -89,7 +118,13 @@ def test_every_command_of_quickstart_and_using_it_succeeds_in_order(tmp_path):
     log = tmp_path / "readme-commands.log"
 
     # Quickstart: install and demo. Its second command is CI's own (see the docstring).
+    assert quickstart[0].startswith("python3 -m venv .venv && .venv/bin/pip install -c constraints.txt -e . && ")
+    venv_seeing_this_environment(project)
     demo = run_block(quickstart[0], project, env, INSTALL_TIMEOUT_S, log)
+    assert "Successfully installed backfill-dagster" in demo, demo
+    imported = subprocess.run([project / ".venv" / "bin" / "python", "-c", "import backfill_dagster; print(backfill_dagster.__file__)"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, check=True, timeout=60).stdout
+    assert imported.startswith(str(project / "backfill_dagster")), imported  # the copy's code, not this checkout's
     assert re.search(r"run \S+ \(AAPL, MSFT, NVDA\): SUCCESS", demo), demo
     assert "Traceback" not in demo
     ci = (ROOT / ".ci" / "run").read_text()
