@@ -58,19 +58,8 @@ from dagster_postgres.utils import (
     pg_url_from_config,
 )
 
-# The daemon loads this storage: bound its backfill log lines, form its backfill runs as boxes, check
-# a backfill's target without every key, submit its runs with plain partition keys, pack and repr large
-# subsets once and briefly there too, share a read row's partition keys (imported for their effect).
-from backfill_dagster.instance import (  # noqa: F401
-    backfill_log,
-    backfill_runs,
-    backfill_submit,
-    backfill_validity,
-    backfill_waits,
-    subset_pack,
-    subset_repr,
-    subset_unpack,
-)
+# The daemon loads this storage, and with it the daemon's backfill patches (daemon_patches.py).
+from backfill_dagster.instance import daemon_patches  # noqa: F401
 from backfill_dagster.instance.cached_status import unchanged_cache_value
 from backfill_dagster.instance.event_json import serialize_events
 from backfill_dagster.instance.event_log_tuning import batch_dagster_events

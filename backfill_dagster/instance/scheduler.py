@@ -11,15 +11,7 @@ logs, the run launcher and the coordinator load only when first used).
 from dagster._core.scheduler import DagsterDaemonScheduler
 
 # installs the boxes (and the daemon's other backfill patches) in this process
-from backfill_dagster.instance import (  # noqa: F401
-    backfill_runs,
-    backfill_submit,
-    backfill_validity,
-    backfill_waits,
-    subset_pack,
-    subset_repr,
-    subset_unpack,
-)
+from backfill_dagster.instance import daemon_patches  # noqa: F401
 
 
 class BoxingDaemonScheduler(DagsterDaemonScheduler):
