@@ -42,6 +42,25 @@ def _scratch_in_memory() -> None:
 
 _scratch_in_memory()
 
+
+def _compile_the_package() -> None:
+    """Write the project's bytecode once, before any test starts a process. The suite starts ~150
+    Python processes that import the project (run workers, code servers, daemons, the CLI); where
+    PYTHONDONTWRITEBYTECODE is set (as on CI machines here) none of them keeps what it compiled, and
+    each compiled the whole package again (~0.3 CPU s a process). pip compiles the installed
+    dependencies as it installs them; an editable install leaves the project's own uncompiled."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # the controller did it before starting the workers
+    import compileall
+    import pathlib
+
+    import backfill_dagster
+
+    compileall.compile_dir(pathlib.Path(backfill_dagster.__file__).parent, quiet=1, workers=1)
+
+
+_compile_the_package()
+
 PG_ADMIN_URL = os.environ.get(
     "BACKFILL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
