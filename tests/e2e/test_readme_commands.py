@@ -4,12 +4,12 @@ command, and a fresh data directory), each asserted to succeed; `dagster dev` st
 project root as the README says, in the background (its "second terminal"), until the blocks after
 it are done, then terminated.
 
-Two things are not run as written, and only these: the Quickstart's second command (install the
+Two commands are not run as written, and only these: the Quickstart's second command (install the
 test extra, run the suite) is not run here, because it is the command CI runs verbatim on a clean
 clone (`.ci/run`; tests/test_readme.py keeps the two the same) and the suite it starts is what runs
 this test; and `dagster dev` gets `-p <free port>` so that it never meets another server on port 3000.
 
-The first command runs as written, into a virtualenv that already sees the test environment's
+One thing around them differs from a fresh machine: the first command runs as written, into a virtualenv that already sees the test environment's
 distributions (a `.pth` line naming its site-packages, as tests/deploy_containers/test_image_install.py
 does): pip resolves the command's requirements against the lock and checks them, and installs only
 the project, editable, from the copy. Installing every distribution again took ~40 CPU seconds of
